@@ -1,0 +1,350 @@
+//! The transformer blocks of FLUX.1 (BFL `layers.py`), in the order data flows through them.
+
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::embed::Rope;
+use crate::error::LoadError;
+use crate::norm::{layer_norm_no_affine, QkNorm};
+use crate::params::ParamSource;
+
+/// FLUX's LayerNorm eps.
+const LN_EPS: f64 = 1e-6;
+
+/// One (shift, scale, gate) triplet; each `[batch, 1 or tokens, hidden]`.
+///
+/// With a per-token modulation the middle dim is the token count, otherwise 1 and broadcast.
+#[derive(Debug, Clone)]
+pub struct ModulationOut<B: Backend> {
+    pub shift: Tensor<B, 3>,
+    pub scale: Tensor<B, 3>,
+    pub gate: Tensor<B, 3>,
+}
+
+impl<B: Backend> ModulationOut<B> {
+    /// `(1 + scale) · LN(x) + shift`; x: `[batch, tokens, hidden]`.
+    fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        (self.scale.clone() + 1.0) * layer_norm_no_affine(x, LN_EPS) + self.shift.clone()
+    }
+}
+
+/// `lin(SiLU(vec))` chunked into (shift, scale, gate) triplets (BFL `Modulation`).
+#[derive(Module, Debug)]
+pub struct Modulation<B: Backend> {
+    pub lin: Linear<B>,
+    /// 2 triplets for double blocks, 1 for single blocks.
+    triplets: usize,
+}
+
+impl<B: Backend> Modulation<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        hidden: usize,
+        double: bool,
+    ) -> Result<Self, LoadError> {
+        let triplets = if double { 2 } else { 1 };
+        Ok(Self {
+            lin: src.linear(&format!("{key}.lin"), hidden, 3 * triplets * hidden, true)?,
+            triplets,
+        })
+    }
+
+    /// vec: `[batch, 1 or tokens, hidden]` → `triplets` outputs of `[batch, 1 or tokens, hidden]`.
+    pub fn forward(&self, vec: Tensor<B, 3>) -> Vec<ModulationOut<B>> {
+        let chunks = self.lin.forward(silu(vec)).chunk(3 * self.triplets, 2);
+        chunks
+            .chunks_exact(3)
+            .map(|c| ModulationOut {
+                shift: c[0].clone(),
+                scale: c[1].clone(),
+                gate: c[2].clone(),
+            })
+            .collect()
+    }
+}
+
+/// Splits fused qkv `[batch, tokens, 3·heads·head_dim]` into q, k, v of `[batch, heads, tokens, head_dim]`
+/// (BFL `rearrange(qkv, "B L (K H D) -> K B H L D", K=3)`).
+fn split_qkv<B: Backend>(
+    qkv: Tensor<B, 3>,
+    heads: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [batch, tokens, width] = qkv.dims();
+    let head_dim = width / (3 * heads);
+    let qkv = qkv.reshape([batch, tokens, 3, heads, head_dim]);
+    let part = |k: usize| {
+        qkv.clone()
+            .narrow(2, k, 1)
+            .reshape([batch, tokens, heads, head_dim])
+            .swap_dims(1, 2)
+    };
+    (part(0), part(1), part(2))
+}
+
+/// RoPE on q and k, then scaled dot-product attention (BFL `math.attention`).
+///
+/// q, k, v: `[batch, heads, tokens, head_dim]` → `[batch, tokens, heads·head_dim]`.
+pub fn rope_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    rope: &Rope<B>,
+) -> Tensor<B, 3> {
+    let [batch, heads, tokens, head_dim] = q.dims();
+    let q = rope.apply(q);
+    let k = rope.apply(k);
+    let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+    out.swap_dims(1, 2)
+        .reshape([batch, tokens, heads * head_dim])
+}
+
+/// Fused qkv projection, QK-norm and output projection of one stream (BFL `SelfAttention`).
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    pub qkv: Linear<B>,
+    pub norm: QkNorm<B>,
+    pub proj: Linear<B>,
+    heads: usize,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        hidden: usize,
+        heads: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            qkv: src.linear(&format!("{key}.qkv"), hidden, 3 * hidden, qkv_bias)?,
+            norm: QkNorm::build(src, &format!("{key}.norm"), hidden / heads)?,
+            proj: src.linear(&format!("{key}.proj"), hidden, hidden, true)?,
+            heads,
+        })
+    }
+
+    /// Normalised q, k and v of x: `[batch, tokens, hidden]` → 3 × `[batch, heads, tokens, head_dim]`.
+    fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let (q, k, v) = split_qkv(self.qkv.forward(x), self.heads);
+        let (q, k) = self.norm.forward(q, k);
+        (q, k, v)
+    }
+}
+
+/// `Linear → GELU(tanh) → Linear`; keys `….0` and `….2` as in BFL's `nn.Sequential`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        hidden: usize,
+        mlp_hidden: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            fc1: src.linear(&format!("{key}.0"), hidden, mlp_hidden, true)?,
+            fc2: src.linear(&format!("{key}.2"), mlp_hidden, hidden, true)?,
+        })
+    }
+
+    /// x: `[batch, tokens, hidden]` → same shape.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.fc2.forward(gelu_approximate(self.fc1.forward(x)))
+    }
+}
+
+/// A double-stream block: image and text keep separate weights and meet in joint attention.
+#[derive(Module, Debug)]
+pub struct DoubleStreamBlock<B: Backend> {
+    pub img_mod: Modulation<B>,
+    pub img_attn: SelfAttention<B>,
+    pub img_mlp: Mlp<B>,
+    pub txt_mod: Modulation<B>,
+    pub txt_attn: SelfAttention<B>,
+    pub txt_mlp: Mlp<B>,
+}
+
+impl<B: Backend> DoubleStreamBlock<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        hidden: usize,
+        heads: usize,
+        mlp_hidden: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            img_mod: Modulation::build(src, &format!("{key}.img_mod"), hidden, true)?,
+            img_attn: SelfAttention::build(
+                src,
+                &format!("{key}.img_attn"),
+                hidden,
+                heads,
+                qkv_bias,
+            )?,
+            img_mlp: Mlp::build(src, &format!("{key}.img_mlp"), hidden, mlp_hidden)?,
+            txt_mod: Modulation::build(src, &format!("{key}.txt_mod"), hidden, true)?,
+            txt_attn: SelfAttention::build(
+                src,
+                &format!("{key}.txt_attn"),
+                hidden,
+                heads,
+                qkv_bias,
+            )?,
+            txt_mlp: Mlp::build(src, &format!("{key}.txt_mlp"), hidden, mlp_hidden)?,
+        })
+    }
+
+    /// Per-token text modulation: `txt_mod.lin(SiLU(y + Δ))` with one row per text token, or the
+    /// plain `txt_mod.lin(SiLU(y))` broadcast over tokens when `txt_delta` is `None`.
+    ///
+    /// vec: `[batch, hidden]`; txt_delta: `[batch, txt_tokens, hidden]`.
+    pub fn txt_modulation(
+        &self,
+        vec: Tensor<B, 2>,
+        txt_delta: Option<Tensor<B, 3>>,
+    ) -> Vec<ModulationOut<B>> {
+        let vec = vec.unsqueeze_dim::<3>(1);
+        let vec = match txt_delta {
+            Some(delta) => vec + delta,
+            None => vec,
+        };
+        self.txt_mod.forward(vec)
+    }
+
+    /// img: `[batch, img_tokens, hidden]`, txt: `[batch, txt_tokens, hidden]`, vec: `[batch, hidden]`,
+    /// rope over `[txt, img]`; txt_delta: `[batch, txt_tokens, hidden]` → (img, txt).
+    pub fn forward(
+        &self,
+        img: Tensor<B, 3>,
+        txt: Tensor<B, 3>,
+        vec: Tensor<B, 2>,
+        txt_delta: Option<Tensor<B, 3>>,
+        rope: &Rope<B>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let txt_tokens = txt.dims()[1];
+        let img_tokens = img.dims()[1];
+        let img_mods = self.img_mod.forward(vec.clone().unsqueeze_dim::<3>(1));
+        let txt_mods = self.txt_modulation(vec, txt_delta);
+        let (img_mod1, img_mod2) = (&img_mods[0], &img_mods[1]);
+        let (txt_mod1, txt_mod2) = (&txt_mods[0], &txt_mods[1]);
+
+        let (img_q, img_k, img_v) = self.img_attn.qkv(img_mod1.modulate(img.clone()));
+        let (txt_q, txt_k, txt_v) = self.txt_attn.qkv(txt_mod1.modulate(txt.clone()));
+        let q = Tensor::cat(vec![txt_q, img_q], 2);
+        let k = Tensor::cat(vec![txt_k, img_k], 2);
+        let v = Tensor::cat(vec![txt_v, img_v], 2);
+        let attn = rope_attention(q, k, v, rope);
+        let txt_attn = attn.clone().narrow(1, 0, txt_tokens);
+        let img_attn = attn.narrow(1, txt_tokens, img_tokens);
+
+        let img = img + img_mod1.gate.clone() * self.img_attn.proj.forward(img_attn);
+        let img =
+            img.clone() + img_mod2.gate.clone() * self.img_mlp.forward(img_mod2.modulate(img));
+        let txt = txt + txt_mod1.gate.clone() * self.txt_attn.proj.forward(txt_attn);
+        let txt =
+            txt.clone() + txt_mod2.gate.clone() * self.txt_mlp.forward(txt_mod2.modulate(txt));
+        (img, txt)
+    }
+}
+
+/// A single-stream block over the joint `[txt, img]` sequence, attention and MLP in parallel.
+#[derive(Module, Debug)]
+pub struct SingleStreamBlock<B: Backend> {
+    /// hidden → 3·hidden (qkv) + mlp_hidden.
+    pub linear1: Linear<B>,
+    /// hidden + mlp_hidden → hidden.
+    pub linear2: Linear<B>,
+    pub norm: QkNorm<B>,
+    pub modulation: Modulation<B>,
+    heads: usize,
+    hidden: usize,
+    mlp_hidden: usize,
+}
+
+impl<B: Backend> SingleStreamBlock<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        hidden: usize,
+        heads: usize,
+        mlp_hidden: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            linear1: src.linear(
+                &format!("{key}.linear1"),
+                hidden,
+                3 * hidden + mlp_hidden,
+                true,
+            )?,
+            linear2: src.linear(&format!("{key}.linear2"), hidden + mlp_hidden, hidden, true)?,
+            norm: QkNorm::build(src, &format!("{key}.norm"), hidden / heads)?,
+            modulation: Modulation::build(src, &format!("{key}.modulation"), hidden, false)?,
+            heads,
+            hidden,
+            mlp_hidden,
+        })
+    }
+
+    /// x: `[batch, tokens, hidden]` over `[txt, img]`, vec: `[batch, hidden]` → same shape as x.
+    pub fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>, rope: &Rope<B>) -> Tensor<B, 3> {
+        let modulation = self.modulation.forward(vec.unsqueeze_dim::<3>(1)).remove(0);
+        let h = self.linear1.forward(modulation.modulate(x.clone()));
+        let qkv = h.clone().narrow(2, 0, 3 * self.hidden);
+        let mlp = h.narrow(2, 3 * self.hidden, self.mlp_hidden);
+        let (q, k, v) = split_qkv(qkv, self.heads);
+        let (q, k) = self.norm.forward(q, k);
+        let attn = rope_attention(q, k, v, rope);
+        let out = self
+            .linear2
+            .forward(Tensor::cat(vec![attn, gelu_approximate(mlp)], 2));
+        x + modulation.gate * out
+    }
+}
+
+/// Final adaLN and projection to the output channels (BFL `LastLayer`); shift comes first.
+#[derive(Module, Debug)]
+pub struct LastLayer<B: Backend> {
+    pub linear: Linear<B>,
+    /// Checkpoint key `final_layer.adaLN_modulation.1` (index 0 is the SiLU).
+    pub ada_ln_modulation: Linear<B>,
+}
+
+impl<B: Backend> LastLayer<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        hidden: usize,
+        out_channels: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            linear: src.linear(&format!("{key}.linear"), hidden, out_channels, true)?,
+            ada_ln_modulation: src.linear(
+                &format!("{key}.adaLN_modulation.1"),
+                hidden,
+                2 * hidden,
+                true,
+            )?,
+        })
+    }
+
+    /// x: `[batch, img_tokens, hidden]`, vec: `[batch, hidden]` → `[batch, img_tokens, out_channels]`.
+    pub fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>) -> Tensor<B, 3> {
+        let ada = self
+            .ada_ln_modulation
+            .forward(silu(vec))
+            .unsqueeze_dim::<3>(1)
+            .chunk(2, 2);
+        let (shift, scale) = (ada[0].clone(), ada[1].clone());
+        self.linear
+            .forward((scale + 1.0) * layer_norm_no_affine(x, LN_EPS) + shift)
+    }
+}

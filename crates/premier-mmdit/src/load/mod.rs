@@ -1,0 +1,443 @@
+//! Loading FLUX.1 transformer checkpoints: BFL single files and diffusers folders.
+//!
+//! Accepted inputs (detected from the path and the keys, never from file names alone):
+//! - a BFL file (`flux1-dev.safetensors`), keys as the module tree, optionally under a prefix such
+//!   as `model.diffusion_model.` (ComfyUI-style files: keys outside the prefix are ignored);
+//! - a diffusers transformer: one `diffusion_pytorch_model.safetensors`, or shards listed by
+//!   `diffusion_pytorch_model.safetensors.index.json`, or a pipeline folder with `transformer/`;
+//! - tensors in f32, f16, bf16 or f64, converted to the backend's float type.
+//!
+//! Files are memory-mapped and read tensor by tensor.
+
+mod layout;
+mod safetensors_file;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+
+pub use layout::{diffusers_recipe, Recipe};
+pub use safetensors_file::{HostTensor, SafetensorsFile};
+
+use crate::config::FluxConfig;
+use crate::error::LoadError;
+use crate::model::Flux;
+use crate::params::ParamSource;
+use layout::{DOUBLE_PREFIXES, SINGLE_PREFIXES};
+
+/// How strictly a checkpoint must match the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Refuse files with tensors the model does not use (default true).
+    pub strict: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { strict: true }
+    }
+}
+
+/// The key layout of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// BFL names, each key starting with `prefix` (often empty).
+    Bfl { prefix: String },
+    /// diffusers `FluxTransformer2DModel` names.
+    Diffusers,
+}
+
+/// One or more safetensors files seen as one set of named tensors.
+pub struct Checkpoint {
+    /// The path the user gave (named in errors about the whole checkpoint).
+    pub path: PathBuf,
+    pub layout: Layout,
+    files: Vec<SafetensorsFile>,
+    /// key → index into `files`.
+    index: HashMap<String, usize>,
+    used: HashSet<String>,
+}
+
+impl Checkpoint {
+    /// Opens a file, a shard index, or a folder holding either (or a `transformer/` folder).
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let files = resolve_files(path)?
+            .iter()
+            .map(|f| SafetensorsFile::open(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut index = HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            for key in file.keys() {
+                index.insert(key.to_string(), i);
+            }
+        }
+        let layout = detect_layout(&index).ok_or_else(|| LoadError::UnknownLayout {
+            path: path.to_path_buf(),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            layout,
+            files,
+            index,
+            used: HashSet::new(),
+        })
+    }
+
+    fn file_of(&self, key: &str) -> Result<&SafetensorsFile, LoadError> {
+        self.index
+            .get(key)
+            .map(|&i| &self.files[i])
+            .ok_or_else(|| LoadError::MissingKey {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })
+    }
+
+    /// Reads the stored tensor `key` (a name in the file), checking its shape if `expected` is
+    /// given, and marks it used.
+    fn read_stored(
+        &mut self,
+        key: &str,
+        expected: Option<&[usize]>,
+    ) -> Result<HostTensor, LoadError> {
+        let file = self.file_of(key)?;
+        let found = file.shape(key).unwrap_or_default().to_vec();
+        if let Some(expected) = expected {
+            if found != expected {
+                return Err(LoadError::ShapeMismatch {
+                    path: file.path.clone(),
+                    key: key.to_string(),
+                    expected: expected.to_vec(),
+                    found,
+                });
+            }
+        }
+        let tensor = file.read(key)?;
+        self.used.insert(key.to_string());
+        Ok(tensor)
+    }
+
+    /// Shape of a stored tensor.
+    fn stored_shape(&self, key: &str) -> Option<&[usize]> {
+        self.file_of(key).ok().and_then(|f| f.shape(key))
+    }
+
+    /// Reads the tensor with BFL key `bfl_key`, which must have shape `expected`.
+    pub fn read(&mut self, bfl_key: &str, expected: &[usize]) -> Result<HostTensor, LoadError> {
+        match self.layout.clone() {
+            Layout::Bfl { prefix } => {
+                self.read_stored(&format!("{prefix}{bfl_key}"), Some(expected))
+            }
+            Layout::Diffusers => {
+                let hidden = self
+                    .stored_shape("x_embedder.weight")
+                    .map(|s| s[0])
+                    .unwrap_or(0);
+                let recipe =
+                    diffusers_recipe(bfl_key, hidden).ok_or_else(|| LoadError::MissingKey {
+                        path: self.path.clone(),
+                        key: format!("{bfl_key} (no diffusers equivalent)"),
+                    })?;
+                match recipe {
+                    Recipe::Rename(key) => self.read_stored(&key, Some(expected)),
+                    Recipe::SwapHalves(key) => {
+                        Ok(self.read_stored(&key, Some(expected))?.swap_halves())
+                    }
+                    Recipe::Concat(parts) => {
+                        let mut rows_left = expected[0];
+                        let mut tensors = Vec::with_capacity(parts.len());
+                        for (key, rows) in parts {
+                            let rows = rows.min(rows_left);
+                            rows_left -= rows;
+                            let mut part_shape = expected.to_vec();
+                            part_shape[0] = rows;
+                            tensors.push(self.read_stored(&key, Some(&part_shape))?);
+                        }
+                        Ok(HostTensor::concat_rows(tensors))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keys under the model's prefix that no parameter used, sorted.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let prefix = match &self.layout {
+            Layout::Bfl { prefix } => prefix.as_str(),
+            Layout::Diffusers => "",
+        };
+        let unused: BTreeSet<_> = self
+            .index
+            .keys()
+            .filter(|k| k.starts_with(prefix) && !self.used.contains(*k))
+            .cloned()
+            .collect();
+        unused.into_iter().collect()
+    }
+
+    /// Compares the sizes visible in the file with `config`, so a dev file loaded with a schnell or
+    /// tiny config fails with the field that differs rather than a list of missing keys.
+    pub fn check_config(&self, config: &FluxConfig) -> Result<(), LoadError> {
+        let (prefix, bfl) = match &self.layout {
+            Layout::Bfl { prefix } => (prefix.clone(), true),
+            Layout::Diffusers => (String::new(), false),
+        };
+        let name = |bfl_name: &str, diffusers_name: &str| {
+            if bfl {
+                format!("{prefix}{bfl_name}")
+            } else {
+                diffusers_name.to_string()
+            }
+        };
+        let mismatch = |field: &'static str, key: String, in_config: usize, in_file: usize| {
+            if in_config == in_file {
+                Ok(())
+            } else {
+                Err(LoadError::ConfigMismatch {
+                    path: self.path.clone(),
+                    field,
+                    key,
+                    in_config,
+                    in_file,
+                })
+            }
+        };
+        let dims = |key: &str| self.stored_shape(key).map(<[usize]>::to_vec);
+
+        let img_in = name("img_in.weight", "x_embedder.weight");
+        if let Some(s) = dims(&img_in).filter(|s| s.len() == 2) {
+            mismatch("hidden_size", img_in.clone(), config.hidden_size, s[0])?;
+            mismatch("in_channels", img_in, config.in_channels, s[1])?;
+        }
+        let txt_in = name("txt_in.weight", "context_embedder.weight");
+        if let Some(s) = dims(&txt_in).filter(|s| s.len() == 2) {
+            mismatch("context_in_dim", txt_in, config.context_in_dim, s[1])?;
+        }
+        let vector_in = name(
+            "vector_in.in_layer.weight",
+            "time_text_embed.text_embedder.linear_1.weight",
+        );
+        if let Some(s) = dims(&vector_in).filter(|s| s.len() == 2) {
+            mismatch("vec_in_dim", vector_in, config.vec_in_dim, s[1])?;
+        }
+        let guidance = name(
+            "guidance_in.in_layer.weight",
+            "time_text_embed.guidance_embedder.linear_1.weight",
+        );
+        let has_guidance = self.index.contains_key(&guidance);
+        mismatch(
+            "guidance_embed",
+            guidance,
+            config.guidance_embed as usize,
+            has_guidance as usize,
+        )?;
+        for (field, (bfl_p, diff_p), in_config) in [
+            ("depth", DOUBLE_PREFIXES, config.depth),
+            (
+                "depth_single_blocks",
+                SINGLE_PREFIXES,
+                config.depth_single_blocks,
+            ),
+        ] {
+            let block_prefix = name(bfl_p, diff_p);
+            let in_file = self.count_blocks(&block_prefix);
+            mismatch(field, format!("{block_prefix}*"), in_config, in_file)?;
+        }
+        Ok(())
+    }
+
+    /// Number of distinct block indices `N` in keys `{prefix}N.…`.
+    fn count_blocks(&self, prefix: &str) -> usize {
+        self.index
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix(prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .collect::<HashSet<_>>()
+            .len()
+    }
+}
+
+/// Files to open for `path`.
+fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_file() {
+        if path.extension().is_some_and(|e| e == "json") {
+            return shard_files(path);
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut indexes = Vec::new();
+    let mut singles = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".safetensors.index.json") {
+            indexes.push(p);
+        } else if name.ends_with(".safetensors") {
+            singles.push(p);
+        }
+    }
+    indexes.sort();
+    singles.sort();
+    if let Some(index) = indexes.first() {
+        return shard_files(index);
+    }
+    if singles.len() == 1 {
+        return Ok(singles);
+    }
+    let transformer = path.join("transformer");
+    if transformer.is_dir() {
+        return resolve_files(&transformer);
+    }
+    if singles.is_empty() {
+        return Err(LoadError::UnknownLayout {
+            path: path.to_path_buf(),
+        });
+    }
+    // Several unindexed files: read them all as one checkpoint.
+    Ok(singles)
+}
+
+/// The shard files named by a diffusers/transformers `*.safetensors.index.json`.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let bad = |reason: String| LoadError::BadIndex {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut names = BTreeSet::new();
+    for (key, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`{key}` maps to a non-string")))?;
+        names.insert(file.to_string());
+    }
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+fn detect_layout(index: &HashMap<String, usize>) -> Option<Layout> {
+    if index.contains_key("x_embedder.weight") {
+        return Some(Layout::Diffusers);
+    }
+    index
+        .keys()
+        .filter_map(|k| k.strip_suffix("img_in.weight"))
+        .filter(|p| p.is_empty() || p.ends_with('.'))
+        .min_by_key(|p| p.len())
+        .map(|p| Layout::Bfl {
+            prefix: p.to_string(),
+        })
+}
+
+/// [`ParamSource`] reading from a checkpoint onto a device.
+struct CheckpointSource<'a, B: Backend> {
+    checkpoint: &'a mut Checkpoint,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> CheckpointSource<'_, B> {
+    fn tensor<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(host.data, host.shape), self.device)
+    }
+}
+
+impl<B: Backend> ParamSource<B> for CheckpointSource<'_, B> {
+    fn linear(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, LoadError> {
+        let weight = self
+            .checkpoint
+            .read(&format!("{key}.weight"), &[d_out, d_in])?
+            .transposed();
+        let bias = if bias {
+            let b = self.checkpoint.read(&format!("{key}.bias"), &[d_out])?;
+            Some(Param::from_tensor(self.tensor::<1>(b)))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(self.tensor::<2>(weight)),
+            bias,
+        })
+    }
+
+    fn vector(
+        &mut self,
+        key: &str,
+        len: usize,
+        _init: f32,
+    ) -> Result<Param<Tensor<B, 1>>, LoadError> {
+        let v = self.checkpoint.read(key, &[len])?;
+        Ok(Param::from_tensor(self.tensor::<1>(v)))
+    }
+}
+
+impl<B: Backend> Flux<B> {
+    /// Loads a FLUX.1 transformer (see the [module docs](crate::load) for accepted layouts),
+    /// strictly: tensors the model does not use are an error.
+    pub fn load(
+        path: impl AsRef<Path>,
+        config: &FluxConfig,
+        device: &B::Device,
+    ) -> Result<Self, LoadError> {
+        Self::load_with(path, config, device, LoadOptions::default())
+    }
+
+    /// [`Flux::load`] with options.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        config: &FluxConfig,
+        device: &B::Device,
+        options: LoadOptions,
+    ) -> Result<Self, LoadError> {
+        config.validate()?;
+        let mut checkpoint = Checkpoint::open(path.as_ref())?;
+        checkpoint.check_config(config)?;
+        tracing::debug!(path = %checkpoint.path.display(), layout = ?checkpoint.layout, "loading FLUX transformer");
+        let model = Self::build(
+            &mut CheckpointSource {
+                checkpoint: &mut checkpoint,
+                device,
+            },
+            config,
+        )?;
+        let unused = checkpoint.unused_keys();
+        if options.strict {
+            if let Some(first) = unused.first() {
+                return Err(LoadError::UnexpectedKey {
+                    path: checkpoint.path.clone(),
+                    key: first.clone(),
+                    count: unused.len(),
+                });
+            }
+        } else if !unused.is_empty() {
+            tracing::warn!(count = unused.len(), first = %unused[0], "ignored tensors the model does not use");
+        }
+        Ok(model)
+    }
+}

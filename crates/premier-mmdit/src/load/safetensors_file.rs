@@ -1,0 +1,168 @@
+//! A memory-mapped safetensors file read one tensor at a time, so loading never holds more than
+//! the model plus one tensor in RAM.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::TensorInfo;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::LoadError;
+
+/// A tensor read into host memory as f32, in the file's row-major layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// Concatenates along dim 0 (all parts must agree on the other dims; checked by the caller).
+    pub fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
+        let mut shape = parts[0].shape.clone();
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        let data = parts.into_iter().flat_map(|p| p.data).collect();
+        HostTensor { shape, data }
+    }
+
+    /// Swaps the two halves along dim 0 (diffusers `norm_out.linear` is [scale; shift], BFL [shift; scale]).
+    pub fn swap_halves(mut self) -> HostTensor {
+        let half = self.data.len() / 2;
+        self.data.rotate_left(half);
+        self
+    }
+
+    /// The transpose of a 2-D tensor (PyTorch Linear `[out, in]` → burn `[in, out]`), cache-blocked.
+    pub fn transposed(&self) -> HostTensor {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut out = vec![0f32; rows * cols];
+        const BLOCK: usize = 64;
+        for r0 in (0..rows).step_by(BLOCK) {
+            for c0 in (0..cols).step_by(BLOCK) {
+                for r in r0..(r0 + BLOCK).min(rows) {
+                    for c in c0..(c0 + BLOCK).min(cols) {
+                        out[c * rows + r] = self.data[r * cols + c];
+                    }
+                }
+            }
+        }
+        HostTensor {
+            shape: vec![cols, rows],
+            data: out,
+        }
+    }
+}
+
+/// One mapped file and its header.
+pub struct SafetensorsFile {
+    pub path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl SafetensorsFile {
+    /// Maps the file and validates its header and every tensor's byte range.
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let io = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the file is opened read-only; like every mmap-based loader we rely on nobody
+        // truncating a checkpoint while it is being read.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let corrupt = |reason: String| LoadError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| corrupt(format!("{e}")))?;
+        let data_start = 8 + header_len;
+        let available = mmap.len().saturating_sub(data_start);
+        let mut tensors = HashMap::new();
+        for (name, info) in metadata.tensors() {
+            let (start, end) = info.data_offsets;
+            if end > available || start > end {
+                return Err(corrupt(format!(
+                    "tensor `{name}` spans bytes {start}..{end} but the data section has {available} bytes (truncated file?)"
+                )));
+            }
+            tensors.insert(name, info.clone());
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            data_start,
+            tensors,
+        })
+    }
+
+    /// Names of all tensors in the file.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Shape of `key`, if present.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.tensors.get(key).map(|i| i.shape.as_slice())
+    }
+
+    /// Reads `key` and converts it to f32.
+    pub fn read(&self, key: &str) -> Result<HostTensor, LoadError> {
+        let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })?;
+        let (start, end) = info.data_offsets;
+        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
+        let count: usize = info.shape.iter().product();
+        let width = match info.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::F64 => 8,
+            other => {
+                return Err(LoadError::UnsupportedDtype {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        if bytes.len() != count * width {
+            return Err(LoadError::Corrupt {
+                path: self.path.clone(),
+                reason: format!(
+                    "tensor `{key}` has {} bytes for shape {:?} of {:?}",
+                    bytes.len(),
+                    info.shape,
+                    info.dtype
+                ),
+            });
+        }
+        let data = match info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => bytes
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("chunk of 8")) as f32)
+                .collect(),
+        };
+        Ok(HostTensor {
+            shape: info.shape.clone(),
+            data,
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! Normalisations: FLUX's affine-free LayerNorm and the RMSNorm of its QK-norm.
+
+use burn::module::Param;
+use burn::prelude::*;
+
+use crate::error::LoadError;
+use crate::params::ParamSource;
+
+/// LayerNorm over the last dim without affine parameters, eps 1e-6 (FLUX `norm1`, `norm2`, `pre_norm`).
+///
+/// x: `[batch, tokens, hidden]` → same shape.
+pub fn layer_norm_no_affine<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    let mean = x.clone().mean_dim(2);
+    let centered = x - mean;
+    let var = centered.clone().powi_scalar(2).mean_dim(2);
+    centered * (var + eps).sqrt().recip()
+}
+
+/// RMSNorm with a learned scale (BFL `RMSNorm`): `x · rsqrt(mean(x²) + 1e-6) · scale`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// `[dim]`, checkpoint key `….scale`.
+    pub scale: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        dim: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            scale: src.vector(&format!("{key}.scale"), dim, 1.0)?,
+        })
+    }
+
+    /// x: `[batch, heads, tokens, head_dim]` → same shape, normalised over `head_dim`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let rrms = (x.clone().powi_scalar(2).mean_dim(3) + 1e-6).sqrt().recip();
+        let scale = self.scale.val().reshape([1, 1, 1, -1]);
+        x * rrms * scale
+    }
+}
+
+/// RMSNorm of queries and keys (BFL `QKNorm`).
+#[derive(Module, Debug)]
+pub struct QkNorm<B: Backend> {
+    pub query_norm: RmsNorm<B>,
+    pub key_norm: RmsNorm<B>,
+}
+
+impl<B: Backend> QkNorm<B> {
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        head_dim: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            query_norm: RmsNorm::build(src, &format!("{key}.query_norm"), head_dim)?,
+            key_norm: RmsNorm::build(src, &format!("{key}.key_norm"), head_dim)?,
+        })
+    }
+
+    /// q, k: `[batch, heads, tokens, head_dim]`.
+    pub fn forward(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        (self.query_norm.forward(q), self.key_norm.forward(k))
+    }
+}

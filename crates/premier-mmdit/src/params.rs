@@ -1,0 +1,59 @@
+//! Where a module's parameters come from: a fresh random init or a checkpoint.
+//!
+//! Every module is built by one function that asks a [`ParamSource`] for its tensors by their BFL
+//! key (`double_blocks.3.txt_mod.lin`), so the module tree, the checkpoint key table and the random
+//! init cannot drift apart.
+
+use burn::module::Param;
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+
+use crate::error::LoadError;
+
+/// Supplies parameters by BFL key.
+pub(crate) trait ParamSource<B: Backend> {
+    /// A `Linear` whose PyTorch weight is `[d_out, d_in]` at `{key}.weight` (and bias `{key}.bias`).
+    fn linear(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, LoadError>;
+
+    /// A vector of `len` values at `key` (a norm scale); `init` is its value when freshly made.
+    fn vector(
+        &mut self,
+        key: &str,
+        len: usize,
+        init: f32,
+    ) -> Result<Param<Tensor<B, 1>>, LoadError>;
+}
+
+/// Fresh parameters: burn's default Linear init, norm scales set to their `init` value.
+pub(crate) struct RandomInit<'a, B: Backend> {
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
+    fn linear(
+        &mut self,
+        _key: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, LoadError> {
+        Ok(LinearConfig::new(d_in, d_out)
+            .with_bias(bias)
+            .init(self.device))
+    }
+
+    fn vector(
+        &mut self,
+        _key: &str,
+        len: usize,
+        init: f32,
+    ) -> Result<Param<Tensor<B, 1>>, LoadError> {
+        Ok(Param::from_tensor(Tensor::full([len], init, self.device)))
+    }
+}

@@ -1,0 +1,1 @@
+pub use premier_mmdit as mmdit;
