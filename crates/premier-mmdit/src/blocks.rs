@@ -26,7 +26,7 @@ pub struct ModulationOut<B: Backend> {
 
 impl<B: Backend> ModulationOut<B> {
     /// `(1 + scale) · LN(x) + shift`; x: `[batch, tokens, hidden]`.
-    fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         (self.scale.clone() + 1.0) * layer_norm_no_affine(x, LN_EPS) + self.shift.clone()
     }
 }
@@ -128,7 +128,7 @@ impl<B: Backend> SelfAttention<B> {
     }
 
     /// Normalised q, k and v of x: `[batch, tokens, hidden]` → 3 × `[batch, heads, tokens, head_dim]`.
-    fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let (q, k, v) = split_qkv(self.qkv.forward(x), self.heads);
         let (q, k) = self.norm.forward(q, k);
         (q, k, v)

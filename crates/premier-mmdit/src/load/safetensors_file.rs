@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::tensor::TensorInfo;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::LoadError;
 
@@ -78,8 +78,13 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             reason,
         };
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| corrupt(format!("{e}")))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
+            SafeTensorError::MetadataIncompleteBuffer => corrupt(format!(
+                "the header promises more data than the file's {} bytes (truncated file?)",
+                mmap.len()
+            )),
+            e => corrupt(e.to_string()),
+        })?;
         let data_start = 8 + header_len;
         let available = mmap.len().saturating_sub(data_start);
         let mut tensors = HashMap::new();
