@@ -1,1 +1,117 @@
-fn main() {}
+//! FLUX forward on the shared medium configuration (docs/benchmarks.md), with and without Premier's
+//! text modulation, on Flex (CPU).
+//!
+//! ```text
+//! cargo bench --bench flux_forward
+//! ```
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use criterion::{criterion_group, criterion_main, Criterion};
+use premier::mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput, TextModulation};
+
+/// The medium configuration of docs/BENCHMARKS.md: 36,497,472 parameters.
+fn medium() -> FluxConfig {
+    FluxConfig {
+        in_channels: 64,
+        out_channels: 64,
+        vec_in_dim: 128,
+        context_in_dim: 256,
+        hidden_size: 512,
+        mlp_ratio: 4.0,
+        num_heads: 8,
+        depth: 2,
+        depth_single_blocks: 4,
+        axes_dim: vec![8, 28, 28],
+        theta: 10_000,
+        qkv_bias: true,
+        guidance_embed: true,
+    }
+}
+
+fn forward(c: &mut Criterion) {
+    let device = Default::default();
+    Flex::seed(&device, 0);
+    let config = medium();
+    let flux = Flux::<Flex>::init(&config, &device).unwrap();
+    assert_eq!(flux.num_params(), 36_497_472);
+    let normal = Distribution::Normal(0.0, 1.0);
+    // 32 × 32 packed grid = 1024 image tokens (a 64 × 64 latent), 64 text tokens.
+    let input = FluxInput {
+        img: Tensor::<Flex, 3>::random([1, 1024, 64], normal, &device),
+        img_ids: img_ids(1, 64, 64, &device),
+        txt: Tensor::random([1, 64, 256], normal, &device),
+        txt_ids: txt_ids(1, 64, &device),
+        timesteps: Tensor::from_floats([0.7], &device),
+        y: Tensor::random([1, 128], normal, &device),
+        guidance: Some(Tensor::from_floats([3.5], &device)),
+    };
+    let delta = TextModulation::new(
+        Tensor::random([1, 64, 512], normal, &device),
+        Tensor::random([1, 64, 2, 512], normal, &device),
+    );
+    let run = |m: Option<&TextModulation<Flex>>| {
+        let out = flux.forward(input.clone(), m);
+        // Read back so the measured time includes all queued work.
+        out.into_data()
+    };
+    run(None);
+
+    let mut group = c.benchmark_group("flux_forward_medium");
+    group.sample_size(10);
+    group.bench_function("plain", |b| b.iter(|| run(None)));
+    group.bench_function("modulated", |b| b.iter(|| run(Some(&delta))));
+    group.finish();
+}
+
+/// The pieces that dominate a medium forward, at the sizes it runs them (1088 joint tokens).
+fn parts(c: &mut Criterion) {
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use premier::mmdit::blocks::gelu_tanh;
+    use premier::mmdit::embed::Rope;
+
+    let device = Default::default();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let q = Tensor::<Flex, 4>::random([1, 8, 1088, 64], normal, &device);
+    let k = Tensor::<Flex, 4>::random([1, 8, 1088, 64], normal, &device);
+    let v = Tensor::<Flex, 4>::random([1, 8, 1088, 64], normal, &device);
+    let x = Tensor::<Flex, 3>::random([1, 1088, 512], normal, &device);
+    let mlp = Tensor::<Flex, 3>::random([1, 1088, 2048], normal, &device);
+    let linear = burn::nn::LinearConfig::new(512, 2048).init::<Flex>(&device);
+    let ids = Tensor::cat(
+        vec![txt_ids::<Flex>(1, 64, &device), img_ids(1, 64, 64, &device)],
+        1,
+    );
+    let rope = Rope::new(ids, &[8, 28, 28], 10_000, 8);
+
+    let mut group = c.benchmark_group("flux_parts_medium");
+    group.sample_size(20);
+    group.bench_function("attention_8x1088x64", |b| {
+        b.iter(|| {
+            attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            )
+            .into_data()
+        })
+    });
+    group.bench_function("linear_512x2048_1088tok", |b| {
+        b.iter(|| linear.forward(x.clone()).into_data())
+    });
+    group.bench_function("gelu_tanh_1088x2048", |b| {
+        b.iter(|| gelu_tanh(mlp.clone()).into_data())
+    });
+    group.bench_function("rope_apply_8x1088x64", |b| {
+        b.iter(|| rope.apply(q.clone()).into_data())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, forward, parts);
+criterion_main!(benches);

@@ -2,7 +2,7 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
@@ -67,8 +67,28 @@ impl<B: Backend> Modulation<B> {
     }
 }
 
-/// Splits fused qkv `[batch, tokens, 3·heads·head_dim]` into q, k, v of `[batch, heads, tokens, head_dim]`
-/// (BFL `rearrange(qkv, "B L (K H D) -> K B H L D", K=3)`).
+/// GELU with the tanh approximation (PyTorch `GELU(approximate="tanh")`), written as
+/// `x · σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, which equals `0.5x(1 + tanh(u))` and runs
+/// several times faster than a tanh on CPU backends. burn's sigmoid keeps the backward finite for
+/// large |u| (an `x / (1 + exp(-2u))` form would give inf/inf gradients).
+///
+/// x: any shape.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
+    let u2 = (x.clone() * x.clone() * x.clone() * 0.044715 + x.clone()) * TWO_SQRT_2_OVER_PI;
+    x * sigmoid(u2)
+}
+
+/// Copies a strided view into a buffer of its own. burn has no `contiguous()`; a reshape to 1-D
+/// copies a strided tensor and is free for a contiguous one. Worth it before a chain of
+/// elementwise ops, which run several times slower on strided inputs on CPU.
+fn materialize<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
+}
+
+/// Splits fused qkv `[batch, tokens, 3·heads·head_dim]` into contiguous q, k, v of
+/// `[batch, heads, tokens, head_dim]` (BFL `rearrange(qkv, "B L (K H D) -> K B H L D", K=3)`).
 fn split_qkv<B: Backend>(
     qkv: Tensor<B, 3>,
     heads: usize,
@@ -82,6 +102,7 @@ fn split_qkv<B: Backend>(
             .reshape([batch, tokens, heads, head_dim])
             .swap_dims(1, 2)
     };
+    let part = |k: usize| materialize(part(k));
     (part(0), part(1), part(2))
 }
 
@@ -157,7 +178,7 @@ impl<B: Backend> Mlp<B> {
 
     /// x: `[batch, tokens, hidden]` → same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu_approximate(self.fc1.forward(x)))
+        self.fc2.forward(gelu_tanh(self.fc1.forward(x)))
     }
 }
 
@@ -257,17 +278,21 @@ impl<B: Backend> DoubleStreamBlock<B> {
 }
 
 /// A single-stream block over the joint `[txt, img]` sequence, attention and MLP in parallel.
+///
+/// BFL's `linear1` (hidden → 3·hidden + mlp_hidden) is kept as its two row blocks, `linear1_qkv`
+/// and `linear1_mlp` (diffusers' `to_q/k/v` and `proj_mlp`), so that each output is contiguous:
+/// on CPU, elementwise kernels over a strided slice run several times slower.
 #[derive(Module, Debug)]
 pub struct SingleStreamBlock<B: Backend> {
-    /// hidden → 3·hidden (qkv) + mlp_hidden.
-    pub linear1: Linear<B>,
+    /// Rows `0..3·hidden` of `linear1`: hidden → 3·hidden.
+    pub linear1_qkv: Linear<B>,
+    /// Rows `3·hidden..` of `linear1`: hidden → mlp_hidden.
+    pub linear1_mlp: Linear<B>,
     /// hidden + mlp_hidden → hidden.
     pub linear2: Linear<B>,
     pub norm: QkNorm<B>,
     pub modulation: Modulation<B>,
     heads: usize,
-    hidden: usize,
-    mlp_hidden: usize,
 }
 
 impl<B: Backend> SingleStreamBlock<B> {
@@ -278,34 +303,33 @@ impl<B: Backend> SingleStreamBlock<B> {
         heads: usize,
         mlp_hidden: usize,
     ) -> Result<Self, LoadError> {
+        let mut linear1 = src.linear_split_rows(
+            &format!("{key}.linear1"),
+            hidden,
+            &[3 * hidden, mlp_hidden],
+            true,
+        )?;
+        let linear1_mlp = linear1.pop().expect("two row blocks");
+        let linear1_qkv = linear1.pop().expect("two row blocks");
         Ok(Self {
-            linear1: src.linear(
-                &format!("{key}.linear1"),
-                hidden,
-                3 * hidden + mlp_hidden,
-                true,
-            )?,
+            linear1_qkv,
+            linear1_mlp,
             linear2: src.linear(&format!("{key}.linear2"), hidden + mlp_hidden, hidden, true)?,
             norm: QkNorm::build(src, &format!("{key}.norm"), hidden / heads)?,
             modulation: Modulation::build(src, &format!("{key}.modulation"), hidden, false)?,
             heads,
-            hidden,
-            mlp_hidden,
         })
     }
 
     /// x: `[batch, tokens, hidden]` over `[txt, img]`, vec: `[batch, hidden]` → same shape as x.
     pub fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>, rope: &Rope<B>) -> Tensor<B, 3> {
         let modulation = self.modulation.forward(vec.unsqueeze_dim::<3>(1)).remove(0);
-        let h = self.linear1.forward(modulation.modulate(x.clone()));
-        let qkv = h.clone().narrow(2, 0, 3 * self.hidden);
-        let mlp = h.narrow(2, 3 * self.hidden, self.mlp_hidden);
-        let (q, k, v) = split_qkv(qkv, self.heads);
+        let x_mod = modulation.modulate(x.clone());
+        let (q, k, v) = split_qkv(self.linear1_qkv.forward(x_mod.clone()), self.heads);
+        let mlp = gelu_tanh(self.linear1_mlp.forward(x_mod));
         let (q, k) = self.norm.forward(q, k);
         let attn = rope_attention(q, k, v, rope);
-        let out = self
-            .linear2
-            .forward(Tensor::cat(vec![attn, gelu_approximate(mlp)], 2));
+        let out = self.linear2.forward(Tensor::cat(vec![attn, mlp], 2));
         x + modulation.gate * out
     }
 }

@@ -46,6 +46,7 @@ pub struct Flux<B: Backend> {
     vec_in_dim: usize,
     axes_dim: Vec<usize>,
     theta: usize,
+    num_heads: usize,
 }
 
 impl<B: Backend> Flux<B> {
@@ -106,6 +107,7 @@ impl<B: Backend> Flux<B> {
             vec_in_dim: config.vec_in_dim,
             axes_dim: config.axes_dim.clone(),
             theta: config.theta,
+            num_heads: heads,
         })
     }
 
@@ -176,6 +178,7 @@ impl<B: Backend> Flux<B> {
             Tensor::cat(vec![txt_ids, img_ids], 1),
             &self.axes_dim,
             self.theta,
+            self.num_heads,
         );
 
         for (j, block) in self.double_blocks.iter().enumerate() {

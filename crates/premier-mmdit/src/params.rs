@@ -21,6 +21,16 @@ pub(crate) trait ParamSource<B: Backend> {
         bias: bool,
     ) -> Result<Linear<B>, LoadError>;
 
+    /// A `Linear` stored as one `[Σ rows, d_in]` weight at `key`, returned as one `Linear` per row
+    /// block (`d_out = rows[i]`), so each part's output is a contiguous tensor of its own.
+    fn linear_split_rows(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        rows: &[usize],
+        bias: bool,
+    ) -> Result<Vec<Linear<B>>, LoadError>;
+
     /// A vector of `len` values at `key` (a norm scale); `init` is its value when freshly made.
     fn vector(
         &mut self,
@@ -46,6 +56,18 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
         Ok(LinearConfig::new(d_in, d_out)
             .with_bias(bias)
             .init(self.device))
+    }
+
+    fn linear_split_rows(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        rows: &[usize],
+        bias: bool,
+    ) -> Result<Vec<Linear<B>>, LoadError> {
+        rows.iter()
+            .map(|&d_out| self.linear(key, d_in, d_out, bias))
+            .collect()
     }
 
     fn vector(

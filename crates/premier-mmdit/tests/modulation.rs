@@ -164,6 +164,7 @@ fn delta_on_one_token_is_local_before_attention() {
         Tensor::cat(vec![input.txt_ids.clone(), input.img_ids.clone()], 1),
         &config.axes_dim,
         config.theta,
+        config.num_heads,
     );
     let (_, txt_plain) = block.forward(img.clone(), txt.clone(), vec.clone(), None, &rope);
     let (_, txt_moved) = block.forward(img, txt, vec, Some(delta), &rope);
@@ -206,4 +207,33 @@ fn bad_modulation_and_missing_guidance_are_errors() {
         matches!(err, ForwardError::Shape { ref input, .. } if input == "txt"),
         "{err}"
     );
+}
+
+/// The sigmoid form of GELU(tanh) equals the tanh form, and its gradient stays finite where
+/// an exp-based form would overflow.
+#[test]
+fn gelu_tanh_matches_definition_and_has_finite_gradients() {
+    use burn::backend::Autodiff;
+    use premier_mmdit::blocks::gelu_tanh;
+    let device = Default::default();
+    let values: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.05).collect();
+    let n = values.len();
+    let x = Tensor::<Autodiff<B>, 1>::from_data(TensorData::new(values.clone(), [n]), &device)
+        .require_grad();
+    let y = gelu_tanh(x.clone());
+    let got = y.clone().into_data().to_vec::<f32>().unwrap();
+    for (v, g) in values.iter().zip(&got) {
+        let v = *v as f64;
+        let want = 0.5
+            * v
+            * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh());
+        assert!(
+            (want - *g as f64).abs() <= 1e-6 * want.abs().max(1.0),
+            "gelu({v}) = {g}, want {want}"
+        );
+    }
+    let grads = y.sum().backward();
+    let grad = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+    assert!(grad.iter().all(|g| g.is_finite()), "non-finite gradient");
+    assert!(grad[0].abs() < 1e-6 && (grad[n - 1] - 1.0).abs() < 1e-6);
 }

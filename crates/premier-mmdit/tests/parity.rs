@@ -69,29 +69,13 @@ fn intermediates_match_reference() {
     assert_close("temb", vec.clone(), f.tensor("temb"), ATOL);
 
     let ids = Tensor::cat(vec![input.txt_ids, input.img_ids], 1);
-    let rope = Rope::new(ids, &config.axes_dim, config.theta);
-    // diffusers stores each frequency twice (interleaved); ours once per channel pair.
+    let rope = Rope::new(ids, &config.axes_dim, config.theta, config.num_heads);
+    // Both store each pair's frequency twice, once per channel.
     let tokens = 32;
-    let want_cos = f
-        .tensor::<2>("rope_cos")
-        .reshape([tokens, 8, 2])
-        .narrow(2, 0, 1);
-    let want_sin = f
-        .tensor::<2>("rope_sin")
-        .reshape([tokens, 8, 2])
-        .narrow(2, 0, 1);
-    assert_close(
-        "rope cos",
-        rope.cos.clone().reshape([tokens, 8, 1]),
-        want_cos,
-        1e-6,
-    );
-    assert_close(
-        "rope sin",
-        rope.sin.clone().reshape([tokens, 8, 1]),
-        want_sin,
-        1e-6,
-    );
+    let cos = rope.cos.clone().narrow(1, 0, 1).reshape([tokens, 16]);
+    let sin = rope.sin.clone().narrow(1, 1, 1).reshape([tokens, 16]);
+    assert_close("rope cos", cos, f.tensor("rope_cos"), 1e-6);
+    assert_close("rope sin", sin, f.tensor("rope_sin"), 1e-6);
 
     let mut img = flux.img_in.forward(input.img);
     let mut txt = flux.txt_in.forward(input.txt);
@@ -159,6 +143,7 @@ fn modulated_intermediates_match_official_premier() {
         Tensor::cat(vec![input.txt_ids, input.img_ids], 1),
         &config.axes_dim,
         config.theta,
+        config.num_heads,
     );
     let mut img = flux.img_in.forward(input.img);
     let mut txt = flux.txt_in.forward(input.txt);

@@ -386,6 +386,42 @@ impl<B: Backend> ParamSource<B> for CheckpointSource<'_, B> {
         })
     }
 
+    fn linear_split_rows(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        rows: &[usize],
+        bias: bool,
+    ) -> Result<Vec<Linear<B>>, LoadError> {
+        let total: usize = rows.iter().sum();
+        let weight = self
+            .checkpoint
+            .read(&format!("{key}.weight"), &[total, d_in])?;
+        let bias = if bias {
+            Some(self.checkpoint.read(&format!("{key}.bias"), &[total])?)
+        } else {
+            None
+        };
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(rows.len());
+        for &n in rows {
+            let w = HostTensor {
+                shape: vec![n, d_in],
+                data: weight.data[start * d_in..(start + n) * d_in].to_vec(),
+            };
+            let b = bias.as_ref().map(|b| HostTensor {
+                shape: vec![n],
+                data: b.data[start..start + n].to_vec(),
+            });
+            parts.push(Linear {
+                weight: Param::from_tensor(self.tensor::<2>(w.transposed())),
+                bias: b.map(|b| Param::from_tensor(self.tensor::<1>(b))),
+            });
+            start += n;
+        }
+        Ok(parts)
+    }
+
     fn vector(
         &mut self,
         key: &str,
