@@ -39,6 +39,10 @@ pub enum LoadError {
         key: String,
         dtype: String,
     },
+    #[error("{path}: tensor `{key}` holds NaN or infinite values")]
+    NonFinite { path: PathBuf, key: String },
+    #[error("{path}: cannot write: {reason}")]
+    Write { path: PathBuf, reason: String },
     #[error(
         "{path}: the file has {field} = {in_file} (from `{key}`), the config says {in_config}"
     )]

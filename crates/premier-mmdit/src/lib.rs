@@ -26,7 +26,7 @@ pub mod load;
 mod model;
 mod modulation;
 pub mod norm;
-mod params;
+pub mod params;
 
 pub use config::{ConfigError, FluxConfig};
 pub use error::{ForwardError, LoadError};

@@ -10,8 +10,11 @@ use burn::prelude::*;
 
 use crate::error::LoadError;
 
-/// Supplies parameters by BFL key.
-pub(crate) trait ParamSource<B: Backend> {
+/// Supplies parameters by key (BFL keys for FLUX; the official keys for the Premier adapter).
+///
+/// Implemented by [`RandomInit`], by [`crate::load::DeviceSource`] over a checkpoint or a
+/// [`crate::load::TensorFile`], and by other crates for their own initialisations.
+pub trait ParamSource<B: Backend> {
     /// A `Linear` whose PyTorch weight is `[d_out, d_in]` at `{key}.weight` (and bias `{key}.bias`).
     fn linear(
         &mut self,
@@ -41,7 +44,7 @@ pub(crate) trait ParamSource<B: Backend> {
 }
 
 /// Fresh parameters: burn's default Linear init, norm scales set to their `init` value.
-pub(crate) struct RandomInit<'a, B: Backend> {
+pub struct RandomInit<'a, B: Backend> {
     pub device: &'a B::Device,
 }
 

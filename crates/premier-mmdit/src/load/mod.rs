@@ -20,12 +20,12 @@ use burn::nn::Linear;
 use burn::prelude::*;
 
 pub use layout::{diffusers_recipe, Recipe};
-pub use safetensors_file::{HostTensor, SafetensorsFile};
+pub use safetensors_file::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 
 use crate::config::FluxConfig;
 use crate::error::LoadError;
 use crate::model::Flux;
-use crate::params::ParamSource;
+pub use crate::params::{ParamSource, RandomInit};
 use layout::{DOUBLE_PREFIXES, SINGLE_PREFIXES};
 
 /// How strictly a checkpoint must match the model.
@@ -350,19 +350,97 @@ fn detect_layout(index: &HashMap<String, usize>) -> Option<Layout> {
         })
 }
 
-/// [`ParamSource`] reading from a checkpoint onto a device.
-struct CheckpointSource<'a, B: Backend> {
-    checkpoint: &'a mut Checkpoint,
-    device: &'a B::Device,
+/// Something that hands out stored tensors by key, checking their shape.
+pub trait TensorReader {
+    /// The tensor `key` (in the reader's naming), which must have shape `expected`.
+    fn read_tensor(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor, LoadError>;
 }
 
-impl<B: Backend> CheckpointSource<'_, B> {
-    fn tensor<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
-        Tensor::from_data(TensorData::new(host.data, host.shape), self.device)
+impl TensorReader for Checkpoint {
+    fn read_tensor(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor, LoadError> {
+        self.read(key, expected)
     }
 }
 
-impl<B: Backend> ParamSource<B> for CheckpointSource<'_, B> {
+/// One safetensors file read by plain key (adapters, embeddings, optimizer state), refusing
+/// NaN/inf values and remembering which keys were used.
+pub struct TensorFile {
+    pub file: SafetensorsFile,
+    used: HashSet<String>,
+}
+
+impl TensorFile {
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        Ok(Self {
+            file: SafetensorsFile::open(path)?,
+            used: HashSet::new(),
+        })
+    }
+
+    /// Keys that no read has asked for, sorted.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .file
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Fails with [`LoadError::UnexpectedKey`] if any key was not used.
+    pub fn ensure_all_used(&self) -> Result<(), LoadError> {
+        let unused = self.unused_keys();
+        match unused.first() {
+            Some(first) => Err(LoadError::UnexpectedKey {
+                path: self.file.path.clone(),
+                key: first.clone(),
+                count: unused.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl TensorReader for TensorFile {
+    fn read_tensor(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor, LoadError> {
+        let found = self
+            .file
+            .shape(key)
+            .ok_or_else(|| LoadError::MissingKey {
+                path: self.file.path.clone(),
+                key: key.to_string(),
+            })?
+            .to_vec();
+        if found != expected {
+            return Err(LoadError::ShapeMismatch {
+                path: self.file.path.clone(),
+                key: key.to_string(),
+                expected: expected.to_vec(),
+                found,
+            });
+        }
+        let tensor = self.file.read_finite(key)?;
+        self.used.insert(key.to_string());
+        Ok(tensor)
+    }
+}
+
+/// [`ParamSource`] that reads from a [`TensorReader`] onto a device, keys prefixed by `prefix`.
+pub struct DeviceSource<'a, R: TensorReader, B: Backend> {
+    pub reader: &'a mut R,
+    pub device: &'a B::Device,
+    pub prefix: String,
+}
+
+impl<R: TensorReader, B: Backend> DeviceSource<'_, R, B> {
+    fn tensor<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
+        host.into_tensor(self.device)
+    }
+}
+
+impl<R: TensorReader, B: Backend> ParamSource<B> for DeviceSource<'_, R, B> {
     fn linear(
         &mut self,
         key: &str,
@@ -371,11 +449,13 @@ impl<B: Backend> ParamSource<B> for CheckpointSource<'_, B> {
         bias: bool,
     ) -> Result<Linear<B>, LoadError> {
         let weight = self
-            .checkpoint
-            .read(&format!("{key}.weight"), &[d_out, d_in])?
+            .reader
+            .read_tensor(&format!("{}{key}.weight", self.prefix), &[d_out, d_in])?
             .transposed();
         let bias = if bias {
-            let b = self.checkpoint.read(&format!("{key}.bias"), &[d_out])?;
+            let b = self
+                .reader
+                .read_tensor(&format!("{}{key}.bias", self.prefix), &[d_out])?;
             Some(Param::from_tensor(self.tensor::<1>(b)))
         } else {
             None
@@ -395,10 +475,13 @@ impl<B: Backend> ParamSource<B> for CheckpointSource<'_, B> {
     ) -> Result<Vec<Linear<B>>, LoadError> {
         let total: usize = rows.iter().sum();
         let weight = self
-            .checkpoint
-            .read(&format!("{key}.weight"), &[total, d_in])?;
+            .reader
+            .read_tensor(&format!("{}{key}.weight", self.prefix), &[total, d_in])?;
         let bias = if bias {
-            Some(self.checkpoint.read(&format!("{key}.bias"), &[total])?)
+            Some(
+                self.reader
+                    .read_tensor(&format!("{}{key}.bias", self.prefix), &[total])?,
+            )
         } else {
             None
         };
@@ -428,7 +511,9 @@ impl<B: Backend> ParamSource<B> for CheckpointSource<'_, B> {
         len: usize,
         _init: f32,
     ) -> Result<Param<Tensor<B, 1>>, LoadError> {
-        let v = self.checkpoint.read(key, &[len])?;
+        let v = self
+            .reader
+            .read_tensor(&format!("{}{key}", self.prefix), &[len])?;
         Ok(Param::from_tensor(self.tensor::<1>(v)))
     }
 }
@@ -456,9 +541,10 @@ impl<B: Backend> Flux<B> {
         checkpoint.check_config(config)?;
         tracing::debug!(path = %checkpoint.path.display(), layout = ?checkpoint.layout, "loading FLUX transformer");
         let model = Self::build(
-            &mut CheckpointSource {
-                checkpoint: &mut checkpoint,
+            &mut DeviceSource {
+                reader: &mut checkpoint,
                 device,
+                prefix: String::new(),
             },
             config,
         )?;

@@ -19,6 +19,30 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// Reads a tensor back from a device (any float dtype → f32).
+    pub fn from_tensor<B: burn::prelude::Backend, const D: usize>(
+        tensor: burn::prelude::Tensor<B, D>,
+    ) -> Self {
+        let shape = tensor.dims().to_vec();
+        let data = tensor
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32");
+        Self { shape, data }
+    }
+
+    /// Puts the tensor on `device` in the backend's float type; the rank must be `D`.
+    pub fn into_tensor<B: burn::prelude::Backend, const D: usize>(
+        self,
+        device: &B::Device,
+    ) -> burn::prelude::Tensor<B, D> {
+        burn::prelude::Tensor::from_data(
+            burn::prelude::TensorData::new(self.data, self.shape),
+            device,
+        )
+    }
+
     /// Concatenates along dim 0 (all parts must agree on the other dims; checked by the caller).
     pub fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
         let mut shape = parts[0].shape.clone();
@@ -115,6 +139,19 @@ impl SafetensorsFile {
         self.tensors.get(key).map(|i| i.shape.as_slice())
     }
 
+    /// Reads `key` as f32 and refuses NaN or infinite values (for files users train and share:
+    /// embeddings, adapters, optimizer state).
+    pub fn read_finite(&self, key: &str) -> Result<HostTensor, LoadError> {
+        let tensor = self.read(key)?;
+        if tensor.data.iter().any(|v| !v.is_finite()) {
+            return Err(LoadError::NonFinite {
+                path: self.path.clone(),
+                key: key.to_string(),
+            });
+        }
+        Ok(tensor)
+    }
+
     /// Reads `key` and converts it to f32.
     pub fn read(&self, key: &str) -> Result<HostTensor, LoadError> {
         let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {
@@ -170,4 +207,65 @@ impl SafetensorsFile {
             data,
         })
     }
+}
+
+/// Element type for [`write_safetensors`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaveDtype {
+    #[default]
+    F32,
+    /// bfloat16, as the released Premier files.
+    Bf16,
+}
+
+/// Writes named tensors to `path` atomically: a temporary file in the same folder, then a rename,
+/// so an interrupted write never leaves a half-written file where a good one was.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    dtype: SaveDtype,
+) -> Result<(), LoadError> {
+    use safetensors::tensor::TensorView;
+    let fail = |reason: String| LoadError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| match dtype {
+            SaveDtype::F32 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            SaveDtype::Bf16 => t
+                .data
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        })
+        .collect();
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::Bf16 => Dtype::BF16,
+    };
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), b)| {
+            TensorView::new(st_dtype, t.shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| fail(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| fail("not a file path".into()))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| fail(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(e.to_string())
+    })
 }
