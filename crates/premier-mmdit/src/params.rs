@@ -15,14 +15,32 @@ use crate::error::LoadError;
 /// Implemented by [`RandomInit`], by [`crate::load::DeviceSource`] over a checkpoint or a
 /// [`crate::load::TensorFile`], and by other crates for their own initialisations.
 pub trait ParamSource<B: Backend> {
-    /// A `Linear` whose PyTorch weight is `[d_out, d_in]` at `{key}.weight` (and bias `{key}.bias`).
+    /// A `Linear` whose PyTorch weight `[d_out, d_in]` is stored at `weight_key` and its bias
+    /// `[d_out]` at `bias_key` (e.g. torch MHA's `in_proj_weight` / `in_proj_bias`).
+    fn linear_with_keys(
+        &mut self,
+        weight_key: &str,
+        bias_key: Option<&str>,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Linear<B>, LoadError>;
+
+    /// A `Linear` at `{key}.weight` (and bias `{key}.bias`), PyTorch's naming.
     fn linear(
         &mut self,
         key: &str,
         d_in: usize,
         d_out: usize,
         bias: bool,
-    ) -> Result<Linear<B>, LoadError>;
+    ) -> Result<Linear<B>, LoadError> {
+        let bias_key = format!("{key}.bias");
+        self.linear_with_keys(
+            &format!("{key}.weight"),
+            bias.then_some(bias_key.as_str()),
+            d_in,
+            d_out,
+        )
+    }
 
     /// A `Linear` stored as one `[Σ rows, d_in]` weight at `key`, returned as one `Linear` per row
     /// block (`d_out = rows[i]`), so each part's output is a contiguous tensor of its own.
@@ -49,15 +67,15 @@ pub struct RandomInit<'a, B: Backend> {
 }
 
 impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
-    fn linear(
+    fn linear_with_keys(
         &mut self,
-        _key: &str,
+        _weight_key: &str,
+        bias_key: Option<&str>,
         d_in: usize,
         d_out: usize,
-        bias: bool,
     ) -> Result<Linear<B>, LoadError> {
         Ok(LinearConfig::new(d_in, d_out)
-            .with_bias(bias)
+            .with_bias(bias_key.is_some())
             .init(self.device))
     }
 

@@ -441,24 +441,25 @@ impl<R: TensorReader, B: Backend> DeviceSource<'_, R, B> {
 }
 
 impl<R: TensorReader, B: Backend> ParamSource<B> for DeviceSource<'_, R, B> {
-    fn linear(
+    fn linear_with_keys(
         &mut self,
-        key: &str,
+        weight_key: &str,
+        bias_key: Option<&str>,
         d_in: usize,
         d_out: usize,
-        bias: bool,
     ) -> Result<Linear<B>, LoadError> {
         let weight = self
             .reader
-            .read_tensor(&format!("{}{key}.weight", self.prefix), &[d_out, d_in])?
+            .read_tensor(&format!("{}{weight_key}", self.prefix), &[d_out, d_in])?
             .transposed();
-        let bias = if bias {
-            let b = self
-                .reader
-                .read_tensor(&format!("{}{key}.bias", self.prefix), &[d_out])?;
-            Some(Param::from_tensor(self.tensor::<1>(b)))
-        } else {
-            None
+        let bias = match bias_key {
+            Some(key) => {
+                let b = self
+                    .reader
+                    .read_tensor(&format!("{}{key}", self.prefix), &[d_out])?;
+                Some(Param::from_tensor(self.tensor::<1>(b)))
+            }
+            None => None,
         };
         Ok(Linear {
             weight: Param::from_tensor(self.tensor::<2>(weight)),

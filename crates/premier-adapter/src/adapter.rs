@@ -1,0 +1,123 @@
+//! The pair of adapters that turns (prompt, user) into Premier's `TextModulation`.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use premier_mmdit::load::{write_safetensors, DeviceSource, HostTensor, SaveDtype, TensorFile};
+use premier_mmdit::{LoadError, TextModulation};
+
+use crate::config::AdapterConfig;
+use crate::init::SmallStdInit;
+use crate::resampler::TextImageResampler;
+
+/// Errors of building, loading or saving adapters.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("invalid adapter config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    File(#[from] LoadError),
+}
+
+/// Block-shared (`net`) and block-distinct (`net2`) adapters (official `CLIPModAdapter_2`).
+#[derive(Module, Debug)]
+pub struct PreferenceAdapter<B: Backend> {
+    /// Δ_shared: out = hidden. `None` when switched off.
+    pub net: Option<TextImageResampler<B>>,
+    /// Δ_distinct: out = blocks·hidden, one LayerNorm over all of it. `None` when switched off.
+    pub net2: Option<TextImageResampler<B>>,
+    hidden: usize,
+    blocks: usize,
+}
+
+impl<B: Backend> PreferenceAdapter<B> {
+    /// A fresh adapter with the official init (biases 0, everything else N(0, 0.01²)).
+    pub fn init(config: &AdapterConfig, device: &B::Device) -> Result<Self, AdapterError> {
+        Self::build(&mut SmallStdInit::new(device), config)
+    }
+
+    fn build(
+        src: &mut impl premier_mmdit::load::ParamSource<B>,
+        config: &AdapterConfig,
+    ) -> Result<Self, AdapterError> {
+        config.validate().map_err(AdapterError::Config)?;
+        let c = config;
+        let mut net = |key: &str, out: usize| {
+            TextImageResampler::build(
+                src, key, c.text_dim, c.user_dim, c.width, c.heads, c.layers, out,
+            )
+        };
+        let shared = if c.shared {
+            Some(net("net", c.hidden)?)
+        } else {
+            None
+        };
+        let distinct = if c.distinct {
+            Some(net("net2", c.hidden * c.blocks)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            net: shared,
+            net2: distinct,
+            hidden: c.hidden,
+            blocks: c.blocks,
+        })
+    }
+
+    /// Loads the official `mod_adapter.safetensors` layout (bf16, f16 or f32), strictly: every key
+    /// must be used, and a file holding `net2.*` for a config with `distinct: false` (or the
+    /// reverse) is an error.
+    pub fn load(
+        path: impl AsRef<Path>,
+        config: &AdapterConfig,
+        device: &B::Device,
+    ) -> Result<Self, AdapterError> {
+        let mut file = TensorFile::open(path.as_ref())?;
+        let adapter = Self::build(
+            &mut DeviceSource {
+                reader: &mut file,
+                device,
+                prefix: String::new(),
+            },
+            config,
+        )?;
+        file.ensure_all_used()?;
+        Ok(adapter)
+    }
+
+    /// The parameters under the official key names, in PyTorch layout.
+    pub fn to_tensors(&self) -> Vec<(String, HostTensor)> {
+        let mut out = Vec::new();
+        if let Some(net) = &self.net {
+            net.export("net", &mut out);
+        }
+        if let Some(net2) = &self.net2 {
+            net2.export("net2", &mut out);
+        }
+        out
+    }
+
+    /// Saves in the official layout, atomically (temporary file, then rename).
+    pub fn save(&self, path: impl AsRef<Path>, dtype: SaveDtype) -> Result<(), AdapterError> {
+        Ok(write_safetensors(path.as_ref(), &self.to_tensors(), dtype)?)
+    }
+
+    /// Premier's Δ for each (prompt, user) pair of the batch.
+    ///
+    /// text: `[batch, txt_tokens, text_dim]` (T5 tokens, padding included), user:
+    /// `[batch, user_tokens, user_dim]` → shared `[batch, txt_tokens, hidden]` and distinct
+    /// `[batch, txt_tokens, blocks, hidden]`. Independent of the timestep.
+    pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> TextModulation<B> {
+        let [batch, tokens, _] = text.dims();
+        let shared = self
+            .net
+            .as_ref()
+            .map(|n| n.forward(text.clone(), user.clone()));
+        let distinct = self.net2.as_ref().map(|n| {
+            n.forward(text, user)
+                .reshape([batch, tokens, self.blocks, self.hidden])
+        });
+        TextModulation { shared, distinct }
+    }
+}

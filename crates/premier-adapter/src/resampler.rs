@@ -1,0 +1,286 @@
+//! The official `TextImageResampler` and its parts (`mod_adapters.py`, after ELLA/XVerse), with
+//! field names and checkpoint keys as in the released `mod_adapter.safetensors`.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::activation::{relu, softmax};
+use premier_mmdit::load::{HostTensor, ParamSource};
+use premier_mmdit::norm::layer_norm_no_affine;
+use premier_mmdit::LoadError;
+
+/// Width of the (always zero) timestep embedding the official AdaLN takes.
+const TIME_DIM: usize = 64;
+
+/// Appends a `Linear`'s parameters under PyTorch names and layout (`[out, in]`).
+fn export_linear<B: Backend>(
+    linear: &Linear<B>,
+    weight_key: String,
+    bias_key: Option<String>,
+    out: &mut Vec<(String, HostTensor)>,
+) {
+    out.push((
+        weight_key,
+        HostTensor::from_tensor(linear.weight.val()).transposed(),
+    ));
+    if let (Some(key), Some(bias)) = (bias_key, &linear.bias) {
+        out.push((key, HostTensor::from_tensor(bias.val())));
+    }
+}
+
+/// `LN(x)·(1 + scale) + shift` with (shift, scale) = `linear(SiLU(temb))`. The official adapter
+/// always passes `temb = 0`, so (shift, scale) is the bias of `linear` (shift first); the weight is
+/// kept only so the released file loads and saves unchanged.
+#[derive(Module, Debug)]
+pub struct AdaLayerNorm<B: Backend> {
+    /// Linear(64 → 2·width), key `….linear`.
+    pub linear: Linear<B>,
+}
+
+impl<B: Backend> AdaLayerNorm<B> {
+    fn build(src: &mut impl ParamSource<B>, key: &str, width: usize) -> Result<Self, LoadError> {
+        Ok(Self {
+            linear: src.linear(&format!("{key}.linear"), TIME_DIM, 2 * width, true)?,
+        })
+    }
+
+    /// x: `[batch, tokens, width]` → same shape.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let width = x.dims()[2];
+        let emb = match &self.linear.bias {
+            Some(bias) => bias.val().reshape([1, 1, 2 * width]),
+            None => Tensor::zeros([1, 1, 2 * width], &x.device()),
+        };
+        let shift = emb.clone().narrow(2, 0, width);
+        let scale = emb.narrow(2, width, width);
+        layer_norm_no_affine(x, 1e-6) * (scale + 1.0) + shift
+    }
+
+    fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
+        export_linear(
+            &self.linear,
+            format!("{key}.linear.weight"),
+            Some(format!("{key}.linear.bias")),
+            out,
+        );
+    }
+}
+
+/// `torch.nn.MultiheadAttention(width, heads, batch_first=True)` without masks: fused input
+/// projection (rows q, k, v), scaled dot-product attention per head, output projection.
+#[derive(Module, Debug)]
+pub struct MultiheadAttention<B: Backend> {
+    /// Keys `in_proj_weight` `[3·width, width]` and `in_proj_bias`.
+    pub in_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    heads: usize,
+}
+
+impl<B: Backend> MultiheadAttention<B> {
+    fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        width: usize,
+        heads: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            in_proj: src.linear_with_keys(
+                &format!("{key}.in_proj_weight"),
+                Some(&format!("{key}.in_proj_bias")),
+                width,
+                3 * width,
+            )?,
+            out_proj: src.linear(&format!("{key}.out_proj"), width, width, true)?,
+            heads,
+        })
+    }
+
+    /// query: `[batch, q_tokens, width]`, kv: `[batch, kv_tokens, width]` → `[batch, q_tokens, width]`.
+    pub fn forward(&self, query: Tensor<B, 3>, kv: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, q_tokens, width] = query.dims();
+        let kv_tokens = kv.dims()[1];
+        let head_dim = width / self.heads;
+        let weight = self.in_proj.weight.val(); // [width, 3·width]
+        let bias = self.in_proj.bias.as_ref().map(|b| b.val());
+        let project = |x: Tensor<B, 3>, part: usize| {
+            let w = weight.clone().narrow(1, part * width, width);
+            let b = bias.clone().map(|b| b.narrow(0, part * width, width));
+            burn::tensor::module::linear(x, w, b)
+        };
+        let heads = |x: Tensor<B, 3>, tokens: usize| {
+            x.reshape([batch, tokens, self.heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = heads(project(query, 0), q_tokens);
+        let k = heads(project(kv.clone(), 1), kv_tokens);
+        let v = heads(project(kv, 2), kv_tokens);
+        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+        let attended = softmax(scores, 3).matmul(v);
+        self.out_proj
+            .forward(attended.swap_dims(1, 2).reshape([batch, q_tokens, width]))
+    }
+
+    fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
+        export_linear(
+            &self.in_proj,
+            format!("{key}.in_proj_weight"),
+            Some(format!("{key}.in_proj_bias")),
+            out,
+        );
+        export_linear(
+            &self.out_proj,
+            format!("{key}.out_proj.weight"),
+            Some(format!("{key}.out_proj.bias")),
+            out,
+        );
+    }
+}
+
+/// One Perceiver block: text queries attend to the (fixed) user tokens, then an MLP with
+/// SquaredReLU; each with a residual and an AdaLN in front.
+#[derive(Module, Debug)]
+pub struct PerceiverBlock<B: Backend> {
+    pub attn: MultiheadAttention<B>,
+    /// Key `mlp.c_fc`: width → 4·width.
+    pub c_fc: Linear<B>,
+    /// Key `mlp.c_proj`: 4·width → width.
+    pub c_proj: Linear<B>,
+    pub ln_1: AdaLayerNorm<B>,
+    pub ln_2: AdaLayerNorm<B>,
+    pub ln_ff: AdaLayerNorm<B>,
+}
+
+impl<B: Backend> PerceiverBlock<B> {
+    fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        width: usize,
+        heads: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            attn: MultiheadAttention::build(src, &format!("{key}.attn"), width, heads)?,
+            c_fc: src.linear(&format!("{key}.mlp.c_fc"), width, 4 * width, true)?,
+            c_proj: src.linear(&format!("{key}.mlp.c_proj"), 4 * width, width, true)?,
+            ln_1: AdaLayerNorm::build(src, &format!("{key}.ln_1"), width)?,
+            ln_2: AdaLayerNorm::build(src, &format!("{key}.ln_2"), width)?,
+            ln_ff: AdaLayerNorm::build(src, &format!("{key}.ln_ff"), width)?,
+        })
+    }
+
+    /// text: `[batch, txt_tokens, width]`, user: `[batch, user_tokens, width]` → new text tokens.
+    pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> Tensor<B, 3> {
+        let attended = self
+            .attn
+            .forward(self.ln_1.forward(text.clone()), self.ln_2.forward(user));
+        let text = text + attended;
+        let hidden = relu(self.c_fc.forward(self.ln_ff.forward(text.clone()))).powi_scalar(2);
+        text + self.c_proj.forward(hidden)
+    }
+
+    fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
+        self.attn.export(&format!("{key}.attn"), out);
+        export_linear(
+            &self.c_fc,
+            format!("{key}.mlp.c_fc.weight"),
+            Some(format!("{key}.mlp.c_fc.bias")),
+            out,
+        );
+        export_linear(
+            &self.c_proj,
+            format!("{key}.mlp.c_proj.weight"),
+            Some(format!("{key}.mlp.c_proj.bias")),
+            out,
+        );
+        self.ln_1.export(&format!("{key}.ln_1"), out);
+        self.ln_2.export(&format!("{key}.ln_2"), out);
+        self.ln_ff.export(&format!("{key}.ln_ff"), out);
+    }
+}
+
+/// Cross-attention resampler from (prompt tokens, user tokens) to one output per prompt token.
+#[derive(Module, Debug)]
+pub struct TextImageResampler<B: Backend> {
+    /// text_dim → width.
+    pub text_proj_in: Linear<B>,
+    /// user_dim → width; computed once, not updated by the blocks.
+    pub image_proj_in: Linear<B>,
+    pub perceiver_blocks: Vec<PerceiverBlock<B>>,
+    /// Key `proj_out.0`: width → out.
+    pub proj_out: Linear<B>,
+    /// Key `proj_out.1`: LayerNorm(out), eps 1e-5, with weight and bias.
+    pub norm_weight: Param<Tensor<B, 1>>,
+    pub norm_bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> TextImageResampler<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        text_dim: usize,
+        user_dim: usize,
+        width: usize,
+        heads: usize,
+        layers: usize,
+        out: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            text_proj_in: src.linear(&format!("{key}.text_proj_in"), text_dim, width, true)?,
+            image_proj_in: src.linear(&format!("{key}.image_proj_in"), user_dim, width, true)?,
+            perceiver_blocks: (0..layers)
+                .map(|b| {
+                    PerceiverBlock::build(src, &format!("{key}.perceiver_blocks.{b}"), width, heads)
+                })
+                .collect::<Result<_, _>>()?,
+            proj_out: src.linear(&format!("{key}.proj_out.0"), width, out, true)?,
+            norm_weight: src.vector(&format!("{key}.proj_out.1.weight"), out, 1.0)?,
+            norm_bias: src.vector(&format!("{key}.proj_out.1.bias"), out, 0.0)?,
+        })
+    }
+
+    /// text: `[batch, txt_tokens, text_dim]`, user: `[batch, user_tokens, user_dim]` →
+    /// `[batch, txt_tokens, out]`.
+    pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> Tensor<B, 3> {
+        let user = self.image_proj_in.forward(user);
+        let mut text = self.text_proj_in.forward(text);
+        for block in &self.perceiver_blocks {
+            text = block.forward(text, user.clone());
+        }
+        let out = self.proj_out.forward(text);
+        let width = out.dims()[2];
+        layer_norm_no_affine(out, 1e-5) * self.norm_weight.val().reshape([1, 1, width])
+            + self.norm_bias.val().reshape([1, 1, width])
+    }
+
+    pub(crate) fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
+        export_linear(
+            &self.text_proj_in,
+            format!("{key}.text_proj_in.weight"),
+            Some(format!("{key}.text_proj_in.bias")),
+            out,
+        );
+        export_linear(
+            &self.image_proj_in,
+            format!("{key}.image_proj_in.weight"),
+            Some(format!("{key}.image_proj_in.bias")),
+            out,
+        );
+        for (b, block) in self.perceiver_blocks.iter().enumerate() {
+            block.export(&format!("{key}.perceiver_blocks.{b}"), out);
+        }
+        export_linear(
+            &self.proj_out,
+            format!("{key}.proj_out.0.weight"),
+            Some(format!("{key}.proj_out.0.bias")),
+            out,
+        );
+        out.push((
+            format!("{key}.proj_out.1.weight"),
+            HostTensor::from_tensor(self.norm_weight.val()),
+        ));
+        out.push((
+            format!("{key}.proj_out.1.bias"),
+            HostTensor::from_tensor(self.norm_bias.val()),
+        ));
+    }
+}
