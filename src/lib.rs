@@ -1,1 +1,16 @@
+//! # premier
+//!
+//! Personalized text-to-image generation on FLUX.1 (Premier, CVPR 2026) on burn. This facade
+//! re-exports the member crates:
+//!
+//! - [`mmdit`]: the FLUX.1 transformer with the per-token text-modulation hook, and its loaders;
+//! - [`adapter`]: the block-shared and block-distinct preference adapters;
+//! - [`users`]: user embeddings, per-user files and linear-combination cold start;
+//! - [`losses`]: flow matching and dispersion losses.
+//!
+//! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
+
+pub use premier_adapter as adapter;
+pub use premier_losses as losses;
 pub use premier_mmdit as mmdit;
+pub use premier_users as users;
