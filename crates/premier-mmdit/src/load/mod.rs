@@ -86,6 +86,57 @@ impl Checkpoint {
         })
     }
 
+    /// Opens a file, shard index or folder of any model, keys used as stored (T5, CLIP, VAE…).
+    pub fn open_plain(path: &Path) -> Result<Self, LoadError> {
+        let files = resolve_files(path)?
+            .iter()
+            .map(|f| SafetensorsFile::open(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut index = HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            for key in file.keys() {
+                index.insert(key.to_string(), i);
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            layout: Layout::Bfl {
+                prefix: String::new(),
+            },
+            files,
+            index,
+            used: HashSet::new(),
+        })
+    }
+
+    /// Whether the checkpoint stores `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Marks `key` as used without reading it (e.g. a tied copy of another tensor).
+    pub fn mark_used(&mut self, key: &str) {
+        self.used.insert(key.to_string());
+    }
+
+    /// Shape of a stored tensor, if present.
+    pub fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
+        self.stored_shape(key).map(<[usize]>::to_vec)
+    }
+
+    /// Fails with [`LoadError::UnexpectedKey`] if a stored tensor was never read.
+    pub fn ensure_all_used(&self) -> Result<(), LoadError> {
+        let unused = self.unused_keys();
+        match unused.first() {
+            Some(first) => Err(LoadError::UnexpectedKey {
+                path: self.path.clone(),
+                key: first.clone(),
+                count: unused.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn file_of(&self, key: &str) -> Result<&SafetensorsFile, LoadError> {
         self.index
             .get(key)

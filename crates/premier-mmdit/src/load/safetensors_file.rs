@@ -152,6 +152,35 @@ impl SafetensorsFile {
         Ok(tensor)
     }
 
+    /// Reads an integer tensor (I64, I32, U8…: token ids, positions) as i64.
+    pub fn read_ids(&self, key: &str) -> Result<(Vec<usize>, Vec<i64>), LoadError> {
+        let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })?;
+        let (start, end) = info.data_offsets;
+        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
+        let data = match info.dtype {
+            Dtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect(),
+            Dtype::I32 => bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect(),
+            Dtype::U8 => bytes.iter().map(|&b| b as i64).collect(),
+            other => {
+                return Err(LoadError::UnsupportedDtype {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    dtype: format!("{other:?} (expected an integer type)"),
+                })
+            }
+        };
+        Ok((info.shape.clone(), data))
+    }
+
     /// Reads `key` and converts it to f32.
     pub fn read(&self, key: &str) -> Result<HostTensor, LoadError> {
         let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {

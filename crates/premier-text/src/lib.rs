@@ -1,0 +1,21 @@
+//! # premier-text
+//!
+//! The two text encoders FLUX.1 conditions on, loaded from the Hugging Face files:
+//! - [`T5Encoder`] (T5-v1.1-XXL encoder): per-token features `[batch, 512, 4096]`, called **without**
+//!   an attention mask, padding included, as FLUX does;
+//! - [`ClipTextEncoder`] (CLIP ViT-L/14 text tower): the pooled vector `[batch, 768]` at the EOS token;
+//! - [`PromptTokenizer`]: the real tokenizers (shipped in this crate, see `tokenizers/`), padded and
+//!   truncated as FLUX's pipeline does;
+//! - [`TextEncoder`]: both, with a cache keyed by prompt, giving [`TextConditioning`].
+
+mod clip;
+mod encoder;
+mod error;
+mod t5;
+mod tokenizer;
+
+pub use clip::{ClipTextConfig, ClipTextEncoder};
+pub use encoder::{TextConditioning, TextEncoder};
+pub use error::TextError;
+pub use t5::{relative_position_bucket, T5Config, T5Encoder};
+pub use tokenizer::{PromptTokenizer, TokenizedBatch};
