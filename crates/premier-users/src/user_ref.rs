@@ -10,7 +10,7 @@ use crate::error::UserError;
 use crate::table::UserTable;
 
 /// A user: a row of the trained table, a per-user embedding file, or a coefficient file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UserRef {
     /// A trained user, by table index.
     Index(usize),

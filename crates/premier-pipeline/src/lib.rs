@@ -1,0 +1,22 @@
+//! # premier-pipeline
+//!
+//! From prompt and user to pixels with FLUX.1 and Premier:
+//! - [`schedule`]: BFL `get_schedule` (resolution-dependent shift for dev, unshifted for schnell);
+//! - [`denoise`]: the Euler flow sampler, with an optional per-token text modulation that is
+//!   computed once and reused at every step;
+//! - [`Generator`]: prompts + users + size + steps + guidance + seed → images, with a preference
+//!   strength α (0 = plain FLUX, 1 = the paper);
+//! - [`image_io`]: decode to tensors, save PNGs, and grids (rows = users, columns = prompts).
+
+mod error;
+mod generator;
+pub mod image_io;
+mod noise;
+mod sampler;
+mod schedule;
+
+pub use error::PipelineError;
+pub use generator::{GenerateRequest, Generated, Generator, Timings, UserChoice};
+pub use noise::seeded_noise;
+pub use sampler::{denoise, StepObserver};
+pub use schedule::{schedule, time_shift_mu};
