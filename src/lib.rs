@@ -1,16 +1,24 @@
 //! # premier
 //!
 //! Personalized text-to-image generation on FLUX.1 (Premier, CVPR 2026) on burn. This facade
-//! re-exports the member crates:
+//! re-exports the member crates and hosts the `premier` command line:
 //!
 //! - [`mmdit`]: the FLUX.1 transformer with the per-token text-modulation hook, and its loaders;
 //! - [`adapter`]: the block-shared and block-distinct preference adapters;
 //! - [`users`]: user embeddings, per-user files and linear-combination cold start;
-//! - [`losses`]: flow matching and dispersion losses.
+//! - [`losses`]: flow matching and dispersion losses;
+//! - [`text`], [`vae`]: the T5/CLIP text encoders and the FLUX autoencoder;
+//! - [`pipeline`]: schedule, sampler and personalized generation;
+//! - [`cli`]: the `premier` command (`premier generate …`).
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
+
+pub mod cli;
 
 pub use premier_adapter as adapter;
 pub use premier_losses as losses;
 pub use premier_mmdit as mmdit;
+pub use premier_pipeline as pipeline;
+pub use premier_text as text;
 pub use premier_users as users;
+pub use premier_vae as vae;

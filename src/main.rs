@@ -1,0 +1,5 @@
+//! The `premier` command line: `premier generate --help`.
+
+fn main() -> anyhow::Result<()> {
+    premier::cli::main()
+}

@@ -1,0 +1,99 @@
+//! The `premier generate` command line: argument parsing, model-folder resolution, user specs.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use premier::cli::{parse_user, Cli, Command, GenerateArgs, ModelFiles};
+use premier::pipeline::UserChoice;
+use premier::users::UserRef;
+
+fn parse(args: &[&str]) -> GenerateArgs {
+    let mut full = vec!["premier", "generate"];
+    full.extend_from_slice(args);
+    match Cli::try_parse_from(full).unwrap().command {
+        Command::Generate(g) => g,
+    }
+}
+
+#[test]
+fn model_dir_gives_every_part_and_flags_override() {
+    let args = parse(&[
+        "--model-dir",
+        "/m/FLUX.1-dev",
+        "--ae",
+        "/x/ae.safetensors",
+        "--prompt",
+        "a",
+        "--prompt",
+        "b",
+    ]);
+    let files = ModelFiles::resolve(&args).unwrap();
+    assert_eq!(files.flux, PathBuf::from("/m/FLUX.1-dev/transformer"));
+    assert_eq!(files.ae, PathBuf::from("/x/ae.safetensors"));
+    assert_eq!(files.t5, PathBuf::from("/m/FLUX.1-dev/text_encoder_2"));
+    assert_eq!(files.clip, PathBuf::from("/m/FLUX.1-dev/text_encoder"));
+    assert_eq!(
+        files.t5_tokenizer, None,
+        "no tokenizer.json there: the shipped one is used"
+    );
+    assert_eq!(args.prompts, vec!["a", "b"]);
+    assert_eq!(
+        (args.width, args.height, args.steps, args.alpha),
+        (512, 512, None, 1.0)
+    );
+
+    let err = ModelFiles::resolve(&parse(&["--prompt", "a"])).unwrap_err();
+    assert!(err.to_string().contains("--model-dir"), "{err}");
+    assert!(
+        Cli::try_parse_from(["premier", "generate"]).is_err(),
+        "a prompt is required"
+    );
+}
+
+#[test]
+fn user_specs() {
+    assert_eq!(parse_user("base").unwrap(), UserChoice::Base);
+    assert_eq!(
+        parse_user("17").unwrap(),
+        UserChoice::User(UserRef::Index(17))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let combo = premier::users::LinearCombination::<burn::backend::Flex>::init(4, &device);
+    let path = dir.path().join("user_combination_3.safetensors");
+    combo
+        .save(&path, premier::mmdit::load::SaveDtype::F32)
+        .unwrap();
+    assert_eq!(
+        parse_user(path.to_str().unwrap()).unwrap(),
+        UserChoice::User(UserRef::CombinationFile(path))
+    );
+    let user = premier::users::UserEmbedding::<burn::backend::Flex>::init_direct(2, 3, &device);
+    let path = dir.path().join("user_embedding_3.safetensors");
+    user.save(&path, premier::mmdit::load::SaveDtype::Bf16)
+        .unwrap();
+    assert_eq!(
+        parse_user(path.to_str().unwrap()).unwrap(),
+        UserChoice::User(UserRef::EmbeddingFile(path))
+    );
+    let err = parse_user("/no/such/user.safetensors").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("/no/such/user.safetensors"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn missing_model_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = parse(&[
+        "--model-dir",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "a",
+        "--steps",
+        "1",
+    ]);
+    let err = premier::cli::run_generate(args).unwrap_err();
+    assert!(format!("{err:#}").contains("transformer"), "{err:#}");
+}
