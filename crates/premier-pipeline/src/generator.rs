@@ -225,7 +225,9 @@ impl<B: Backend> Generator<B> {
         timings.denoise = start.elapsed();
 
         let start = Instant::now();
-        let images = self.vae.decode(unscale_latent(latent, &self.vae_config))?;
+        let images = self
+            .vae
+            .try_decode(unscale_latent(latent, &self.vae_config))?;
         timings.decode = start.elapsed();
         Ok(Generated { images, timings })
     }

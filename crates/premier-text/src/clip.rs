@@ -254,7 +254,16 @@ impl<B: Backend> ClipTextEncoder<B> {
     /// Pooling as transformers: with `eos_token_id == 2` (the released CLIP-L config) the position
     /// of the largest id in each row (the first EOS for CLIP's vocabulary), otherwise the first
     /// position holding `eos_token_id`.
-    pub fn forward(
+    ///
+    /// # Panics
+    /// On ids outside the vocabulary or too many tokens; [`ClipTextEncoder::try_forward`] returns
+    /// the error instead.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        self.try_forward(ids).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ClipTextEncoder::forward`] that checks the ids first.
+    pub fn try_forward(
         &self,
         ids: Tensor<B, 2, Int>,
     ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), TextError> {

@@ -80,8 +80,8 @@ impl<B: Backend> TextEncoder<B> {
                     "prompt truncated to the text encoders' length"
                 );
             }
-            let tokens = self.t5.forward(ids_tensor(&t5_ids.ids, device))?;
-            let (_, pooled) = self.clip.forward(ids_tensor(&clip_ids.ids, device))?;
+            let tokens = self.t5.try_forward(ids_tensor(&t5_ids.ids, device))?;
+            let (_, pooled) = self.clip.try_forward(ids_tensor(&clip_ids.ids, device))?;
             for (i, prompt) in missing.iter().enumerate() {
                 self.cache.insert(
                     prompt.to_string(),

@@ -251,7 +251,15 @@ impl<B: Backend> T5Encoder<B> {
 
     /// `last_hidden_state` without an attention mask (as FLUX): ids `[batch, tokens]` →
     /// `[batch, tokens, d_model]`.
-    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, TextError> {
+    ///
+    /// # Panics
+    /// On ids outside the vocabulary; [`T5Encoder::try_forward`] returns the error instead.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.try_forward(ids).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`T5Encoder::forward`] that checks the ids first.
+    pub fn try_forward(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, TextError> {
         check_ids(&ids, self.vocab)?;
         let [batch, tokens] = ids.dims();
         let device = ids.device();

@@ -446,7 +446,15 @@ impl<B: Backend> Autoencoder<B> {
 
     /// image `[batch, 3, H, W]` in [-1, 1], H and W divisible by 16 → the latent posterior
     /// `[batch, 16, H/8, W/8]` (unscaled; see [`scale_latent`]).
-    pub fn encode(&self, image: Tensor<B, 4>) -> Result<LatentDistribution<B>, VaeError> {
+    ///
+    /// # Panics
+    /// On a wrong channel count or size; [`Autoencoder::try_encode`] returns the error instead.
+    pub fn encode(&self, image: Tensor<B, 4>) -> LatentDistribution<B> {
+        self.try_encode(image).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Autoencoder::encode`] that checks the image first.
+    pub fn try_encode(&self, image: Tensor<B, 4>) -> Result<LatentDistribution<B>, VaeError> {
         let [_, channels, height, width] = image.dims();
         if channels != self.in_channels {
             return Err(VaeError::Channels {
@@ -483,7 +491,15 @@ impl<B: Backend> Autoencoder<B> {
 
     /// z `[batch, 16, h, w]` (unscaled; see [`unscale_latent`]) → image `[batch, 3, 8h, 8w]`,
     /// roughly in [-1, 1] (not clamped).
-    pub fn decode(&self, z: Tensor<B, 4>) -> Result<Tensor<B, 4>, VaeError> {
+    ///
+    /// # Panics
+    /// On a wrong channel count; [`Autoencoder::try_decode`] returns the error instead.
+    pub fn decode(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.try_decode(z).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Autoencoder::decode`] that checks the latent first.
+    pub fn try_decode(&self, z: Tensor<B, 4>) -> Result<Tensor<B, 4>, VaeError> {
         if z.dims()[1] != self.latent_channels {
             return Err(VaeError::Channels {
                 expected: self.latent_channels,
