@@ -9,6 +9,7 @@
 //! - [`losses`]: flow matching and dispersion losses;
 //! - [`text`], [`vae`]: the T5/CLIP text encoders and the FLUX autoencoder;
 //! - [`pipeline`]: schedule, sampler and personalized generation;
+//! - [`train`]: Prodigy and gradient clipping (trainers to come);
 //! - [`cli`]: the `premier` command (`premier generate …`).
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
@@ -20,5 +21,6 @@ pub use premier_losses as losses;
 pub use premier_mmdit as mmdit;
 pub use premier_pipeline as pipeline;
 pub use premier_text as text;
+pub use premier_train as train;
 pub use premier_users as users;
 pub use premier_vae as vae;

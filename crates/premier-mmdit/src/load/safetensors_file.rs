@@ -152,6 +152,25 @@ impl SafetensorsFile {
         Ok(tensor)
     }
 
+    /// Reads `key` widened to f64 without rounding through f32 (F64 tensors keep every bit).
+    pub fn read_f64(&self, key: &str) -> Result<(Vec<usize>, Vec<f64>), LoadError> {
+        let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })?;
+        if info.dtype != Dtype::F64 {
+            let t = self.read(key)?;
+            return Ok((t.shape, t.data.into_iter().map(f64::from).collect()));
+        }
+        let (start, end) = info.data_offsets;
+        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
+        let data = bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect();
+        Ok((info.shape.clone(), data))
+    }
+
     /// Reads an integer tensor (I64, I32, U8…: token ids, positions) as i64.
     pub fn read_ids(&self, key: &str) -> Result<(Vec<usize>, Vec<i64>), LoadError> {
         let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {
@@ -228,7 +247,9 @@ impl SafetensorsFile {
                 .collect(),
             _ => bytes
                 .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("chunk of 8")) as f32)
+                .map(|b| {
+                    f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                })
                 .collect(),
         };
         Ok(HostTensor {

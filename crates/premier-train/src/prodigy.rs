@@ -1,0 +1,230 @@
+//! Prodigy (Mishchenko & Defazio), an exact port of prodigyopt 1.1.2 (SPEC §6).
+//!
+//! One global step size estimate `d` for all parameters. Host scalars (`d`, its numerator and
+//! denominator) are f64; the dot products and `Σ|s|` are reductions in the backend's float type,
+//! widened afterwards, as the reference's `.item()` does. A step uses the learning rate computed
+//! from the `d` *before* the step together with the new `d` in the denominator, as the reference.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// prodigyopt's arguments, with its defaults (`ProdigyConfig::default()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProdigyConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    /// `None` = √β2.
+    pub beta3: Option<f64>,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// AdamW-style decoupled weight decay.
+    pub decouple: bool,
+    pub use_bias_correction: bool,
+    pub safeguard_warmup: bool,
+    pub d0: f64,
+    pub d_coef: f64,
+    pub growth_rate: f64,
+}
+
+impl Default for ProdigyConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1.0,
+            betas: (0.9, 0.999),
+            beta3: None,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decouple: true,
+            use_bias_correction: false,
+            safeguard_warmup: false,
+            d0: 1e-6,
+            d_coef: 1.0,
+            growth_rate: f64::INFINITY,
+        }
+    }
+}
+
+impl ProdigyConfig {
+    /// Premier's stage-1 and direct-user settings: lr 1, bias correction, safeguard warmup,
+    /// decoupled weight decay 1e-4.
+    pub fn premier() -> Self {
+        Self {
+            use_bias_correction: true,
+            safeguard_warmup: true,
+            weight_decay: 1e-4,
+            ..Self::default()
+        }
+    }
+}
+
+/// Per-parameter state.
+#[derive(Debug, Clone)]
+struct ParamState<B: Backend> {
+    /// The parameter at its first step; `None` when it was all zero (the reference stores the
+    /// scalar 0 then — the same maths).
+    p0: Option<Tensor<B, 1>>,
+    s: Tensor<B, 1>,
+    exp_avg: Tensor<B, 1>,
+    exp_avg_sq: Tensor<B, 1>,
+}
+
+/// The global scalars, after the last step (`param_groups[0]` of the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProdigyScalars {
+    pub d: f64,
+    pub d_max: f64,
+    pub d_numerator: f64,
+    pub d_denom: f64,
+    pub d_hat: f64,
+    /// Steps taken.
+    pub k: u64,
+}
+
+/// The optimizer over a fixed list of flattened parameters.
+#[derive(Debug, Clone)]
+pub struct Prodigy<B: Backend> {
+    config: ProdigyConfig,
+    scalars: ProdigyScalars,
+    state: Vec<Option<ParamState<B>>>,
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default()[0]
+}
+
+impl<B: Backend> Prodigy<B> {
+    pub fn new(config: ProdigyConfig) -> Self {
+        let d0 = config.d0;
+        Self {
+            config,
+            scalars: ProdigyScalars {
+                d: d0,
+                d_max: d0,
+                d_numerator: 0.0,
+                d_denom: 0.0,
+                d_hat: 0.0,
+                k: 0,
+            },
+            state: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ProdigyConfig {
+        &self.config
+    }
+
+    /// The current step size estimate.
+    pub fn d(&self) -> f64 {
+        self.scalars.d
+    }
+
+    pub fn scalars(&self) -> ProdigyScalars {
+        self.scalars
+    }
+
+    /// One optimizer step. params and grads: the same list of flattened tensors `[n_i]` at every
+    /// call (the state is matched by position) → the updated parameters.
+    pub fn step(
+        &mut self,
+        params: Vec<Tensor<B, 1>>,
+        grads: Vec<Tensor<B, 1>>,
+    ) -> Vec<Tensor<B, 1>> {
+        let c = self.config.clone();
+        let (beta1, beta2) = c.betas;
+        let beta3 = c.beta3.unwrap_or_else(|| beta2.sqrt());
+        let k = self.scalars.k as i32;
+        let d = self.scalars.d;
+        let bias_correction = if c.use_bias_correction {
+            (1.0 - beta2.powi(k + 1)).sqrt() / (1.0 - beta1.powi(k + 1))
+        } else {
+            1.0
+        };
+        let dlr = d * c.lr * bias_correction;
+        let mut d_numerator = self.scalars.d_numerator * beta3;
+        let mut d_denom = 0.0;
+        if self.state.len() < params.len() {
+            self.state.resize(params.len(), None);
+        }
+
+        let mut grads = grads;
+        for (i, (p, g)) in params.iter().zip(grads.iter_mut()).enumerate() {
+            if c.weight_decay != 0.0 && !c.decouple {
+                *g = g.clone() + p.clone() * c.weight_decay;
+            }
+            let state = self.state[i].get_or_insert_with(|| {
+                let all_zero = p.clone().abs().max().into_scalar().elem::<f64>() == 0.0;
+                ParamState {
+                    p0: (!all_zero).then(|| p.clone()),
+                    s: p.zeros_like(),
+                    exp_avg: p.zeros_like(),
+                    exp_avg_sq: p.zeros_like(),
+                }
+            });
+            if c.lr > 0.0 {
+                let delta = match &state.p0 {
+                    Some(p0) => p0.clone() - p.clone(),
+                    None => p.clone().neg(),
+                };
+                d_numerator += (d / c.d0) * dlr * scalar((g.clone() * delta).sum());
+                if beta1 > 0.0 {
+                    state.exp_avg = state.exp_avg.clone() * beta1 + g.clone() * (d * (1.0 - beta1));
+                }
+                state.exp_avg_sq = state.exp_avg_sq.clone() * beta2
+                    + (g.clone() * (d * d * (1.0 - beta2))) * g.clone();
+                let s_scale = if c.safeguard_warmup {
+                    (d / c.d0) * d
+                } else {
+                    (d / c.d0) * dlr
+                };
+                state.s = state.s.clone() * beta3 + g.clone() * s_scale;
+                d_denom += scalar(state.s.clone().abs().sum());
+            }
+        }
+        if d_denom == 0.0 {
+            // The reference returns before touching d, k or the parameters.
+            return params;
+        }
+        let mut new_d = d;
+        let mut d_hat = self.scalars.d_hat;
+        if c.lr > 0.0 {
+            d_hat = c.d_coef * d_numerator / d_denom;
+            if d == c.d0 {
+                new_d = d.max(d_hat);
+            }
+            self.scalars.d_max = self.scalars.d_max.max(d_hat);
+            new_d = self.scalars.d_max.min(new_d * c.growth_rate);
+        }
+        self.scalars = ProdigyScalars {
+            d: new_d,
+            d_max: self.scalars.d_max,
+            d_numerator,
+            d_denom,
+            d_hat,
+            k: self.scalars.k + 1,
+        };
+
+        params
+            .into_iter()
+            .zip(grads)
+            .enumerate()
+            .map(|(i, (p, g))| {
+                let state = self.state[i].as_ref().expect("initialised above");
+                let denom = state.exp_avg_sq.clone().sqrt() + new_d * c.eps;
+                let p = if c.weight_decay != 0.0 && c.decouple {
+                    p.clone() + p * (-c.weight_decay * dlr)
+                } else {
+                    p
+                };
+                if beta1 > 0.0 {
+                    p + (state.exp_avg.clone() / denom) * (-dlr)
+                } else {
+                    p + (g / denom) * (-dlr * new_d)
+                }
+            })
+            .collect()
+    }
+}
