@@ -4,7 +4,12 @@
 //! - [`prodigy`]: an exact port of prodigyopt 1.1.2 (the optimizer of Premier's stage 1 and of
 //!   direct per-user training), on flattened parameters;
 //! - [`clip::clip_grad_norm`]: global gradient-norm clipping as `torch.nn.utils.clip_grad_norm_`
-//!   (Lightning's `gradient_clip_val`, 0.5 in the released training).
+//!   (Lightning's `gradient_clip_val`, 0.5 in the released training);
+//! - [`params`]: module parameters ↔ the flat vectors the optimizer works on;
+//! - [`stage1`]: the stage-1 objective and a training step (adapters + user table through the
+//!   frozen backbone).
 
 pub mod clip;
+pub mod params;
 pub mod prodigy;
+pub mod stage1;

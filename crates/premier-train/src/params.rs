@@ -1,0 +1,91 @@
+//! Moving a module's parameters to and from the flat vectors [`crate::prodigy::Prodigy`] works on.
+//!
+//! Order is burn's visiting order (field order, recursively), the same for every call on modules of
+//! the same structure, so optimizer state stays matched to its parameter.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+struct Values<B: Backend> {
+    out: Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Values<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.val().shape().num_elements();
+        self.out.push(param.val().reshape([n]));
+    }
+}
+
+/// Every float parameter of `module`, flattened: `[n_i]` each, in visiting order.
+pub fn flat_values<B: Backend, M: Module<B>>(module: &M) -> Vec<Tensor<B, 1>> {
+    let mut v = Values { out: Vec::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+struct Grads<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    out: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        let n = value.shape().num_elements();
+        let grad = value
+            .grad(self.grads)
+            .unwrap_or_else(|| value.inner().zeros_like());
+        self.out.push(grad.reshape([n]));
+    }
+}
+
+/// The gradient of every float parameter of `module` (zeros where none flowed), flattened, on the
+/// inner backend: `[n_i]` each, in visiting order.
+pub fn flat_grads<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+) -> Vec<Tensor<B::InnerBackend, 1>> {
+    let mut v = Grads {
+        grads,
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+struct Assign<B: Backend> {
+    values: std::vec::IntoIter<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Assign<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, old, mapper) = param.consume();
+        let dims = old.dims();
+        let value = self
+            .values
+            .next()
+            .expect("one value per parameter, as returned by flat_values")
+            .reshape(dims);
+        // New values start a fresh graph: they are leaves, tracked if the old parameter was.
+        let value = value.detach();
+        let value = if old.is_require_grad() {
+            value.require_grad()
+        } else {
+            value
+        };
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// `module` with its float parameters replaced by `values` (as [`flat_values`] orders them), keeping
+/// parameter ids and whether each requires a gradient.
+///
+/// # Panics
+/// If `values` has fewer entries than the module has parameters.
+pub fn assign_flat<B: Backend, M: Module<B>>(module: M, values: Vec<Tensor<B, 1>>) -> M {
+    module.map(&mut Assign {
+        values: values.into_iter(),
+    })
+}

@@ -1,0 +1,268 @@
+//! Stage 1 (SPEC §4.1): the adapters and the user table learn through the frozen FLUX backbone,
+//! with the flow-matching loss plus dispersion on each adapter's Δ.
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Distribution;
+use premier_adapter::PreferenceAdapter;
+use premier_losses::{
+    dispersion_loss, flow_matching_loss, interpolate, DispersionVariant, TimestepSampler,
+};
+use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulation};
+use premier_users::{UserError, UserTable};
+use serde::{Deserialize, Serialize};
+
+use crate::clip::clip_grad_norm;
+use crate::params::{assign_flat, flat_grads, flat_values};
+use crate::prodigy::{Prodigy, ProdigyConfig};
+
+/// Which prompt the dispersion loss sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DispersionPrompt {
+    /// Δ of the empty prompt for each user (the paper; the SPEC's recommendation).
+    #[default]
+    Null,
+    /// Δ of the batch's own prompts (what the released run effectively did).
+    Batch,
+}
+
+/// Stage-1 settings; defaults are the released run's, with the SPEC's recommended dispersion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stage1Config {
+    /// `None` is the paper's "w/o dispersion" ablation.
+    pub dispersion: Option<DispersionVariant>,
+    pub dispersion_prompt: DispersionPrompt,
+    pub lambda_shared: f64,
+    pub lambda_distinct: f64,
+    pub timesteps: TimestepSampler,
+    /// Distilled guidance fed during training (1.0 as released).
+    pub guidance: f32,
+    /// Global gradient-norm clip (0.5 as released); `None` disables it.
+    pub clip_norm: Option<f64>,
+    pub optimizer: ProdigyConfig,
+}
+
+impl Default for Stage1Config {
+    fn default() -> Self {
+        Self {
+            dispersion: Some(DispersionVariant::Stable),
+            dispersion_prompt: DispersionPrompt::Null,
+            lambda_shared: 0.1,
+            lambda_distinct: 0.1,
+            timesteps: TimestepSampler::default(),
+            guidance: 1.0,
+            clip_norm: Some(0.5),
+            optimizer: ProdigyConfig::premier(),
+        }
+    }
+}
+
+/// What stage 1 trains.
+#[derive(Module, Debug)]
+pub struct Stage1Model<B: Backend> {
+    pub adapter: PreferenceAdapter<B>,
+    pub users: UserTable<B>,
+}
+
+/// One training batch, already encoded (VAE latents and text features).
+#[derive(Debug, Clone)]
+pub struct Stage1Batch<B: Backend> {
+    /// Packed clean latents: `[batch, img_tokens, in_channels]`.
+    pub x0: Tensor<B, 3>,
+    /// Latent height and width before packing (for the position ids).
+    pub latent_hw: (usize, usize),
+    /// T5 tokens of the captions: `[batch, txt_tokens, text_dim]`.
+    pub text: Tensor<B, 3>,
+    /// CLIP pooled captions: `[batch, vec_in_dim]`.
+    pub pooled: Tensor<B, 2>,
+    /// Table index of each sample's user.
+    pub users: Vec<usize>,
+    /// T5 tokens of the empty prompt `[1, txt_tokens, text_dim]`, for [`DispersionPrompt::Null`].
+    pub null_text: Option<Tensor<B, 3>>,
+}
+
+/// The loss of one step and its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub loss: f64,
+    pub flow: f64,
+    pub dispersion_shared: f64,
+    pub dispersion_distinct: f64,
+    /// Prodigy's step size estimate after the step.
+    pub d: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// Errors of a training step.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error("{0}")]
+    Batch(String),
+}
+
+/// The loss parts as tensors (so the caller can backpropagate).
+pub struct Stage1Loss<B: Backend> {
+    pub total: Tensor<B, 1>,
+    pub flow: Tensor<B, 1>,
+    pub dispersion_shared: Tensor<B, 1>,
+    pub dispersion_distinct: Tensor<B, 1>,
+}
+
+fn value<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default()[0]
+}
+
+/// Rows of a Δ part flattened per sample: `[batch, …]` → `[batch, features]`.
+fn per_sample<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
+    let batch = t.dims()[0];
+    t.reshape([batch as i32, -1])
+}
+
+/// The stage-1 objective for one batch with given noise `[batch, img_tokens, in_channels]` and
+/// times `[batch]`.
+pub fn stage1_loss<B: Backend>(
+    flux: &Flux<B>,
+    model: &Stage1Model<B>,
+    batch: &Stage1Batch<B>,
+    noise: Tensor<B, 3>,
+    t: Tensor<B, 1>,
+    config: &Stage1Config,
+) -> Result<Stage1Loss<B>, TrainError> {
+    let n = batch.users.len();
+    let device = batch.x0.device();
+    if batch.x0.dims()[0] != n || batch.text.dims()[0] != n || batch.pooled.dims()[0] != n {
+        return Err(TrainError::Batch(format!(
+            "{n} users but x0 {:?}, text {:?}, pooled {:?}",
+            batch.x0.dims(),
+            batch.text.dims(),
+            batch.pooled.dims()
+        )));
+    }
+    let user = model.users.lookup(&batch.users)?;
+    let delta = model.adapter.forward(batch.text.clone(), user.clone());
+    let (h, w) = batch.latent_hw;
+    let input = FluxInput {
+        img: interpolate(batch.x0.clone(), noise.clone(), t.clone()),
+        img_ids: img_ids(n, h, w, &device),
+        txt: batch.text.clone(),
+        txt_ids: txt_ids(n, batch.text.dims()[1], &device),
+        timesteps: t,
+        y: batch.pooled.clone(),
+        guidance: Some(Tensor::full([n], config.guidance, &device)),
+    };
+    let pred = flux.try_forward(input, Some(&delta))?;
+    let flow = flow_matching_loss(pred, batch.x0.clone(), noise);
+    let zero = || Tensor::<B, 1>::zeros([1], &device);
+    let (mut disp_s, mut disp_d) = (zero(), zero());
+    if let Some(variant) = config.dispersion {
+        let delta: TextModulation<B> = match (config.dispersion_prompt, &batch.null_text) {
+            (DispersionPrompt::Null, Some(null)) => {
+                model.adapter.forward(null.clone().repeat_dim(0, n), user)
+            }
+            (DispersionPrompt::Null, None) => {
+                return Err(TrainError::Batch(
+                    "dispersion on the null prompt needs Stage1Batch::null_text".into(),
+                ))
+            }
+            (DispersionPrompt::Batch, _) => delta,
+        };
+        if let Some(s) = delta.shared {
+            disp_s = dispersion_loss(per_sample(s), variant);
+        }
+        if let Some(d) = delta.distinct {
+            disp_d = dispersion_loss(per_sample(d), variant);
+        }
+    }
+    let total = flow.clone()
+        + disp_s.clone() * config.lambda_shared
+        + disp_d.clone() * config.lambda_distinct;
+    Ok(Stage1Loss {
+        total,
+        flow,
+        dispersion_shared: disp_s,
+        dispersion_distinct: disp_d,
+    })
+}
+
+/// Stage-1 training: the frozen backbone, the trained model and Prodigy's state.
+pub struct Stage1Trainer<B: AutodiffBackend> {
+    /// Frozen: no parameter of it takes a gradient or changes.
+    pub flux: Flux<B>,
+    pub model: Stage1Model<B>,
+    pub optimizer: Prodigy<B::InnerBackend>,
+    pub config: Stage1Config,
+    pub step: u64,
+}
+
+impl<B: AutodiffBackend> Stage1Trainer<B> {
+    pub fn new(flux: Flux<B>, model: Stage1Model<B>, config: Stage1Config) -> Self {
+        Self {
+            flux: flux.no_grad(),
+            model,
+            optimizer: Prodigy::new(config.optimizer.clone()),
+            config,
+            step: 0,
+        }
+    }
+
+    /// One step with fresh noise and times from the backend's RNG.
+    pub fn step(&mut self, batch: &Stage1Batch<B>) -> Result<StepReport, TrainError> {
+        let dims = batch.x0.dims();
+        let device = batch.x0.device();
+        let noise = Tensor::random(dims, Distribution::Normal(0.0, 1.0), &device);
+        let t = self.config.timesteps.sample::<B>(dims[0], &device);
+        self.step_with(batch, noise, t)
+    }
+
+    /// One step with the given noise `[batch, img_tokens, in_channels]` and times `[batch]`.
+    pub fn step_with(
+        &mut self,
+        batch: &Stage1Batch<B>,
+        noise: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+    ) -> Result<StepReport, TrainError> {
+        let loss = stage1_loss(&self.flux, &self.model, batch, noise, t, &self.config)?;
+        let grads = loss.total.clone().backward();
+        let grads = flat_grads(&self.model, &grads);
+        let (grads, grad_norm) = match self.config.clip_norm {
+            Some(max) => clip_grad_norm(grads, max),
+            None => {
+                let norm = grads
+                    .iter()
+                    .map(|g| value(g.clone().powi_scalar(2).sum()))
+                    .sum::<f64>()
+                    .sqrt();
+                (grads, norm)
+            }
+        };
+        let params = flat_values(&self.model)
+            .into_iter()
+            .map(|p| p.inner())
+            .collect();
+        let updated = self.optimizer.step(params, grads);
+        self.model = assign_flat(
+            self.model.clone(),
+            updated.into_iter().map(Tensor::from_inner).collect(),
+        );
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: value(loss.total),
+            flow: value(loss.flow),
+            dispersion_shared: value(loss.dispersion_shared),
+            dispersion_distinct: value(loss.dispersion_distinct),
+            d: self.optimizer.d(),
+            grad_norm,
+        })
+    }
+}
