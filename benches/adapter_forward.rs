@@ -10,28 +10,14 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion};
-use premier::adapter::{AdapterConfig, PreferenceAdapter};
 
-/// The released adapter shrunk like the medium FLUX: width 512 (released 3072), 8 heads, 3 layers,
-/// text 256 (4096), user tokens 30 × 128 (30 × 1024), 2 double blocks (19).
-fn scaled() -> AdapterConfig {
-    AdapterConfig {
-        text_dim: 256,
-        user_dim: 128,
-        width: 512,
-        heads: 8,
-        layers: 3,
-        hidden: 512,
-        blocks: 2,
-        shared: true,
-        distinct: true,
-    }
-}
+mod common;
+use premier::adapter::PreferenceAdapter;
 
 fn adapter(c: &mut Criterion) {
     let device = Default::default();
     Flex::seed(&device, 0);
-    let adapter = PreferenceAdapter::<Flex>::init(&scaled(), &device).unwrap();
+    let adapter = PreferenceAdapter::<Flex>::init(&common::scaled_adapter(), &device).unwrap();
     let normal = Distribution::Normal(0.0, 1.0);
     let text = Tensor::<Flex, 3>::random([1, 64, 256], normal, &device);
     let user = Tensor::<Flex, 3>::random([1, 30, 128], normal, &device);

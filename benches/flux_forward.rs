@@ -9,31 +9,14 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion};
-use premier::mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput, TextModulation};
 
-/// The medium configuration of docs/BENCHMARKS.md: 36,497,472 parameters.
-fn medium() -> FluxConfig {
-    FluxConfig {
-        in_channels: 64,
-        out_channels: 64,
-        vec_in_dim: 128,
-        context_in_dim: 256,
-        hidden_size: 512,
-        mlp_ratio: 4.0,
-        num_heads: 8,
-        depth: 2,
-        depth_single_blocks: 4,
-        axes_dim: vec![8, 28, 28],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
-    }
-}
+mod common;
+use premier::mmdit::{img_ids, txt_ids, Flux, FluxInput, TextModulation};
 
 fn forward(c: &mut Criterion) {
     let device = Default::default();
     Flex::seed(&device, 0);
-    let config = medium();
+    let config = common::medium_flux();
     let flux = Flux::<Flex>::init(&config, &device).unwrap();
     assert_eq!(flux.num_params(), 36_497_472);
     let normal = Distribution::Normal(0.0, 1.0);

@@ -10,40 +10,18 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion};
-use premier::adapter::{AdapterConfig, PreferenceAdapter};
-use premier::mmdit::{img_ids, txt_ids, Flux, FluxConfig};
+
+mod common;
+use premier::adapter::PreferenceAdapter;
+use premier::mmdit::{img_ids, txt_ids, Flux};
 use premier::pipeline::{denoise, schedule};
 
 fn sampling(c: &mut Criterion) {
     let device = Default::default();
     Flex::seed(&device, 0);
-    let config = FluxConfig {
-        in_channels: 64,
-        out_channels: 64,
-        vec_in_dim: 128,
-        context_in_dim: 256,
-        hidden_size: 512,
-        mlp_ratio: 4.0,
-        num_heads: 8,
-        depth: 2,
-        depth_single_blocks: 4,
-        axes_dim: vec![8, 28, 28],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
-    };
+    let config = common::medium_flux();
     let flux = Flux::<Flex>::init(&config, &device).unwrap();
-    let adapter_config = AdapterConfig {
-        text_dim: 256,
-        user_dim: 128,
-        width: 512,
-        heads: 8,
-        layers: 3,
-        hidden: 512,
-        blocks: 2,
-        shared: true,
-        distinct: true,
-    };
+    let adapter_config = common::scaled_adapter();
     let adapter = PreferenceAdapter::<Flex>::init(&adapter_config, &device).unwrap();
     let normal = Distribution::Normal(0.0, 1.0);
     let img = Tensor::<Flex, 3>::random([1, 1024, 64], normal, &device);

@@ -39,18 +39,6 @@ impl<B: Backend> ParamSource<B> for SmallStdInit<'_, B> {
         })
     }
 
-    fn linear_split_rows(
-        &mut self,
-        key: &str,
-        d_in: usize,
-        rows: &[usize],
-        bias: bool,
-    ) -> Result<Vec<Linear<B>>, LoadError> {
-        rows.iter()
-            .map(|&d_out| self.linear(key, d_in, d_out, bias))
-            .collect()
-    }
-
     fn vector(
         &mut self,
         key: &str,

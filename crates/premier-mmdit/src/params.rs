@@ -44,13 +44,18 @@ pub trait ParamSource<B: Backend> {
 
     /// A `Linear` stored as one `[Σ rows, d_in]` weight at `key`, returned as one `Linear` per row
     /// block (`d_out = rows[i]`), so each part's output is a contiguous tensor of its own.
+    /// Fresh sources make each part as its own `Linear`; checkpoint sources split the stored one.
     fn linear_split_rows(
         &mut self,
         key: &str,
         d_in: usize,
         rows: &[usize],
         bias: bool,
-    ) -> Result<Vec<Linear<B>>, LoadError>;
+    ) -> Result<Vec<Linear<B>>, LoadError> {
+        rows.iter()
+            .map(|&d_out| self.linear(key, d_in, d_out, bias))
+            .collect()
+    }
 
     /// A vector of `len` values at `key` (a norm scale); `init` is its value when freshly made.
     fn vector(
@@ -77,18 +82,6 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
         Ok(LinearConfig::new(d_in, d_out)
             .with_bias(bias_key.is_some())
             .init(self.device))
-    }
-
-    fn linear_split_rows(
-        &mut self,
-        key: &str,
-        d_in: usize,
-        rows: &[usize],
-        bias: bool,
-    ) -> Result<Vec<Linear<B>>, LoadError> {
-        rows.iter()
-            .map(|&d_out| self.linear(key, d_in, d_out, bias))
-            .collect()
     }
 
     fn vector(

@@ -62,28 +62,15 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a file, a shard index, or a folder holding either (or a `transformer/` folder).
+    /// Opens a FLUX transformer: a file, a shard index, or a folder holding either (or a
+    /// `transformer/` folder); the key layout (BFL with any prefix, or diffusers) is detected.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
-        let files = resolve_files(path)?
-            .iter()
-            .map(|f| SafetensorsFile::open(f))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut index = HashMap::new();
-        for (i, file) in files.iter().enumerate() {
-            for key in file.keys() {
-                index.insert(key.to_string(), i);
-            }
-        }
-        let layout = detect_layout(&index).ok_or_else(|| LoadError::UnknownLayout {
-            path: path.to_path_buf(),
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            layout,
-            files,
-            index,
-            used: HashSet::new(),
-        })
+        let mut checkpoint = Self::open_plain(path)?;
+        checkpoint.layout =
+            detect_layout(&checkpoint.index).ok_or_else(|| LoadError::UnknownLayout {
+                path: path.to_path_buf(),
+            })?;
+        Ok(checkpoint)
     }
 
     /// Opens a file, shard index or folder of any model, keys used as stored (T5, CLIP, VAE…).

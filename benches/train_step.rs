@@ -1,0 +1,56 @@
+//! One stage-1 training step (forward through the frozen medium FLUX, backward into the scaled
+//! adapters and user table, Prodigy update), batch 2, on Flex (CPU).
+//!
+//! ```text
+//! cargo bench --bench train_step
+//! ```
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+mod common;
+
+use premier::adapter::PreferenceAdapter;
+use premier::mmdit::Flux;
+use premier::train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
+use premier::users::{UserShape, UserTable};
+
+type AB = Autodiff<Flex>;
+
+fn train_step(c: &mut Criterion) {
+    let device = Default::default();
+    <AB as Backend>::seed(&device, 0);
+    let flux = Flux::<AB>::init(&common::medium_flux(), &device).unwrap();
+    let adapter = PreferenceAdapter::<AB>::init(&common::scaled_adapter(), &device).unwrap();
+    let users = UserTable::<AB>::init(
+        UserShape {
+            users: 16,
+            tokens: 30,
+            dim: 128,
+        },
+        &device,
+    );
+    let normal = Distribution::Normal(0.0, 1.0);
+    let batch = Stage1Batch {
+        x0: Tensor::random([2, 1024, 64], normal, &device),
+        latent_hw: (64, 64),
+        text: Tensor::random([2, 64, 256], normal, &device),
+        pooled: Tensor::random([2, 128], normal, &device),
+        users: vec![3, 11],
+        null_text: Some(Tensor::random([1, 64, 256], normal, &device)),
+    };
+    let mut trainer = Stage1Trainer::new(
+        flux,
+        Stage1Model { adapter, users },
+        Stage1Config::default(),
+    );
+    let mut group = c.benchmark_group("stage1_medium");
+    group.sample_size(10);
+    group.bench_function("step_batch_2", |b| b.iter(|| trainer.step(&batch).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);
