@@ -7,9 +7,13 @@
 //!   (Lightning's `gradient_clip_val`, 0.5 in the released training);
 //! - [`params`]: module parameters ↔ the flat vectors the optimizer works on;
 //! - [`stage1`]: the stage-1 objective and a training step (adapters + user table through the
-//!   frozen backbone).
+//!   frozen backbone);
+//! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
+//!   [`adamw`] (released) or Prodigy.
 
+pub mod adamw;
 pub mod clip;
 pub mod params;
 pub mod prodigy;
 pub mod stage1;
+pub mod stage2;

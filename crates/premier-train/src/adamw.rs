@@ -1,0 +1,95 @@
+//! AdamW as `torch.optim.AdamW` (the released cold-start config: lr 0.01, weight decay 1e-4), on
+//! flattened parameters like [`crate::prodigy::Prodigy`].
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// `torch.optim.AdamW` arguments with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Premier's `premier_user_linear.yaml`: lr 0.01, weight decay 1e-4.
+    pub fn premier_cold_start() -> Self {
+        Self {
+            lr: 0.01,
+            weight_decay: 1e-4,
+            ..Self::default()
+        }
+    }
+}
+
+/// AdamW state over a fixed list of flattened parameters.
+#[derive(Debug, Clone)]
+pub struct AdamW<B: Backend> {
+    config: AdamWConfig,
+    step: u64,
+    moments: Vec<Option<(Tensor<B, 1>, Tensor<B, 1>)>>,
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(config: AdamWConfig) -> Self {
+        Self {
+            config,
+            step: 0,
+            moments: Vec::new(),
+        }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// One step (torch's single-tensor AdamW, without amsgrad): decay, moments, bias-corrected
+    /// update. params and grads: `[n_i]` each, in the same order every call.
+    pub fn step(
+        &mut self,
+        params: Vec<Tensor<B, 1>>,
+        grads: Vec<Tensor<B, 1>>,
+    ) -> Vec<Tensor<B, 1>> {
+        let c = &self.config;
+        let (beta1, beta2) = c.betas;
+        self.step += 1;
+        let t = self.step as i32;
+        let bias1 = 1.0 - beta1.powi(t);
+        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        if self.moments.len() < params.len() {
+            self.moments.resize(params.len(), None);
+        }
+        params
+            .into_iter()
+            .zip(grads)
+            .enumerate()
+            .map(|(i, (p, g))| {
+                let (m, v) = self.moments[i]
+                    .take()
+                    .unwrap_or_else(|| (p.zeros_like(), p.zeros_like()));
+                let p = p * (1.0 - c.lr * c.weight_decay);
+                let m = m * beta1 + g.clone() * (1.0 - beta1);
+                let v = v * beta2 + (g.clone() * g) * (1.0 - beta2);
+                let denom = v.clone().sqrt() / bias2_sqrt + c.eps;
+                let p = p + (m.clone() / denom) * (-c.lr / bias1);
+                self.moments[i] = Some((m, v));
+                p
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,198 @@
+//! Stage 2 (SPEC §4.4–4.5): a new user from a few images. Adapters and the trained table are frozen;
+//! only the new user's coefficients (linear combination) or embedding (direct) learn, with the
+//! flow-matching loss alone.
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Distribution;
+use premier_adapter::PreferenceAdapter;
+use premier_losses::{flow_matching_loss, interpolate, TimestepSampler};
+use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput};
+use premier_users::{LinearCombination, UserEmbedding, UserTable};
+use serde::{Deserialize, Serialize};
+
+use crate::adamw::{AdamW, AdamWConfig};
+use crate::clip::clip_grad_norm;
+use crate::params::{assign_flat, flat_grads, flat_values};
+use crate::prodigy::{Prodigy, ProdigyConfig};
+use crate::stage1::{StepReport, TrainError};
+
+/// The new user's trainable part.
+#[derive(Module, Debug)]
+pub enum NewUser<B: Backend> {
+    /// `w · table`, the paper's cold start.
+    Linear(LinearCombination<B>),
+    /// An embedding of its own, for the comparison in the paper.
+    Direct(UserEmbedding<B>),
+}
+
+/// Which optimizer trains the new user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ColdStartOptimizer {
+    /// The released linear cold-start config.
+    AdamW(AdamWConfig),
+    /// The released direct-training config (and what the paper says for both).
+    Prodigy(ProdigyConfig),
+}
+
+enum OptimizerState<B: Backend> {
+    AdamW(AdamW<B>),
+    Prodigy(Prodigy<B>),
+}
+
+/// Stage-2 settings; defaults are the released linear cold start (AdamW lr 0.01, wd 1e-4, clip 0.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stage2Config {
+    pub timesteps: TimestepSampler,
+    pub guidance: f32,
+    pub clip_norm: Option<f64>,
+    pub optimizer: ColdStartOptimizer,
+}
+
+impl Default for Stage2Config {
+    fn default() -> Self {
+        Self {
+            timesteps: TimestepSampler::default(),
+            guidance: 1.0,
+            clip_norm: Some(0.5),
+            optimizer: ColdStartOptimizer::AdamW(AdamWConfig::premier_cold_start()),
+        }
+    }
+}
+
+/// A batch of the new user's images, already encoded.
+#[derive(Debug, Clone)]
+pub struct Stage2Batch<B: Backend> {
+    /// `[batch, img_tokens, in_channels]`.
+    pub x0: Tensor<B, 3>,
+    pub latent_hw: (usize, usize),
+    /// `[batch, txt_tokens, text_dim]`.
+    pub text: Tensor<B, 3>,
+    /// `[batch, vec_in_dim]`.
+    pub pooled: Tensor<B, 2>,
+}
+
+/// Cold-start training of one new user.
+pub struct Stage2Trainer<B: AutodiffBackend> {
+    pub flux: Flux<B>,
+    pub adapter: PreferenceAdapter<B>,
+    pub table: UserTable<B>,
+    pub user: NewUser<B>,
+    pub config: Stage2Config,
+    pub step: u64,
+    optimizer: OptimizerState<B::InnerBackend>,
+}
+
+fn value<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default()[0]
+}
+
+impl<B: AutodiffBackend> Stage2Trainer<B> {
+    /// Freezes `flux`, `adapter` and `table`; trains `user`.
+    pub fn new(
+        flux: Flux<B>,
+        adapter: PreferenceAdapter<B>,
+        table: UserTable<B>,
+        user: NewUser<B>,
+        config: Stage2Config,
+    ) -> Self {
+        let optimizer = match &config.optimizer {
+            ColdStartOptimizer::AdamW(c) => OptimizerState::AdamW(AdamW::new(c.clone())),
+            ColdStartOptimizer::Prodigy(c) => OptimizerState::Prodigy(Prodigy::new(c.clone())),
+        };
+        Self {
+            flux: flux.no_grad(),
+            adapter: adapter.no_grad(),
+            table: table.no_grad(),
+            user,
+            config,
+            step: 0,
+            optimizer,
+        }
+    }
+
+    /// The new user's embedding `[1, tokens, dim]`.
+    pub fn embedding(&self) -> Result<Tensor<B, 3>, TrainError> {
+        Ok(match &self.user {
+            NewUser::Linear(c) => c.embedding(&self.table)?,
+            NewUser::Direct(e) => e.embedding(),
+        })
+    }
+
+    /// The flow loss of `batch` with the given noise and times.
+    pub fn loss(
+        &self,
+        batch: &Stage2Batch<B>,
+        noise: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>, TrainError> {
+        let n = batch.x0.dims()[0];
+        let device = batch.x0.device();
+        let user = self.embedding()?.repeat_dim(0, n);
+        let delta = self.adapter.forward(batch.text.clone(), user);
+        let (h, w) = batch.latent_hw;
+        let input = FluxInput {
+            img: interpolate(batch.x0.clone(), noise.clone(), t.clone()),
+            img_ids: img_ids(n, h, w, &device),
+            txt: batch.text.clone(),
+            txt_ids: txt_ids(n, batch.text.dims()[1], &device),
+            timesteps: t,
+            y: batch.pooled.clone(),
+            guidance: Some(Tensor::full([n], self.config.guidance, &device)),
+        };
+        let pred = self.flux.try_forward(input, Some(&delta))?;
+        Ok(flow_matching_loss(pred, batch.x0.clone(), noise))
+    }
+
+    /// One step with fresh noise and times.
+    pub fn step(&mut self, batch: &Stage2Batch<B>) -> Result<StepReport, TrainError> {
+        let dims = batch.x0.dims();
+        let device = batch.x0.device();
+        let noise = Tensor::random(dims, Distribution::Normal(0.0, 1.0), &device);
+        let t = self.config.timesteps.sample::<B>(dims[0], &device);
+        self.step_with(batch, noise, t)
+    }
+
+    /// One step with the given noise `[batch, img_tokens, in_channels]` and times `[batch]`.
+    pub fn step_with(
+        &mut self,
+        batch: &Stage2Batch<B>,
+        noise: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+    ) -> Result<StepReport, TrainError> {
+        let loss = self.loss(batch, noise, t)?;
+        let grads = loss.clone().backward();
+        let grads = flat_grads(&self.user, &grads);
+        let (grads, grad_norm) = match self.config.clip_norm {
+            Some(max) => clip_grad_norm(grads, max),
+            None => clip_grad_norm(grads, f64::INFINITY),
+        };
+        let params = flat_values(&self.user)
+            .into_iter()
+            .map(|p| p.inner())
+            .collect();
+        let (updated, d) = match &mut self.optimizer {
+            OptimizerState::AdamW(o) => (o.step(params, grads), 0.0),
+            OptimizerState::Prodigy(o) => (o.step(params, grads), o.d()),
+        };
+        self.user = assign_flat(
+            self.user.clone(),
+            updated.into_iter().map(Tensor::from_inner).collect(),
+        );
+        self.step += 1;
+        let loss = value(loss);
+        Ok(StepReport {
+            step: self.step,
+            loss,
+            flow: loss,
+            dispersion_shared: 0.0,
+            dispersion_distinct: 0.0,
+            d,
+            grad_norm,
+        })
+    }
+}
