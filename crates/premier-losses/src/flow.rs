@@ -43,6 +43,30 @@ impl TimestepSampler {
     }
 }
 
+impl TimestepSampler {
+    /// Draws `n` flow times on the host from `rng` (reproducible across backends and resumable:
+    /// the trainer derives one RNG per step from its seed).
+    pub fn sample_with<R: rand::Rng>(&self, rng: &mut R, n: usize) -> Vec<f32> {
+        use rand_distr::Distribution as _;
+        (0..n)
+            .map(|_| match *self {
+                Self::LogitNormal { mean, std } => {
+                    let z: f64 = rand_distr::Normal::new(mean, std)
+                        .map(|d| d.sample(rng))
+                        .unwrap_or(mean);
+                    (1.0 / (1.0 + (-z).exp())) as f32
+                }
+                Self::Uniform => rng.random::<f32>(),
+                Self::FluxShifted { mu } => {
+                    let t: f64 = rng.random();
+                    let e = mu.exp();
+                    (e * t / (e * t + 1.0 - t)) as f32
+                }
+            })
+            .collect()
+    }
+}
+
 /// FLUX's time shift `e^mu / (e^mu + (1/t - 1))` (BFL `time_shift` with sigma 1): any shape.
 /// t = 0 maps to 0.
 pub fn shift_timesteps<B: Backend, const D: usize>(t: Tensor<B, D>, mu: f64) -> Tensor<B, D> {

@@ -8,10 +8,12 @@
 //! - [`params`]: module parameters ↔ the flat vectors the optimizer works on;
 //! - [`stage1`]: the stage-1 objective and a training step (adapters + user table through the
 //!   frozen backbone);
+//! - [`checkpoint`]: stage-1 checkpoints (atomic, keep the last K) that resume bit for bit;
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
 
 pub mod adamw;
+pub mod checkpoint;
 pub mod clip;
 pub mod params;
 pub mod prodigy;

@@ -6,6 +6,7 @@
 //! from the `d` *before* the step together with the new `d` in the denominator, as the reference.
 
 use burn::prelude::*;
+use premier_mmdit::load::HostTensor;
 use serde::{Deserialize, Serialize};
 
 /// prodigyopt's arguments, with its defaults (`ProdigyConfig::default()`).
@@ -24,7 +25,25 @@ pub struct ProdigyConfig {
     pub safeguard_warmup: bool,
     pub d0: f64,
     pub d_coef: f64,
+    /// ∞ by default; written as `null` in JSON, which has no infinity.
+    #[serde(with = "infinite_as_null")]
     pub growth_rate: f64,
+}
+
+mod infinite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_infinite() {
+            s.serialize_none()
+        } else {
+            s.serialize_some(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
 }
 
 impl Default for ProdigyConfig {
@@ -89,6 +108,24 @@ pub struct Prodigy<B: Backend> {
     state: Vec<Option<ParamState<B>>>,
 }
 
+/// The optimizer's full state on the host, for checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProdigyState {
+    pub scalars: ProdigyScalars,
+    /// Per parameter (position as in `step`): `None` if it never took a step; else
+    /// (p0 — `None` when it was all zero —, s, exp_avg, exp_avg_sq).
+    pub params: Vec<Option<ParamHostState>>,
+}
+
+/// One parameter's optimizer state on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamHostState {
+    pub p0: Option<HostTensor>,
+    pub s: HostTensor,
+    pub exp_avg: HostTensor,
+    pub exp_avg_sq: HostTensor,
+}
+
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.into_data()
         .convert::<f64>()
@@ -124,6 +161,45 @@ impl<B: Backend> Prodigy<B> {
 
     pub fn scalars(&self) -> ProdigyScalars {
         self.scalars
+    }
+
+    /// The full state, on the host.
+    pub fn state(&self) -> ProdigyState {
+        ProdigyState {
+            scalars: self.scalars,
+            params: self
+                .state
+                .iter()
+                .map(|p| {
+                    p.as_ref().map(|p| ParamHostState {
+                        p0: p.p0.clone().map(HostTensor::from_tensor),
+                        s: HostTensor::from_tensor(p.s.clone()),
+                        exp_avg: HostTensor::from_tensor(p.exp_avg.clone()),
+                        exp_avg_sq: HostTensor::from_tensor(p.exp_avg_sq.clone()),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// An optimizer continuing from `state` (as returned by [`Prodigy::state`]).
+    pub fn from_state(config: ProdigyConfig, state: ProdigyState, device: &B::Device) -> Self {
+        Self {
+            config,
+            scalars: state.scalars,
+            state: state
+                .params
+                .into_iter()
+                .map(|p| {
+                    p.map(|p| ParamState {
+                        p0: p.p0.map(|t| t.into_tensor(device)),
+                        s: p.s.into_tensor(device),
+                        exp_avg: p.exp_avg.into_tensor(device),
+                        exp_avg_sq: p.exp_avg_sq.into_tensor(device),
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// One optimizer step. params and grads: the same list of flattened tensors `[n_i]` at every

@@ -3,7 +3,6 @@
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Distribution;
 use premier_adapter::PreferenceAdapter;
 use premier_losses::{
     dispersion_loss, flow_matching_loss, interpolate, DispersionVariant, TimestepSampler,
@@ -41,6 +40,9 @@ pub struct Stage1Config {
     /// Global gradient-norm clip (0.5 as released); `None` disables it.
     pub clip_norm: Option<f64>,
     pub optimizer: ProdigyConfig,
+    /// Seed of the per-step noise and times: step `k` always draws the same, so a resumed run
+    /// continues exactly.
+    pub seed: u64,
 }
 
 impl Default for Stage1Config {
@@ -54,6 +56,7 @@ impl Default for Stage1Config {
             guidance: 1.0,
             clip_norm: Some(0.5),
             optimizer: ProdigyConfig::premier(),
+            seed: 0,
         }
     }
 }
@@ -113,6 +116,29 @@ pub struct Stage1Loss<B: Backend> {
     pub flow: Tensor<B, 1>,
     pub dispersion_shared: Tensor<B, 1>,
     pub dispersion_distinct: Tensor<B, 1>,
+}
+
+/// The noise `[batch, tokens, channels]` and times `[batch]` of step `step`: a host RNG seeded from
+/// (seed, step), so any step can be replayed without saved RNG state.
+pub fn step_noise<B: Backend>(
+    seed: u64,
+    step: u64,
+    sampler: &TimestepSampler,
+    dims: [usize; 3],
+    device: &B::Device,
+) -> (Tensor<B, 3>, Tensor<B, 1>) {
+    use rand::SeedableRng;
+    use rand_distr::Distribution as _;
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let t = sampler.sample_with(&mut rng, dims[0]);
+    let noise: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+        .collect();
+    (
+        Tensor::from_data(TensorData::new(noise, dims), device),
+        Tensor::from_data(TensorData::new(t, [dims[0]]), device),
+    )
 }
 
 fn value<B: Backend>(t: Tensor<B, 1>) -> f64 {
@@ -215,12 +241,15 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
         }
     }
 
-    /// One step with fresh noise and times from the backend's RNG.
+    /// One step with the noise and times of this step (derived from the seed and step number).
     pub fn step(&mut self, batch: &Stage1Batch<B>) -> Result<StepReport, TrainError> {
-        let dims = batch.x0.dims();
-        let device = batch.x0.device();
-        let noise = Tensor::random(dims, Distribution::Normal(0.0, 1.0), &device);
-        let t = self.config.timesteps.sample::<B>(dims[0], &device);
+        let (noise, t) = step_noise(
+            self.config.seed,
+            self.step,
+            &self.config.timesteps,
+            batch.x0.dims(),
+            &batch.x0.device(),
+        );
         self.step_with(batch, noise, t)
     }
 

@@ -4,7 +4,6 @@
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Distribution;
 use premier_adapter::PreferenceAdapter;
 use premier_losses::{flow_matching_loss, interpolate, TimestepSampler};
 use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput};
@@ -15,7 +14,7 @@ use crate::adamw::{AdamW, AdamWConfig};
 use crate::clip::clip_grad_norm;
 use crate::params::{assign_flat, flat_grads, flat_values};
 use crate::prodigy::{Prodigy, ProdigyConfig};
-use crate::stage1::{StepReport, TrainError};
+use crate::stage1::{step_noise, StepReport, TrainError};
 
 /// The new user's trainable part.
 #[derive(Module, Debug)]
@@ -48,6 +47,8 @@ pub struct Stage2Config {
     pub guidance: f32,
     pub clip_norm: Option<f64>,
     pub optimizer: ColdStartOptimizer,
+    /// Seed of the per-step noise and times.
+    pub seed: u64,
 }
 
 impl Default for Stage2Config {
@@ -57,6 +58,7 @@ impl Default for Stage2Config {
             guidance: 1.0,
             clip_norm: Some(0.5),
             optimizer: ColdStartOptimizer::AdamW(AdamWConfig::premier_cold_start()),
+            seed: 0,
         }
     }
 }
@@ -148,12 +150,15 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         Ok(flow_matching_loss(pred, batch.x0.clone(), noise))
     }
 
-    /// One step with fresh noise and times.
+    /// One step with the noise and times of this step (derived from the seed and step number).
     pub fn step(&mut self, batch: &Stage2Batch<B>) -> Result<StepReport, TrainError> {
-        let dims = batch.x0.dims();
-        let device = batch.x0.device();
-        let noise = Tensor::random(dims, Distribution::Normal(0.0, 1.0), &device);
-        let t = self.config.timesteps.sample::<B>(dims[0], &device);
+        let (noise, t) = step_noise(
+            self.config.seed,
+            self.step,
+            &self.config.timesteps,
+            batch.x0.dims(),
+            &batch.x0.device(),
+        );
         self.step_with(batch, noise, t)
     }
 

@@ -1,0 +1,156 @@
+//! Checkpoints that really resume: N steps + checkpoint + N steps after loading equals 2N steps
+//! straight, bit for bit; an interrupted write leaves the previous checkpoint loadable; only the
+//! newest K are kept.
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use premier_adapter::{AdapterConfig, PreferenceAdapter};
+use premier_mmdit::{Flux, FluxConfig};
+use premier_train::checkpoint::{checkpoints, latest_checkpoint, load_stage1, save_stage1};
+use premier_train::params::flat_values;
+use premier_train::prodigy::ProdigyConfig;
+use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
+use premier_users::{UserShape, UserTable};
+
+type AB = Autodiff<Flex>;
+
+fn bits<M: burn::module::Module<AB>>(m: &M) -> Vec<u32> {
+    flat_values(m)
+        .into_iter()
+        .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
+        .map(f32::to_bits)
+        .collect()
+}
+
+fn adapter_config() -> AdapterConfig {
+    AdapterConfig::small(16, 6, 16, 2)
+}
+
+/// Tests run in parallel and share the backend's global RNG: build under a lock so that two
+/// calls draw the same initial weights.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fresh() -> (Stage1Trainer<AB>, Stage1Batch<AB>) {
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    <AB as Backend>::seed(&device, 31);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let flux_config = FluxConfig {
+        in_channels: 8,
+        out_channels: 8,
+        vec_in_dim: 12,
+        context_in_dim: 16,
+        hidden_size: 16,
+        mlp_ratio: 2.0,
+        num_heads: 2,
+        depth: 2,
+        depth_single_blocks: 1,
+        axes_dim: vec![2, 2, 4],
+        theta: 10_000,
+        qkv_bias: true,
+        guidance_embed: true,
+    };
+    let flux = Flux::<AB>::init(&flux_config, &device).unwrap();
+    let adapter = PreferenceAdapter::<AB>::init(&adapter_config(), &device).unwrap();
+    let users = UserTable::<AB>::init(
+        UserShape {
+            users: 4,
+            tokens: 3,
+            dim: 6,
+        },
+        &device,
+    );
+    let batch = Stage1Batch {
+        x0: Tensor::random([2, 4, 8], normal, &device),
+        latent_hw: (4, 4),
+        text: Tensor::random([2, 5, 16], normal, &device),
+        pooled: Tensor::random([2, 12], normal, &device),
+        users: vec![1, 2],
+        null_text: Some(Tensor::random([1, 5, 16], normal, &device)),
+    };
+    let config = Stage1Config {
+        optimizer: ProdigyConfig {
+            d0: 1e-3,
+            ..ProdigyConfig::premier()
+        },
+        seed: 5,
+        ..Stage1Config::default()
+    };
+    (
+        Stage1Trainer::new(flux, Stage1Model { adapter, users }, config),
+        batch,
+    )
+}
+
+#[test]
+fn resumed_run_equals_straight_run_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut straight, batch) = fresh();
+    for _ in 0..6 {
+        straight.step(&batch).unwrap();
+    }
+
+    let (mut first, batch) = fresh();
+    for _ in 0..3 {
+        first.step(&batch).unwrap();
+    }
+    let saved = save_stage1(&first, &adapter_config(), dir.path(), 2).unwrap();
+    assert!(saved.ends_with("step-00000003"));
+    let flux = first.flux.clone();
+    drop(first);
+    let mut resumed = load_stage1::<AB>(
+        &latest_checkpoint(dir.path()).unwrap(),
+        flux,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(resumed.step, 3);
+    for _ in 0..3 {
+        resumed.step(&batch).unwrap();
+    }
+    assert_eq!(resumed.step, 6);
+    assert_eq!(
+        resumed.optimizer.d().to_bits(),
+        straight.optimizer.d().to_bits()
+    );
+    let (a, b) = (bits(&resumed.model), bits(&straight.model));
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(
+        differing,
+        0,
+        "{differing} of {} resumed parameters differ",
+        a.len()
+    );
+}
+
+#[test]
+fn interrupted_writes_are_ignored_and_old_checkpoints_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut trainer, batch) = fresh();
+    for _ in 0..3 {
+        trainer.step(&batch).unwrap();
+        save_stage1(&trainer, &adapter_config(), dir.path(), 2).unwrap();
+    }
+    let steps: Vec<u64> = checkpoints(dir.path())
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps, vec![2, 3], "keep the newest two");
+
+    // A write that died half-way: a temporary folder with a truncated adapter and no state.json.
+    let partial = dir.path().join(".step-00000004.tmp-999");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::write(partial.join("mod_adapter.safetensors"), b"\x10\x00\x00").unwrap();
+    let latest = latest_checkpoint(dir.path()).unwrap();
+    assert!(latest.ends_with("step-00000003"));
+    let resumed = load_stage1::<AB>(&latest, trainer.flux.clone(), &Default::default()).unwrap();
+    assert_eq!(bits(&resumed.model), bits(&trainer.model));
+
+    // A damaged checkpoint is an error naming the file, not a panic.
+    std::fs::write(latest.join("optimizer.safetensors"), b"garbage").unwrap();
+    let err = load_stage1::<AB>(&latest, trainer.flux.clone(), &Default::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
+}
