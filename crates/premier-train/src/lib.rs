@@ -5,6 +5,8 @@
 //!   direct per-user training), on flattened parameters;
 //! - [`clip::clip_grad_norm`]: global gradient-norm clipping as `torch.nn.utils.clip_grad_norm_`
 //!   (Lightning's `gradient_clip_val`, 0.5 in the released training);
+//! - [`data`]: the dataset formats (official pickle, per-user CSV, folders, JSONL), validation
+//!   and seeded per-user splits;
 //! - [`params`]: module parameters ↔ the flat vectors the optimizer works on;
 //! - [`stage1`]: the stage-1 objective and a training step (adapters + user table through the
 //!   frozen backbone);
@@ -15,6 +17,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod clip;
+pub mod data;
 pub mod params;
 pub mod prodigy;
 pub mod stage1;

@@ -1,0 +1,421 @@
+//! Datasets of users' liked images with captions, in the formats Premier's data comes in:
+//! - the official pickle: a list (or dict) of users, each a list of `[image_path, caption, …]`
+//!   entries, the last entry a metadata dict (skipped);
+//! - per-user CSV with columns `positive_image,caption` (the official cold-start scripts);
+//! - a folder `<root>/<user>/<image>` with a `.txt` caption beside each image;
+//! - a JSONL manifest, one `{"user", "image", "caption"}` object per line.
+//!
+//! Bad data is an error naming the file and line, or with `skip_bad` a warning counted in
+//! [`Dataset::skipped`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// One liked image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub image: PathBuf,
+    pub caption: String,
+}
+
+/// A user and their images, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserData {
+    pub id: String,
+    pub samples: Vec<Sample>,
+}
+
+/// Users in the order they appear; the index is the user's row in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Dataset {
+    pub users: Vec<UserData>,
+    /// Problems skipped with `skip_bad`, as "file:line: reason".
+    pub skipped: Vec<String>,
+}
+
+/// What is wrong with the data, and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct DataError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+/// Checks applied while reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Fewest images a user may have.
+    pub min_images: usize,
+    /// Check that every image file exists and decodes its header.
+    pub check_images: bool,
+    /// Skip bad entries (and users) with a warning instead of failing.
+    pub skip_bad: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            min_images: 1,
+            check_images: true,
+            skip_bad: false,
+        }
+    }
+}
+
+fn err(file: &Path, line: Option<usize>, reason: impl Into<String>) -> DataError {
+    DataError {
+        file: file.to_path_buf(),
+        line,
+        reason: reason.into(),
+    }
+}
+
+/// Collects users entry by entry, applying [`ReadOptions`].
+struct Builder<'a> {
+    options: &'a ReadOptions,
+    users: Vec<UserData>,
+    index: BTreeMap<String, usize>,
+    skipped: Vec<String>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(options: &'a ReadOptions) -> Self {
+        Self {
+            options,
+            users: Vec::new(),
+            index: BTreeMap::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Fails, or records and skips with `skip_bad`.
+    fn problem(&mut self, e: DataError) -> Result<(), DataError> {
+        if self.options.skip_bad {
+            tracing::warn!("skipping: {e}");
+            self.skipped.push(e.to_string());
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Starts a user; a second user with the same id is an error.
+    fn user(
+        &mut self,
+        id: &str,
+        file: &Path,
+        line: Option<usize>,
+    ) -> Result<Option<usize>, DataError> {
+        if self.index.contains_key(id) {
+            self.problem(err(file, line, format!("duplicate user id {id:?}")))?;
+            return Ok(None);
+        }
+        self.index.insert(id.to_string(), self.users.len());
+        self.users.push(UserData {
+            id: id.to_string(),
+            samples: Vec::new(),
+        });
+        Ok(Some(self.users.len() - 1))
+    }
+
+    fn sample(
+        &mut self,
+        user: usize,
+        image: PathBuf,
+        caption: &str,
+        file: &Path,
+        line: Option<usize>,
+    ) -> Result<(), DataError> {
+        if caption.trim().is_empty() {
+            return self.problem(err(
+                file,
+                line,
+                format!("empty caption for {}", image.display()),
+            ));
+        }
+        if self.options.check_images {
+            if let Err(e) = image::ImageReader::open(&image)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()))
+            {
+                return self.problem(err(
+                    file,
+                    line,
+                    format!("unreadable image {}: {e}", image.display()),
+                ));
+            }
+        }
+        self.users[user].samples.push(Sample {
+            image,
+            caption: caption.trim().to_string(),
+        });
+        Ok(())
+    }
+
+    fn finish(mut self, file: &Path) -> Result<Dataset, DataError> {
+        let min = self.options.min_images;
+        let mut kept = Vec::new();
+        for user in std::mem::take(&mut self.users) {
+            if user.samples.len() < min {
+                self.problem(err(
+                    file,
+                    None,
+                    format!(
+                        "user {:?} has {} images, fewer than {min}",
+                        user.id,
+                        user.samples.len()
+                    ),
+                ))?;
+            } else {
+                kept.push(user);
+            }
+        }
+        Ok(Dataset {
+            users: kept,
+            skipped: self.skipped,
+        })
+    }
+}
+
+/// Paths in a file are relative to the file's folder unless absolute.
+fn resolve(base: &Path, image: &str) -> PathBuf {
+    let p = PathBuf::from(image);
+    if p.is_absolute() {
+        p
+    } else {
+        base.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+impl Dataset {
+    /// A JSONL manifest: one `{"user": …, "image": …, "caption": …}` per line (user may be a
+    /// string or a number); users in order of first appearance.
+    pub fn from_jsonl(path: &Path, options: &ReadOptions) -> Result<Self, DataError> {
+        let text = std::fs::read_to_string(path).map_err(|e| err(path, None, e.to_string()))?;
+        let mut b = Builder::new(options);
+        for (i, line) in text.lines().enumerate() {
+            let n = Some(i + 1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(e) => {
+                    b.problem(err(path, n, format!("not JSON: {e}")))?;
+                    continue;
+                }
+            };
+            let field = |k: &str| match &v[k] {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(x) => Some(x.to_string()),
+                _ => None,
+            };
+            let (Some(user), Some(image)) = (field("user"), field("image")) else {
+                b.problem(err(path, n, "needs \"user\" and \"image\""))?;
+                continue;
+            };
+            let caption = field("caption").unwrap_or_default();
+            let index = match b.index.get(&user) {
+                Some(&i) => i,
+                None => match b.user(&user, path, n)? {
+                    Some(i) => i,
+                    None => continue,
+                },
+            };
+            b.sample(index, resolve(path, &image), &caption, path, n)?;
+        }
+        b.finish(path)
+    }
+
+    /// Per-user CSV files (`positive_image,caption`, header required), the user id being the
+    /// file stem (`user_3685.csv` → `user_3685`).
+    pub fn from_csvs(paths: &[PathBuf], options: &ReadOptions) -> Result<Self, DataError> {
+        let mut b = Builder::new(options);
+        for path in paths {
+            let id = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let Some(user) = b.user(&id, path, None)? else {
+                continue;
+            };
+            let mut reader =
+                csv::Reader::from_path(path).map_err(|e| err(path, None, e.to_string()))?;
+            let headers = reader
+                .headers()
+                .map_err(|e| err(path, Some(1), e.to_string()))?
+                .clone();
+            let column = |name: &str| headers.iter().position(|h| h.trim() == name);
+            let (Some(image_col), Some(caption_col)) =
+                (column("positive_image"), column("caption"))
+            else {
+                return Err(err(
+                    path,
+                    Some(1),
+                    format!(
+                        "needs columns positive_image and caption, has {:?}",
+                        headers
+                    ),
+                ));
+            };
+            for (i, record) in reader.records().enumerate() {
+                let n = Some(i + 2);
+                match record {
+                    Ok(r) => {
+                        let image = resolve(path, r.get(image_col).unwrap_or_default());
+                        b.sample(user, image, r.get(caption_col).unwrap_or_default(), path, n)?;
+                    }
+                    Err(e) => b.problem(err(path, n, e.to_string()))?,
+                }
+            }
+        }
+        let first = paths.first().cloned().unwrap_or_default();
+        b.finish(&first)
+    }
+
+    /// `<root>/<user>/<image>` with `<image stem>.txt` captions; users sorted by folder name.
+    pub fn from_folder(root: &Path, options: &ReadOptions) -> Result<Self, DataError> {
+        let list = |dir: &Path| -> Result<Vec<PathBuf>, DataError> {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| err(dir, None, e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            v.sort();
+            Ok(v)
+        };
+        let mut b = Builder::new(options);
+        for user_dir in list(root)?.into_iter().filter(|p| p.is_dir()) {
+            let id = user_dir
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let Some(user) = b.user(&id, &user_dir, None)? else {
+                continue;
+            };
+            for image in list(&user_dir)? {
+                let ext = image
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_lowercase())
+                    .unwrap_or_default();
+                if !matches!(ext.as_str(), "png" | "jpg" | "jpeg" | "webp" | "bmp") {
+                    continue;
+                }
+                let caption_path = image.with_extension("txt");
+                match std::fs::read_to_string(&caption_path) {
+                    Ok(caption) => b.sample(user, image, &caption, &caption_path, None)?,
+                    Err(e) => b.problem(err(&caption_path, None, format!("no caption: {e}")))?,
+                }
+            }
+        }
+        b.finish(root)
+    }
+
+    /// The official pickle: a list (or dict of id → list) of users; each user a list of entries
+    /// `[image_path, caption, …]`, the last entry a metadata dict, skipped.
+    pub fn from_pickle(path: &Path, options: &ReadOptions) -> Result<Self, DataError> {
+        use serde_pickle::{HashableValue, Value};
+        let bytes = std::fs::read(path).map_err(|e| err(path, None, e.to_string()))?;
+        let value =
+            serde_pickle::value_from_slice(&bytes, serde_pickle::DeOptions::new().decode_strings())
+                .map_err(|e| err(path, None, format!("not a pickle: {e}")))?;
+        let users: Vec<(String, Value)> = match value {
+            Value::List(v) | Value::Tuple(v) => v
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| (i.to_string(), u))
+                .collect(),
+            Value::Dict(d) => d
+                .into_iter()
+                .map(|(k, u)| {
+                    let id = match k {
+                        HashableValue::String(s) => s,
+                        HashableValue::I64(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (id, u)
+                })
+                .collect(),
+            other => {
+                return Err(err(
+                    path,
+                    None,
+                    format!("expected a list or dict of users, found {other:?}"),
+                ))
+            }
+        };
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Bytes(b) => String::from_utf8(b.clone()).ok(),
+            _ => None,
+        };
+        let mut b = Builder::new(options);
+        for (n, (id, entries)) in users.into_iter().enumerate() {
+            let Some(user) = b.user(&id, path, Some(n))? else {
+                continue;
+            };
+            let entries = match entries {
+                Value::List(v) | Value::Tuple(v) => v,
+                other => {
+                    b.problem(err(
+                        path,
+                        Some(n),
+                        format!("user {id}: expected a list of entries, found {other:?}"),
+                    ))?;
+                    continue;
+                }
+            };
+            for entry in entries {
+                match entry {
+                    Value::Dict(_) => {} // the trailing metadata
+                    Value::List(v) | Value::Tuple(v) => {
+                        match (v.first().and_then(text), v.get(1).and_then(text)) {
+                            (Some(image), Some(caption)) => {
+                                b.sample(user, resolve(path, &image), &caption, path, Some(n))?
+                            }
+                            _ => b.problem(err(
+                                path,
+                                Some(n),
+                                format!("user {id}: entry without [image, caption]"),
+                            ))?,
+                        }
+                    }
+                    other => b.problem(err(
+                        path,
+                        Some(n),
+                        format!("user {id}: unexpected entry {other:?}"),
+                    ))?,
+                }
+            }
+        }
+        b.finish(path)
+    }
+
+    /// Splits each user's images into training and held-out sets: `held_out` images per user
+    /// (never all of them), chosen by a seeded shuffle. Returns (train, held_out).
+    pub fn split(&self, held_out: usize, seed: u64) -> (Dataset, Dataset) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut train, mut test) = (Dataset::default(), Dataset::default());
+        for user in &self.users {
+            let mut order: Vec<usize> = (0..user.samples.len()).collect();
+            order.shuffle(&mut rng);
+            let k = held_out.min(user.samples.len().saturating_sub(1));
+            let (test_idx, train_idx) = order.split_at(k);
+            let pick = |idx: &[usize]| {
+                let mut idx = idx.to_vec();
+                idx.sort();
+                UserData {
+                    id: user.id.clone(),
+                    samples: idx.iter().map(|&i| user.samples[i].clone()).collect(),
+                }
+            };
+            train.users.push(pick(train_idx));
+            test.users.push(pick(test_idx));
+        }
+        (train, test)
+    }
+}
