@@ -72,21 +72,7 @@ fn gradients_reach_user_embedding_and_adapter_through_frozen_flux() {
     <AB as Backend>::seed(&device, 21);
     let normal = Distribution::Normal(0.0, 1.0);
 
-    let flux_config = FluxConfig {
-        in_channels: 8,
-        out_channels: 8,
-        vec_in_dim: 12,
-        context_in_dim: 16,
-        hidden_size: 16,
-        mlp_ratio: 2.0,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 1,
-        axes_dim: vec![2, 2, 4],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
-    };
+    let flux_config = FluxConfig::tiny();
     // The backbone is frozen: its parameters take no gradient.
     let flux = Flux::<AB>::init(&flux_config, &device).unwrap().no_grad();
     let shape = UserShape {

@@ -65,6 +65,26 @@ impl FluxConfig {
         }
     }
 
+    /// A very small FLUX-shaped model for tests and CPU experiments: width 16, 2 heads, 2 double
+    /// and 1 single block, 8 input channels (2 latent channels × 2 × 2), text width 16, pooled 12.
+    pub fn tiny() -> Self {
+        Self {
+            in_channels: 8,
+            out_channels: 8,
+            vec_in_dim: 12,
+            context_in_dim: 16,
+            hidden_size: 16,
+            mlp_ratio: 2.0,
+            num_heads: 2,
+            depth: 2,
+            depth_single_blocks: 1,
+            axes_dim: vec![2, 2, 4],
+            theta: 10_000,
+            qkv_bias: true,
+            guidance_embed: true,
+        }
+    }
+
     /// Channels per attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads

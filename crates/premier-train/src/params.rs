@@ -89,3 +89,33 @@ pub fn assign_flat<B: Backend, M: Module<B>>(module: M, values: Vec<Tensor<B, 1>
         values: values.into_iter(),
     })
 }
+
+/// One optimizer update of `module` from `loss`: backward, flat gradients, optional global-norm
+/// clipping, the optimizer's `step` on flat values, and the new values assigned back.
+/// Returns the updated module and the gradient norm before clipping.
+pub fn descend<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    loss: Tensor<B, 1>,
+    clip_norm: Option<f64>,
+    step: impl FnOnce(
+        Vec<Tensor<B::InnerBackend, 1>>,
+        Vec<Tensor<B::InnerBackend, 1>>,
+    ) -> Vec<Tensor<B::InnerBackend, 1>>,
+) -> (M, f64) {
+    let grads = loss.backward();
+    let grads = flat_grads(&module, &grads);
+    // With no limit the coefficient clamps to 1: only the norm is computed.
+    let (grads, norm) = crate::clip::clip_grad_norm(grads, clip_norm.unwrap_or(f64::INFINITY));
+    let values = flat_values(&module)
+        .into_iter()
+        .map(|p| p.inner())
+        .collect();
+    let updated = step(values, grads);
+    (
+        assign_flat(
+            module,
+            updated.into_iter().map(Tensor::from_inner).collect(),
+        ),
+        norm,
+    )
+}

@@ -11,8 +11,7 @@ use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulat
 use premier_users::{UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
-use crate::clip::clip_grad_norm;
-use crate::params::{assign_flat, flat_grads, flat_values};
+use crate::params::descend;
 use crate::prodigy::{Prodigy, ProdigyConfig};
 
 /// Which prompt the dispersion loss sees.
@@ -261,28 +260,14 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
         t: Tensor<B, 1>,
     ) -> Result<StepReport, TrainError> {
         let loss = stage1_loss(&self.flux, &self.model, batch, noise, t, &self.config)?;
-        let grads = loss.total.clone().backward();
-        let grads = flat_grads(&self.model, &grads);
-        let (grads, grad_norm) = match self.config.clip_norm {
-            Some(max) => clip_grad_norm(grads, max),
-            None => {
-                let norm = grads
-                    .iter()
-                    .map(|g| value(g.clone().powi_scalar(2).sum()))
-                    .sum::<f64>()
-                    .sqrt();
-                (grads, norm)
-            }
-        };
-        let params = flat_values(&self.model)
-            .into_iter()
-            .map(|p| p.inner())
-            .collect();
-        let updated = self.optimizer.step(params, grads);
-        self.model = assign_flat(
+        let optimizer = &mut self.optimizer;
+        let (model, grad_norm) = descend(
             self.model.clone(),
-            updated.into_iter().map(Tensor::from_inner).collect(),
+            loss.total.clone(),
+            self.config.clip_norm,
+            |p, g| optimizer.step(p, g),
         );
+        self.model = model;
         self.step += 1;
         Ok(StepReport {
             step: self.step,

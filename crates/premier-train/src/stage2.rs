@@ -11,8 +11,7 @@ use premier_users::{LinearCombination, UserEmbedding, UserTable};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWConfig};
-use crate::clip::clip_grad_norm;
-use crate::params::{assign_flat, flat_grads, flat_values};
+use crate::params::descend;
 use crate::prodigy::{Prodigy, ProdigyConfig};
 use crate::stage1::{step_noise, StepReport, TrainError};
 
@@ -170,24 +169,22 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         t: Tensor<B, 1>,
     ) -> Result<StepReport, TrainError> {
         let loss = self.loss(batch, noise, t)?;
-        let grads = loss.clone().backward();
-        let grads = flat_grads(&self.user, &grads);
-        let (grads, grad_norm) = match self.config.clip_norm {
-            Some(max) => clip_grad_norm(grads, max),
-            None => clip_grad_norm(grads, f64::INFINITY),
-        };
-        let params = flat_values(&self.user)
-            .into_iter()
-            .map(|p| p.inner())
-            .collect();
-        let (updated, d) = match &mut self.optimizer {
-            OptimizerState::AdamW(o) => (o.step(params, grads), 0.0),
-            OptimizerState::Prodigy(o) => (o.step(params, grads), o.d()),
-        };
-        self.user = assign_flat(
+        let mut d = 0.0;
+        let optimizer = &mut self.optimizer;
+        let (user, grad_norm) = descend(
             self.user.clone(),
-            updated.into_iter().map(Tensor::from_inner).collect(),
+            loss.clone(),
+            self.config.clip_norm,
+            |p, g| match optimizer {
+                OptimizerState::AdamW(o) => o.step(p, g),
+                OptimizerState::Prodigy(o) => {
+                    let updated = o.step(p, g);
+                    d = o.d();
+                    updated
+                }
+            },
         );
+        self.user = user;
         self.step += 1;
         let loss = value(loss);
         Ok(StepReport {

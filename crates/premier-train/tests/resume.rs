@@ -36,21 +36,7 @@ fn fresh() -> (Stage1Trainer<AB>, Stage1Batch<AB>) {
     let device = Default::default();
     <AB as Backend>::seed(&device, 31);
     let normal = Distribution::Normal(0.0, 1.0);
-    let flux_config = FluxConfig {
-        in_channels: 8,
-        out_channels: 8,
-        vec_in_dim: 12,
-        context_in_dim: 16,
-        hidden_size: 16,
-        mlp_ratio: 2.0,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 1,
-        axes_dim: vec![2, 2, 4],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
-    };
+    let flux_config = FluxConfig::tiny();
     let flux = Flux::<AB>::init(&flux_config, &device).unwrap();
     let adapter = PreferenceAdapter::<AB>::init(&adapter_config(), &device).unwrap();
     let users = UserTable::<AB>::init(

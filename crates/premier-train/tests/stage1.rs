@@ -14,21 +14,7 @@ use premier_users::{UserShape, UserTable};
 type AB = Autodiff<Flex>;
 
 fn flux_config() -> FluxConfig {
-    FluxConfig {
-        in_channels: 8,
-        out_channels: 8,
-        vec_in_dim: 12,
-        context_in_dim: 16,
-        hidden_size: 16,
-        mlp_ratio: 2.0,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 1,
-        axes_dim: vec![2, 2, 4],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
-    }
+    FluxConfig::tiny()
 }
 
 struct Setup {

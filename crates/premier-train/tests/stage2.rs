@@ -30,21 +30,7 @@ fn run(user: NewUser<AB>, optimizer: ColdStartOptimizer) -> (f64, f64, Stage2Tra
     let device = Default::default();
     <AB as Backend>::seed(&device, 23);
     let normal = Distribution::Normal(0.0, 1.0);
-    let flux_config = FluxConfig {
-        in_channels: 8,
-        out_channels: 8,
-        vec_in_dim: 12,
-        context_in_dim: 16,
-        hidden_size: 16,
-        mlp_ratio: 2.0,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 1,
-        axes_dim: vec![2, 2, 4],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
-    };
+    let flux_config = FluxConfig::tiny();
     let flux = Flux::<AB>::init(&flux_config, &device).unwrap();
     let mut adapter =
         PreferenceAdapter::<AB>::init(&AdapterConfig::small(16, 6, 16, 2), &device).unwrap();
