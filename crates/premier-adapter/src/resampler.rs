@@ -12,6 +12,16 @@ use premier_mmdit::LoadError;
 /// Width of the (always zero) timestep embedding the official AdaLN takes.
 const TIME_DIM: usize = 64;
 
+/// Appends a `Linear` as PyTorch names it: `{key}.weight` and `{key}.bias`.
+fn export_named<B: Backend>(linear: &Linear<B>, key: &str, out: &mut Vec<(String, HostTensor)>) {
+    export_linear(
+        linear,
+        format!("{key}.weight"),
+        Some(format!("{key}.bias")),
+        out,
+    );
+}
+
 /// Appends a `Linear`'s parameters under PyTorch names and layout (`[out, in]`).
 fn export_linear<B: Backend>(
     linear: &Linear<B>,
@@ -57,12 +67,7 @@ impl<B: Backend> AdaLayerNorm<B> {
     }
 
     fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
-        export_linear(
-            &self.linear,
-            format!("{key}.linear.weight"),
-            Some(format!("{key}.linear.bias")),
-            out,
-        );
+        export_named(&self.linear, &format!("{key}.linear"), out);
     }
 }
 
@@ -127,12 +132,7 @@ impl<B: Backend> MultiheadAttention<B> {
             Some(format!("{key}.in_proj_bias")),
             out,
         );
-        export_linear(
-            &self.out_proj,
-            format!("{key}.out_proj.weight"),
-            Some(format!("{key}.out_proj.bias")),
-            out,
-        );
+        export_named(&self.out_proj, &format!("{key}.out_proj"), out);
     }
 }
 
@@ -179,18 +179,8 @@ impl<B: Backend> PerceiverBlock<B> {
 
     fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
         self.attn.export(&format!("{key}.attn"), out);
-        export_linear(
-            &self.c_fc,
-            format!("{key}.mlp.c_fc.weight"),
-            Some(format!("{key}.mlp.c_fc.bias")),
-            out,
-        );
-        export_linear(
-            &self.c_proj,
-            format!("{key}.mlp.c_proj.weight"),
-            Some(format!("{key}.mlp.c_proj.bias")),
-            out,
-        );
+        export_named(&self.c_fc, &format!("{key}.mlp.c_fc"), out);
+        export_named(&self.c_proj, &format!("{key}.mlp.c_proj"), out);
         self.ln_1.export(&format!("{key}.ln_1"), out);
         self.ln_2.export(&format!("{key}.ln_2"), out);
         self.ln_ff.export(&format!("{key}.ln_ff"), out);
@@ -253,27 +243,12 @@ impl<B: Backend> TextImageResampler<B> {
     }
 
     pub(crate) fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
-        export_linear(
-            &self.text_proj_in,
-            format!("{key}.text_proj_in.weight"),
-            Some(format!("{key}.text_proj_in.bias")),
-            out,
-        );
-        export_linear(
-            &self.image_proj_in,
-            format!("{key}.image_proj_in.weight"),
-            Some(format!("{key}.image_proj_in.bias")),
-            out,
-        );
+        export_named(&self.text_proj_in, &format!("{key}.text_proj_in"), out);
+        export_named(&self.image_proj_in, &format!("{key}.image_proj_in"), out);
         for (b, block) in self.perceiver_blocks.iter().enumerate() {
             block.export(&format!("{key}.perceiver_blocks.{b}"), out);
         }
-        export_linear(
-            &self.proj_out,
-            format!("{key}.proj_out.0.weight"),
-            Some(format!("{key}.proj_out.0.bias")),
-            out,
-        );
+        export_named(&self.proj_out, &format!("{key}.proj_out.0"), out);
         out.push((
             format!("{key}.proj_out.1.weight"),
             HostTensor::from_tensor(self.norm_weight.val()),

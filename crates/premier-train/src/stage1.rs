@@ -109,6 +109,46 @@ pub enum TrainError {
     Batch(String),
 }
 
+/// The encoded images and captions a flow loss is computed on.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowBatch<'a, B: Backend> {
+    /// Packed clean latents: `[batch, img_tokens, in_channels]`.
+    pub x0: &'a Tensor<B, 3>,
+    /// Latent height and width before packing.
+    pub latent_hw: (usize, usize),
+    /// `[batch, txt_tokens, text_dim]`.
+    pub text: &'a Tensor<B, 3>,
+    /// `[batch, vec_in_dim]`.
+    pub pooled: &'a Tensor<B, 2>,
+}
+
+/// The flow-matching loss of FLUX steered by `delta` on `batch` noised with `noise`
+/// `[batch, img_tokens, in_channels]` at times `t` `[batch]`, with a constant guidance: `[1]`.
+/// Shared by both training stages.
+pub fn modulated_flow_loss<B: Backend>(
+    flux: &Flux<B>,
+    batch: FlowBatch<'_, B>,
+    noise: Tensor<B, 3>,
+    t: Tensor<B, 1>,
+    guidance: f32,
+    delta: &TextModulation<B>,
+) -> Result<Tensor<B, 1>, ForwardError> {
+    let n = batch.x0.dims()[0];
+    let device = batch.x0.device();
+    let (h, w) = batch.latent_hw;
+    let input = FluxInput {
+        img: interpolate(batch.x0.clone(), noise.clone(), t.clone()),
+        img_ids: img_ids(n, h, w, &device),
+        txt: batch.text.clone(),
+        txt_ids: txt_ids(n, batch.text.dims()[1], &device),
+        timesteps: t,
+        y: batch.pooled.clone(),
+        guidance: Some(Tensor::full([n], guidance, &device)),
+    };
+    let pred = flux.try_forward(input, Some(delta))?;
+    Ok(flow_matching_loss(pred, batch.x0.clone(), noise))
+}
+
 /// The loss parts as tensors (so the caller can backpropagate).
 pub struct Stage1Loss<B: Backend> {
     pub total: Tensor<B, 1>,
@@ -175,18 +215,19 @@ pub fn stage1_loss<B: Backend>(
     }
     let user = model.users.lookup(&batch.users)?;
     let delta = model.adapter.forward(batch.text.clone(), user.clone());
-    let (h, w) = batch.latent_hw;
-    let input = FluxInput {
-        img: interpolate(batch.x0.clone(), noise.clone(), t.clone()),
-        img_ids: img_ids(n, h, w, &device),
-        txt: batch.text.clone(),
-        txt_ids: txt_ids(n, batch.text.dims()[1], &device),
-        timesteps: t,
-        y: batch.pooled.clone(),
-        guidance: Some(Tensor::full([n], config.guidance, &device)),
-    };
-    let pred = flux.try_forward(input, Some(&delta))?;
-    let flow = flow_matching_loss(pred, batch.x0.clone(), noise);
+    let flow = modulated_flow_loss(
+        flux,
+        FlowBatch {
+            x0: &batch.x0,
+            latent_hw: batch.latent_hw,
+            text: &batch.text,
+            pooled: &batch.pooled,
+        },
+        noise,
+        t,
+        config.guidance,
+        &delta,
+    )?;
     let zero = || Tensor::<B, 1>::zeros([1], &device);
     let (mut disp_s, mut disp_d) = (zero(), zero());
     if let Some(variant) = config.dispersion {

@@ -5,15 +5,15 @@
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::PreferenceAdapter;
-use premier_losses::{flow_matching_loss, interpolate, TimestepSampler};
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput};
+use premier_losses::TimestepSampler;
+use premier_mmdit::Flux;
 use premier_users::{LinearCombination, UserEmbedding, UserTable};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::params::descend;
 use crate::prodigy::{Prodigy, ProdigyConfig};
-use crate::stage1::{step_noise, StepReport, TrainError};
+use crate::stage1::{modulated_flow_loss, step_noise, FlowBatch, StepReport, TrainError};
 
 /// The new user's trainable part.
 #[derive(Module, Debug)]
@@ -131,22 +131,22 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         noise: Tensor<B, 3>,
         t: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let n = batch.x0.dims()[0];
-        let device = batch.x0.device();
-        let user = self.embedding()?.repeat_dim(0, n);
+        let user = self.embedding()?.repeat_dim(0, batch.x0.dims()[0]);
         let delta = self.adapter.forward(batch.text.clone(), user);
-        let (h, w) = batch.latent_hw;
-        let input = FluxInput {
-            img: interpolate(batch.x0.clone(), noise.clone(), t.clone()),
-            img_ids: img_ids(n, h, w, &device),
-            txt: batch.text.clone(),
-            txt_ids: txt_ids(n, batch.text.dims()[1], &device),
-            timesteps: t,
-            y: batch.pooled.clone(),
-            guidance: Some(Tensor::full([n], self.config.guidance, &device)),
+        let images = FlowBatch {
+            x0: &batch.x0,
+            latent_hw: batch.latent_hw,
+            text: &batch.text,
+            pooled: &batch.pooled,
         };
-        let pred = self.flux.try_forward(input, Some(&delta))?;
-        Ok(flow_matching_loss(pred, batch.x0.clone(), noise))
+        Ok(modulated_flow_loss(
+            &self.flux,
+            images,
+            noise,
+            t,
+            self.config.guidance,
+            &delta,
+        )?)
     }
 
     /// One step with the noise and times of this step (derived from the seed and step number).
