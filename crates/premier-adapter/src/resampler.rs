@@ -7,36 +7,10 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 use premier_mmdit::load::{HostTensor, ParamSource};
 use premier_mmdit::norm::layer_norm_no_affine;
-use premier_mmdit::LoadError;
+use premier_mmdit::{export_linear, LoadError};
 
 /// Width of the (always zero) timestep embedding the official AdaLN takes.
 const TIME_DIM: usize = 64;
-
-/// Appends a `Linear` as PyTorch names it: `{key}.weight` and `{key}.bias`.
-fn export_named<B: Backend>(linear: &Linear<B>, key: &str, out: &mut Vec<(String, HostTensor)>) {
-    export_linear(
-        linear,
-        format!("{key}.weight"),
-        Some(format!("{key}.bias")),
-        out,
-    );
-}
-
-/// Appends a `Linear`'s parameters under PyTorch names and layout (`[out, in]`).
-fn export_linear<B: Backend>(
-    linear: &Linear<B>,
-    weight_key: String,
-    bias_key: Option<String>,
-    out: &mut Vec<(String, HostTensor)>,
-) {
-    out.push((
-        weight_key,
-        HostTensor::from_tensor(linear.weight.val()).transposed(),
-    ));
-    if let (Some(key), Some(bias)) = (bias_key, &linear.bias) {
-        out.push((key, HostTensor::from_tensor(bias.val())));
-    }
-}
 
 /// `LN(x)·(1 + scale) + shift` with (shift, scale) = `linear(SiLU(temb))`. The official adapter
 /// always passes `temb = 0`, so (shift, scale) is the bias of `linear` (shift first); the weight is
@@ -67,7 +41,7 @@ impl<B: Backend> AdaLayerNorm<B> {
     }
 
     fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
-        export_named(&self.linear, &format!("{key}.linear"), out);
+        export_linear(&self.linear, &format!("{key}.linear"), out);
     }
 }
 
@@ -126,13 +100,13 @@ impl<B: Backend> MultiheadAttention<B> {
     }
 
     fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
-        export_linear(
-            &self.in_proj,
-            format!("{key}.in_proj_weight"),
-            Some(format!("{key}.in_proj_bias")),
-            out,
-        );
-        export_named(&self.out_proj, &format!("{key}.out_proj"), out);
+        // torch.nn.MultiheadAttention names its fused input projection without a dot.
+        let mut fused = Vec::new();
+        export_linear(&self.in_proj, "in_proj", &mut fused);
+        for (name, tensor) in fused {
+            out.push((format!("{key}.{}", name.replace('.', "_")), tensor));
+        }
+        export_linear(&self.out_proj, &format!("{key}.out_proj"), out);
     }
 }
 
@@ -179,8 +153,8 @@ impl<B: Backend> PerceiverBlock<B> {
 
     fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
         self.attn.export(&format!("{key}.attn"), out);
-        export_named(&self.c_fc, &format!("{key}.mlp.c_fc"), out);
-        export_named(&self.c_proj, &format!("{key}.mlp.c_proj"), out);
+        export_linear(&self.c_fc, &format!("{key}.mlp.c_fc"), out);
+        export_linear(&self.c_proj, &format!("{key}.mlp.c_proj"), out);
         self.ln_1.export(&format!("{key}.ln_1"), out);
         self.ln_2.export(&format!("{key}.ln_2"), out);
         self.ln_ff.export(&format!("{key}.ln_ff"), out);
@@ -243,12 +217,12 @@ impl<B: Backend> TextImageResampler<B> {
     }
 
     pub(crate) fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
-        export_named(&self.text_proj_in, &format!("{key}.text_proj_in"), out);
-        export_named(&self.image_proj_in, &format!("{key}.image_proj_in"), out);
+        export_linear(&self.text_proj_in, &format!("{key}.text_proj_in"), out);
+        export_linear(&self.image_proj_in, &format!("{key}.image_proj_in"), out);
         for (b, block) in self.perceiver_blocks.iter().enumerate() {
             block.export(&format!("{key}.perceiver_blocks.{b}"), out);
         }
-        export_named(&self.proj_out, &format!("{key}.proj_out.0"), out);
+        export_linear(&self.proj_out, &format!("{key}.proj_out.0"), out);
         out.push((
             format!("{key}.proj_out.1.weight"),
             HostTensor::from_tensor(self.norm_weight.val()),

@@ -21,6 +21,7 @@ pub mod blocks;
 mod config;
 pub mod embed;
 mod error;
+mod export;
 mod latent;
 pub mod load;
 mod model;
@@ -30,6 +31,7 @@ pub mod params;
 
 pub use config::{ConfigError, FluxConfig};
 pub use error::{ForwardError, LoadError};
+pub use export::export_linear;
 pub use latent::{img_ids, pack, txt_ids, unpack};
 pub use load::LoadOptions;
 pub use model::{Flux, FluxInput};
