@@ -9,7 +9,8 @@
 //! - [`losses`]: flow matching and dispersion losses;
 //! - [`text`], [`vae`]: the T5/CLIP text encoders and the FLUX autoencoder;
 //! - [`pipeline`]: schedule, sampler and personalized generation;
-//! - [`train`]: Prodigy and gradient clipping (trainers to come);
+//! - [`train`]: Prodigy, datasets, stage-1 and cold-start trainers, checkpoints;
+//! - [`synth`]: the synthetic preference world, its scorers and base model (the quickstart);
 //! - [`cli`]: the `premier` command (`premier generate …`).
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
@@ -20,6 +21,7 @@ pub use premier_adapter as adapter;
 pub use premier_losses as losses;
 pub use premier_mmdit as mmdit;
 pub use premier_pipeline as pipeline;
+pub use premier_synth as synth;
 pub use premier_text as text;
 pub use premier_train as train;
 pub use premier_users as users;

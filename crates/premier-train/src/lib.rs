@@ -11,6 +11,8 @@
 //! - [`stage1`]: the stage-1 objective and a training step (adapters + user table through the
 //!   frozen backbone);
 //! - [`checkpoint`]: stage-1 checkpoints (atomic, keep the last K) that resume bit for bit;
+//! - [`sampler`]: batches of distinct users, reproducible per step;
+//! - [`metrics`]: per-step JSONL metrics and the loss-curve PNG;
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
 
@@ -18,7 +20,9 @@ pub mod adamw;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;
+pub mod metrics;
 pub mod params;
 pub mod prodigy;
+pub mod sampler;
 pub mod stage1;
 pub mod stage2;

@@ -90,20 +90,26 @@ pub fn assign_flat<B: Backend, M: Module<B>>(module: M, values: Vec<Tensor<B, 1>
     })
 }
 
-/// One optimizer update of `module` from `loss`: backward, flat gradients, optional global-norm
-/// clipping, the optimizer's `step` on flat values, and the new values assigned back.
-/// Returns the updated module and the gradient norm before clipping.
-pub fn descend<B: AutodiffBackend, M: Module<B>>(
-    module: M,
+/// The flat gradients of `loss` wrt `module`'s parameters (see [`flat_grads`]).
+pub fn gradients<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
     loss: Tensor<B, 1>,
+) -> Vec<Tensor<B::InnerBackend, 1>> {
+    flat_grads(module, &loss.backward())
+}
+
+/// One optimizer update of `module` with flat `grads`: optional global-norm clipping, the
+/// optimizer's `step` on flat values, and the new values assigned back.
+/// Returns the updated module and the gradient norm before clipping.
+pub fn apply<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    grads: Vec<Tensor<B::InnerBackend, 1>>,
     clip_norm: Option<f64>,
     step: impl FnOnce(
         Vec<Tensor<B::InnerBackend, 1>>,
         Vec<Tensor<B::InnerBackend, 1>>,
     ) -> Vec<Tensor<B::InnerBackend, 1>>,
 ) -> (M, f64) {
-    let grads = loss.backward();
-    let grads = flat_grads(&module, &grads);
     // With no limit the coefficient clamps to 1: only the norm is computed.
     let (grads, norm) = crate::clip::clip_grad_norm(grads, clip_norm.unwrap_or(f64::INFINITY));
     let values = flat_values(&module)
@@ -118,4 +124,18 @@ pub fn descend<B: AutodiffBackend, M: Module<B>>(
         ),
         norm,
     )
+}
+
+/// One optimizer update of `module` from `loss`: [`gradients`], then [`apply`].
+pub fn descend<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    loss: Tensor<B, 1>,
+    clip_norm: Option<f64>,
+    step: impl FnOnce(
+        Vec<Tensor<B::InnerBackend, 1>>,
+        Vec<Tensor<B::InnerBackend, 1>>,
+    ) -> Vec<Tensor<B::InnerBackend, 1>>,
+) -> (M, f64) {
+    let grads = gradients(&module, loss);
+    apply(module, grads, clip_norm, step)
 }

@@ -11,7 +11,7 @@ use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulat
 use premier_users::{UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
-use crate::params::descend;
+use crate::params::{apply, descend, gradients};
 use crate::prodigy::{Prodigy, ProdigyConfig};
 
 /// Which prompt the dispersion loss sees.
@@ -291,6 +291,78 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
             &batch.x0.device(),
         );
         self.step_with(batch, noise, t)
+    }
+
+    /// One optimizer step over several micro-batches (gradient accumulation): each micro-batch's
+    /// loss is backpropagated on its own and the gradients averaged, so memory is that of one
+    /// micro-batch. Dispersion contrasts the users within each micro-batch. Micro-batch `i` of
+    /// step `k` draws the noise of (seed + i, k); with one micro-batch this equals [`Self::step`].
+    pub fn step_accumulated(
+        &mut self,
+        micro_batches: &[Stage1Batch<B>],
+    ) -> Result<StepReport, TrainError> {
+        if micro_batches.is_empty() {
+            return Err(TrainError::Batch("no micro-batches to accumulate".into()));
+        }
+        let with_noise = micro_batches
+            .iter()
+            .enumerate()
+            .map(|(i, batch)| {
+                let (noise, t) = step_noise(
+                    self.config.seed.wrapping_add(i as u64),
+                    self.step,
+                    &self.config.timesteps,
+                    batch.x0.dims(),
+                    &batch.x0.device(),
+                );
+                (batch, noise, t)
+            })
+            .collect();
+        self.step_accumulated_with(with_noise)
+    }
+
+    /// [`Self::step_accumulated`] with given noise and times for each micro-batch.
+    pub fn step_accumulated_with(
+        &mut self,
+        micro_batches: Vec<(&Stage1Batch<B>, Tensor<B, 3>, Tensor<B, 1>)>,
+    ) -> Result<StepReport, TrainError> {
+        let k = micro_batches.len() as f64;
+        let mut sum: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
+        let mut parts = [0.0f64; 4];
+        for (batch, noise, t) in micro_batches {
+            let loss = stage1_loss(&self.flux, &self.model, batch, noise, t, &self.config)?;
+            for (acc, part) in parts.iter_mut().zip([
+                &loss.total,
+                &loss.flow,
+                &loss.dispersion_shared,
+                &loss.dispersion_distinct,
+            ]) {
+                *acc += value(part.clone()) / k;
+            }
+            let grads = gradients(&self.model, loss.total / k);
+            sum = Some(match sum {
+                None => grads,
+                Some(acc) => acc.into_iter().zip(grads).map(|(a, g)| a + g).collect(),
+            });
+        }
+        let optimizer = &mut self.optimizer;
+        let (model, grad_norm) = apply(
+            self.model.clone(),
+            sum.unwrap_or_default(),
+            self.config.clip_norm,
+            |p, g| optimizer.step(p, g),
+        );
+        self.model = model;
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: parts[0],
+            flow: parts[1],
+            dispersion_shared: parts[2],
+            dispersion_distinct: parts[3],
+            d: self.optimizer.d(),
+            grad_norm,
+        })
     }
 
     /// One step with the given noise `[batch, img_tokens, in_channels]` and times `[batch]`.

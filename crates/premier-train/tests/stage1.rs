@@ -48,9 +48,13 @@ fn setup() -> Setup {
         users: vec![0, 1, 2, 3],
         null_text: Some(Tensor::random([1, 5, 16], normal, &device)),
     };
+    let model = Stage1Model { adapter, users };
+    // Parameters initialise lazily on first use; touch them so clones share one initialisation.
+    flat_values(&flux);
+    flat_values(&model);
     Setup {
         flux,
-        model: Stage1Model { adapter, users },
+        model,
         batch,
         noise: Tensor::random([4, 4, 8], normal, &device),
         t: Tensor::from_floats([0.2, 0.4, 0.6, 0.8], &device),
@@ -176,4 +180,69 @@ fn dispersion_pushes_users_apart() {
     let (a, b) = (spread(&with, &s.batch), spread(&without, &s.batch));
     eprintln!("mean pairwise ‖Δ_shared‖: start {start:.6}, with dispersion {a:.6}, without {b:.6}");
     assert!(a > b, "dispersion should spread users: {a} vs {b}");
+}
+
+#[test]
+fn accumulating_two_halves_equals_one_full_batch() {
+    let s = setup();
+    let half = |b: &Stage1Batch<AB>, r: std::ops::Range<usize>| Stage1Batch {
+        x0: b.x0.clone().slice(r.clone()),
+        latent_hw: b.latent_hw,
+        text: b.text.clone().slice(r.clone()),
+        pooled: b.pooled.clone().slice(r.clone()),
+        users: b.users[r].to_vec(),
+        null_text: b.null_text.clone(),
+    };
+    let (first, second) = (half(&s.batch, 0..2), half(&s.batch, 2..4));
+    // Flow loss only: dispersion contrasts the users inside each micro-batch, by design.
+    let mut full = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config(false));
+    let mut accumulated = Stage1Trainer::new(s.flux, s.model, config(false));
+    for _ in 0..3 {
+        let a = full
+            .step_with(&s.batch, s.noise.clone(), s.t.clone())
+            .unwrap();
+        let b = accumulated
+            .step_accumulated_with(vec![
+                (&first, s.noise.clone().slice(0..2), s.t.clone().slice(0..2)),
+                (
+                    &second,
+                    s.noise.clone().slice(2..4),
+                    s.t.clone().slice(2..4),
+                ),
+            ])
+            .unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-6 * a.loss.abs(),
+            "{a:?} {b:?}"
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() <= 1e-5 * a.grad_norm,
+            "{a:?} {b:?}"
+        );
+    }
+    let (pa, pb) = (flat_values(&full.model), flat_values(&accumulated.model));
+    for (x, y) in pa.into_iter().zip(pb) {
+        let diff: f32 = (x.clone() - y).abs().max().into_scalar();
+        let scale: f32 = x.abs().max().into_scalar();
+        assert!(
+            diff <= 1e-5 * scale.max(1e-3),
+            "max diff {diff} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn one_micro_batch_is_a_plain_step() {
+    let s = setup();
+    let mut plain = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config(true));
+    let mut accumulated = Stage1Trainer::new(s.flux, s.model, config(true));
+    for _ in 0..2 {
+        let a = plain.step(&s.batch).unwrap();
+        let b = accumulated.step_accumulated(&[s.batch.clone()]).unwrap();
+        assert_eq!(a, b);
+    }
+    assert_eq!(
+        bits(flat_values(&plain.model)),
+        bits(flat_values(&accumulated.model))
+    );
 }

@@ -1,0 +1,20 @@
+//! # premier-synth
+//!
+//! A small world where the truth is known, so Premier can be seen working end to end on a CPU:
+//! - [`world`]: prompts that name only content (shape, size, position) and users whose tacit
+//!   taste decides the style (palette, background, stroke);
+//! - [`render`]: the procedural images;
+//! - [`score`]: scorers that read only pixels (preference, win rate, prompt fidelity, distance);
+//! - [`codec`]: pixels ↔ FLUX's packed tokens (lossless 4×4 patches);
+//! - [`text`]: a word-level tokenizer and learned embeddings giving FLUX's text conditioning;
+//! - [`base`]: the base model (a small FLUX.1-shaped transformer + text encoder), shipped in
+//!   `base/`, and [`pretrain`] that reproduces it.
+
+pub mod base;
+pub mod codec;
+pub mod pretrain;
+pub mod render;
+pub mod sample;
+pub mod score;
+pub mod text;
+pub mod world;
