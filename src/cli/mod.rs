@@ -1,6 +1,7 @@
 //! The `premier` command line.
 
 mod generate;
+mod synth;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -18,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate images for prompts and users with real FLUX.1 files.
     Generate(GenerateArgs),
+    /// The synthetic preference world (`premier synth export`).
+    Synth(synth::SynthArgs),
 }
 
 /// Which burn backend runs the models.
@@ -49,5 +52,6 @@ pub fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Generate(args) => generate::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }

@@ -12,6 +12,8 @@
 
 pub mod base;
 pub mod codec;
+pub mod experiment;
+pub mod export;
 pub mod pretrain;
 pub mod render;
 pub mod sample;

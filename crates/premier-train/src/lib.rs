@@ -5,6 +5,7 @@
 //!   direct per-user training), on flattened parameters;
 //! - [`clip::clip_grad_norm`]: global gradient-norm clipping as `torch.nn.utils.clip_grad_norm_`
 //!   (Lightning's `gradient_clip_val`, 0.5 in the released training);
+//! - [`cache`]: the encoder caches `premier encode` writes (content-hashed safetensors shards);
 //! - [`data`]: the dataset formats (official pickle, per-user CSV, folders, JSONL), validation
 //!   and seeded per-user splits;
 //! - [`params`]: module parameters ↔ the flat vectors the optimizer works on;
@@ -17,6 +18,7 @@
 //!   [`adamw`] (released) or Prodigy.
 
 pub mod adamw;
+pub mod cache;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;

@@ -1,0 +1,283 @@
+//! Encoder caches written by `premier encode` and read by training, so training never loads T5,
+//! CLIP or the VAE.
+//!
+//! Layout of a cache folder:
+//! - `images-NNNNN.safetensors`: per image, `{hash}.mean` and `{hash}.logvar`, the VAE posterior
+//!   `[channels, h, w]` (training samples `mean + exp(logvar / 2) · ε` each step, as released);
+//! - `text-NNNNN.safetensors`: per caption, `{hash}.tokens` `[txt_tokens, text_dim]` and
+//!   `{hash}.pooled` `[vec_dim]`;
+//! - `index.json`: which shard holds each hash. It is rewritten (atomically) after every shard,
+//!   so an interrupted encode resumes from the last complete shard.
+//!
+//! Keys are content hashes (SHA-256 of the image file's bytes, of the caption's UTF-8), so the
+//! same image or caption is encoded once however many users share it, and a cache stays valid
+//! when files move.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
+use premier_mmdit::LoadError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Errors of reading or writing a cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error(transparent)]
+    File(#[from] LoadError),
+    #[error("{cache}: no entry for {what} {hash} (run `premier encode` on this dataset)")]
+    Missing {
+        cache: PathBuf,
+        what: &'static str,
+        hash: String,
+    },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Hash of an image file's bytes.
+pub fn image_hash(path: &Path) -> Result<String, CacheError> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    Ok(content_hash(&bytes))
+}
+
+/// Hash of a caption.
+pub fn caption_hash(caption: &str) -> String {
+    content_hash(caption.as_bytes())
+}
+
+/// `index.json`: shard file name of every cached hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheIndex {
+    pub images: BTreeMap<String, String>,
+    pub captions: BTreeMap<String, String>,
+}
+
+/// A VAE posterior: mean and log-variance `[channels, h, w]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedLatent {
+    pub mean: HostTensor,
+    pub logvar: HostTensor,
+}
+
+/// A caption's text features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedText {
+    /// `[txt_tokens, text_dim]`.
+    pub tokens: HostTensor,
+    /// `[vec_dim]`.
+    pub pooled: HostTensor,
+}
+
+/// An open cache folder.
+pub struct EncodedCache {
+    dir: PathBuf,
+    pub index: CacheIndex,
+    shards: BTreeMap<String, SafetensorsFile>,
+}
+
+impl EncodedCache {
+    /// Opens (or, with `create`, starts) the cache in `dir`.
+    pub fn open(dir: &Path, create: bool) -> Result<Self, CacheError> {
+        let index_path = dir.join("index.json");
+        let index = if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| io(&index_path, e))?;
+            serde_json::from_str(&text).map_err(|e| io(&index_path, e))?
+        } else if create {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+            CacheIndex::default()
+        } else {
+            return Err(io(&index_path, "no cache here (run `premier encode`)"));
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index,
+            shards: BTreeMap::new(),
+        })
+    }
+
+    pub fn has_image(&self, hash: &str) -> bool {
+        self.index.images.contains_key(hash)
+    }
+
+    pub fn has_caption(&self, hash: &str) -> bool {
+        self.index.captions.contains_key(hash)
+    }
+
+    fn shard(&mut self, name: &str) -> Result<&SafetensorsFile, CacheError> {
+        if !self.shards.contains_key(name) {
+            let file = SafetensorsFile::open(&self.dir.join(name))?;
+            self.shards.insert(name.to_string(), file);
+        }
+        Ok(&self.shards[name])
+    }
+
+    /// The posterior of the image with `hash`.
+    pub fn latent(&mut self, hash: &str) -> Result<CachedLatent, CacheError> {
+        let shard = self
+            .index
+            .images
+            .get(hash)
+            .cloned()
+            .ok_or_else(|| CacheError::Missing {
+                cache: self.dir.clone(),
+                what: "image",
+                hash: hash.into(),
+            })?;
+        let file = self.shard(&shard)?;
+        Ok(CachedLatent {
+            mean: file.read_finite(&format!("{hash}.mean"))?,
+            logvar: file.read_finite(&format!("{hash}.logvar"))?,
+        })
+    }
+
+    /// The text features of the caption with `hash`.
+    pub fn text(&mut self, hash: &str) -> Result<CachedText, CacheError> {
+        let shard = self
+            .index
+            .captions
+            .get(hash)
+            .cloned()
+            .ok_or_else(|| CacheError::Missing {
+                cache: self.dir.clone(),
+                what: "caption",
+                hash: hash.into(),
+            })?;
+        let file = self.shard(&shard)?;
+        Ok(CachedText {
+            tokens: file.read_finite(&format!("{hash}.tokens"))?,
+            pooled: file.read_finite(&format!("{hash}.pooled"))?,
+        })
+    }
+
+    fn next_shard_name(&self, prefix: &str) -> String {
+        let used = self
+            .index
+            .images
+            .values()
+            .chain(self.index.captions.values())
+            .filter(|s| s.starts_with(prefix))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        format!("{prefix}-{used:05}.safetensors")
+    }
+
+    fn commit_index(&self) -> Result<(), CacheError> {
+        let path = self.dir.join("index.json");
+        let tmp = self.dir.join(".index.json.tmp");
+        let json = serde_json::to_string_pretty(&self.index).map_err(|e| io(&path, e))?;
+        std::fs::write(&tmp, json).map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+    }
+
+    /// Writes a shard of image posteriors and records them in the index.
+    pub fn add_latents(&mut self, items: Vec<(String, CachedLatent)>) -> Result<(), CacheError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let name = self.next_shard_name("images");
+        let mut tensors = Vec::new();
+        for (hash, latent) in &items {
+            tensors.push((format!("{hash}.mean"), latent.mean.clone()));
+            tensors.push((format!("{hash}.logvar"), latent.logvar.clone()));
+        }
+        write_safetensors(&self.dir.join(&name), &tensors, SaveDtype::F32)?;
+        for (hash, _) in items {
+            self.index.images.insert(hash, name.clone());
+        }
+        self.commit_index()
+    }
+
+    /// Writes a shard of caption features and records them in the index.
+    pub fn add_texts(&mut self, items: Vec<(String, CachedText)>) -> Result<(), CacheError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let name = self.next_shard_name("text");
+        let mut tensors = Vec::new();
+        for (hash, text) in &items {
+            tensors.push((format!("{hash}.tokens"), text.tokens.clone()));
+            tensors.push((format!("{hash}.pooled"), text.pooled.clone()));
+        }
+        write_safetensors(&self.dir.join(&name), &tensors, SaveDtype::F32)?;
+        for (hash, _) in items {
+            self.index.captions.insert(hash, name.clone());
+        }
+        self.commit_index()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(shape: Vec<usize>, start: f32) -> HostTensor {
+        let n = shape.iter().product();
+        HostTensor {
+            shape,
+            data: (0..n).map(|i| start + i as f32).collect(),
+        }
+    }
+
+    #[test]
+    fn entries_survive_reopening_and_missing_ones_name_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = EncodedCache::open(dir.path(), true).unwrap();
+        let h1 = caption_hash("a small circle");
+        let latent = CachedLatent {
+            mean: host(vec![2, 2, 2], 0.0),
+            logvar: host(vec![2, 2, 2], -4.0),
+        };
+        cache
+            .add_latents(vec![("img1".into(), latent.clone())])
+            .unwrap();
+        let text = CachedText {
+            tokens: host(vec![3, 4], 1.0),
+            pooled: host(vec![5], 2.0),
+        };
+        cache.add_texts(vec![(h1.clone(), text.clone())]).unwrap();
+        cache
+            .add_latents(vec![("img2".into(), latent.clone())])
+            .unwrap();
+        drop(cache);
+
+        let mut cache = EncodedCache::open(dir.path(), false).unwrap();
+        assert!(cache.has_image("img1") && cache.has_image("img2") && cache.has_caption(&h1));
+        assert_ne!(cache.index.images["img1"], cache.index.images["img2"]);
+        assert_eq!(cache.latent("img2").unwrap(), latent);
+        assert_eq!(cache.text(&h1).unwrap(), text);
+        let err = cache.latent("nope").unwrap_err().to_string();
+        assert!(
+            err.contains("nope") && err.contains("premier encode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hashes_follow_content() {
+        assert_eq!(caption_hash("a"), caption_hash("a"));
+        assert_ne!(caption_hash("a"), caption_hash("b"));
+        assert_eq!(
+            content_hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let no_cache = tempfile::tempdir().unwrap();
+        assert!(EncodedCache::open(no_cache.path(), false).is_err());
+    }
+}
