@@ -179,7 +179,7 @@ struct Variant {
     name: &'static str,
     shared: bool,
     distinct: bool,
-    dispersion: bool,
+    dispersion: Option<DispersionVariant>,
 }
 
 /// Runs the experiment with the base model in `base_dir`, writing into `out`.
@@ -236,7 +236,7 @@ pub fn run<B: AutodiffBackend>(
         name: "Premier",
         shared: true,
         distinct: true,
-        dispersion: true,
+        dispersion: Some(DispersionVariant::Stable),
     }];
     if config.ablations {
         variants.extend([
@@ -244,19 +244,26 @@ pub fn run<B: AutodiffBackend>(
                 name: "w/o Δ_shared",
                 shared: false,
                 distinct: true,
-                dispersion: true,
+                dispersion: Some(DispersionVariant::Stable),
             },
             Variant {
                 name: "w/o Δ_distinct",
                 shared: true,
                 distinct: false,
-                dispersion: true,
+                dispersion: Some(DispersionVariant::Stable),
             },
             Variant {
                 name: "w/o dispersion loss",
                 shared: true,
                 distinct: true,
-                dispersion: false,
+                dispersion: None,
+            },
+            // The released run's loss: squared L2, saturating once users are apart.
+            Variant {
+                name: "released dispersion (squared L2)",
+                shared: true,
+                distinct: true,
+                dispersion: Some(DispersionVariant::Released),
             },
         ]);
     }
@@ -266,7 +273,7 @@ pub fn run<B: AutodiffBackend>(
     for variant in variants {
         let dir = out.join(format!(
             "stage1-{}",
-            variant.name.replace(['/', ' ', '.'], "_").replace("Δ_", "")
+            variant.name.replace(['/', ' ', '.', '(', ')'], "_").replace("Δ_", "")
         ));
         let (model, final_loss) = train_stage1(
             config, &world, &base.flux, &encoded, variant, &dir, device, progress,
@@ -481,7 +488,7 @@ fn train_stage1<B: AutodiffBackend>(
         device,
     );
     let stage1 = Stage1Config {
-        dispersion: variant.dispersion.then_some(DispersionVariant::Stable),
+        dispersion: variant.dispersion,
         optimizer: ProdigyConfig::premier(),
         seed: config.seed,
         ..Stage1Config::default()
@@ -805,7 +812,7 @@ impl Report {
                     verdict(premier.preference > prompt.preference)
                 ));
             }
-            for ablation in &self.ablations {
+            for ablation in self.ablations.iter().filter(|a| a.name.starts_with("w/o")) {
                 out.push(format!(
                     "{} scores below the full model on preference ({:.3} vs {:.3}): {}",
                     ablation.name,
