@@ -273,7 +273,10 @@ pub fn run<B: AutodiffBackend>(
     for variant in variants {
         let dir = out.join(format!(
             "stage1-{}",
-            variant.name.replace(['/', ' ', '.', '(', ')'], "_").replace("Δ_", "")
+            variant
+                .name
+                .replace(['/', ' ', '.', '(', ')'], "_")
+                .replace("Δ_", "")
         ));
         let (model, final_loss) = train_stage1(
             config, &world, &base.flux, &encoded, variant, &dir, device, progress,
