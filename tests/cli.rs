@@ -12,6 +12,7 @@ fn parse(args: &[&str]) -> GenerateArgs {
     full.extend_from_slice(args);
     match Cli::try_parse_from(full).unwrap().command {
         Command::Generate(g) => g,
+        other => panic!("parsed as {other:?}"),
     }
 }
 
@@ -96,4 +97,35 @@ fn missing_model_files_are_named() {
     ]);
     let err = premier::cli::run_generate(args).unwrap_err();
     assert!(format!("{err:#}").contains("transformer"), "{err:#}");
+}
+
+#[test]
+fn synth_export_writes_a_dataset_the_readers_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("world");
+    let cli = Cli::try_parse_from([
+        "premier",
+        "synth",
+        "export",
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--train-users",
+        "2",
+        "--new-users",
+        "1",
+        "--images-per-user",
+        "4",
+    ])
+    .unwrap();
+    let Command::Synth(args) = cli.command else {
+        panic!("not a synth command")
+    };
+    premier::cli::synth::run(args).unwrap();
+    let data =
+        premier::train::data::Dataset::from_jsonl(&out.join("manifest.jsonl"), &Default::default())
+            .unwrap();
+    assert_eq!(data.users.len(), 3);
+    assert!(data.users.iter().all(|u| u.samples.len() == 4));
 }

@@ -1,7 +1,7 @@
 //! The `premier` command line.
 
 mod generate;
-mod synth;
+pub mod synth;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
