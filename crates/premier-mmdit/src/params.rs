@@ -67,8 +67,19 @@ pub trait ParamSource<B: Backend> {
 }
 
 /// Fresh parameters: burn's default Linear init, norm scales set to their `init` value.
+///
+/// Values are drawn when the model is built, not on first use (burn's `LinearConfig::init` is
+/// lazy): clones of a fresh model are then the same model, and the draws follow the build order.
 pub struct RandomInit<'a, B: Backend> {
     pub device: &'a B::Device,
+}
+
+/// `linear` with its (possibly lazy) parameters drawn now.
+pub fn materialized<B: Backend>(linear: Linear<B>) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(linear.weight.val()),
+        bias: linear.bias.map(|b| Param::from_tensor(b.val())),
+    }
 }
 
 impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
@@ -79,9 +90,11 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Linear<B>, LoadError> {
-        Ok(LinearConfig::new(d_in, d_out)
-            .with_bias(bias_key.is_some())
-            .init(self.device))
+        Ok(materialized(
+            LinearConfig::new(d_in, d_out)
+                .with_bias(bias_key.is_some())
+                .init(self.device),
+        ))
     }
 
     fn vector(

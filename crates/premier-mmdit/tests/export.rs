@@ -31,3 +31,17 @@ fn saved_model_loads_back_identically() {
     let diff: f32 = (a - b).abs().max().into_scalar();
     assert_eq!(diff, 0.0, "round trip changed the output by {diff}");
 }
+
+#[test]
+fn clones_of_a_fresh_model_are_the_same_model() {
+    // burn's Linear init is lazy: without drawing at build time, each clone would draw its own.
+    let device = Default::default();
+    let flux = Flux::<Flex>::init(&FluxConfig::tiny(), &device).unwrap();
+    let (a, b) = (flux.clone(), flux);
+    let (ta, tb) = (a.to_tensors(), b.to_tensors());
+    assert_eq!(ta.len(), tb.len());
+    for ((ka, va), (kb, vb)) in ta.iter().zip(&tb) {
+        assert_eq!(ka, kb);
+        assert_eq!(va, vb, "{ka} differs between clones");
+    }
+}

@@ -8,6 +8,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_mmdit::load::{HostTensor, SafetensorsFile};
+use premier_mmdit::params::materialized;
 use premier_mmdit::{export_linear, LoadError};
 use premier_text::{PromptTokenizer, TextConditioning, TextError};
 
@@ -92,7 +93,7 @@ impl<B: Backend> SynthTextEncoder<B> {
                 Distribution::Normal(0.0, 0.1),
                 device,
             )),
-            pooled: LinearConfig::new(context_dim, vec_dim).init(device),
+            pooled: materialized(LinearConfig::new(context_dim, vec_dim).init(device)),
         }
     }
 

@@ -48,13 +48,9 @@ fn setup() -> Setup {
         users: vec![0, 1, 2, 3],
         null_text: Some(Tensor::random([1, 5, 16], normal, &device)),
     };
-    let model = Stage1Model { adapter, users };
-    // Parameters initialise lazily on first use; touch them so clones share one initialisation.
-    flat_values(&flux);
-    flat_values(&model);
     Setup {
         flux,
-        model,
+        model: Stage1Model { adapter, users },
         batch,
         noise: Tensor::random([4, 4, 8], normal, &device),
         t: Tensor::from_floats([0.2, 0.4, 0.6, 0.8], &device),
