@@ -4,6 +4,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use image::{imageops::FilterType, RgbImage};
+use premier_mmdit::load::write_via_temp;
 
 use crate::error::PipelineError;
 
@@ -69,18 +70,12 @@ pub fn save_png(image: &RgbImage, path: impl AsRef<Path>) -> Result<(), Pipeline
         path: path.to_path_buf(),
         reason,
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| fail("not a file path".into()))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    image
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| fail(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(e.to_string())
+    write_via_temp(path, |tmp| {
+        image
+            .save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())
     })
+    .map_err(fail)
 }
 
 /// Lays images out row by row (`rows[r][c]`), all cells the size of the first image, with a

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use premier_mmdit::load::{write_safetensors, SafetensorsFile, SaveDtype};
-use premier_mmdit::{Flux, FluxConfig, LoadError};
+use premier_mmdit::load::{write_safetensors, write_via_temp, SaveDtype};
+use premier_mmdit::{ConfigError, Flux, FluxConfig, ForwardError, LoadError};
 use premier_text::TextError;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,10 @@ pub enum BaseError {
     Weights(#[from] LoadError),
     #[error(transparent)]
     Text(#[from] TextError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -68,10 +72,7 @@ pub fn shipped_base_dir() -> PathBuf {
 impl<B: Backend> SynthBase<B> {
     /// A randomly initialised model.
     pub fn init(config: &SynthBaseConfig, device: &B::Device) -> Result<Self, BaseError> {
-        let flux = Flux::init(&config.flux, device).map_err(|e| BaseError::File {
-            path: PathBuf::new(),
-            reason: e.to_string(),
-        })?;
+        let flux = Flux::init(&config.flux, device)?;
         Ok(Self {
             flux,
             text: SynthTextEncoder::init(
@@ -99,9 +100,10 @@ impl<B: Backend> SynthBase<B> {
         )?;
         let write_atomic = |name: &str, text: String| -> Result<(), BaseError> {
             let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, text).map_err(|e| fail(&tmp, e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| fail(&path, e.to_string()))
+            write_via_temp(&path, |tmp| {
+                std::fs::write(tmp, text).map_err(|e| e.to_string())
+            })
+            .map_err(|e| fail(&path, e))
         };
         let tokenizer = build_tokenizer().map_err(|e| fail(dir, e))?;
         write_atomic(
@@ -128,9 +130,8 @@ impl<B: Backend> SynthBase<B> {
             reason: e.to_string(),
         })?;
         let flux = Flux::load(dir.join("flux.safetensors"), &config.flux, device)?;
-        let file = SafetensorsFile::open(&dir.join("text.safetensors"))?;
-        let text = SynthTextEncoder::from_file(
-            &file,
+        let text = SynthTextEncoder::load(
+            &dir.join("text.safetensors"),
             config.flux.context_in_dim,
             config.flux.vec_in_dim,
             device,

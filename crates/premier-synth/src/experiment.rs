@@ -14,6 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use image::RgbImage;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_losses::DispersionVariant;
+use premier_mmdit::load::write_via_temp;
 use premier_mmdit::{Flux, TextModulation};
 use premier_pipeline::image_io::{grid, save_png};
 use premier_text::{PromptTokenizer, TextConditioning};
@@ -393,9 +394,10 @@ pub fn run<B: AutodiffBackend>(
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), ExperimentError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(run_err)?;
-    std::fs::rename(&tmp, path).map_err(run_err)
+    write_via_temp(path, |tmp| {
+        std::fs::write(tmp, text).map_err(|e| e.to_string())
+    })
+    .map_err(|e| run_err(format!("{}: {e}", path.display())))
 }
 
 /// The first seed's image of each prompt, from images ordered (prompt, seed).

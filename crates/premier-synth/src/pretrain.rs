@@ -4,10 +4,10 @@
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use premier_losses::{flow_matching_loss, interpolate, TimestepSampler};
-use premier_mmdit::{img_ids, txt_ids, FluxInput};
+use premier_losses::TimestepSampler;
 use premier_text::PromptTokenizer;
-use premier_train::stage1::step_noise;
+use premier_train::params::scalar;
+use premier_train::stage1::{modulated_flow_loss, step_noise, FlowBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::base::{BaseError, SynthBase, SynthBaseConfig};
@@ -65,7 +65,6 @@ pub fn pretrain<B: AutodiffBackend>(
         .init::<B, SynthBase<B>>();
     // Uniform times: the base must denoise well everywhere, not only where stage 1 samples.
     let times = TimestepSampler::Uniform;
-    let (h, w) = LATENT_HW;
     for step in 0..config.steps {
         let samples: Vec<_> = (0..config.batch_size)
             .map(|i| World::pretraining_sample(config.seed, (step * config.batch_size + i) as u64))
@@ -75,24 +74,14 @@ pub fn pretrain<B: AutodiffBackend>(
         let x0 = encode::<B>(&images, device);
         let text = model.text.encode(tokenizer, &captions)?;
         let (noise, t) = step_noise::<B>(config.seed, step as u64, &times, x0.dims(), device);
-        let n = config.batch_size;
-        let input = FluxInput {
-            img: interpolate(x0.clone(), noise.clone(), t.clone()),
-            img_ids: img_ids(n, h, w, device),
-            txt: text.tokens.clone(),
-            txt_ids: txt_ids(n, text.tokens.dims()[1], device),
-            timesteps: t,
-            y: text.pooled,
-            guidance: None,
+        let batch = FlowBatch {
+            x0: &x0,
+            latent_hw: LATENT_HW,
+            text: &text.tokens,
+            pooled: &text.pooled,
         };
-        let pred = model.flux.forward(input, None);
-        let loss = flow_matching_loss(pred, x0, noise);
-        let value: f64 = loss
-            .clone()
-            .into_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .unwrap_or_default()[0];
+        let loss = modulated_flow_loss(&model.flux, batch, noise, t, None, None)?;
+        let value = scalar(loss.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(config.lr_at(step), model, grads);
         observer(step + 1, value);

@@ -7,7 +7,7 @@ use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use premier_mmdit::load::{HostTensor, SafetensorsFile};
+use premier_mmdit::load::{DeviceSource, HostTensor, ParamSource, TensorFile, TensorReader};
 use premier_mmdit::params::materialized;
 use premier_mmdit::{export_linear, LoadError};
 use premier_text::{PromptTokenizer, TextConditioning, TextError};
@@ -146,41 +146,27 @@ impl<B: Backend> SynthTextEncoder<B> {
         out
     }
 
-    /// Reads what [`Self::to_tensors`] wrote.
-    pub fn from_file(
-        file: &SafetensorsFile,
+    /// Reads what [`Self::to_tensors`] wrote, strictly: shapes must match and every tensor in
+    /// the file must be used.
+    pub fn load(
+        path: &Path,
         context_dim: usize,
         vec_dim: usize,
         device: &B::Device,
     ) -> Result<Self, LoadError> {
-        let read = |key: &str, shape: &[usize]| -> Result<HostTensor, LoadError> {
-            let t = file.read_finite(key)?;
-            if t.shape != shape {
-                return Err(LoadError::ShapeMismatch {
-                    path: file.path.clone(),
-                    key: key.into(),
-                    expected: shape.to_vec(),
-                    found: t.shape,
-                });
-            }
-            Ok(t)
-        };
-        let mut pooled = LinearConfig::new(context_dim, vec_dim).init(device);
-        pooled.weight = Param::from_tensor(
-            read("pooled.weight", &[vec_dim, context_dim])?
-                .transposed()
-                .into_tensor(device),
-        );
-        pooled.bias = Some(Param::from_tensor(
-            read("pooled.bias", &[vec_dim])?.into_tensor(device),
-        ));
+        let mut file = TensorFile::open(path)?;
+        let embedding = file.read_tensor("embedding", &[VOCAB.len(), context_dim])?;
+        let position = file.read_tensor("position", &[MAX_TOKENS, context_dim])?;
+        let pooled = DeviceSource {
+            reader: &mut file,
+            device,
+            prefix: String::new(),
+        }
+        .linear("pooled", context_dim, vec_dim, true)?;
+        file.ensure_all_used()?;
         Ok(Self {
-            embedding: Param::from_tensor(
-                read("embedding", &[VOCAB.len(), context_dim])?.into_tensor(device),
-            ),
-            position: Param::from_tensor(
-                read("position", &[MAX_TOKENS, context_dim])?.into_tensor(device),
-            ),
+            embedding: Param::from_tensor(embedding.into_tensor(device)),
+            position: Param::from_tensor(position.into_tensor(device)),
             pooled,
         })
     }

@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
+use premier_mmdit::load::{
+    write_safetensors, write_via_temp, HostTensor, SafetensorsFile, SaveDtype,
+};
 use premier_mmdit::LoadError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -180,10 +182,11 @@ impl EncodedCache {
 
     fn commit_index(&self) -> Result<(), CacheError> {
         let path = self.dir.join("index.json");
-        let tmp = self.dir.join(".index.json.tmp");
         let json = serde_json::to_string_pretty(&self.index).map_err(|e| io(&path, e))?;
-        std::fs::write(&tmp, json).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+        write_via_temp(&path, |tmp| {
+            std::fs::write(tmp, json).map_err(|e| e.to_string())
+        })
+        .map_err(|e| io(&path, e))
     }
 
     /// Writes a shard of image posteriors and records them in the index.

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
+use premier_mmdit::load::write_via_temp;
 use serde::{Deserialize, Serialize};
 
 use crate::stage1::StepReport;
@@ -160,10 +161,11 @@ pub fn write_loss_curve(records: &[MetricRecord], path: &Path) -> Result<(), Met
         640,
         360,
     );
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e))
+    write_via_temp(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|e| err(path, e))
 }
 
 #[cfg(test)]

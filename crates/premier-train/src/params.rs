@@ -7,6 +7,17 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+/// The first value of a one-element tensor as f64 (read in the tensor's own precision; NaN if
+/// empty).
+pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or(f64::NAN)
+}
+
 struct Values<B: Backend> {
     out: Vec<Tensor<B, 1>>,
 }

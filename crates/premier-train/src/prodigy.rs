@@ -5,6 +5,7 @@
 //! widened afterwards, as the reference's `.item()` does. A step uses the learning rate computed
 //! from the `d` *before* the step together with the new `d` in the denominator, as the reference.
 
+use crate::params::scalar;
 use burn::prelude::*;
 use premier_mmdit::load::HostTensor;
 use serde::{Deserialize, Serialize};
@@ -124,13 +125,6 @@ pub struct ParamHostState {
     pub s: HostTensor,
     pub exp_avg: HostTensor,
     pub exp_avg_sq: HostTensor,
-}
-
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .unwrap_or_default()[0]
 }
 
 impl<B: Backend> Prodigy<B> {

@@ -11,7 +11,7 @@ use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulat
 use premier_users::{UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
-use crate::params::{apply, descend, gradients};
+use crate::params::{apply, descend, gradients, scalar};
 use crate::prodigy::{Prodigy, ProdigyConfig};
 
 /// Which prompt the dispersion loss sees.
@@ -122,16 +122,17 @@ pub struct FlowBatch<'a, B: Backend> {
     pub pooled: &'a Tensor<B, 2>,
 }
 
-/// The flow-matching loss of FLUX steered by `delta` on `batch` noised with `noise`
-/// `[batch, img_tokens, in_channels]` at times `t` `[batch]`, with a constant guidance: `[1]`.
-/// Shared by both training stages.
+/// The flow-matching loss of FLUX, steered by `delta` if given, on `batch` noised with `noise`
+/// `[batch, img_tokens, in_channels]` at times `t` `[batch]`, with a constant guidance (`None`
+/// for models without guidance embedding): `[1]`. Shared by both training stages (and by
+/// backbone pretraining, without Δ).
 pub fn modulated_flow_loss<B: Backend>(
     flux: &Flux<B>,
     batch: FlowBatch<'_, B>,
     noise: Tensor<B, 3>,
     t: Tensor<B, 1>,
-    guidance: f32,
-    delta: &TextModulation<B>,
+    guidance: Option<f32>,
+    delta: Option<&TextModulation<B>>,
 ) -> Result<Tensor<B, 1>, ForwardError> {
     let n = batch.x0.dims()[0];
     let device = batch.x0.device();
@@ -143,9 +144,9 @@ pub fn modulated_flow_loss<B: Backend>(
         txt_ids: txt_ids(n, batch.text.dims()[1], &device),
         timesteps: t,
         y: batch.pooled.clone(),
-        guidance: Some(Tensor::full([n], guidance, &device)),
+        guidance: guidance.map(|g| Tensor::full([n], g, &device)),
     };
-    let pred = flux.try_forward(input, Some(delta))?;
+    let pred = flux.try_forward(input, delta)?;
     Ok(flow_matching_loss(pred, batch.x0.clone(), noise))
 }
 
@@ -178,13 +179,6 @@ pub fn step_noise<B: Backend>(
         Tensor::from_data(TensorData::new(noise, dims), device),
         Tensor::from_data(TensorData::new(t, [dims[0]]), device),
     )
-}
-
-fn value<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .unwrap_or_default()[0]
 }
 
 /// Rows of a Δ part flattened per sample: `[batch, …]` → `[batch, features]`.
@@ -225,8 +219,8 @@ pub fn stage1_loss<B: Backend>(
         },
         noise,
         t,
-        config.guidance,
-        &delta,
+        Some(config.guidance),
+        Some(&delta),
     )?;
     let zero = || Tensor::<B, 1>::zeros([1], &device);
     let (mut disp_s, mut disp_d) = (zero(), zero());
@@ -337,7 +331,7 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
                 &loss.dispersion_shared,
                 &loss.dispersion_distinct,
             ]) {
-                *acc += value(part.clone()) / k;
+                *acc += scalar(part.clone()) / k;
             }
             let grads = gradients(&self.model, loss.total / k);
             sum = Some(match sum {
@@ -384,10 +378,10 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
         self.step += 1;
         Ok(StepReport {
             step: self.step,
-            loss: value(loss.total),
-            flow: value(loss.flow),
-            dispersion_shared: value(loss.dispersion_shared),
-            dispersion_distinct: value(loss.dispersion_distinct),
+            loss: scalar(loss.total),
+            flow: scalar(loss.flow),
+            dispersion_shared: scalar(loss.dispersion_shared),
+            dispersion_distinct: scalar(loss.dispersion_distinct),
             d: self.optimizer.d(),
             grad_norm,
         })

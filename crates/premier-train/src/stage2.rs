@@ -11,7 +11,7 @@ use premier_users::{LinearCombination, UserEmbedding, UserTable};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWConfig};
-use crate::params::descend;
+use crate::params::{descend, scalar};
 use crate::prodigy::{Prodigy, ProdigyConfig};
 use crate::stage1::{modulated_flow_loss, step_noise, FlowBatch, StepReport, TrainError};
 
@@ -85,13 +85,6 @@ pub struct Stage2Trainer<B: AutodiffBackend> {
     optimizer: OptimizerState<B::InnerBackend>,
 }
 
-fn value<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .unwrap_or_default()[0]
-}
-
 impl<B: AutodiffBackend> Stage2Trainer<B> {
     /// Freezes `flux`, `adapter` and `table`; trains `user`.
     pub fn new(
@@ -144,8 +137,8 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
             images,
             noise,
             t,
-            self.config.guidance,
-            &delta,
+            Some(self.config.guidance),
+            Some(&delta),
         )?)
     }
 
@@ -186,7 +179,7 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         );
         self.user = user;
         self.step += 1;
-        let loss = value(loss);
+        let loss = scalar(loss);
         Ok(StepReport {
             step: self.step,
             loss,

@@ -9,6 +9,7 @@
 //!
 //! Files are memory-mapped and read tensor by tensor.
 
+mod atomic;
 mod layout;
 mod safetensors_file;
 
@@ -19,6 +20,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 
+pub use atomic::write_via_temp;
 pub use layout::{diffusers_recipe, Recipe};
 pub use safetensors_file::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 

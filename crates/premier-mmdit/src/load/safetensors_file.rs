@@ -308,14 +308,8 @@ pub fn write_safetensors(
         "format".to_string(),
         "pt".to_string(),
     )]));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| fail("not a file path".into()))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| fail(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(e.to_string())
+    super::write_via_temp(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| e.to_string())
     })
+    .map_err(fail)
 }
