@@ -11,7 +11,7 @@ use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulat
 use premier_users::{UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
-use crate::params::{apply, descend, gradients, scalar};
+use crate::params::{apply, gradients, scalar};
 use crate::prodigy::{Prodigy, ProdigyConfig};
 
 /// Which prompt the dispersion loss sees.
@@ -277,14 +277,7 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
 
     /// One step with the noise and times of this step (derived from the seed and step number).
     pub fn step(&mut self, batch: &Stage1Batch<B>) -> Result<StepReport, TrainError> {
-        let (noise, t) = step_noise(
-            self.config.seed,
-            self.step,
-            &self.config.timesteps,
-            batch.x0.dims(),
-            &batch.x0.device(),
-        );
-        self.step_with(batch, noise, t)
+        self.step_accumulated(std::slice::from_ref(batch))
     }
 
     /// One optimizer step over several micro-batches (gradient accumulation): each micro-batch's
@@ -366,24 +359,6 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
         noise: Tensor<B, 3>,
         t: Tensor<B, 1>,
     ) -> Result<StepReport, TrainError> {
-        let loss = stage1_loss(&self.flux, &self.model, batch, noise, t, &self.config)?;
-        let optimizer = &mut self.optimizer;
-        let (model, grad_norm) = descend(
-            self.model.clone(),
-            loss.total.clone(),
-            self.config.clip_norm,
-            |p, g| optimizer.step(p, g),
-        );
-        self.model = model;
-        self.step += 1;
-        Ok(StepReport {
-            step: self.step,
-            loss: scalar(loss.total),
-            flow: scalar(loss.flow),
-            dispersion_shared: scalar(loss.dispersion_shared),
-            dispersion_distinct: scalar(loss.dispersion_distinct),
-            d: self.optimizer.d(),
-            grad_norm,
-        })
+        self.step_accumulated_with(vec![(batch, noise, t)])
     }
 }

@@ -226,19 +226,3 @@ fn accumulating_two_halves_equals_one_full_batch() {
         );
     }
 }
-
-#[test]
-fn one_micro_batch_is_a_plain_step() {
-    let s = setup();
-    let mut plain = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config(true));
-    let mut accumulated = Stage1Trainer::new(s.flux, s.model, config(true));
-    for _ in 0..2 {
-        let a = plain.step(&s.batch).unwrap();
-        let b = accumulated.step_accumulated(&[s.batch.clone()]).unwrap();
-        assert_eq!(a, b);
-    }
-    assert_eq!(
-        bits(flat_values(&plain.model)),
-        bits(flat_values(&accumulated.model))
-    );
-}
