@@ -286,7 +286,7 @@ pub fn run<B: AutodiffBackend>(
         files.push(dir.join("loss.png"));
         stage1_final_loss.push((variant.name.to_string(), final_loss));
         let inner = model.valid();
-        let lookup = |users: &[usize]| users_rows(&inner.users, users);
+        let lookup = |users: &[usize]| inner.users.lookup(users).map_err(run_err);
         let images = eval.generate(
             &world,
             &base_inner,
@@ -348,7 +348,7 @@ pub fn run<B: AutodiffBackend>(
                     .iter()
                     .map(|u| embeddings[u - world.config.train_users].clone())
                     .collect();
-                Tensor::cat(rows, 0)
+                Ok(Tensor::cat(rows, 0))
             };
             let images = eval.generate(
                 &world,
@@ -413,12 +413,6 @@ fn upscale_grid(image: &RgbImage, factor: u32) -> RgbImage {
         image.height() * factor,
         image::imageops::FilterType::Nearest,
     )
-}
-
-fn users_rows<B: Backend>(table: &UserTable<B>, users: &[usize]) -> Tensor<B, 3> {
-    table
-        .lookup(users)
-        .unwrap_or_else(|_| Tensor::zeros([users.len(), 1, 1], &table.weight.device()))
 }
 
 fn encode_world<B: AutodiffBackend>(
@@ -617,7 +611,8 @@ struct EvalSet {
     seeds: Vec<u64>,
 }
 
-type UserLookup<'a, B> = &'a dyn Fn(&[usize]) -> Tensor<B, 3>;
+/// The embeddings `[users, tokens, dim]` of the given user indices.
+type UserLookup<'a, B> = &'a dyn Fn(&[usize]) -> Result<Tensor<B, 3>, ExperimentError>;
 
 impl EvalSet {
     /// Images ordered (user, prompt, seed): the base model, steered by the adapter and the
@@ -654,9 +649,12 @@ impl EvalSet {
             let end = (start + CHUNK).min(prompts.len());
             let refs: Vec<&str> = prompts[start..end].iter().map(|s| s.as_str()).collect();
             let text = base.text.encode(tokenizer, &refs).map_err(run_err)?;
-            let delta: Option<TextModulation<B>> = personal.map(|(adapter, lookup)| {
-                adapter.forward(text.tokens.clone(), lookup(&row_users[start..end]))
-            });
+            let delta: Option<TextModulation<B>> = match personal {
+                Some((adapter, lookup)) => {
+                    Some(adapter.forward(text.tokens.clone(), lookup(&row_users[start..end])?))
+                }
+                None => None,
+            };
             out.extend(
                 sample(
                     &base.flux,
@@ -756,16 +754,8 @@ impl Report {
         md.push_str(&table(&self.main));
         if !self.ablations.is_empty() {
             md.push_str("\n## Ablations (trained users)\n\n");
-            let mut rows = vec![self.main.last().cloned().unwrap_or_else(|| Row {
-                name: "Premier".into(),
-                scores: Scores {
-                    preference: f64::NAN,
-                    win_rate: f64::NAN,
-                    fidelity: f64::NAN,
-                    distance: f64::NAN,
-                },
-            })];
-            rows.extend(self.ablations.iter().cloned());
+            let premier = self.main.iter().filter(|r| r.name == "Premier");
+            let rows: Vec<Row> = premier.chain(&self.ablations).cloned().collect();
             md.push_str(&table(&rows));
         }
         md.push_str("\n## Cold start (new users)\n\n");

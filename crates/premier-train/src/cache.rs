@@ -189,18 +189,36 @@ impl EncodedCache {
         .map_err(|e| io(&path, e))
     }
 
+    /// Writes `{hash}.{name}` for every entry into the next `{prefix}-NNNNN.safetensors` and
+    /// returns the shard's file name.
+    fn write_shard(
+        &self,
+        prefix: &str,
+        entries: &[(String, [(&str, &HostTensor); 2])],
+    ) -> Result<String, CacheError> {
+        let name = self.next_shard_name(prefix);
+        let tensors: Vec<(String, HostTensor)> = entries
+            .iter()
+            .flat_map(|(hash, parts)| {
+                parts
+                    .iter()
+                    .map(move |(part, t)| (format!("{hash}.{part}"), (*t).clone()))
+            })
+            .collect();
+        write_safetensors(&self.dir.join(&name), &tensors, SaveDtype::F32)?;
+        Ok(name)
+    }
+
     /// Writes a shard of image posteriors and records them in the index.
     pub fn add_latents(&mut self, items: Vec<(String, CachedLatent)>) -> Result<(), CacheError> {
         if items.is_empty() {
             return Ok(());
         }
-        let name = self.next_shard_name("images");
-        let mut tensors = Vec::new();
-        for (hash, latent) in &items {
-            tensors.push((format!("{hash}.mean"), latent.mean.clone()));
-            tensors.push((format!("{hash}.logvar"), latent.logvar.clone()));
-        }
-        write_safetensors(&self.dir.join(&name), &tensors, SaveDtype::F32)?;
+        let entries: Vec<_> = items
+            .iter()
+            .map(|(h, l)| (h.clone(), [("mean", &l.mean), ("logvar", &l.logvar)]))
+            .collect();
+        let name = self.write_shard("images", &entries)?;
         for (hash, _) in items {
             self.index.images.insert(hash, name.clone());
         }
@@ -212,13 +230,11 @@ impl EncodedCache {
         if items.is_empty() {
             return Ok(());
         }
-        let name = self.next_shard_name("text");
-        let mut tensors = Vec::new();
-        for (hash, text) in &items {
-            tensors.push((format!("{hash}.tokens"), text.tokens.clone()));
-            tensors.push((format!("{hash}.pooled"), text.pooled.clone()));
-        }
-        write_safetensors(&self.dir.join(&name), &tensors, SaveDtype::F32)?;
+        let entries: Vec<_> = items
+            .iter()
+            .map(|(h, t)| (h.clone(), [("tokens", &t.tokens), ("pooled", &t.pooled)]))
+            .collect();
+        let name = self.write_shard("text", &entries)?;
         for (hash, _) in items {
             self.index.captions.insert(hash, name.clone());
         }
