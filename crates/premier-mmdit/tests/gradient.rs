@@ -23,14 +23,8 @@ fn gradient_wrt_delta_matches_finite_differences() {
         vec_in_dim: 24,
         context_in_dim: 20,
         hidden_size: 32,
-        mlp_ratio: 2.0,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 1,
         axes_dim: vec![4, 6, 6],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
+        ..FluxConfig::tiny()
     };
     let flux = Flux::<AB>::init(&config, &device).unwrap();
     let normal = Distribution::Normal(0.0, 1.0);

@@ -14,14 +14,8 @@ fn small_config() -> FluxConfig {
         vec_in_dim: 24,
         context_in_dim: 20,
         hidden_size: 32,
-        mlp_ratio: 2.0,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 1,
         axes_dim: vec![4, 6, 6],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
+        ..FluxConfig::tiny()
     }
 }
 

@@ -118,14 +118,8 @@ fn tiny_generator(dir: &Path) -> Generator<B> {
         vec_in_dim: 32,
         context_in_dim: 32,
         hidden_size: 32,
-        mlp_ratio: 2.0,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 1,
         axes_dim: vec![4, 6, 6],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
+        ..FluxConfig::tiny()
     };
     let flux = Flux::init(&flux_config, &device).unwrap();
     let mut adapter =
