@@ -3,7 +3,8 @@
 //! (`latent_hw` 16×16, packed 2×2), so the pipeline and trainers run unchanged.
 
 use burn::prelude::*;
-use image::{Rgb, RgbImage};
+use image::RgbImage;
+use premier_pipeline::image_io::{rgb_to_tensor, tensor_to_rgb};
 
 use crate::world::IMAGE_SIZE;
 
@@ -21,48 +22,28 @@ pub const LATENT_HW: (usize, usize) = (2 * TOKENS_PER_SIDE, 2 * TOKENS_PER_SIDE)
 /// Images → tokens `[batch, TOKENS, TOKEN_CHANNELS]`, values in [-1, 1]; channel
 /// `c · PATCH² + dy · PATCH + dx` of token `(ty, tx)` is pixel `(ty·PATCH + dy, tx·PATCH + dx)`.
 pub fn encode<B: Backend>(images: &[&RgbImage], device: &B::Device) -> Tensor<B, 3> {
-    let mut data = Vec::with_capacity(images.len() * TOKENS * TOKEN_CHANNELS);
-    for image in images {
-        for ty in 0..TOKENS_PER_SIDE {
-            for tx in 0..TOKENS_PER_SIDE {
-                for c in 0..3 {
-                    for dy in 0..PATCH {
-                        for dx in 0..PATCH {
-                            let (x, y) = ((tx * PATCH + dx) as u32, (ty * PATCH + dy) as u32);
-                            let v = image.get_pixel(x, y).0[c] as f32 / 127.5 - 1.0;
-                            data.push(v);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Tensor::from_data(
-        TensorData::new(data, [images.len(), TOKENS, TOKEN_CHANNELS]),
-        device,
-    )
+    let pixels = Tensor::cat(
+        images
+            .iter()
+            .map(|rgb| rgb_to_tensor(rgb, device))
+            .collect(),
+        0,
+    ); // [batch, 3, IMAGE_SIZE, IMAGE_SIZE]
+    let (n, p) = (TOKENS_PER_SIDE, PATCH);
+    pixels
+        .reshape([images.len(), 3, n, p, n, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([images.len(), TOKENS, TOKEN_CHANNELS])
 }
 
 /// Tokens `[batch, TOKENS, TOKEN_CHANNELS]` → images (values clamped to [-1, 1]).
 pub fn decode<B: Backend>(tokens: Tensor<B, 3>) -> Vec<RgbImage> {
     let batch = tokens.dims()[0];
-    let data: Vec<f32> = tokens
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap_or_default();
-    (0..batch)
-        .map(|b| {
-            let n = IMAGE_SIZE as u32;
-            RgbImage::from_fn(n, n, |x, y| {
-                let (x, y) = (x as usize, y as usize);
-                let token = (y / PATCH) * TOKENS_PER_SIDE + x / PATCH;
-                Rgb(std::array::from_fn(|c| {
-                    let ch = c * PATCH * PATCH + (y % PATCH) * PATCH + x % PATCH;
-                    let v = data[(b * TOKENS + token) * TOKEN_CHANNELS + ch];
-                    ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
-                }))
-            })
-        })
-        .collect()
+    let (n, p) = (TOKENS_PER_SIDE, PATCH);
+    tensor_to_rgb(
+        tokens
+            .reshape([batch, n, n, 3, p, p])
+            .permute([0, 3, 1, 4, 2, 5])
+            .reshape([batch, 3, IMAGE_SIZE, IMAGE_SIZE]),
+    )
 }

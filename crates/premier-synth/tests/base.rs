@@ -18,6 +18,20 @@ fn codec_round_trips_pixels_exactly() {
 }
 
 #[test]
+fn codec_layout_is_the_documented_one() {
+    // The shipped base was trained on this layout: pixel (x 5, y 9), green → token 2·8 + 1,
+    // channel 1·16 + (9 % 4)·4 + 5 % 4.
+    let mut image = image::RgbImage::new(32, 32);
+    image.put_pixel(5, 9, image::Rgb([0, 255, 0]));
+    let tokens: Vec<f32> = encode::<Flex>(&[&image], &Default::default())
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let hot: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i] > 0.0).collect();
+    assert_eq!(hot, vec![17 * 48 + 21]);
+}
+
+#[test]
 fn shipped_tokenizer_is_the_one_the_code_builds() {
     let shipped = std::fs::read_to_string(shipped_base_dir().join("tokenizer.json")).unwrap();
     let built = build_tokenizer().unwrap().to_string(true).unwrap();
