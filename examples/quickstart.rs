@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use premier::synth::base::shipped_base_dir;
 use premier::synth::experiment::{run, ExperimentConfig, Progress};
@@ -48,23 +49,33 @@ impl Progress for Bars {
     }
 }
 
+/// Premier end to end on the synthetic preference world, on the CPU.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Draws the world (users, tastes, held-out images) and all training randomness.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where files go (default: premier-quickstart/seed-N).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A few steps of everything (a smoke run, seconds).
+    #[arg(long)]
+    quick: bool,
+    /// Base model folder (default: the one shipped with premier-synth).
+    #[arg(long)]
+    base: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let mut config = if args.iter().any(|a| a == "--quick") {
+    let args = Args::parse();
+    let mut config = if args.quick {
         ExperimentConfig::smoke()
     } else {
         ExperimentConfig::default()
     };
-    if let Some(seed) = value("--seed") {
-        config.seed = seed.parse()?;
-    }
-    let out = value("--out")
-        .map(PathBuf::from)
+    config.seed = args.seed;
+    let out = args
+        .out
         .unwrap_or_else(|| PathBuf::from(format!("premier-quickstart/seed-{}", config.seed)));
     println!(
         "Premier quickstart: synthetic preference world, seed {}, on the CPU (burn Flex)",
@@ -72,9 +83,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut bars = Bars { bar: None };
     let device = Default::default();
-    let base = value("--base")
-        .map(PathBuf::from)
-        .unwrap_or_else(shipped_base_dir);
+    let base = args.base.unwrap_or_else(shipped_base_dir);
     let report = run::<Autodiff<Flex>>(&config, &base, &out, &device, &mut bars)?;
     if let Some(bar) = bars.bar.take() {
         bar.finish();

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
+use clap::Parser;
 use premier::pipeline::image_io::{grid, save_png};
 use premier::synth::base::{SynthBase, SynthBaseConfig};
 use premier::synth::pretrain::{pretrain, PretrainConfig};
@@ -18,25 +19,30 @@ use premier::synth::text::{build_tokenizer, MAX_TOKENS};
 use premier::synth::world::Content;
 use premier::text::PromptTokenizer;
 
+/// Pretrains the synthetic world's base model.
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = PretrainConfig::default().steps)]
+    steps: usize,
+    #[arg(long, default_value_t = PretrainConfig::default().batch_size)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder (default: the shipped base folder, overwritten in place).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
+    let args = Args::parse();
+    let config = PretrainConfig {
+        steps: args.steps,
+        batch_size: args.batch,
+        seed: args.seed,
+        ..PretrainConfig::default()
     };
-    let mut config = PretrainConfig::default();
-    if let Some(v) = value("--steps") {
-        config.steps = v.parse()?;
-    }
-    if let Some(v) = value("--batch") {
-        config.batch_size = v.parse()?;
-    }
-    if let Some(v) = value("--seed") {
-        config.seed = v.parse()?;
-    }
-    let out = value("--out")
-        .map(PathBuf::from)
+    let out = args
+        .out
         .unwrap_or_else(premier::synth::base::shipped_base_dir);
     let base_config = SynthBaseConfig::default();
 
