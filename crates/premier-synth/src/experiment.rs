@@ -115,6 +115,8 @@ fn run_err(e: impl std::fmt::Display) -> ExperimentError {
 pub struct Scores {
     /// Preference score (ViPer-score analog), higher is better.
     pub preference: f64,
+    /// Standard error of `preference` (sample standard deviation / √images).
+    pub preference_se: f64,
     /// Share of images preferred over the base's for the same user, prompt and seed (ties
     /// half), the ViPer-rate analog.
     pub win_rate: f64,
@@ -203,16 +205,16 @@ pub fn run<B: AutodiffBackend>(
     let encoded = encode_world::<B>(&world, &base_inner, &tokenizer)?;
     let mut files = Vec::new();
 
-    // Evaluation set: prompts spread over the contents, seeds fixed.
+    // Evaluation set: prompts spread over the contents; a noise seed per (user, prompt, k), the
+    // same for every variant, so the base is sampled as often as any personalized model.
     let contents = Content::all();
     let eval_contents: Vec<Content> = (0..config.eval_prompts)
         .map(|i| contents[(i * contents.len()) / config.eval_prompts.max(1)])
         .collect();
     let eval = EvalSet {
         contents: eval_contents.clone(),
-        seeds: (0..config.eval_seeds as u64)
-            .map(|s| 10_000 + s + 100 * config.seed)
-            .collect(),
+        seeds_per_prompt: config.eval_seeds,
+        seed: config.seed,
     };
     let train_users: Vec<usize> = (0..world.config.train_users).collect();
     let new_users: Vec<usize> = (world.config.train_users..world.users.len()).collect();
@@ -303,12 +305,12 @@ pub fn run<B: AutodiffBackend>(
             main.push(row);
             // The grid: the base, then a row per trained user (up to 6), a column per prompt.
             let shown = train_users.len().min(6);
-            let per_user = eval.contents.len() * eval.seeds.len();
-            let mut rows = vec![every_seed0(&base_images[..per_user], eval.seeds.len())];
+            let per_user = eval.contents.len() * eval.seeds_per_prompt;
+            let mut rows = vec![every_seed0(&base_images[..per_user], eval.seeds_per_prompt)];
             for u in 0..shown {
                 rows.push(every_seed0(
                     &images[u * per_user..(u + 1) * per_user],
-                    eval.seeds.len(),
+                    eval.seeds_per_prompt,
                 ));
             }
             let path = out.join("grid.png");
@@ -608,13 +610,20 @@ fn cold_start_user<B: AutodiffBackend>(
 /// Prompts × seeds every variant generates, per user.
 struct EvalSet {
     contents: Vec<Content>,
-    seeds: Vec<u64>,
+    seeds_per_prompt: usize,
+    /// The experiment's seed.
+    seed: u64,
 }
 
 /// The embeddings `[users, tokens, dim]` of the given user indices.
 type UserLookup<'a, B> = &'a dyn Fn(&[usize]) -> Result<Tensor<B, 3>, ExperimentError>;
 
 impl EvalSet {
+    /// The noise seed of user `u`, prompt `ci`, sample `k`.
+    fn noise_seed(&self, u: usize, ci: usize, k: usize) -> u64 {
+        10_000 + self.seed * 10_000_000 + (u * 10_000 + ci * 100 + k) as u64
+    }
+
     /// Images ordered (user, prompt, seed): the base model, steered by the adapter and the
     /// users' embeddings when `personal` is given, with the users' taste words in the prompt
     /// when `taste_in_prompt`.
@@ -631,15 +640,15 @@ impl EvalSet {
         let mut row_users = Vec::new();
         let mut seeds = Vec::new();
         for &u in users {
-            for c in &self.contents {
-                for &s in &self.seeds {
+            for (ci, c) in self.contents.iter().enumerate() {
+                for k in 0..self.seeds_per_prompt {
                     prompts.push(if taste_in_prompt {
                         c.prompt_with_style(&world.users[u].taste.mode())
                     } else {
                         c.prompt()
                     });
                     row_users.push(u);
-                    seeds.push(s);
+                    seeds.push(self.noise_seed(u, ci, k));
                 }
             }
         }
@@ -679,16 +688,18 @@ impl EvalSet {
         base: &[RgbImage],
     ) -> Scores {
         let mut totals = [0.0f64; 4];
+        let mut squares = 0.0f64;
         let mut i = 0;
         for &u in users {
             let taste = &world.users[u].taste;
             for c in &self.contents {
                 let reference = world.held_out_image(u, *c, 0);
-                for _ in &self.seeds {
+                for _ in 0..self.seeds_per_prompt {
                     let (img, b) = (&images[i], &base[i]);
                     let p = preference_score(img, taste);
                     let pb = preference_score(b, taste);
                     totals[0] += p as f64;
+                    squares += (p as f64) * (p as f64);
                     totals[1] += if p > pb {
                         1.0
                     } else if p == pb {
@@ -703,8 +714,11 @@ impl EvalSet {
             }
         }
         let n = i.max(1) as f64;
+        let mean = totals[0] / n;
+        let variance = ((squares - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0);
         Scores {
-            preference: totals[0] / n,
+            preference: mean,
+            preference_se: (variance / n).sqrt(),
             win_rate: totals[1] / n,
             fidelity: totals[2] / n,
             distance: totals[3] / n,
@@ -717,13 +731,14 @@ impl Report {
     pub fn markdown(&self) -> String {
         let table = |rows: &[Row]| {
             let mut s = String::from(
-                "| Method | Preference ↑ | Win rate vs base ↑ | Prompt fidelity ↑ | Distance ↓ |\n|---|---|---|---|---|\n",
+                "| Method | Preference ± s.e. ↑ | Win rate vs base ↑ | Prompt fidelity ↑ | Distance ↓ |\n|---|---|---|---|---|\n",
             );
             for r in rows {
                 s.push_str(&format!(
-                    "| {} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                    "| {} | {:.3} ± {:.3} | {:.3} | {:.3} | {:.3} |\n",
                     r.name,
                     r.scores.preference,
+                    r.scores.preference_se,
                     r.scores.win_rate,
                     r.scores.fidelity,
                     r.scores.distance
@@ -784,6 +799,17 @@ impl Report {
                 .map(|r| r.scores)
         };
         let verdict = |ok: bool| if ok { "reproduced" } else { "NOT reproduced" };
+        // "a has higher preference than b", judged against two standard errors of the difference.
+        let higher = |a: Scores, b: Scores| {
+            let margin = 2.0 * (a.preference_se.powi(2) + b.preference_se.powi(2)).sqrt();
+            if a.preference - b.preference > margin {
+                "reproduced"
+            } else if b.preference - a.preference > margin {
+                "NOT reproduced"
+            } else {
+                "inconclusive (difference within 2 standard errors)"
+            }
+        };
         let mut out = Vec::new();
         if let (Some(base), Some(premier)) = (find(&self.main, "Base"), find(&self.main, "Premier"))
         {
@@ -791,7 +817,7 @@ impl Report {
                 "Premier raises preference over the base ({:.3} → {:.3}): {}",
                 base.preference,
                 premier.preference,
-                verdict(premier.preference > base.preference)
+                higher(premier, base)
             ));
             out.push(format!(
                 "Premier keeps prompt fidelity within 0.05 of the base ({:.3} vs {:.3}): {}",
@@ -804,7 +830,7 @@ impl Report {
                     "Premier beats the taste written in the prompt on preference ({:.3} vs {:.3}): {}",
                     premier.preference,
                     prompt.preference,
-                    verdict(premier.preference > prompt.preference)
+                    higher(premier, prompt)
                 ));
             }
             for ablation in self.ablations.iter().filter(|a| a.name.starts_with("w/o")) {
@@ -813,7 +839,7 @@ impl Report {
                     ablation.name,
                     ablation.scores.preference,
                     premier.preference,
-                    verdict(ablation.scores.preference < premier.preference)
+                    higher(premier, ablation.scores)
                 ));
             }
         }
@@ -828,7 +854,7 @@ impl Report {
                     "With {shots} images the linear combination beats direct training on preference ({:.3} vs {:.3}): {}",
                     lin.preference,
                     dir.preference,
-                    verdict(lin.preference > dir.preference)
+                    higher(lin, dir)
                 ));
             }
         }

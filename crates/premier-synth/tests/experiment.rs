@@ -29,6 +29,12 @@ fn shortened_quickstart_writes_a_finite_report() {
         ] {
             assert!((0.0..=1.0).contains(&v), "{}: {name} = {v}", row.name);
         }
+        assert!(
+            s.preference_se.is_finite() && s.preference_se >= 0.0,
+            "{}: s.e. {}",
+            row.name,
+            s.preference_se
+        );
     }
     // Against itself the base ties every time.
     assert_eq!(report.main[0].scores.win_rate, 0.5);
