@@ -11,11 +11,13 @@
 //! - [`pipeline`]: schedule, sampler and personalized generation;
 //! - [`train`]: Prodigy, datasets, stage-1 and cold-start trainers, checkpoints;
 //! - [`synth`]: the synthetic preference world, its scorers and base model (the quickstart);
-//! - [`cli`]: the `premier` command (`premier generate …`).
+//! - [`encoders`]: FLUX.1's VAE, T5 and CLIP as `premier encode`'s [`train::encode::Encoders`];
+//! - [`cli`]: the `premier` command (`generate`, `encode`, `train`, `cold-start`, `synth export`).
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
 
 pub mod cli;
+pub mod encoders;
 
 pub use premier_adapter as adapter;
 pub use premier_losses as losses;

@@ -28,7 +28,7 @@ fn model_dir_gives_every_part_and_flags_override() {
         "--prompt",
         "b",
     ]);
-    let files = ModelFiles::resolve(&args).unwrap();
+    let files = ModelFiles::resolve(&args.model).unwrap();
     assert_eq!(files.flux, PathBuf::from("/m/FLUX.1-dev/transformer"));
     assert_eq!(files.ae, PathBuf::from("/x/ae.safetensors"));
     assert_eq!(files.t5, PathBuf::from("/m/FLUX.1-dev/text_encoder_2"));
@@ -43,7 +43,7 @@ fn model_dir_gives_every_part_and_flags_override() {
         (512, 512, None, 1.0)
     );
 
-    let err = ModelFiles::resolve(&parse(&["--prompt", "a"])).unwrap_err();
+    let err = ModelFiles::resolve(&parse(&["--prompt", "a"]).model).unwrap_err();
     assert!(err.to_string().contains("--model-dir"), "{err}");
     assert!(
         Cli::try_parse_from(["premier", "generate"]).is_err(),

@@ -1,65 +1,38 @@
-//! `premier generate`: prompts × users → PNGs and a grid, on real FLUX.1 files.
+//! `premier generate`: prompts × users → PNGs and a grid, on FLUX.1 files or the synthetic
+//! world's base model.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::prelude::*;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::models::{ModelArgs, ModelFiles, Variant};
 use super::{BackendKind, Precision};
 use crate::adapter::{AdapterConfig, PreferenceAdapter};
-use crate::mmdit::{Flux, FluxConfig};
+use crate::mmdit::Flux;
 use crate::pipeline::image_io::{grid, save_png, tensor_to_rgb};
 use crate::pipeline::{GenerateRequest, Generator, UserChoice};
-use crate::text::{
-    ClipTextConfig, ClipTextEncoder, PromptTokenizer, T5Config, T5Encoder, TextEncoder,
-};
+use crate::synth::base::SynthBase;
+use crate::text::TextEncoder;
+use crate::train::run::{TrainedModel, TRAINED_MODEL_FILE};
 use crate::users::{UserRef, UserShape, UserTable};
-use crate::vae::{Autoencoder, AutoencoderConfig};
-
-/// FLUX.1 variant: sets the default config, schedule shift, T5 length and step count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Variant {
-    Dev,
-    Schnell,
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
-    /// A diffusers FLUX.1 folder (transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/,
-    /// tokenizer_2/); the single-path options below override its parts.
-    #[arg(long)]
-    pub model_dir: Option<PathBuf>,
-    /// Transformer: BFL `flux1-dev.safetensors` or a diffusers transformer folder.
-    #[arg(long)]
-    pub flux: Option<PathBuf>,
-    /// Autoencoder: BFL `ae.safetensors` or a diffusers vae folder.
-    #[arg(long)]
-    pub ae: Option<PathBuf>,
-    /// T5-v1.1-XXL encoder (file or folder of shards).
-    #[arg(long)]
-    pub t5: Option<PathBuf>,
-    /// CLIP-L text encoder (file or folder).
-    #[arg(long)]
-    pub clip: Option<PathBuf>,
-    /// T5 tokenizer.json (default: the one shipped with premier-text).
-    #[arg(long)]
-    pub t5_tokenizer: Option<PathBuf>,
-    /// CLIP tokenizer.json (default: the one shipped with premier-text).
-    #[arg(long)]
-    pub clip_tokenizer: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "dev")]
-    pub variant: Variant,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Premier adapters (`mod_adapter.safetensors`).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Trained users (`user_embedding.safetensors`).
     #[arg(long)]
     pub user_table: Option<PathBuf>,
-    /// Number of users in the table (the released table: 1000).
-    #[arg(long, default_value_t = 1000)]
-    pub num_users: usize,
+    /// Number of users in the table (default: from `premier.json` beside the adapter, else the
+    /// released table's 1000).
+    #[arg(long)]
+    pub num_users: Option<usize>,
     /// A grid row per user: `base`, a table index, or a user file (`user_embedding_<id>` or
     /// `user_combination_<id>.safetensors`). Default: `base`.
     #[arg(long = "user")]
@@ -71,7 +44,7 @@ pub struct GenerateArgs {
     pub width: usize,
     #[arg(long, default_value_t = 512)]
     pub height: usize,
-    /// Sampling steps (default: 28 for dev, 4 for schnell).
+    /// Sampling steps (default: 28 for dev, 4 for schnell; the synthetic world: 12).
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 3.5)]
@@ -88,50 +61,6 @@ pub struct GenerateArgs {
     pub backend: BackendKind,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
-}
-
-/// The files of one FLUX.1 model, resolved from `--model-dir` and the single-path options.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelFiles {
-    pub flux: PathBuf,
-    pub ae: PathBuf,
-    pub t5: PathBuf,
-    pub clip: PathBuf,
-    pub t5_tokenizer: Option<PathBuf>,
-    pub clip_tokenizer: Option<PathBuf>,
-}
-
-impl ModelFiles {
-    pub fn resolve(args: &GenerateArgs) -> anyhow::Result<Self> {
-        let part = |given: &Option<PathBuf>, sub: &str, flag: &str| -> anyhow::Result<PathBuf> {
-            match (given, &args.model_dir) {
-                (Some(p), _) => Ok(p.clone()),
-                (None, Some(dir)) => Ok(dir.join(sub)),
-                (None, None) => bail!("give --model-dir or --{flag}"),
-            }
-        };
-        let tokenizer = |given: &Option<PathBuf>, sub: &str| {
-            given.clone().or_else(|| {
-                let p = args.model_dir.as_ref()?.join(sub).join("tokenizer.json");
-                p.is_file().then_some(p)
-            })
-        };
-        Ok(Self {
-            flux: part(&args.flux, "transformer", "flux")?,
-            ae: part(&args.ae, "vae", "ae")?,
-            t5: part(&args.t5, "text_encoder_2", "t5")?,
-            clip: part(&args.clip, "text_encoder", "clip")?,
-            t5_tokenizer: tokenizer(&args.t5_tokenizer, "tokenizer_2"),
-            clip_tokenizer: tokenizer(&args.clip_tokenizer, "tokenizer"),
-        })
-    }
-}
-
-/// `config.json` next to (or inside) a model path, if there is one.
-fn config_beside(path: &Path) -> Option<PathBuf> {
-    let dir = if path.is_dir() { path } else { path.parent()? };
-    let config = dir.join("config.json");
-    config.is_file().then_some(config)
 }
 
 /// Parses a `--user` value.
@@ -182,74 +111,162 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
 }
 
-fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result<()> {
-    let total = Instant::now();
-    let files = ModelFiles::resolve(&args)?;
-    let users: Vec<UserChoice> = if args.users.is_empty() {
-        vec![UserChoice::Base]
-    } else {
-        args.users
-            .iter()
-            .map(|u| parse_user(u))
-            .collect::<anyhow::Result<_>>()?
-    };
-
-    let flux_config = match config_beside(&files.flux) {
-        Some(c) if files.flux.is_dir() => {
-            FluxConfig::from_diffusers_json(&std::fs::read_to_string(&c)?)?
+/// The adapter and table sizes: `premier.json` beside the adapter (a `premier train` run), else
+/// the released sizes for this backbone.
+fn trained_sizes(
+    args: &GenerateArgs,
+    text_dim: usize,
+    flux: (usize, usize),
+) -> anyhow::Result<(AdapterConfig, UserShape)> {
+    let beside = args
+        .adapter
+        .as_ref()
+        .and_then(|a| a.parent())
+        .filter(|dir| dir.join(TRAINED_MODEL_FILE).is_file());
+    let (adapter, mut users) = match beside {
+        Some(dir) => {
+            let trained = TrainedModel::read(dir)?;
+            (trained.adapter, trained.users)
         }
-        _ => match args.variant {
-            Variant::Dev => FluxConfig::dev(),
-            Variant::Schnell => FluxConfig::schnell(),
-        },
+        None => {
+            if args.model.is_synth() && args.adapter.is_some() {
+                bail!(
+                    "the synthetic world's adapters need the premier.json of their run beside them"
+                );
+            }
+            let adapter = AdapterConfig {
+                text_dim,
+                hidden: flux.0,
+                blocks: flux.1,
+                ..AdapterConfig::released()
+            };
+            let users = UserShape {
+                users: 1000,
+                tokens: 30,
+                dim: adapter.user_dim,
+            };
+            (adapter, users)
+        }
     };
-    let vae_config = match config_beside(&files.ae) {
-        Some(c) if files.ae.is_dir() => AutoencoderConfig::from_json_file(c)?,
-        _ => AutoencoderConfig::flux(),
-    };
-    let t5_config = config_beside(&files.t5)
-        .map(T5Config::from_json_file)
-        .transpose()?
-        .unwrap_or_else(T5Config::v1_1_xxl);
-    let clip_config = config_beside(&files.clip)
-        .map(ClipTextConfig::from_json_file)
-        .transpose()?
-        .unwrap_or_else(ClipTextConfig::vit_large_patch14);
-    let t5_len = match args.variant {
-        Variant::Dev => 512,
-        Variant::Schnell => 256,
-    };
+    if let Some(n) = args.num_users {
+        users.users = n;
+    }
+    Ok((adapter, users))
+}
 
-    eprintln!("loading models…");
-    let load = Instant::now();
-    let flux = Flux::<B>::load(&files.flux, &flux_config, &device)?;
-    let vae = Autoencoder::<B>::load(&files.ae, &vae_config, &device)?;
-    let t5 = T5Encoder::<B>::load(&files.t5, &t5_config, &device)?;
-    let clip = ClipTextEncoder::<B>::load(&files.clip, &clip_config, &device)?;
-    let t5_tokenizer = match &files.t5_tokenizer {
-        Some(p) => PromptTokenizer::t5(p, t5_len)?,
-        None => PromptTokenizer::shipped_t5(t5_len)?,
-    };
-    let clip_tokenizer = match &files.clip_tokenizer {
-        Some(p) => PromptTokenizer::clip(p)?,
-        None => PromptTokenizer::shipped_clip()?,
-    };
-    let adapter_config = AdapterConfig {
-        text_dim: t5_config.d_model,
-        hidden: flux_config.hidden_size,
-        blocks: flux_config.depth,
-        ..AdapterConfig::released()
-    };
+fn users_of(args: &GenerateArgs) -> anyhow::Result<Vec<UserChoice>> {
+    if args.users.is_empty() {
+        return Ok(vec![UserChoice::Base]);
+    }
+    args.users.iter().map(|u| parse_user(u)).collect()
+}
+
+/// Writes each image and the grid; prints where.
+fn write_rows(
+    args: &GenerateArgs,
+    rows: &[Vec<image::RgbImage>],
+    started: Instant,
+) -> anyhow::Result<()> {
+    for (r, row) in rows.iter().enumerate() {
+        for (c, image) in row.iter().enumerate() {
+            save_png(image, args.out.join(format!("user{r}_prompt{c}.png")))?;
+        }
+    }
+    let grid_path = args.out.join("grid.png");
+    save_png(&grid(rows, 4), &grid_path)?;
+    println!(
+        "wrote {} images and {} in {:.1?}",
+        rows.iter().map(Vec::len).sum::<usize>(),
+        grid_path.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The synthetic world's base model: its text encoder and codec, 12 Euler steps.
+fn generate_synth<B: Backend>(
+    args: GenerateArgs,
+    dir: &Path,
+    device: B::Device,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let users = users_of(&args)?;
+    let (base, config) = SynthBase::<B>::load(dir, &device)
+        .with_context(|| format!("synth base {}", dir.display()))?;
+    let tokenizer = crate::synth::text::load_tokenizer(dir)?;
+    let (adapter_config, user_shape) = trained_sizes(
+        &args,
+        config.flux.context_in_dim,
+        (config.flux.hidden_size, config.flux.depth),
+    )?;
     let adapter = args
         .adapter
         .as_ref()
         .map(|p| PreferenceAdapter::<B>::load(p, &adapter_config, &device))
         .transpose()?;
-    let user_shape = UserShape {
-        users: args.num_users,
-        tokens: 30,
-        dim: adapter_config.user_dim,
-    };
+    let table = args
+        .user_table
+        .as_ref()
+        .map(|p| UserTable::<B>::load(p, user_shape, &device))
+        .transpose()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
+    let text = base.text.encode(&tokenizer, &prompts)?;
+    let n = prompts.len();
+    let seeds: Vec<u64> = (0..n as u64).map(|c| args.seed + c).collect();
+    let steps = args.steps.unwrap_or(crate::synth::sample::SAMPLING_STEPS);
+    let mut rows = Vec::new();
+    for user in &users {
+        let delta = match user {
+            UserChoice::Base => None,
+            UserChoice::User(user) => {
+                let (Some(adapter), Some(table)) = (&adapter, &table) else {
+                    bail!("--user {user:?} needs --adapter and --user-table");
+                };
+                let embedding = user.resolve(table)?.repeat_dim(0, n);
+                Some(
+                    adapter
+                        .forward(text.tokens.clone(), embedding)
+                        .scaled(args.alpha),
+                )
+            }
+        };
+        rows.push(crate::synth::sample::sample(
+            &base.flux,
+            &text,
+            delta.as_ref(),
+            &seeds,
+            steps,
+        )?);
+    }
+    write_rows(&args, &rows, started)
+}
+
+fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result<()> {
+    if let Some(dir) = args.model.synth_base.clone() {
+        return generate_synth::<B>(args, &dir, device);
+    }
+    let total = Instant::now();
+    let users = users_of(&args)?;
+    let files = ModelFiles::resolve(&args.model)?;
+    let flux_config = args.model.flux_config(&files)?;
+
+    eprintln!("loading models…");
+    let load = Instant::now();
+    let flux = Flux::<B>::load(&files.flux, &flux_config, &device)?;
+    let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
+    let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
+    let (adapter_config, user_shape) = trained_sizes(
+        &args,
+        args.model.t5_config(&files)?.d_model,
+        (flux_config.hidden_size, flux_config.depth),
+    )?;
+    let adapter = args
+        .adapter
+        .as_ref()
+        .map(|p| PreferenceAdapter::<B>::load(p, &adapter_config, &device))
+        .transpose()?;
     let table = args
         .user_table
         .as_ref()
@@ -261,17 +278,9 @@ fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     let mut generator = Generator::new(flux, vae, vae_config, text, adapter, table, device);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let steps = args.steps.unwrap_or(match args.variant {
-        Variant::Dev => 28,
-        Variant::Schnell => 4,
-    });
+    let steps = args.steps.unwrap_or(args.model.variant.steps());
     let columns = args.prompts.len();
-    let bar = indicatif::ProgressBar::new((users.len() * steps) as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = super::dataset::progress_bar((users.len() * steps) as u64, "steps");
     let mut rows = Vec::new();
     let mut timings = Vec::new();
     for (r, user) in users.iter().enumerate() {
@@ -284,23 +293,17 @@ fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result
             height: args.height,
             steps,
             guidance: args.guidance,
-            shift: args.variant == Variant::Dev,
+            shift: args.model.variant == Variant::Dev,
             alpha: args.alpha,
         };
         let base = (r * steps) as u64;
         let out = generator.generate(&request, &mut |done: usize, _| {
             bar.set_position(base + done as u64)
         })?;
-        let images = tensor_to_rgb(out.images);
-        for (c, image) in images.iter().enumerate() {
-            save_png(image, args.out.join(format!("user{r}_prompt{c}.png")))?;
-        }
-        rows.push(images);
+        rows.push(tensor_to_rgb(out.images));
         timings.push(out.timings);
     }
     bar.finish_and_clear();
-    let grid_path = args.out.join("grid.png");
-    save_png(&grid(&rows, 4), &grid_path)?;
     for (r, t) in timings.iter().enumerate() {
         eprintln!(
             "row {r}: text {:.2?}, Δ {:.2?}, denoise {:.2?} ({:.2?}/step), decode {:.2?}",
@@ -311,11 +314,5 @@ fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result
             t.decode
         );
     }
-    println!(
-        "wrote {} images and {} in {:.1?}",
-        users.len() * columns,
-        grid_path.display(),
-        total.elapsed()
-    );
-    Ok(())
+    write_rows(&args, &rows, total)
 }

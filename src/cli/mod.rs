@@ -1,11 +1,21 @@
 //! The `premier` command line.
 
+mod cold_start;
+mod dataset;
+mod encode;
 mod generate;
+mod models;
 pub mod synth;
+mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use generate::{parse_user, run as run_generate, GenerateArgs, ModelFiles, Variant};
+pub use cold_start::{ColdStartArgs, KindArg, OptimizerKind};
+pub use dataset::DataArgs;
+pub use encode::EncodeArgs;
+pub use generate::{parse_user, run as run_generate, GenerateArgs};
+pub use models::{ImageSampler, ModelArgs, ModelFiles, Variant};
+pub use train::TrainArgs;
 
 /// Personalized text-to-image generation with FLUX.1 and Premier.
 #[derive(Debug, Parser)]
@@ -17,8 +27,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Generate images for prompts and users with real FLUX.1 files.
+    /// Generate images for prompts and users (FLUX.1 files or the synthetic world's base).
     Generate(GenerateArgs),
+    /// Encode a dataset's images and captions once into a cache (VAE posterior, T5 + CLIP).
+    Encode(EncodeArgs),
+    /// Stage 1: train the adapters and the user table from an encoder cache.
+    Train(TrainArgs),
+    /// Stage 2: new users from a few images against a trained run.
+    ColdStart(ColdStartArgs),
     /// The synthetic preference world (`premier synth export`).
     Synth(synth::SynthArgs),
 }
@@ -50,8 +66,16 @@ pub fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    run(Cli::parse())
+}
+
+/// Runs a parsed command line (what `main` does after parsing; tests call it directly).
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Encode(args) => encode::run(args),
+        Command::Train(args) => train::run(args),
+        Command::ColdStart(args) => cold_start::run(args),
         Command::Synth(args) => synth::run(args),
     }
 }

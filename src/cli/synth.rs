@@ -47,11 +47,13 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
             });
             let exported = export_dataset(&world, &a.out)?;
             println!(
-                "wrote {} images of {} users:\n  {}\n  {}\n  {}",
+                "wrote {} images of {} users:\n  {}\n  {} (all users)\n  {} (stage-1 users)\n  {} (new users)\n  {}",
                 exported.images,
                 world.users.len(),
                 exported.folder.display(),
                 exported.manifest.display(),
+                exported.train.display(),
+                exported.new_users.display(),
                 exported.world.display()
             );
             Ok(())

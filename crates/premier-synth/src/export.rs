@@ -1,6 +1,7 @@
 //! Writing the world as a dataset in the real on-disk formats, so the `premier` commands and
 //! `premier_train::data` readers run on it unchanged: a folder per user with a `.txt` caption
-//! beside each PNG, a JSONL manifest over the same files, and `world.json` with the tastes
+//! beside each PNG, JSONL manifests over the same files (all users, the training users, the new
+//! users), and `world.json` with the tastes
 //! (the ground truth the scorers use).
 
 use std::path::{Path, PathBuf};
@@ -16,8 +17,12 @@ use crate::world::{World, WorldConfig};
 pub struct Exported {
     /// `<dir>/users/`: `<user>/<nnn>.png` + `<nnn>.txt`.
     pub folder: PathBuf,
-    /// `<dir>/manifest.jsonl`: `{"user", "image", "caption"}` per line.
+    /// `<dir>/manifest.jsonl`: `{"user", "image", "caption"}` per line, every user.
     pub manifest: PathBuf,
+    /// `<dir>/train.jsonl`: the same for the users stage 1 trains on.
+    pub train: PathBuf,
+    /// `<dir>/new_users.jsonl`: the same for the users kept for cold start.
+    pub new_users: PathBuf,
     /// `<dir>/world.json`.
     pub world: PathBuf,
     pub images: usize,
@@ -49,6 +54,7 @@ fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
 pub fn export_dataset(world: &World, dir: &Path) -> std::io::Result<Exported> {
     let folder = dir.join("users");
     let mut manifest = String::new();
+    let mut train = String::new();
     let mut images = 0;
     for (u, user) in world.users.iter().enumerate() {
         let user_dir = folder.join(&user.id);
@@ -64,13 +70,20 @@ pub fn export_dataset(world: &World, dir: &Path) -> std::io::Result<Exported> {
                 image: format!("users/{}/{i:03}.png", user.id),
                 caption,
             };
-            manifest.push_str(&serde_json::to_string(&line).map_err(std::io::Error::other)?);
-            manifest.push('\n');
+            let line = serde_json::to_string(&line).map_err(std::io::Error::other)? + "\n";
+            manifest.push_str(&line);
+            if u < world.config.train_users {
+                train.push_str(&line);
+            }
             images += 1;
         }
     }
     let manifest_path = dir.join("manifest.jsonl");
     write_text(&manifest_path, &manifest)?;
+    let train_path = dir.join("train.jsonl");
+    write_text(&train_path, &train)?;
+    let new_path = dir.join("new_users.jsonl");
+    write_text(&new_path, &manifest[train.len()..])?;
     let world_path = dir.join("world.json");
     let json = serde_json::to_string_pretty(&WorldFile {
         config: &world.config,
@@ -81,6 +94,8 @@ pub fn export_dataset(world: &World, dir: &Path) -> std::io::Result<Exported> {
     Ok(Exported {
         folder,
         manifest: manifest_path,
+        train: train_path,
+        new_users: new_path,
         world: world_path,
         images,
     })

@@ -12,6 +12,7 @@
 
 pub mod base;
 pub mod codec;
+pub mod encoders;
 pub mod experiment;
 pub mod export;
 pub mod pretrain;

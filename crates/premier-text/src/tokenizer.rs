@@ -71,9 +71,22 @@ impl PromptTokenizer {
         Self::from_file(path, max_length, 0, "<pad>")
     }
 
-    /// FLUX's CLIP tokenizer (`openai/clip-vit-large-patch14`): BOS/EOS added, padded with EOS to 77.
+    /// FLUX's CLIP tokenizer (`openai/clip-vit-large-patch14`): BOS/EOS added, padded with EOS to
+    /// 77. The EOS is `<|endoftext|>` (49407 in CLIP-L), or `</s>` in tokenizers that name it so.
     pub fn clip(path: impl AsRef<Path>) -> Result<Self, TextError> {
-        Self::from_file(path, 77, 49407, "<|endoftext|>")
+        let path = path.as_ref();
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| TextError::Tokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let (token, id) = ["<|endoftext|>", "</s>"]
+            .into_iter()
+            .find_map(|t| tokenizer.token_to_id(t).map(|id| (t, id)))
+            .ok_or_else(|| TextError::Tokenizer {
+                path: path.to_path_buf(),
+                reason: "no end-of-text token (`<|endoftext|>` or `</s>`) to pad with".into(),
+            })?;
+        Self::from_file(path, 77, id, token)
     }
 
     /// The T5 tokenizer shipped with this crate.

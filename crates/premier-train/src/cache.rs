@@ -114,6 +114,11 @@ impl EncodedCache {
         })
     }
 
+    /// The cache's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn has_image(&self, hash: &str) -> bool {
         self.index.images.contains_key(hash)
     }

@@ -232,6 +232,36 @@ impl Dataset {
         b.finish(path)
     }
 
+    /// Reads whichever format `paths` are in: one folder (folder layout), one `.jsonl` manifest,
+    /// one `.pkl`/`.pickle` file, or one or more `.csv` files (a user each).
+    pub fn read(paths: &[PathBuf], options: &ReadOptions) -> Result<Self, DataError> {
+        let ext = |p: &Path| {
+            p.extension()
+                .map(|e| e.to_string_lossy().to_lowercase())
+                .unwrap_or_default()
+        };
+        match paths {
+            [] => Err(err(Path::new(""), None, "no dataset given")),
+            [one] if one.is_dir() => Self::from_folder(one, options),
+            [one] if ext(one) == "jsonl" => Self::from_jsonl(one, options),
+            [one] if matches!(ext(one).as_str(), "pkl" | "pickle") => {
+                Self::from_pickle(one, options)
+            }
+            many if many.iter().all(|p| ext(p) == "csv") => Self::from_csvs(many, options),
+            many => {
+                let odd = many
+                    .iter()
+                    .find(|p| ext(p) != "csv" || many.len() == 1)
+                    .unwrap_or(&many[0]);
+                Err(err(
+                    odd,
+                    None,
+                    "not a dataset: give a folder, a .jsonl manifest, a .pkl file or per-user .csv files",
+                ))
+            }
+        }
+    }
+
     /// Per-user CSV files (`positive_image,caption`, header required), the user id being the
     /// file stem (`user_3685.csv` → `user_3685`).
     pub fn from_csvs(paths: &[PathBuf], options: &ReadOptions) -> Result<Self, DataError> {

@@ -14,17 +14,25 @@
 //! - [`checkpoint`]: stage-1 checkpoints (atomic, keep the last K) that resume bit for bit;
 //! - [`sampler`]: batches of distinct users, reproducible per step;
 //! - [`metrics`]: per-step JSONL metrics and the loss-curve PNG;
+//! - [`encode`]: the loop of `premier encode` (images and captions through any [`encode::Encoders`]
+//!   into a cache, resumable);
+//! - [`batches`]: training batches read from a cache (posterior samples, text features);
+//! - [`run`]: whole runs as `premier train` / `premier cold-start` do them (TOML config,
+//!   checkpoints every N steps, resume, metrics, validation hook, final files);
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
 
 pub mod adamw;
+pub mod batches;
 pub mod cache;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;
+pub mod encode;
 pub mod metrics;
 pub mod params;
 pub mod prodigy;
+pub mod run;
 pub mod sampler;
 pub mod stage1;
 pub mod stage2;

@@ -108,6 +108,23 @@ fn all_formats_agree() {
     .unwrap();
     let from_pickle = Dataset::from_pickle(&pickle, &options).unwrap();
 
+    // `Dataset::read` picks the reader from what it is given.
+    assert_eq!(
+        Dataset::read(std::slice::from_ref(&jsonl), &options).unwrap(),
+        from_jsonl
+    );
+    assert_eq!(Dataset::read(&csvs, &options).unwrap(), from_csv);
+    assert_eq!(
+        Dataset::read(std::slice::from_ref(&root), &options).unwrap(),
+        from_folder
+    );
+    assert_eq!(
+        Dataset::read(std::slice::from_ref(&pickle), &options).unwrap(),
+        from_pickle
+    );
+    let odd = Dataset::read(&[jsonl.clone(), pickle.clone()], &options).unwrap_err();
+    assert!(odd.to_string().contains("manifest.jsonl"), "{odd}");
+
     let want = summary(&from_csv);
     assert_eq!(want.len(), 2);
     assert_eq!(want[0].1.len(), 3);

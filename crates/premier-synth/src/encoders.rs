@@ -1,0 +1,80 @@
+//! The world's encoders for `premier encode`: the lossless patch codec in place of FLUX's VAE, and
+//! the base model's text encoder in place of T5 + CLIP.
+
+use burn::prelude::*;
+use image::RgbImage;
+use premier_mmdit::load::HostTensor;
+use premier_mmdit::unpack;
+use premier_text::PromptTokenizer;
+use premier_train::cache::{CachedLatent, CachedText};
+use premier_train::encode::Encoders;
+
+use crate::codec::{encode, LATENT_HW};
+use crate::text::SynthTextEncoder;
+use crate::world::IMAGE_SIZE;
+
+/// Log-variance of the codec's "posterior": the codec is deterministic, and `exp(−1e4 / 2)`
+/// underflows to exactly 0, so a posterior sample is the mean itself.
+pub const DETERMINISTIC_LOGVAR: f32 = -1e4;
+
+/// Codec + the base model's text encoder.
+pub struct SynthEncoders<B: Backend> {
+    pub text: SynthTextEncoder<B>,
+    pub tokenizer: PromptTokenizer,
+    pub device: B::Device,
+}
+
+fn rows<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<HostTensor> {
+    let all = HostTensor::from_tensor(t);
+    let n = all.shape[0];
+    let per = all.data.len() / n.max(1);
+    (0..n)
+        .map(|i| HostTensor {
+            shape: all.shape[1..].to_vec(),
+            data: all.data[i * per..(i + 1) * per].to_vec(),
+        })
+        .collect()
+}
+
+impl<B: Backend> Encoders for SynthEncoders<B> {
+    /// Images must be the world's size; the latent is the codec's tokens unpacked to
+    /// `[channels, h, w]`, so packing gives the tokens back exactly.
+    fn encode_images(&mut self, images: &[RgbImage]) -> Result<Vec<CachedLatent>, String> {
+        if let Some(bad) = images
+            .iter()
+            .find(|i| i.dimensions() != (IMAGE_SIZE as u32, IMAGE_SIZE as u32))
+        {
+            return Err(format!(
+                "the world's codec takes {IMAGE_SIZE}×{IMAGE_SIZE} images, not {}×{}",
+                bad.width(),
+                bad.height()
+            ));
+        }
+        let refs: Vec<&RgbImage> = images.iter().collect();
+        let tokens = encode::<B>(&refs, &self.device);
+        let latents = unpack(tokens, LATENT_HW.0, LATENT_HW.1);
+        Ok(rows(latents)
+            .into_iter()
+            .map(|mean| CachedLatent {
+                logvar: HostTensor {
+                    shape: mean.shape.clone(),
+                    data: vec![DETERMINISTIC_LOGVAR; mean.data.len()],
+                },
+                mean,
+            })
+            .collect())
+    }
+
+    fn encode_captions(&mut self, captions: &[String]) -> Result<Vec<CachedText>, String> {
+        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let text = self
+            .text
+            .encode(&self.tokenizer, &refs)
+            .map_err(|e| e.to_string())?;
+        Ok(rows(text.tokens)
+            .into_iter()
+            .zip(rows(text.pooled))
+            .map(|(tokens, pooled)| CachedText { tokens, pooled })
+            .collect())
+    }
+}

@@ -1,0 +1,177 @@
+//! Training batches from an encoder cache: a dataset's users with the cache keys of their images
+//! and captions, and per step the posterior samples and text features as tensors.
+
+use burn::prelude::*;
+use premier_mmdit::load::HostTensor;
+use premier_mmdit::pack;
+use rand::SeedableRng;
+use rand_distr::Distribution as _;
+
+use crate::cache::{caption_hash, image_hash, CacheError, EncodedCache};
+use crate::data::Dataset;
+
+/// Encoded images and captions of a batch.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch<B: Backend> {
+    /// Packed latents sampled from the posteriors: `[batch, img_tokens, 4 · channels]`.
+    pub x0: Tensor<B, 3>,
+    /// Latent height and width before packing.
+    pub latent_hw: (usize, usize),
+    /// `[batch, txt_tokens, text_dim]`.
+    pub text: Tensor<B, 3>,
+    /// `[batch, vec_dim]`.
+    pub pooled: Tensor<B, 2>,
+}
+
+/// A dataset's users resolved to cache keys.
+pub struct CachedUsers {
+    /// User ids in table-row order.
+    pub ids: Vec<String>,
+    /// Per user: (image hash, caption hash) of each sample.
+    pub samples: Vec<Vec<(String, String)>>,
+    /// Per user: the captions, in sample order (validation prompts come from here).
+    pub captions: Vec<Vec<String>>,
+    cache: EncodedCache,
+}
+
+fn stack(parts: &[HostTensor], what: &str) -> Result<(Vec<usize>, Vec<f32>), CacheError> {
+    let shape = parts[0].shape.clone();
+    let mut data = Vec::with_capacity(parts.len() * parts[0].data.len());
+    for p in parts {
+        if p.shape != shape {
+            return Err(CacheError::Io {
+                path: Default::default(),
+                reason: format!(
+                    "{what} of shapes {:?} and {:?} in one batch",
+                    shape, p.shape
+                ),
+            });
+        }
+        data.extend_from_slice(&p.data);
+    }
+    let mut dims = vec![parts.len()];
+    dims.extend(shape);
+    Ok((dims, data))
+}
+
+impl CachedUsers {
+    /// Hashes every image of `dataset` and checks that it and its caption are in `cache`
+    /// (an error names the first file or caption missing).
+    pub fn new(dataset: &Dataset, mut cache: EncodedCache) -> Result<Self, CacheError> {
+        let mut samples = Vec::with_capacity(dataset.users.len());
+        let mut captions = Vec::with_capacity(dataset.users.len());
+        for user in &dataset.users {
+            let mut keys = Vec::with_capacity(user.samples.len());
+            for s in &user.samples {
+                let image = image_hash(&s.image)?;
+                if !cache.has_image(&image) {
+                    return Err(CacheError::Missing {
+                        cache: cache_dir(&cache),
+                        what: "image",
+                        hash: format!("{image} ({})", s.image.display()),
+                    });
+                }
+                let caption = caption_hash(&s.caption);
+                if !cache.has_caption(&caption) {
+                    return Err(CacheError::Missing {
+                        cache: cache_dir(&cache),
+                        what: "caption",
+                        hash: format!("{caption} ({:?})", s.caption),
+                    });
+                }
+                keys.push((image, caption));
+            }
+            samples.push(keys);
+            captions.push(user.samples.iter().map(|s| s.caption.clone()).collect());
+        }
+        // Opening a shard maps it; fail here rather than mid-run on a damaged cache.
+        if let Some((image, caption)) = samples.iter().flatten().next() {
+            cache.latent(image)?;
+            cache.text(caption)?;
+        }
+        Ok(Self {
+            ids: dataset.users.iter().map(|u| u.id.clone()).collect(),
+            samples,
+            captions,
+            cache,
+        })
+    }
+
+    /// Images of each user.
+    pub fn counts(&self) -> Vec<usize> {
+        self.samples.iter().map(Vec::len).collect()
+    }
+
+    /// The batch of `(user, sample)` picks, each latent drawn from its posterior with the noise
+    /// of `seed` (so a step's batch is the same whenever it is replayed).
+    pub fn batch<B: Backend>(
+        &mut self,
+        picks: &[(usize, usize)],
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<EncodedBatch<B>, CacheError> {
+        let mut means = Vec::with_capacity(picks.len());
+        let mut logvars = Vec::with_capacity(picks.len());
+        let mut tokens = Vec::with_capacity(picks.len());
+        let mut pooled = Vec::with_capacity(picks.len());
+        for &(u, i) in picks {
+            let (image, caption) = &self.samples[u][i];
+            let latent = self.cache.latent(image)?;
+            means.push(latent.mean);
+            logvars.push(latent.logvar);
+            let text = self.cache.text(caption)?;
+            tokens.push(text.tokens);
+            pooled.push(text.pooled);
+        }
+        let (dims, mean) = stack(&means, "latents")?;
+        let (_, logvar) = stack(&logvars, "latents")?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let sample: Vec<f32> = mean
+            .iter()
+            .zip(&logvar)
+            .map(|(m, lv)| {
+                let eps: f32 = rand_distr::StandardNormal.sample(&mut rng);
+                m + (lv / 2.0).exp() * eps
+            })
+            .collect();
+        if dims.len() != 4 {
+            return Err(CacheError::Io {
+                path: cache_dir(&self.cache),
+                reason: format!("latents must be [channels, h, w], found {:?}", &dims[1..]),
+            });
+        }
+        let latent_hw = (dims[2], dims[3]);
+        let x0 = pack(Tensor::<B, 4>::from_data(
+            TensorData::new(sample, dims),
+            device,
+        ));
+        let (text_dims, text) = stack(&tokens, "text tokens")?;
+        let (pooled_dims, pooled) = stack(&pooled, "pooled text")?;
+        Ok(EncodedBatch {
+            x0,
+            latent_hw,
+            text: Tensor::from_data(TensorData::new(text, text_dims), device),
+            pooled: Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
+        })
+    }
+
+    /// Features of one caption (which must be in the cache): tokens `[1, txt_tokens, text_dim]`
+    /// and pooled `[1, vec_dim]`.
+    pub fn text<B: Backend>(
+        &mut self,
+        caption: &str,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), CacheError> {
+        let text = self.cache.text(&caption_hash(caption))?;
+        let (tokens_dims, tokens) = stack(&[text.tokens], "text tokens")?;
+        let (pooled_dims, pooled) = stack(&[text.pooled], "pooled text")?;
+        Ok((
+            Tensor::from_data(TensorData::new(tokens, tokens_dims), device),
+            Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
+        ))
+    }
+}
+
+fn cache_dir(cache: &EncodedCache) -> std::path::PathBuf {
+    cache.dir().to_path_buf()
+}

@@ -1,0 +1,591 @@
+//! Whole training runs over an encoder cache, as `premier train` and `premier cold-start` do them:
+//! the step loop with batches of distinct users, gradient accumulation, checkpoints every N steps
+//! (keep K, resume), metrics each step, validation every M steps, and the final files.
+//!
+//! Layout of a stage-1 run folder:
+//! - `config.toml`: the resolved [`TrainConfig`];
+//! - `checkpoints/step-NNNNNNNN/` (see [`crate::checkpoint`]);
+//! - `metrics.jsonl` and `loss.png`;
+//! - `mod_adapter.safetensors` and `user_embedding.safetensors`: the final weights, in the
+//!   released layouts, and `premier.json` ([`TrainedModel`]: their sizes and the user ids in
+//!   table-row order).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use premier_adapter::{AdapterConfig, PreferenceAdapter};
+use premier_mmdit::load::{write_via_temp, SaveDtype};
+use premier_mmdit::Flux;
+use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
+use serde::{Deserialize, Serialize};
+
+use crate::batches::CachedUsers;
+use crate::cache::CacheError;
+use crate::checkpoint::{latest_checkpoint, load_stage1, save_stage1, CheckpointError};
+use crate::metrics::{read_metrics, write_loss_curve, MetricRecord, MetricsError, MetricsLog};
+use crate::sampler::UserBatchSampler;
+use crate::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, TrainError};
+use crate::stage2::{NewUser, Stage2Batch, Stage2Config, Stage2Trainer};
+
+/// Everything a stage-1 run is configured by (the TOML file of `premier train`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: u64,
+    /// Samples per micro-batch, each of a different user.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Write a checkpoint every this many steps (and at the end); 0: only at the end.
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    /// Validation images every this many steps; 0: never.
+    pub validate_every: u64,
+    /// Users shown in validation grids (the first ones of the table).
+    pub validation_users: usize,
+    /// Prompts of the validation grid; empty: the first captions of the dataset.
+    pub validation_prompts: Vec<String>,
+    /// Tokens per user embedding (released: 30).
+    pub user_tokens: usize,
+    /// Width of a user token (released: 1024).
+    pub user_dim: usize,
+    /// Width inside the resamplers (released: 3072).
+    pub adapter_width: usize,
+    pub adapter_heads: usize,
+    pub adapter_layers: usize,
+    /// Build Δ_shared (false: the "w/o Δ_shared" ablation).
+    pub shared: bool,
+    /// Build Δ_distinct (false: the "w/o Δ_distinct" ablation).
+    pub distinct: bool,
+    pub stage1: Stage1Config,
+}
+
+impl Default for TrainConfig {
+    /// The released run's sizes and settings.
+    fn default() -> Self {
+        Self {
+            steps: 260_000,
+            batch_size: 2,
+            grad_accum: 1,
+            checkpoint_every: 1000,
+            keep_checkpoints: 3,
+            validate_every: 5000,
+            validation_users: 4,
+            validation_prompts: Vec::new(),
+            user_tokens: 30,
+            user_dim: 1024,
+            adapter_width: 3072,
+            adapter_heads: 8,
+            adapter_layers: 3,
+            shared: true,
+            distinct: true,
+            stage1: Stage1Config::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Sizes of the quickstart experiment on the synthetic world (tiny base model).
+    pub fn synth() -> Self {
+        Self {
+            steps: 300,
+            batch_size: 8,
+            checkpoint_every: 100,
+            validate_every: 100,
+            user_tokens: 4,
+            user_dim: 32,
+            adapter_heads: 2,
+            adapter_layers: 2,
+            // 0: the backbone's width.
+            adapter_width: 0,
+            ..Self::default()
+        }
+    }
+
+    /// `text` (TOML) over `defaults`: keys the file names replace the defaults', tables merge.
+    pub fn from_toml(text: &str, defaults: &Self) -> Result<Self, String> {
+        let given: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut base = toml::Table::try_from(defaults).map_err(|e| e.to_string())?;
+        merge(&mut base, given);
+        toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())
+    }
+
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string_pretty(self).map_err(|e| e.to_string())
+    }
+
+    /// The adapter for a backbone of width `hidden` with `blocks` double blocks, reading T5
+    /// tokens of width `text_dim`.
+    pub fn adapter(&self, text_dim: usize, hidden: usize, blocks: usize) -> AdapterConfig {
+        AdapterConfig {
+            text_dim,
+            user_dim: self.user_dim,
+            width: if self.adapter_width == 0 {
+                hidden
+            } else {
+                self.adapter_width
+            },
+            heads: self.adapter_heads,
+            layers: self.adapter_layers,
+            hidden,
+            blocks,
+            shared: self.shared,
+            distinct: self.distinct,
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, given: toml::Table) {
+    for (key, value) in given {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(g)) => merge(b, g),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `premier.json` beside a run's final weights: the sizes needed to load them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainedModel {
+    pub adapter: AdapterConfig,
+    pub users: UserShape,
+    /// User ids in table-row order.
+    pub ids: Vec<String>,
+}
+
+/// File name of [`TrainedModel`].
+pub const TRAINED_MODEL_FILE: &str = "premier.json";
+
+impl TrainedModel {
+    /// Reads `<dir>/premier.json`.
+    pub fn read(dir: &Path) -> Result<Self, RunError> {
+        let path = dir.join(TRAINED_MODEL_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| io(&path, e))
+    }
+
+    /// Writes `<dir>/premier.json` atomically.
+    pub fn write(&self, dir: &Path) -> Result<(), RunError> {
+        let path = dir.join(TRAINED_MODEL_FILE);
+        write_text(
+            &path,
+            &serde_json::to_string_pretty(self).map_err(|e| io(&path, e))?,
+        )
+    }
+
+    /// The row of user `id`.
+    pub fn row(&self, id: &str) -> Option<usize> {
+        self.ids.iter().position(|i| i == id)
+    }
+}
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("validation: {0}")]
+    Validation(String),
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> RunError {
+    RunError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), RunError> {
+    write_via_temp(path, |tmp| {
+        std::fs::write(tmp, text).map_err(|e| e.to_string())
+    })
+    .map_err(|e| io(path, e))
+}
+
+/// What a run reports as it goes (progress bars, validation images).
+pub trait RunObserver<B: AutodiffBackend> {
+    /// Before the first step: the step it starts from and the last step.
+    fn started(&mut self, _from: u64, _to: u64) {}
+    /// After each step.
+    fn step(&mut self, _record: &MetricRecord) {}
+    /// Every `validate_every` steps, with the current adapters and table.
+    fn validate(
+        &mut self,
+        _flux: &Flux<B>,
+        _model: &Stage1Model<B>,
+        _step: u64,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    /// After a checkpoint is written.
+    fn checkpoint(&mut self, _path: &Path) {}
+}
+
+/// An observer that does nothing.
+impl<B: AutodiffBackend> RunObserver<B> for () {}
+
+/// Where a stage-1 run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// New adapters and table, initialised from the backend's seeded RNG.
+    Fresh,
+    /// The newest checkpoint under `<out>/checkpoints` (fresh when there is none).
+    Latest,
+    /// A checkpoint folder.
+    From(PathBuf),
+}
+
+/// The summary of a finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// Step the run started from (0 when fresh).
+    pub resumed_from: u64,
+    pub steps: u64,
+    pub last: Option<MetricRecord>,
+    pub adapter: PathBuf,
+    pub table: PathBuf,
+    pub seconds: f64,
+}
+
+/// The sampler's batch index of micro-batch `micro` of step `step`.
+fn batch_index(step: u64, micro: usize, accum: usize) -> u64 {
+    step * accum as u64 + micro as u64
+}
+
+/// Seed of the posterior noise of one micro-batch.
+fn posterior_seed(seed: u64, index: u64) -> u64 {
+    seed ^ (index + 1).wrapping_mul(0xA076_1D64_78BD_642F)
+}
+
+/// Trains stage 1 on `data` into `out`: fresh or resumed (`start`), `config.steps` steps in all.
+/// Returns the trainer at the last step and the summary.
+pub fn train_stage1<B: AutodiffBackend>(
+    flux: Flux<B>,
+    data: &mut CachedUsers,
+    config: &TrainConfig,
+    out: &Path,
+    start: Start,
+    observer: &mut dyn RunObserver<B>,
+    device: &B::Device,
+) -> Result<(Stage1Trainer<B>, RunSummary), RunError> {
+    let started = Instant::now();
+    if config.batch_size == 0 || config.grad_accum == 0 {
+        return Err(RunError::Config(
+            "batch_size and grad_accum must be at least 1".into(),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let checkpoints = out.join("checkpoints");
+    let resume_from = match start {
+        Start::Fresh => None,
+        Start::Latest => latest_checkpoint(&checkpoints),
+        Start::From(p) => Some(p),
+    };
+    let Some(first_caption) = data.captions.iter().flatten().next().cloned() else {
+        return Err(RunError::Config("the dataset has no images".into()));
+    };
+    let text_dim = data.text::<B>(&first_caption, device)?.0.dims()[2];
+    let adapter_config = config.adapter(text_dim, flux.hidden_size(), flux.depth());
+    let mut trainer = match &resume_from {
+        Some(path) => {
+            let trainer = load_stage1(path, flux, device)?;
+            if trainer.model.users.shape().users != data.ids.len() {
+                return Err(RunError::Config(format!(
+                    "{}: a table of {} users, but the dataset has {}",
+                    path.display(),
+                    trainer.model.users.shape().users,
+                    data.ids.len()
+                )));
+            }
+            trainer
+        }
+        None => {
+            let adapter = PreferenceAdapter::<B>::init(&adapter_config, device)
+                .map_err(|e| RunError::Config(e.to_string()))?;
+            let users = UserTable::<B>::init(
+                UserShape {
+                    users: data.ids.len(),
+                    tokens: config.user_tokens,
+                    dim: config.user_dim,
+                },
+                device,
+            );
+            Stage1Trainer::new(flux, Stage1Model { adapter, users }, config.stage1.clone())
+        }
+    };
+    let adapter_config = match &resume_from {
+        Some(path) => checkpoint_adapter(path)?,
+        None => adapter_config,
+    };
+    write_text(
+        &out.join("config.toml"),
+        &config.to_toml().map_err(RunError::Config)?,
+    )?;
+
+    // A resumed run rewrites the metrics past its checkpoint (they will be recomputed).
+    let metrics_path = out.join("metrics.jsonl");
+    if metrics_path.is_file() {
+        let kept: Vec<String> = read_metrics(&metrics_path)?
+            .into_iter()
+            .filter(|r| r.report.step <= trainer.step)
+            .map(|r| serde_json::to_string(&r).map_err(|e| io(&metrics_path, e)))
+            .collect::<Result<_, _>>()?;
+        let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        write_text(&metrics_path, &text)?;
+    }
+    let mut log = MetricsLog::append(&metrics_path)?;
+
+    let seed = trainer.config.seed;
+    let sampler =
+        UserBatchSampler::new(data.counts(), config.batch_size, seed).map_err(RunError::Config)?;
+    let null_text = trainer
+        .config
+        .dispersion
+        .map(|_| data.text::<B>("", device).map(|t| t.0))
+        .transpose()?;
+    let resumed_from = trainer.step;
+    observer.started(resumed_from, config.steps);
+    let mut last = None;
+    while trainer.step < config.steps {
+        let tick = Instant::now();
+        let mut micro = Vec::with_capacity(config.grad_accum);
+        for i in 0..config.grad_accum {
+            let index = batch_index(trainer.step, i, config.grad_accum);
+            let picks = sampler.batch(index);
+            let encoded = data.batch::<B>(&picks, posterior_seed(seed, index), device)?;
+            micro.push(Stage1Batch {
+                x0: encoded.x0,
+                latent_hw: encoded.latent_hw,
+                text: encoded.text,
+                pooled: encoded.pooled,
+                users: picks.iter().map(|p| p.0).collect(),
+                null_text: null_text.clone(),
+            });
+        }
+        let report = trainer.step_accumulated(&micro)?;
+        let record = MetricRecord {
+            report,
+            it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),
+            elapsed_s: started.elapsed().as_secs_f64(),
+        };
+        log.write(&record)?;
+        observer.step(&record);
+        last = Some(record);
+        let step = trainer.step;
+        if config.validate_every > 0 && step % config.validate_every == 0 {
+            observer
+                .validate(&trainer.flux, &trainer.model, step)
+                .map_err(RunError::Validation)?;
+        }
+        let every = config.checkpoint_every;
+        if (every > 0 && step % every == 0) || step == config.steps {
+            let path = save_stage1(
+                &trainer,
+                &adapter_config,
+                &checkpoints,
+                config.keep_checkpoints,
+            )?;
+            observer.checkpoint(&path);
+        }
+    }
+
+    let adapter = out.join("mod_adapter.safetensors");
+    let table = out.join("user_embedding.safetensors");
+    trainer
+        .model
+        .adapter
+        .save(&adapter, SaveDtype::F32)
+        .map_err(|e| io(&adapter, e))?;
+    trainer
+        .model
+        .users
+        .save(&table, SaveDtype::F32)
+        .map_err(|e| io(&table, e))?;
+    TrainedModel {
+        adapter: adapter_config,
+        users: trainer.model.users.shape(),
+        ids: data.ids.clone(),
+    }
+    .write(out)?;
+    let records = read_metrics(&metrics_path)?;
+    if !records.is_empty() {
+        write_loss_curve(&records, &out.join("loss.png"))?;
+    }
+    let summary = RunSummary {
+        resumed_from,
+        steps: trainer.step,
+        last,
+        adapter,
+        table,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((trainer, summary))
+}
+
+/// The adapter config a checkpoint was written with.
+fn checkpoint_adapter(path: &Path) -> Result<AdapterConfig, RunError> {
+    let state = path.join("state.json");
+    let text = std::fs::read_to_string(&state).map_err(|e| io(&state, e))?;
+    let meta: crate::checkpoint::CheckpointState =
+        serde_json::from_str(&text).map_err(|e| io(&state, e))?;
+    Ok(meta.adapter)
+}
+
+/// How a new user is represented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColdStartKind {
+    /// Coefficients over the trained users (the paper's cold start).
+    Linear,
+    /// An embedding of its own.
+    Direct,
+}
+
+/// A cold-start run (the TOML file of `premier cold-start`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColdStartConfig {
+    pub kind: ColdStartKind,
+    pub steps: u64,
+    /// Images per step (at most the user's images; the released config: 1).
+    pub batch_size: usize,
+    pub stage2: Stage2Config,
+}
+
+impl Default for ColdStartConfig {
+    /// The released linear cold start: AdamW lr 0.01, 5000 steps, batch 1, clip 0.5.
+    fn default() -> Self {
+        Self {
+            kind: ColdStartKind::Linear,
+            steps: 5000,
+            batch_size: 1,
+            stage2: Stage2Config::default(),
+        }
+    }
+}
+
+impl ColdStartConfig {
+    pub fn from_toml(text: &str, defaults: &Self) -> Result<Self, String> {
+        let given: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut base = toml::Table::try_from(defaults).map_err(|e| e.to_string())?;
+        merge(&mut base, given);
+        toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())
+    }
+}
+
+/// The user file a cold start writes: `user_combination_<id>.safetensors` (linear) or
+/// `user_embedding_<id>.safetensors` (direct), the official names.
+pub fn user_file_name(kind: ColdStartKind, id: &str) -> String {
+    match kind {
+        ColdStartKind::Linear => format!("user_combination_{id}.safetensors"),
+        ColdStartKind::Direct => format!("user_embedding_{id}.safetensors"),
+    }
+}
+
+/// Trains a new user (`data`'s user `user`) against frozen adapters and table, and writes the
+/// user file into `out` atomically. `step(report)` is called after every step.
+#[allow(clippy::too_many_arguments)]
+pub fn cold_start<B: AutodiffBackend>(
+    flux: Flux<B>,
+    adapter: PreferenceAdapter<B>,
+    table: UserTable<B>,
+    data: &mut CachedUsers,
+    user: usize,
+    config: &ColdStartConfig,
+    out: &Path,
+    step: &mut dyn FnMut(&MetricRecord),
+    device: &B::Device,
+) -> Result<(Stage2Trainer<B>, PathBuf), RunError> {
+    let started = Instant::now();
+    let count = data.samples[user].len();
+    if count == 0 || config.batch_size == 0 {
+        return Err(RunError::Config(format!(
+            "user {} has {count} images and the batch size is {}",
+            data.ids[user], config.batch_size
+        )));
+    }
+    let shape = table.shape();
+    let new_user = match config.kind {
+        ColdStartKind::Linear => NewUser::Linear(LinearCombination::init(shape.users, device)),
+        ColdStartKind::Direct => {
+            NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device))
+        }
+    };
+    let mut trainer = Stage2Trainer::new(flux, adapter, table, new_user, config.stage2.clone());
+    let batch = config.batch_size.min(count);
+    let seed = config.stage2.seed;
+    while trainer.step < config.steps {
+        let tick = Instant::now();
+        // Cycle through the user's images, `batch` per step.
+        let first = (trainer.step as usize * batch) % count;
+        let picks: Vec<(usize, usize)> = (0..batch).map(|i| (user, (first + i) % count)).collect();
+        let encoded = data.batch::<B>(&picks, posterior_seed(seed, trainer.step), device)?;
+        let report = trainer.step(&Stage2Batch {
+            x0: encoded.x0,
+            latent_hw: encoded.latent_hw,
+            text: encoded.text,
+            pooled: encoded.pooled,
+        })?;
+        step(&MetricRecord {
+            report,
+            it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),
+            elapsed_s: started.elapsed().as_secs_f64(),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let path = out.join(user_file_name(config.kind, &data.ids[user]));
+    let saved = match &trainer.user {
+        NewUser::Linear(c) => c.save(&path, SaveDtype::F32),
+        NewUser::Direct(e) => e.save(&path, SaveDtype::F32),
+    };
+    saved.map_err(|e| io(&path, e))?;
+    Ok((trainer, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let defaults = TrainConfig::synth();
+        let text =
+            "steps = 7\nshared = false\n[stage1]\nseed = 3\n[stage1.optimizer]\nd0 = 0.001\n";
+        let c = TrainConfig::from_toml(text, &defaults).unwrap();
+        assert_eq!((c.steps, c.shared, c.stage1.seed), (7, false, 3));
+        assert_eq!(c.stage1.optimizer.d0, 0.001);
+        assert_eq!(c.stage1.optimizer.lr, defaults.stage1.optimizer.lr);
+        assert_eq!(
+            (c.batch_size, c.user_dim),
+            (defaults.batch_size, defaults.user_dim)
+        );
+        // What `premier train` writes reads back to the same config.
+        let written = c.to_toml().unwrap();
+        assert_eq!(
+            TrainConfig::from_toml(&written, &TrainConfig::default()).unwrap(),
+            c
+        );
+        let err = TrainConfig::from_toml("stepz = 3", &defaults).unwrap_err();
+        assert!(err.contains("stepz"), "{err}");
+        let cold = ColdStartConfig::from_toml("kind = \"direct\"\nsteps = 9", &Default::default())
+            .unwrap();
+        assert_eq!((cold.kind, cold.steps), (ColdStartKind::Direct, 9));
+    }
+}

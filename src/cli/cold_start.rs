@@ -1,0 +1,191 @@
+//! `premier cold-start`: new users from a few images each, against the frozen adapters and table
+//! of a stage-1 run (linear combination, or a direct embedding for comparison).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, ValueEnum};
+
+use super::dataset::{progress_bar, DataArgs};
+use super::models::ModelArgs;
+use super::BackendKind;
+use crate::adapter::PreferenceAdapter;
+use crate::train::adamw::AdamWConfig;
+use crate::train::batches::CachedUsers;
+use crate::train::cache::EncodedCache;
+use crate::train::prodigy::ProdigyConfig;
+use crate::train::run::{cold_start, ColdStartConfig, ColdStartKind, TrainedModel};
+use crate::train::stage2::ColdStartOptimizer;
+use crate::users::UserTable;
+
+/// How a new user is represented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// Coefficients over the trained users (the paper's cold start).
+    Linear,
+    /// An embedding of its own.
+    Direct,
+}
+
+/// The optimizer of a cold start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerKind {
+    /// AdamW lr 0.01, wd 1e-4 (the released linear cold start).
+    Adamw,
+    /// Prodigy lr 1 (the released direct training; the paper for both).
+    Prodigy,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ColdStartArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The stage-1 run folder (`premier train --out`): `mod_adapter.safetensors`,
+    /// `user_embedding.safetensors`, `premier.json`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// A new user's id in the dataset; repeat for several (default: every user of the dataset).
+    #[arg(long = "user")]
+    pub users: Vec<String>,
+    /// Use only the first N images of each user.
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Where the user files go (default: `<run>/users`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A TOML file of [`ColdStartConfig`] fields; the options below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value = "flex")]
+    pub backend: BackendKind,
+}
+
+impl ColdStartArgs {
+    /// Defaults (the released linear cold start; the quickstart's 100 steps, batch 4 on the
+    /// synthetic world), then the TOML file, then the command line.
+    pub fn resolve_config(&self) -> anyhow::Result<ColdStartConfig> {
+        let mut defaults = ColdStartConfig::default();
+        if self.model.is_synth() {
+            defaults.steps = 100;
+            defaults.batch_size = 4;
+        }
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                ColdStartConfig::from_toml(&text, &defaults)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => defaults,
+        };
+        c.kind = match self.kind {
+            Some(KindArg::Linear) => ColdStartKind::Linear,
+            Some(KindArg::Direct) => ColdStartKind::Direct,
+            None => c.kind,
+        };
+        c.steps = self.steps.unwrap_or(c.steps);
+        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
+        c.stage2.seed = self.seed.unwrap_or(c.stage2.seed);
+        match self.optimizer {
+            Some(OptimizerKind::Adamw) => {
+                c.stage2.optimizer = ColdStartOptimizer::AdamW(AdamWConfig::premier_cold_start())
+            }
+            Some(OptimizerKind::Prodigy) => {
+                c.stage2.optimizer = ColdStartOptimizer::Prodigy(ProdigyConfig::premier())
+            }
+            None => {}
+        }
+        Ok(c)
+    }
+}
+
+pub fn run(args: ColdStartArgs) -> anyhow::Result<()> {
+    type Ad<B> = burn::backend::Autodiff<B>;
+    match args.backend {
+        BackendKind::Flex => cold::<Ad<burn::backend::Flex>>(args, Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => cold::<Ad<burn::backend::Cuda<f32>>>(args, Default::default()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => cold::<Ad<burn::backend::Wgpu>>(args, Default::default()),
+        #[allow(unreachable_patterns)]
+        other => bail!(
+            "backend {other:?} is not in this build: rebuild with `--features {}`",
+            format!("{other:?}").to_lowercase()
+        ),
+    }
+}
+
+fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::Result<()> {
+    let config = args.resolve_config()?;
+    let mut dataset = args.data.read()?;
+    if !args.users.is_empty() {
+        for id in &args.users {
+            if !dataset.users.iter().any(|u| &u.id == id) {
+                bail!("user {id:?} is not in the dataset");
+            }
+        }
+        dataset.users.retain(|u| args.users.contains(&u.id));
+    }
+    if let Some(n) = args.images {
+        for user in &mut dataset.users {
+            user.samples.truncate(n);
+        }
+    }
+    let cache = EncodedCache::open(&args.data.cache, false)?;
+    let mut data = CachedUsers::new(&dataset, cache)?;
+    let trained = TrainedModel::read(&args.run)?;
+    let flux = args.model.load_flux::<B>(&device)?;
+    let adapter = PreferenceAdapter::<B>::load(
+        args.run.join("mod_adapter.safetensors"),
+        &trained.adapter,
+        &device,
+    )?;
+    let table = UserTable::<B>::load(
+        args.run.join("user_embedding.safetensors"),
+        trained.users,
+        &device,
+    )?;
+    let out = args.out.clone().unwrap_or_else(|| args.run.join("users"));
+    B::seed(&device, config.stage2.seed);
+    for user in 0..data.ids.len() {
+        let bar = progress_bar(config.steps, "steps");
+        bar.set_message(data.ids[user].clone());
+        let mut last = None;
+        let (_, path) = cold_start(
+            flux.clone(),
+            adapter.clone(),
+            table.clone(),
+            &mut data,
+            user,
+            &config,
+            &out,
+            &mut |r| {
+                bar.set_position(r.report.step);
+                last = Some(r.report);
+            },
+            &device,
+        )?;
+        bar.finish_and_clear();
+        println!(
+            "{}: {} images, final loss {:.4} → {}",
+            data.ids[user],
+            data.samples[user].len(),
+            last.map_or(f64::NAN, |r| r.loss),
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! `premier train`: stage 1 (adapters + user table through the frozen backbone) from an encoder
+//! cache, configured by a TOML file with command-line overrides.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+
+use super::dataset::{progress_bar, DataArgs};
+use super::models::{ImageSampler, ModelArgs};
+use super::BackendKind;
+use crate::losses::DispersionVariant;
+use crate::mmdit::Flux;
+use crate::pipeline::image_io::{grid, save_png};
+use crate::text::TextConditioning;
+use crate::train::batches::CachedUsers;
+use crate::train::cache::EncodedCache;
+use crate::train::metrics::MetricRecord;
+use crate::train::run::{train_stage1, RunObserver, Start, TrainConfig};
+use crate::train::stage1::Stage1Model;
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The run folder: checkpoints, metrics, validation images, final weights.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A TOML file of [`TrainConfig`] fields; the options below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `latest` (the newest checkpoint in `<out>/checkpoints`) or a checkpoint folder.
+    #[arg(long)]
+    pub resume: Option<String>,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
+    #[arg(long)]
+    pub validate_every: Option<u64>,
+    /// Seed of the initialisation, batches, noise and times.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Held-out images per user, left out of training (a seeded split per user).
+    #[arg(long, default_value_t = 0)]
+    pub held_out: usize,
+    /// Ablation: no Δ_shared.
+    #[arg(long)]
+    pub no_shared: bool,
+    /// Ablation: no Δ_distinct.
+    #[arg(long)]
+    pub no_distinct: bool,
+    /// Ablation: no dispersion loss.
+    #[arg(long)]
+    pub no_dispersion: bool,
+    /// Side of FLUX.1 validation images.
+    #[arg(long, default_value_t = 512)]
+    pub resolution: usize,
+    #[arg(long, value_enum, default_value = "flex")]
+    pub backend: BackendKind,
+}
+
+impl TrainArgs {
+    /// Defaults for the model kind, then the TOML file, then the command line.
+    pub fn resolve_config(&self) -> anyhow::Result<TrainConfig> {
+        let defaults = if self.model.is_synth() {
+            TrainConfig::synth()
+        } else {
+            TrainConfig::default()
+        };
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                TrainConfig::from_toml(&text, &defaults)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => defaults,
+        };
+        let set = |slot: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *slot = v
+            }
+        };
+        set(&mut c.steps, self.steps);
+        set(&mut c.checkpoint_every, self.checkpoint_every);
+        set(&mut c.validate_every, self.validate_every);
+        set(&mut c.stage1.seed, self.seed);
+        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
+        c.grad_accum = self.grad_accum.unwrap_or(c.grad_accum);
+        c.keep_checkpoints = self.keep_checkpoints.unwrap_or(c.keep_checkpoints);
+        c.shared &= !self.no_shared;
+        c.distinct &= !self.no_distinct;
+        if self.no_dispersion {
+            c.stage1.dispersion = None;
+        }
+        Ok(c)
+    }
+
+    fn start(&self) -> Start {
+        match self.resume.as_deref() {
+            None => Start::Fresh,
+            Some("latest") => Start::Latest,
+            Some(path) => Start::From(PathBuf::from(path)),
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    type Ad<B> = burn::backend::Autodiff<B>;
+    match args.backend {
+        BackendKind::Flex => train::<Ad<burn::backend::Flex>>(args, Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => train::<Ad<burn::backend::Cuda<f32>>>(args, Default::default()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => train::<Ad<burn::backend::Wgpu>>(args, Default::default()),
+        #[allow(unreachable_patterns)]
+        other => anyhow::bail!(
+            "backend {other:?} is not in this build: rebuild with `--features {}`",
+            format!("{other:?}").to_lowercase()
+        ),
+    }
+}
+
+/// Progress bar, and validation grids: a row for the base model and one per validation user, a
+/// column per prompt, the same seeds every time.
+struct CliObserver<B: AutodiffBackend> {
+    bar: indicatif::ProgressBar,
+    sampler: Option<ImageSampler<B::InnerBackend>>,
+    prompts: Option<TextConditioning<B::InnerBackend>>,
+    users: Vec<usize>,
+    dir: PathBuf,
+}
+
+impl<B: AutodiffBackend> RunObserver<B> for CliObserver<B> {
+    fn started(&mut self, from: u64, to: u64) {
+        self.bar.set_length(to);
+        self.bar.set_position(from);
+        self.bar.reset_eta();
+    }
+
+    fn step(&mut self, r: &MetricRecord) {
+        self.bar.set_position(r.report.step);
+        self.bar.set_message(format!(
+            "loss {:.4} (flow {:.4}) d {:.2e}",
+            r.report.loss, r.report.flow, r.report.d
+        ));
+    }
+
+    fn validate(
+        &mut self,
+        flux: &Flux<B>,
+        model: &Stage1Model<B>,
+        step: u64,
+    ) -> Result<(), String> {
+        let (Some(sampler), Some(text)) = (&self.sampler, &self.prompts) else {
+            return Ok(());
+        };
+        let (flux, model) = (flux.valid(), model.valid());
+        let n = text.tokens.dims()[0];
+        let seeds: Vec<u64> = (0..n as u64).collect();
+        let mut rows = vec![sampler
+            .sample(&flux, text, None, &seeds)
+            .map_err(|e| e.to_string())?];
+        for &u in &self.users {
+            let user = model.users.lookup(&vec![u; n]).map_err(|e| e.to_string())?;
+            let delta = model.adapter.forward(text.tokens.clone(), user);
+            rows.push(
+                sampler
+                    .sample(&flux, text, Some(&delta), &seeds)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let path = self.dir.join(format!("step-{step:08}.png"));
+        save_png(&grid(&rows, 2), &path).map_err(|e| e.to_string())?;
+        self.bar
+            .println(format!("validation images: {}", path.display()));
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, path: &Path) {
+        self.bar.println(format!("checkpoint: {}", path.display()));
+    }
+}
+
+fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Result<()> {
+    let config = args.resolve_config()?;
+    let dataset = args.data.read()?;
+    let (dataset, _held_out) = dataset.split(args.held_out, config.stage1.seed);
+    let cache = EncodedCache::open(&args.data.cache, false)?;
+    let mut data = CachedUsers::new(&dataset, cache)?;
+    let flux = args.model.load_flux::<B>(&device)?;
+
+    let observer_dir = args.out.join("validation");
+    let (sampler, prompts, users) = if config.validate_every > 0 {
+        let prompts: Vec<String> = if config.validation_prompts.is_empty() {
+            let mut seen = Vec::new();
+            for c in data.captions.iter().flatten() {
+                if !seen.contains(c) && seen.len() < 4 {
+                    seen.push(c.clone());
+                }
+            }
+            seen
+        } else {
+            config.validation_prompts.clone()
+        };
+        let mut parts = Vec::new();
+        for p in &prompts {
+            let (tokens, pooled) = data.text::<B::InnerBackend>(p, &device).with_context(|| {
+                format!("validation prompt {p:?} (encode it with `premier encode --prompt`)")
+            })?;
+            parts.push(TextConditioning { tokens, pooled });
+        }
+        let sampler = ImageSampler::for_model(&args.model, args.resolution, None, 3.5, &device)?;
+        std::fs::create_dir_all(&observer_dir)?;
+        let users = (0..config.validation_users.min(data.ids.len())).collect();
+        (Some(sampler), Some(TextConditioning::cat(parts)), users)
+    } else {
+        (None, None, Vec::new())
+    };
+    let mut observer = CliObserver::<B> {
+        bar: progress_bar(config.steps, "steps"),
+        sampler,
+        prompts,
+        users,
+        dir: observer_dir,
+    };
+    if matches!(args.start(), Start::Fresh) {
+        B::seed(&device, config.stage1.seed);
+    }
+    if config.stage1.dispersion == Some(DispersionVariant::Released) {
+        eprintln!("note: the released squared-L2 dispersion saturates (SPEC §4.3)");
+    }
+    let (_, summary) = train_stage1(
+        flux,
+        &mut data,
+        &config,
+        &args.out,
+        args.start(),
+        &mut observer,
+        &device,
+    )?;
+    observer.bar.finish_and_clear();
+    if summary.resumed_from > 0 {
+        println!("resumed from step {}", summary.resumed_from);
+    }
+    if let Some(last) = summary.last {
+        println!(
+            "step {}: loss {:.4}, flow {:.4}, Prodigy d {:.3e} ({:.1} s)",
+            last.report.step, last.report.loss, last.report.flow, last.report.d, summary.seconds
+        );
+    }
+    println!(
+        "wrote {}, {}, metrics.jsonl and loss.png in {}",
+        summary.adapter.display(),
+        summary.table.display(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! FLUX.1's encoders for `premier encode`: the autoencoder's posterior of each image (resized and
+//! center-cropped to a square resolution) in the transformer's latent space, and T5 tokens + CLIP
+//! pooled per caption.
+
+use burn::prelude::*;
+use image::imageops::FilterType;
+use image::RgbImage;
+
+use crate::mmdit::load::HostTensor;
+use crate::pipeline::image_io::rgb_to_tensor;
+use crate::text::{ClipTextEncoder, PromptTokenizer, T5Encoder};
+use crate::train::cache::{CachedLatent, CachedText};
+use crate::train::encode::Encoders;
+use crate::vae::{Autoencoder, AutoencoderConfig};
+
+/// The VAE and text encoders of a FLUX.1 model.
+pub struct FluxEncoders<B: Backend> {
+    pub vae: Autoencoder<B>,
+    pub vae_config: AutoencoderConfig,
+    pub t5: T5Encoder<B>,
+    pub clip: ClipTextEncoder<B>,
+    pub t5_tokenizer: PromptTokenizer,
+    pub clip_tokenizer: PromptTokenizer,
+    /// Side of the square training images (a multiple of 16).
+    pub resolution: u32,
+    pub device: B::Device,
+}
+
+/// Resizes the shorter side to `side` and crops the centre to `side`×`side`.
+pub fn center_square(image: &RgbImage, side: u32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let scale = side as f32 / w.min(h) as f32;
+    let (nw, nh) = (
+        ((w as f32 * scale).round() as u32).max(side),
+        ((h as f32 * scale).round() as u32).max(side),
+    );
+    let resized = image::imageops::resize(image, nw, nh, FilterType::Lanczos3);
+    image::imageops::crop_imm(&resized, (nw - side) / 2, (nh - side) / 2, side, side).to_image()
+}
+
+/// `[batch, …]` → one host tensor per row.
+fn rows<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<HostTensor> {
+    let all = HostTensor::from_tensor(t);
+    let n = all.shape[0];
+    let per = all.data.len() / n.max(1);
+    (0..n)
+        .map(|i| HostTensor {
+            shape: all.shape[1..].to_vec(),
+            data: all.data[i * per..(i + 1) * per].to_vec(),
+        })
+        .collect()
+}
+
+fn ids_tensor<B: Backend>(ids: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let (rows, cols) = (ids.len(), ids.first().map_or(0, Vec::len));
+    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [rows, cols]), device)
+}
+
+impl<B: Backend> Encoders for FluxEncoders<B> {
+    /// The posterior of `(z − shift) · scale`: mean `(μ − shift) · scale` and log-variance
+    /// `logvar + 2 ln scale`, so a sample of it is the scaled sample the released training uses.
+    fn encode_images(&mut self, images: &[RgbImage]) -> Result<Vec<CachedLatent>, String> {
+        let pixels = Tensor::cat(
+            images
+                .iter()
+                .map(|i| rgb_to_tensor(&center_square(i, self.resolution), &self.device))
+                .collect(),
+            0,
+        );
+        let posterior = self.vae.try_encode(pixels).map_err(|e| e.to_string())?;
+        let scale = self.vae_config.scaling_factor;
+        let mean = (posterior.mean - self.vae_config.shift_factor) * scale;
+        let logvar = posterior.logvar + 2.0 * scale.ln();
+        Ok(rows(mean)
+            .into_iter()
+            .zip(rows(logvar))
+            .map(|(mean, logvar)| CachedLatent { mean, logvar })
+            .collect())
+    }
+
+    fn encode_captions(&mut self, captions: &[String]) -> Result<Vec<CachedText>, String> {
+        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let t5_ids = self.t5_tokenizer.encode(&refs).map_err(|e| e.to_string())?;
+        let clip_ids = self
+            .clip_tokenizer
+            .encode(&refs)
+            .map_err(|e| e.to_string())?;
+        for &i in t5_ids.truncated.iter().chain(&clip_ids.truncated) {
+            tracing::warn!(
+                caption = refs[i],
+                "caption truncated to the text encoders' length"
+            );
+        }
+        let tokens = self
+            .t5
+            .try_forward(ids_tensor(&t5_ids.ids, &self.device))
+            .map_err(|e| e.to_string())?;
+        let (_, pooled) = self
+            .clip
+            .try_forward(ids_tensor(&clip_ids.ids, &self.device))
+            .map_err(|e| e.to_string())?;
+        Ok(rows(tokens)
+            .into_iter()
+            .zip(rows(pooled))
+            .map(|(tokens, pooled)| CachedText { tokens, pooled })
+            .collect())
+    }
+}

@@ -1,0 +1,433 @@
+//! The `premier` commands end to end, as a user runs them: on the synthetic world exported by
+//! `premier synth export` (with the shipped base model), and on a tiny FLUX.1 model written as a
+//! diffusers folder (random transformer, reference VAE/T5/CLIP fixtures, word-level tokenizers).
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use premier::cli::{run, Cli};
+
+fn premier(args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["premier"];
+    full.extend_from_slice(args);
+    run(Cli::try_parse_from(full)?)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn sha(path: &Path) -> String {
+    premier::train::cache::content_hash(&std::fs::read(path).unwrap())
+}
+
+fn synth_base() -> PathBuf {
+    premier::synth::base::shipped_base_dir()
+}
+
+#[test]
+fn the_synthetic_world_runs_through_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (world, cache) = (dir.path().join("world"), dir.path().join("cache"));
+    let base = synth_base();
+    premier(&[
+        "synth",
+        "export",
+        "--out",
+        s(&world),
+        "--train-users",
+        "4",
+        "--new-users",
+        "1",
+        "--images-per-user",
+        "6",
+    ])
+    .unwrap();
+    let all = world.join("manifest.jsonl");
+    premier(&[
+        "encode",
+        "--synth-base",
+        s(&base),
+        "--data",
+        s(&all),
+        "--cache",
+        s(&cache),
+    ])
+    .unwrap();
+    let index = std::fs::read_to_string(cache.join("index.json")).unwrap();
+    assert!(index.contains("images-00000.safetensors"));
+
+    // Stage 1: 4 steps straight, and 2 + resume 2; a TOML file sets what the flags do not.
+    let config = dir.path().join("train.toml");
+    std::fs::write(
+        &config,
+        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n",
+    )
+    .unwrap();
+    let train = world.join("train.jsonl");
+    let train_run = |out: &Path, steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--synth-base",
+            s(&base),
+            "--data",
+            s(&train),
+            "--cache",
+            s(&cache),
+            "--out",
+            s(out),
+            "--config",
+            s(&config),
+            "--steps",
+            steps,
+            "--checkpoint-every",
+            "2",
+            "--validate-every",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        premier(&args)
+    };
+    let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
+    train_run(&straight, "4", &[]).unwrap();
+    train_run(&resumed, "2", &[]).unwrap();
+    train_run(&resumed, "4", &["--resume", "latest"]).unwrap();
+    for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
+        assert_eq!(
+            sha(&straight.join(file)),
+            sha(&resumed.join(file)),
+            "{file}"
+        );
+    }
+    let written = std::fs::read_to_string(straight.join("config.toml")).unwrap();
+    assert!(
+        written.contains("batch_size = 3") && written.contains("seed = 5"),
+        "{written}"
+    );
+    assert!(straight.join("validation/step-00000004.png").is_file());
+    assert!(straight.join("loss.png").is_file());
+    let metrics = premier::train::metrics::read_metrics(&resumed.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.iter().map(|m| m.report.step).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+
+    // Cold start of the new user from 2 images; the stage-1 table is untouched.
+    let table_before = sha(&straight.join("user_embedding.safetensors"));
+    premier(&[
+        "cold-start",
+        "--synth-base",
+        s(&base),
+        "--data",
+        s(&world.join("new_users.jsonl")),
+        "--cache",
+        s(&cache),
+        "--run",
+        s(&straight),
+        "--images",
+        "2",
+        "--steps",
+        "3",
+    ])
+    .unwrap();
+    let user_file = straight.join("users/user_combination_new004.safetensors");
+    assert!(user_file.is_file());
+    assert_eq!(
+        sha(&straight.join("user_embedding.safetensors")),
+        table_before
+    );
+
+    // Generate: base, a trained user, the new user.
+    let gen = dir.path().join("gen");
+    premier(&[
+        "generate",
+        "--synth-base",
+        s(&base),
+        "--adapter",
+        s(&straight.join("mod_adapter.safetensors")),
+        "--user-table",
+        s(&straight.join("user_embedding.safetensors")),
+        "--user",
+        "base",
+        "--user",
+        "1",
+        "--user",
+        s(&user_file),
+        "--prompt",
+        "a small circle on the left",
+        "--out",
+        s(&gen),
+    ])
+    .unwrap();
+    let grid = image::open(gen.join("grid.png")).unwrap();
+    assert!(grid.height() > 3 * 32, "three rows");
+
+    // A dataset whose images were never encoded says which file is missing.
+    let other = dir.path().join("other");
+    premier(&[
+        "synth",
+        "export",
+        "--out",
+        s(&other),
+        "--seed",
+        "9",
+        "--train-users",
+        "2",
+        "--new-users",
+        "0",
+        "--images-per-user",
+        "2",
+    ])
+    .unwrap();
+    let err = train_run(&dir.path().join("x"), "1", &[])
+        .map(|_| ())
+        .and_then(|_| {
+            premier(&[
+                "train",
+                "--synth-base",
+                s(&base),
+                "--data",
+                s(&other.join("train.jsonl")),
+                "--cache",
+                s(&cache),
+                "--out",
+                s(&dir.path().join("y")),
+                "--steps",
+                "1",
+            ])
+        });
+    let msg = format!("{:#}", err.unwrap_err());
+    assert!(
+        msg.contains("premier encode") && msg.contains("000.png"),
+        "{msg}"
+    );
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn fixture_field(json: &str, field: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(json)).unwrap()).unwrap();
+    v[field].clone()
+}
+
+/// A word-level tokenizer.json over `words` (ids from `first_id`), ending every prompt with
+/// `eos` and starting it with `bos` if given.
+fn word_tokenizer(
+    path: &Path,
+    words: &[&str],
+    first_id: usize,
+    bos: Option<(&str, u32)>,
+    eos: (&str, u32),
+) {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<unk>".into(), 2.into());
+    for (i, w) in words.iter().enumerate() {
+        vocab.insert(w.to_string(), (first_id + i).into());
+    }
+    let special = |(t, id): (&str, u32)| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+    let mut added = vec![special(eos)];
+    let mut single = vec![
+        serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}),
+        serde_json::json!({"SpecialToken": {"id": eos.0, "type_id": 0}}),
+    ];
+    let mut specials = serde_json::Map::new();
+    specials.insert(
+        eos.0.into(),
+        serde_json::json!({"id": eos.0, "ids": [eos.1], "tokens": [eos.0]}),
+    );
+    if let Some(b) = bos {
+        added.push(special(b));
+        single.insert(
+            0,
+            serde_json::json!({"SpecialToken": {"id": b.0, "type_id": 0}}),
+        );
+        specials.insert(
+            b.0.into(),
+            serde_json::json!({"id": b.0, "ids": [b.1], "tokens": [b.0]}),
+        );
+        vocab.insert(b.0.into(), b.1.into());
+    }
+    vocab.insert(eos.0.into(), eos.1.into());
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials},
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, json.to_string()).unwrap();
+}
+
+/// A diffusers FLUX.1 folder on tiny sizes: a random transformer (BFL keys, which the loader
+/// detects) fitting the reference VAE (16 latent channels), T5 (32) and CLIP (32) fixtures.
+fn tiny_model_dir(root: &Path) -> PathBuf {
+    use premier::mmdit::{Flux, FluxConfig};
+    let dir = root.join("FLUX.1-tiny");
+    let part = |sub: &str, config: serde_json::Value, weights: &str, name: &str| {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(fixture(weights), dir.join(sub).join(name)).unwrap();
+    };
+    part(
+        "vae",
+        fixture_field("vae_tiny.json", "diffusers_config"),
+        "vae_tiny_weights_diffusers.safetensors",
+        "diffusion_pytorch_model.safetensors",
+    );
+    part(
+        "text_encoder_2",
+        fixture_field("t5_tiny.json", "config"),
+        "t5_tiny_weights.safetensors",
+        "model.safetensors",
+    );
+    part(
+        "text_encoder",
+        fixture_field("clip_text_tiny.json", "config"),
+        "clip_text_tiny_weights.safetensors",
+        "model.safetensors",
+    );
+    let words = ["a", "red", "blue", "circle", "square"];
+    word_tokenizer(
+        &dir.join("tokenizer_2/tokenizer.json"),
+        &words,
+        3,
+        None,
+        ("</s>", 1),
+    );
+    word_tokenizer(
+        &dir.join("tokenizer/tokenizer.json"),
+        &words,
+        3,
+        Some(("<s>", 126)),
+        ("</s>", 127),
+    );
+    let device = Default::default();
+    let config = FluxConfig {
+        in_channels: 64,
+        out_channels: 64,
+        vec_in_dim: 32,
+        context_in_dim: 32,
+        hidden_size: 32,
+        mlp_ratio: 4.0,
+        axes_dim: vec![4, 6, 6],
+        ..FluxConfig::tiny()
+    };
+    let flux = Flux::<burn::backend::Flex>::init(&config, &device).unwrap();
+    std::fs::create_dir_all(dir.join("transformer")).unwrap();
+    flux.save(
+        dir.join("transformer/diffusion_pytorch_model.safetensors"),
+        premier::mmdit::load::SaveDtype::F32,
+    )
+    .unwrap();
+    let diffusers = serde_json::json!({
+        "patch_size": 1, "in_channels": 64, "num_layers": config.depth,
+        "num_single_layers": config.depth_single_blocks, "attention_head_dim": 32 / config.num_heads,
+        "num_attention_heads": config.num_heads, "joint_attention_dim": 32,
+        "pooled_projection_dim": 32, "guidance_embeds": config.guidance_embed,
+        "axes_dims_rope": [4, 6, 6]
+    });
+    std::fs::write(dir.join("transformer/config.json"), diffusers.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn flux_files_encode_train_and_cold_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    // A folder dataset: two users, photos of other sizes than the training resolution.
+    let data = dir.path().join("data");
+    for (u, colour) in [("alice", [200u8, 30, 30]), ("bob", [30, 30, 200])] {
+        std::fs::create_dir_all(data.join(u)).unwrap();
+        for i in 0..3u32 {
+            let img = image::RgbImage::from_fn(40 + 8 * i, 36, |x, y| {
+                let on = (x / 6 + y / 6 + i) % 2 == 0;
+                image::Rgb(if on { colour } else { [240, 240, 240] })
+            });
+            img.save(data.join(u).join(format!("{i}.png"))).unwrap();
+            let caption = if i % 2 == 0 {
+                "a red circle"
+            } else {
+                "a blue square"
+            };
+            std::fs::write(data.join(u).join(format!("{i}.txt")), caption).unwrap();
+        }
+    }
+    let cache = dir.path().join("cache");
+    let common = [
+        "--model-dir",
+        s(&model),
+        "--data",
+        s(&data),
+        "--cache",
+        s(&cache),
+    ];
+    let with = |cmd: &str, extra: &[&str]| {
+        let mut args = vec![cmd];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        premier(&args)
+    };
+    with(
+        "encode",
+        &[
+            "--resolution",
+            "32",
+            "--batch-size",
+            "2",
+            "--prompt",
+            "a red square",
+        ],
+    )
+    .unwrap();
+    let mut opened = premier::train::cache::EncodedCache::open(&cache, false).unwrap();
+    assert_eq!(opened.index.images.len(), 6);
+    assert_eq!(
+        opened.index.captions.len(),
+        4,
+        "two captions, the empty prompt, one extra"
+    );
+    let any = opened.index.images.keys().next().unwrap().clone();
+    let latent = opened.latent(&any).unwrap();
+    assert_eq!(
+        latent.mean.shape,
+        vec![16, 16, 16],
+        "the tiny VAE halves 32² pixels"
+    );
+    drop(opened);
+
+    let run = dir.path().join("run");
+    with("train", &[
+        "--out", s(&run), "--steps", "2", "--batch-size", "2", "--grad-accum", "2",
+        "--checkpoint-every", "1", "--keep-checkpoints", "1", "--validate-every", "2",
+        "--resolution", "32", "--config", s(&{
+            let p = dir.path().join("t.toml");
+            std::fs::write(&p, "user_tokens = 2\nuser_dim = 8\nadapter_width = 16\nadapter_heads = 2\nadapter_layers = 1\nvalidation_prompts = [\"a red square\"]\n").unwrap();
+            p
+        }),
+    ]).unwrap();
+    let checkpoints = premier::train::checkpoint::checkpoints(&run.join("checkpoints"));
+    assert_eq!(checkpoints.len(), 1, "keep 1");
+    assert_eq!(checkpoints[0].0, 2);
+    assert!(run.join("validation/step-00000002.png").is_file());
+    with(
+        "cold-start",
+        &[
+            "--run",
+            s(&run),
+            "--user",
+            "bob",
+            "--kind",
+            "direct",
+            "--steps",
+            "2",
+        ],
+    )
+    .unwrap();
+    assert!(run.join("users/user_embedding_bob.safetensors").is_file());
+}
