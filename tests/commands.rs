@@ -112,26 +112,38 @@ fn the_synthetic_world_runs_through_every_command() {
         vec![1, 2, 3, 4]
     );
 
-    // Cold start of the new user from 2 images; the stage-1 table is untouched.
+    // Cold start of the new user from 2 images, 3 steps straight and 2 + resume 1; the stage-1
+    // table is untouched.
     let table_before = sha(&straight.join("user_embedding.safetensors"));
-    premier(&[
-        "cold-start",
-        "--synth-base",
-        s(&base),
-        "--data",
-        s(&world.join("new_users.jsonl")),
-        "--cache",
-        s(&cache),
-        "--run",
-        s(&straight),
-        "--images",
-        "2",
-        "--steps",
-        "3",
-    ])
-    .unwrap();
-    let user_file = straight.join("users/user_combination_new004.safetensors");
-    assert!(user_file.is_file());
+    let new_users = world.join("new_users.jsonl");
+    let cold = |out: &Path, steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "cold-start",
+            "--synth-base",
+            s(&base),
+            "--data",
+            s(&new_users),
+            "--cache",
+            s(&cache),
+            "--run",
+            s(&straight),
+            "--images",
+            "2",
+            "--steps",
+            steps,
+            "--checkpoint-every",
+            "1",
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        premier(&args).unwrap();
+        out.join("user_combination_new004.safetensors")
+    };
+    let user_file = cold(&straight.join("users"), "3", &[]);
+    cold(&dir.path().join("cold"), "2", &[]);
+    let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
+    assert_eq!(sha(&user_file), sha(&resumed_user));
     assert_eq!(
         sha(&straight.join("user_embedding.safetensors")),
         table_before

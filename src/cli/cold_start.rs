@@ -15,7 +15,7 @@ use crate::train::adamw::AdamWConfig;
 use crate::train::batches::CachedUsers;
 use crate::train::cache::EncodedCache;
 use crate::train::prodigy::ProdigyConfig;
-use crate::train::run::{cold_start, ColdStartConfig, ColdStartKind, TrainedModel};
+use crate::train::run::{cold_start, ColdStartConfig, ColdStartKind, Start, TrainedModel};
 use crate::train::stage2::ColdStartOptimizer;
 use crate::users::UserTable;
 
@@ -69,6 +69,12 @@ pub struct ColdStartArgs {
     pub batch_size: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// `latest`: continue each user from its newest checkpoint (under
+    /// `<out>/checkpoints/<user>/`), if it has one.
+    #[arg(long)]
+    pub resume: Option<String>,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
 }
@@ -99,6 +105,7 @@ impl ColdStartArgs {
         c.steps = self.steps.unwrap_or(c.steps);
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);
         c.stage2.seed = self.seed.unwrap_or(c.stage2.seed);
+        c.checkpoint_every = self.checkpoint_every.unwrap_or(c.checkpoint_every);
         match self.optimizer {
             Some(OptimizerKind::Adamw) => {
                 c.stage2.optimizer = ColdStartOptimizer::AdamW(AdamWConfig::premier_cold_start())
@@ -159,8 +166,10 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
         &device,
     )?;
     let out = args.out.clone().unwrap_or_else(|| args.run.join("users"));
-    B::seed(&device, config.stage2.seed);
     for user in 0..data.ids.len() {
+        // Each user's initialisation depends on its id only, so a resumed batch of users draws
+        // what the uninterrupted one did.
+        B::seed(&device, config.stage2.seed ^ id_seed(&data.ids[user]));
         let bar = progress_bar(config.steps, "steps");
         bar.set_message(data.ids[user].clone());
         let mut last = None;
@@ -172,6 +181,11 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
             user,
             &config,
             &out,
+            match args.resume.as_deref() {
+                None => Start::Fresh,
+                Some("latest") => Start::Latest,
+                Some(other) => bail!("--resume takes `latest` (each user resumes from its own checkpoints), not {other:?}"),
+            },
             &mut |r| {
                 bar.set_position(r.report.step);
                 last = Some(r.report);
@@ -188,4 +202,11 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// FNV-1a of a user id.
+fn id_seed(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

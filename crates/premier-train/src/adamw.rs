@@ -2,6 +2,7 @@
 //! flattened parameters like [`crate::prodigy::Prodigy`].
 
 use burn::prelude::*;
+use premier_mmdit::load::HostTensor;
 use serde::{Deserialize, Serialize};
 
 /// `torch.optim.AdamW` arguments with its defaults.
@@ -36,6 +37,16 @@ impl AdamWConfig {
     }
 }
 
+/// AdamW's full state on the host, for checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamWState {
+    /// Steps taken.
+    pub step: u64,
+    /// Per parameter (position as in `step`): `None` if it never took a step; else the first and
+    /// second moments.
+    pub moments: Vec<Option<(HostTensor, HostTensor)>>,
+}
+
 /// AdamW state over a fixed list of flattened parameters.
 #[derive(Debug, Clone)]
 pub struct AdamW<B: Backend> {
@@ -56,6 +67,42 @@ impl<B: Backend> AdamW<B> {
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// The full state, on the host.
+    pub fn state(&self) -> AdamWState {
+        AdamWState {
+            step: self.step,
+            moments: self
+                .moments
+                .iter()
+                .map(|m| {
+                    m.as_ref().map(|(m, v)| {
+                        (
+                            HostTensor::from_tensor(m.clone()),
+                            HostTensor::from_tensor(v.clone()),
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// An optimizer continuing from `state` (as returned by [`AdamW::state`]).
+    pub fn from_state(config: AdamWConfig, state: AdamWState, device: &B::Device) -> Self {
+        Self {
+            config,
+            step: state.step,
+            moments: state
+                .moments
+                .into_iter()
+                .map(|m| m.map(|(m, v)| (m.into_tensor(device), v.into_tensor(device))))
+                .collect(),
+        }
     }
 
     /// One step (torch's single-tensor AdamW, without amsgrad): decay, moments, bias-corrected

@@ -1,5 +1,6 @@
-//! Stage-1 checkpoints that really resume: adapters, user table, Prodigy's full state, the step
-//! and the config, written to a temporary folder and renamed into place.
+//! Checkpoints that really resume: for stage 1 the adapters, user table, Prodigy's full state, the
+//! step and the config; for a cold start the new user, its optimizer's state (AdamW or Prodigy),
+//! the step and the config. Each is written to a temporary folder and renamed into place.
 //!
 //! Layout of `<dir>/step-00001000/`: `mod_adapter.safetensors` and `user_embedding.safetensors` (the
 //! official layouts, f32), `optimizer.safetensors` (per parameter `{i}.p0`, `{i}.s`, `{i}.exp_avg`,
@@ -12,11 +13,13 @@ use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::{AdapterConfig, AdapterError, PreferenceAdapter};
 use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 use premier_mmdit::{Flux, LoadError};
-use premier_users::{TableRows, UserError, UserShape, UserTable};
+use premier_users::{LinearCombination, TableRows, UserEmbedding, UserError, UserShape, UserTable};
 use serde::{Deserialize, Serialize};
 
+use crate::adamw::{AdamW, AdamWState};
 use crate::prodigy::{ParamHostState, Prodigy, ProdigyScalars, ProdigyState};
 use crate::stage1::{Stage1Config, Stage1Model, Stage1Trainer};
+use crate::stage2::{ColdStartOptimizer, NewUser, Stage2Config, Stage2Optimizer, Stage2Trainer};
 
 /// Errors of writing or reading checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -92,17 +95,7 @@ pub fn save_stage1<B: AutodiffBackend>(
     dir: &Path,
     keep: usize,
 ) -> Result<PathBuf, CheckpointError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let final_dir = dir.join(step_name(trainer.step));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        step_name(trainer.step),
-        std::process::id()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let (tmp, final_dir) = begin(dir, trainer.step)?;
 
     trainer
         .model
@@ -113,6 +106,70 @@ pub fn save_stage1<B: AutodiffBackend>(
         .users
         .save(tmp.join("user_embedding.safetensors"), SaveDtype::F32)?;
     let state = trainer.optimizer.state();
+    let (tensors, params) = prodigy_tensors(&state);
+    write_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32)?;
+    let meta = CheckpointState {
+        step: trainer.step,
+        config: trainer.config.clone(),
+        adapter: adapter_config.clone(),
+        users: trainer.model.users.shape(),
+        rows: trainer.model.users.rows(),
+        prodigy: state.scalars,
+        params,
+    };
+    commit(dir, &tmp, &final_dir, &meta, keep)
+}
+
+/// A fresh temporary folder for the checkpoint of `step` under `dir`, and the checkpoint's final
+/// folder.
+fn begin(dir: &Path, step: u64) -> Result<(PathBuf, PathBuf), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let final_dir = dir.join(step_name(step));
+    let tmp = dir.join(format!(".{}.tmp-{}", step_name(step), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    Ok((tmp, final_dir))
+}
+
+/// Writes `state.json` last, renames the folder into place and prunes to the newest `keep`.
+fn commit<T: Serialize>(
+    dir: &Path,
+    tmp: &Path,
+    final_dir: &Path,
+    meta: &T,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let json = serde_json::to_string_pretty(meta).map_err(|e| CheckpointError::State {
+        path: tmp.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let state_path = tmp.join("state.json");
+    std::fs::write(&state_path, json).map_err(io(&state_path))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(final_dir).map_err(io(final_dir))?;
+    }
+    std::fs::rename(tmp, final_dir).map_err(io(final_dir))?;
+    let all = checkpoints(dir);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        std::fs::remove_dir_all(old).map_err(io(old))?;
+    }
+    Ok(final_dir.to_path_buf())
+}
+
+fn read_state<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
+    let state_path = path.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::State {
+        path: state_path,
+        reason: e.to_string(),
+    })
+}
+
+/// Prodigy's per-parameter tensors by name (`{i}.p0`, `{i}.s`, `{i}.exp_avg`,
+/// `{i}.exp_avg_sq`) and, per parameter, whether it has state and whether its p0 was all zero.
+fn prodigy_tensors(state: &ProdigyState) -> (Vec<(String, HostTensor)>, Vec<Option<bool>>) {
     let mut tensors: Vec<(String, HostTensor)> = Vec::new();
     let mut params = Vec::new();
     for (i, p) in state.params.iter().enumerate() {
@@ -126,63 +183,15 @@ pub fn save_stage1<B: AutodiffBackend>(
             tensors.push((format!("{i}.exp_avg_sq"), p.exp_avg_sq.clone()));
         }
     }
-    write_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32)?;
-    let meta = CheckpointState {
-        step: trainer.step,
-        config: trainer.config.clone(),
-        adapter: adapter_config.clone(),
-        users: trainer.model.users.shape(),
-        rows: trainer.model.users.rows(),
-        prodigy: state.scalars,
-        params,
-    };
-    let json = serde_json::to_string_pretty(&meta).map_err(|e| CheckpointError::State {
-        path: tmp.clone(),
-        reason: e.to_string(),
-    })?;
-    let state_path = tmp.join("state.json");
-    std::fs::write(&state_path, json).map_err(io(&state_path))?;
-
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-    let all = checkpoints(dir);
-    for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-        std::fs::remove_dir_all(old).map_err(io(old))?;
-    }
-    Ok(final_dir)
+    (tensors, params)
 }
 
-/// A trainer continuing from the checkpoint folder `path`, around the frozen `flux`.
-pub fn load_stage1<B: AutodiffBackend>(
-    path: &Path,
-    flux: Flux<B>,
-    device: &B::Device,
-) -> Result<Stage1Trainer<B>, CheckpointError> {
-    let state_path = path.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let meta: CheckpointState =
-        serde_json::from_str(&text).map_err(|e| CheckpointError::State {
-            path: state_path.clone(),
-            reason: e.to_string(),
-        })?;
-    let adapter =
-        PreferenceAdapter::<B>::load(path.join("mod_adapter.safetensors"), &meta.adapter, device)?;
-    let users = UserTable::<B>::load(path.join("user_embedding.safetensors"), meta.users, device)?;
-    if users.rows() != meta.rows {
-        return Err(CheckpointError::State {
-            path: state_path,
-            reason: format!(
-                "table rows {:?} but state.json says {:?}",
-                users.rows(),
-                meta.rows
-            ),
-        });
-    }
-    let file = SafetensorsFile::open(&path.join("optimizer.safetensors"))?;
-    let params = meta
-        .params
+/// The inverse of [`prodigy_tensors`].
+fn read_prodigy_params(
+    file: &SafetensorsFile,
+    params: &[Option<bool>],
+) -> Result<Vec<Option<ParamHostState>>, LoadError> {
+    params
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -200,7 +209,32 @@ pub fn load_stage1<B: AutodiffBackend>(
             })
             .transpose()
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// A trainer continuing from the checkpoint folder `path`, around the frozen `flux`.
+pub fn load_stage1<B: AutodiffBackend>(
+    path: &Path,
+    flux: Flux<B>,
+    device: &B::Device,
+) -> Result<Stage1Trainer<B>, CheckpointError> {
+    let state_path = path.join("state.json");
+    let meta: CheckpointState = read_state(path)?;
+    let adapter =
+        PreferenceAdapter::<B>::load(path.join("mod_adapter.safetensors"), &meta.adapter, device)?;
+    let users = UserTable::<B>::load(path.join("user_embedding.safetensors"), meta.users, device)?;
+    if users.rows() != meta.rows {
+        return Err(CheckpointError::State {
+            path: state_path,
+            reason: format!(
+                "table rows {:?} but state.json says {:?}",
+                users.rows(),
+                meta.rows
+            ),
+        });
+    }
+    let file = SafetensorsFile::open(&path.join("optimizer.safetensors"))?;
+    let params = read_prodigy_params(&file, &meta.params)?;
     let optimizer = Prodigy::from_state(
         meta.config.optimizer.clone(),
         ProdigyState {
@@ -210,6 +244,168 @@ pub fn load_stage1<B: AutodiffBackend>(
         device,
     );
     let mut trainer = Stage1Trainer::new(flux, Stage1Model { adapter, users }, meta.config);
+    trainer.optimizer = optimizer;
+    trainer.step = meta.step;
+    Ok(trainer)
+}
+
+/// Which optimizer a stage-2 checkpoint holds, with its scalars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Stage2OptimizerState {
+    /// Steps taken; per parameter, whether it has moments (`{i}.exp_avg`, `{i}.exp_avg_sq`).
+    AdamW { step: u64, params: Vec<bool> },
+    /// As stage 1's `prodigy` and `params`.
+    Prodigy {
+        scalars: ProdigyScalars,
+        params: Vec<Option<bool>>,
+    },
+}
+
+/// What a stage-2 checkpoint's `state.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage2CheckpointState {
+    pub step: u64,
+    pub config: Stage2Config,
+    /// `true`: the user is a linear combination; `false`: a direct embedding.
+    pub linear: bool,
+    /// The frozen table's shape.
+    pub users: UserShape,
+    pub optimizer: Stage2OptimizerState,
+}
+
+/// Writes a cold start's state to `<dir>/step-N/` atomically (`user.safetensors` in the official
+/// user-file layout, `optimizer.safetensors`, `state.json`) and keeps the newest `keep`.
+pub fn save_stage2<B: AutodiffBackend>(
+    trainer: &Stage2Trainer<B>,
+    dir: &Path,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let (tmp, final_dir) = begin(dir, trainer.step)?;
+    let user_path = tmp.join("user.safetensors");
+    match &trainer.user {
+        NewUser::Linear(c) => c.save(&user_path, SaveDtype::F32)?,
+        NewUser::Direct(e) => e.save(&user_path, SaveDtype::F32)?,
+    }
+    let (tensors, optimizer) = match &trainer.optimizer {
+        Stage2Optimizer::AdamW(o) => {
+            let state = o.state();
+            let mut tensors = Vec::new();
+            for (i, m) in state.moments.iter().enumerate() {
+                if let Some((m, v)) = m {
+                    tensors.push((format!("{i}.exp_avg"), m.clone()));
+                    tensors.push((format!("{i}.exp_avg_sq"), v.clone()));
+                }
+            }
+            let params = state.moments.iter().map(Option::is_some).collect();
+            (
+                tensors,
+                Stage2OptimizerState::AdamW {
+                    step: state.step,
+                    params,
+                },
+            )
+        }
+        Stage2Optimizer::Prodigy(o) => {
+            let state = o.state();
+            let (tensors, params) = prodigy_tensors(&state);
+            (
+                tensors,
+                Stage2OptimizerState::Prodigy {
+                    scalars: state.scalars,
+                    params,
+                },
+            )
+        }
+    };
+    write_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32)?;
+    let meta = Stage2CheckpointState {
+        step: trainer.step,
+        config: trainer.config.clone(),
+        linear: matches!(trainer.user, NewUser::Linear(_)),
+        users: trainer.table.shape(),
+        optimizer,
+    };
+    commit(dir, &tmp, &final_dir, &meta, keep)
+}
+
+/// A cold start continuing from the checkpoint folder `path`, around the frozen `flux`,
+/// `adapter` and `table`.
+pub fn load_stage2<B: AutodiffBackend>(
+    path: &Path,
+    flux: Flux<B>,
+    adapter: PreferenceAdapter<B>,
+    table: UserTable<B>,
+    device: &B::Device,
+) -> Result<Stage2Trainer<B>, CheckpointError> {
+    let meta: Stage2CheckpointState = read_state(path)?;
+    if meta.users != table.shape() {
+        return Err(CheckpointError::State {
+            path: path.join("state.json"),
+            reason: format!(
+                "written against a table of {:?}, resumed with {:?}",
+                meta.users,
+                table.shape()
+            ),
+        });
+    }
+    let user_path = path.join("user.safetensors");
+    let user = if meta.linear {
+        NewUser::Linear(LinearCombination::load(
+            &user_path,
+            meta.users.users,
+            device,
+        )?)
+    } else {
+        NewUser::Direct(UserEmbedding::load(
+            &user_path,
+            meta.users.tokens,
+            meta.users.dim,
+            device,
+        )?)
+    };
+    let file = SafetensorsFile::open(&path.join("optimizer.safetensors"))?;
+    let optimizer = match (&meta.optimizer, &meta.config.optimizer) {
+        (Stage2OptimizerState::AdamW { step, params }, ColdStartOptimizer::AdamW(c)) => {
+            let moments = params
+                .iter()
+                .enumerate()
+                .map(|(i, has)| -> Result<_, LoadError> {
+                    if !has {
+                        return Ok(None);
+                    }
+                    Ok(Some((
+                        file.read_finite(&format!("{i}.exp_avg"))?,
+                        file.read_finite(&format!("{i}.exp_avg_sq"))?,
+                    )))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Stage2Optimizer::AdamW(AdamW::from_state(
+                c.clone(),
+                AdamWState {
+                    step: *step,
+                    moments,
+                },
+                device,
+            ))
+        }
+        (Stage2OptimizerState::Prodigy { scalars, params }, ColdStartOptimizer::Prodigy(c)) => {
+            Stage2Optimizer::Prodigy(Prodigy::from_state(
+                c.clone(),
+                ProdigyState {
+                    scalars: *scalars,
+                    params: read_prodigy_params(&file, params)?,
+                },
+                device,
+            ))
+        }
+        _ => {
+            return Err(CheckpointError::State {
+                path: path.join("state.json"),
+                reason: "the optimizer state does not match the configured optimizer".into(),
+            })
+        }
+    };
+    let mut trainer = Stage2Trainer::new(flux, adapter, table, user, meta.config);
     trainer.optimizer = optimizer;
     trainer.step = meta.step;
     Ok(trainer)

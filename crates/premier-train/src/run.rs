@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::batches::CachedUsers;
 use crate::cache::CacheError;
-use crate::checkpoint::{latest_checkpoint, load_stage1, save_stage1, CheckpointError};
+use crate::checkpoint::{
+    latest_checkpoint, load_stage1, load_stage2, save_stage1, save_stage2, CheckpointError,
+};
 use crate::metrics::{read_metrics, write_loss_curve, MetricRecord, MetricsError, MetricsLog};
 use crate::sampler::UserBatchSampler;
 use crate::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, TrainError};
@@ -464,6 +466,9 @@ pub struct ColdStartConfig {
     pub steps: u64,
     /// Images per step (at most the user's images; the released config: 1).
     pub batch_size: usize,
+    /// Write a checkpoint every this many steps (and at the end); 0: none.
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
     pub stage2: Stage2Config,
 }
 
@@ -474,6 +479,8 @@ impl Default for ColdStartConfig {
             kind: ColdStartKind::Linear,
             steps: 5000,
             batch_size: 1,
+            checkpoint_every: 1000,
+            keep_checkpoints: 1,
             stage2: Stage2Config::default(),
         }
     }
@@ -500,7 +507,8 @@ pub fn user_file_name(kind: ColdStartKind, id: &str) -> String {
 }
 
 /// Trains a new user (`data`'s user `user`) against frozen adapters and table, and writes the
-/// user file into `out` atomically. `step(report)` is called after every step.
+/// user file into `out` atomically; checkpoints go to `<out>/checkpoints/<user id>/`, from where
+/// `start` may resume. `step(report)` is called after every step.
 #[allow(clippy::too_many_arguments)]
 pub fn cold_start<B: AutodiffBackend>(
     flux: Flux<B>,
@@ -510,6 +518,7 @@ pub fn cold_start<B: AutodiffBackend>(
     user: usize,
     config: &ColdStartConfig,
     out: &Path,
+    start: Start,
     step: &mut dyn FnMut(&MetricRecord),
     device: &B::Device,
 ) -> Result<(Stage2Trainer<B>, PathBuf), RunError> {
@@ -521,14 +530,27 @@ pub fn cold_start<B: AutodiffBackend>(
             data.ids[user], config.batch_size
         )));
     }
-    let shape = table.shape();
-    let new_user = match config.kind {
-        ColdStartKind::Linear => NewUser::Linear(LinearCombination::init(shape.users, device)),
-        ColdStartKind::Direct => {
-            NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device))
+    let checkpoints = out.join("checkpoints").join(&data.ids[user]);
+    let resume_from = match start {
+        Start::Fresh => None,
+        Start::Latest => latest_checkpoint(&checkpoints),
+        Start::From(p) => Some(p),
+    };
+    let mut trainer = match resume_from {
+        Some(path) => load_stage2(&path, flux, adapter, table, device)?,
+        None => {
+            let shape = table.shape();
+            let new_user = match config.kind {
+                ColdStartKind::Linear => {
+                    NewUser::Linear(LinearCombination::init(shape.users, device))
+                }
+                ColdStartKind::Direct => {
+                    NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device))
+                }
+            };
+            Stage2Trainer::new(flux, adapter, table, new_user, config.stage2.clone())
         }
     };
-    let mut trainer = Stage2Trainer::new(flux, adapter, table, new_user, config.stage2.clone());
     let batch = config.batch_size.min(count);
     let seed = config.stage2.seed;
     while trainer.step < config.steps {
@@ -548,6 +570,10 @@ pub fn cold_start<B: AutodiffBackend>(
             it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),
             elapsed_s: started.elapsed().as_secs_f64(),
         });
+        let every = config.checkpoint_every;
+        if every > 0 && (trainer.step % every == 0 || trainer.step == config.steps) {
+            save_stage2(&trainer, &checkpoints, config.keep_checkpoints)?;
+        }
     }
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let path = out.join(user_file_name(config.kind, &data.ids[user]));

@@ -33,7 +33,9 @@ pub enum ColdStartOptimizer {
     Prodigy(ProdigyConfig),
 }
 
-enum OptimizerState<B: Backend> {
+/// The new user's optimizer and its state.
+#[derive(Debug, Clone)]
+pub enum Stage2Optimizer<B: Backend> {
     AdamW(AdamW<B>),
     Prodigy(Prodigy<B>),
 }
@@ -82,7 +84,7 @@ pub struct Stage2Trainer<B: AutodiffBackend> {
     pub user: NewUser<B>,
     pub config: Stage2Config,
     pub step: u64,
-    optimizer: OptimizerState<B::InnerBackend>,
+    pub optimizer: Stage2Optimizer<B::InnerBackend>,
 }
 
 impl<B: AutodiffBackend> Stage2Trainer<B> {
@@ -95,8 +97,8 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         config: Stage2Config,
     ) -> Self {
         let optimizer = match &config.optimizer {
-            ColdStartOptimizer::AdamW(c) => OptimizerState::AdamW(AdamW::new(c.clone())),
-            ColdStartOptimizer::Prodigy(c) => OptimizerState::Prodigy(Prodigy::new(c.clone())),
+            ColdStartOptimizer::AdamW(c) => Stage2Optimizer::AdamW(AdamW::new(c.clone())),
+            ColdStartOptimizer::Prodigy(c) => Stage2Optimizer::Prodigy(Prodigy::new(c.clone())),
         };
         Self {
             flux: flux.no_grad(),
@@ -169,8 +171,8 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
             loss.clone(),
             self.config.clip_norm,
             |p, g| match optimizer {
-                OptimizerState::AdamW(o) => o.step(p, g),
-                OptimizerState::Prodigy(o) => {
+                Stage2Optimizer::AdamW(o) => o.step(p, g),
+                Stage2Optimizer::Prodigy(o) => {
                     let updated = o.step(p, g);
                     d = o.d();
                     updated

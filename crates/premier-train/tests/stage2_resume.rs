@@ -1,0 +1,131 @@
+//! Cold-start checkpoints resume bit for bit: N steps + checkpoint + N steps after loading equals
+//! 2N steps straight, for the linear combination with AdamW and a direct embedding with Prodigy;
+//! a checkpoint of another table's shape is refused.
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use premier_adapter::{AdapterConfig, PreferenceAdapter};
+use premier_mmdit::{Flux, FluxConfig};
+use premier_train::adamw::AdamWConfig;
+use premier_train::checkpoint::{checkpoints, load_stage2, save_stage2};
+use premier_train::params::flat_values;
+use premier_train::prodigy::ProdigyConfig;
+use premier_train::stage2::{
+    ColdStartOptimizer, NewUser, Stage2Batch, Stage2Config, Stage2Trainer,
+};
+use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
+
+type AB = Autodiff<Flex>;
+
+fn bits<M: burn::module::Module<AB>>(m: &M) -> Vec<u32> {
+    flat_values(m)
+        .into_iter()
+        .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// Tests share the backend's global RNG: build under a lock so two calls draw the same weights.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fresh(linear: bool) -> (Stage2Trainer<AB>, Stage2Batch<AB>) {
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    <AB as Backend>::seed(&device, 41);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let flux = Flux::<AB>::init(&FluxConfig::tiny(), &device).unwrap();
+    let adapter =
+        PreferenceAdapter::<AB>::init(&AdapterConfig::small(16, 6, 16, 2), &device).unwrap();
+    let shape = UserShape {
+        users: 5,
+        tokens: 3,
+        dim: 6,
+    };
+    let table = UserTable::<AB>::init(shape, &device);
+    let (user, optimizer) = if linear {
+        (
+            NewUser::Linear(LinearCombination::init(shape.users, &device)),
+            ColdStartOptimizer::AdamW(AdamWConfig::premier_cold_start()),
+        )
+    } else {
+        (
+            NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, &device)),
+            ColdStartOptimizer::Prodigy(ProdigyConfig {
+                d0: 1e-3,
+                ..ProdigyConfig::premier()
+            }),
+        )
+    };
+    let batch = Stage2Batch {
+        x0: Tensor::random([2, 4, 8], normal, &device),
+        latent_hw: (4, 4),
+        text: Tensor::random([2, 5, 16], normal, &device),
+        pooled: Tensor::random([2, 12], normal, &device),
+    };
+    let config = Stage2Config {
+        optimizer,
+        seed: 5,
+        ..Stage2Config::default()
+    };
+    (
+        Stage2Trainer::new(flux, adapter, table, user, config),
+        batch,
+    )
+}
+
+#[test]
+fn cold_start_resumes_bit_for_bit() {
+    let device = Default::default();
+    for linear in [true, false] {
+        let (mut straight, batch) = fresh(linear);
+        for _ in 0..6 {
+            straight.step(&batch).unwrap();
+        }
+
+        let (mut first, batch) = fresh(linear);
+        for _ in 0..3 {
+            first.step(&batch).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = save_stage2(&first, dir.path(), 2).unwrap();
+        assert_eq!(checkpoints(dir.path()).len(), 1);
+        let (flux, adapter, table) = (
+            first.flux.clone(),
+            first.adapter.clone(),
+            first.table.clone(),
+        );
+        drop(first);
+        let mut resumed = load_stage2(&path, flux, adapter, table, &device).unwrap();
+        assert_eq!(resumed.step, 3);
+        for _ in 0..3 {
+            resumed.step(&batch).unwrap();
+        }
+        assert_eq!(
+            bits(&resumed.user),
+            bits(&straight.user),
+            "linear: {linear}"
+        );
+
+        // A checkpoint read against a table of another shape is refused, naming the file.
+        let other = UserTable::<AB>::init(
+            UserShape {
+                users: 4,
+                tokens: 3,
+                dim: 6,
+            },
+            &device,
+        );
+        let err = load_stage2(
+            &path,
+            straight.flux.clone(),
+            straight.adapter.clone(),
+            other,
+            &device,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("state.json"), "{err}");
+    }
+}
