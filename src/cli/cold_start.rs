@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 
 use super::dataset::{progress_bar, DataArgs};
 use super::models::ModelArgs;
-use super::BackendKind;
+use super::{BackendKind, Precision};
 use crate::adapter::PreferenceAdapter;
 use crate::train::adamw::AdamWConfig;
 use crate::train::batches::CachedUsers;
@@ -77,6 +77,10 @@ pub struct ColdStartArgs {
     pub resume: Option<String>,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
+    /// `bf16` (CUDA only): everything in bf16, trainable parameters and optimizer state included,
+    /// as the released training did; `f32` otherwise.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
 }
 
 impl ColdStartArgs {
@@ -121,14 +125,27 @@ impl ColdStartArgs {
 
 pub fn run(args: ColdStartArgs) -> anyhow::Result<()> {
     type Ad<B> = burn::backend::Autodiff<B>;
-    match args.backend {
-        BackendKind::Flex => cold::<Ad<burn::backend::Flex>>(args, Default::default()),
+    match (args.backend, args.dtype) {
+        (BackendKind::Flex, Precision::F32) => {
+            cold::<Ad<burn::backend::Flex>>(args, Default::default())
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => cold::<Ad<burn::backend::Cuda<f32>>>(args, Default::default()),
+        (BackendKind::Cuda, Precision::F32) => {
+            cold::<Ad<burn::backend::Cuda<f32>>>(args, Default::default())
+        }
+        #[cfg(feature = "cuda")]
+        (BackendKind::Cuda, Precision::Bf16) => {
+            cold::<Ad<burn::backend::Cuda<half::bf16>>>(args, Default::default())
+        }
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => cold::<Ad<burn::backend::Wgpu>>(args, Default::default()),
+        (BackendKind::Wgpu, Precision::F32) => {
+            cold::<Ad<burn::backend::Wgpu>>(args, Default::default())
+        }
+        (backend, Precision::Bf16) if backend != BackendKind::Cuda => {
+            anyhow::bail!("bf16 training runs on CUDA only (--backend cuda)")
+        }
         #[allow(unreachable_patterns)]
-        other => bail!(
+        (other, _) => bail!(
             "backend {other:?} is not in this build: rebuild with `--features {}`",
             format!("{other:?}").to_lowercase()
         ),

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::dataset::{progress_bar, DataArgs};
 use super::models::{ImageSampler, ModelArgs};
-use super::BackendKind;
+use super::{BackendKind, Precision};
 use crate::losses::DispersionVariant;
 use crate::mmdit::Flux;
 use crate::pipeline::image_io::{grid, save_png};
@@ -68,6 +68,14 @@ pub struct TrainArgs {
     pub resolution: usize,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
+    /// Recompute activations in the backward pass instead of keeping them all (burn's balanced
+    /// checkpointing): less memory, more compute; the same numbers.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// `bf16` (CUDA only): everything in bf16, trainable parameters and optimizer state included,
+    /// as the released training did; `f32` otherwise.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
 }
 
 impl TrainArgs {
@@ -117,15 +125,30 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    type Ad<B> = burn::backend::Autodiff<B>;
-    match args.backend {
-        BackendKind::Flex => train::<Ad<burn::backend::Flex>>(args, Default::default()),
+    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+    use burn::backend::Autodiff;
+    macro_rules! on {
+        ($backend:ty) => {
+            if args.gradient_checkpointing {
+                train::<Autodiff<$backend, BalancedCheckpointing>>(args, Default::default())
+            } else {
+                train::<Autodiff<$backend, NoCheckpointing>>(args, Default::default())
+            }
+        };
+    }
+    match (args.backend, args.dtype) {
+        (BackendKind::Flex, Precision::F32) => on!(burn::backend::Flex),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => train::<Ad<burn::backend::Cuda<f32>>>(args, Default::default()),
+        (BackendKind::Cuda, Precision::F32) => on!(burn::backend::Cuda<f32>),
+        #[cfg(feature = "cuda")]
+        (BackendKind::Cuda, Precision::Bf16) => on!(burn::backend::Cuda<half::bf16>),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => train::<Ad<burn::backend::Wgpu>>(args, Default::default()),
+        (BackendKind::Wgpu, Precision::F32) => on!(burn::backend::Wgpu),
+        (backend, Precision::Bf16) if backend != BackendKind::Cuda => {
+            anyhow::bail!("bf16 training runs on CUDA only (--backend cuda)")
+        }
         #[allow(unreachable_patterns)]
-        other => anyhow::bail!(
+        (other, _) => anyhow::bail!(
             "backend {other:?} is not in this build: rebuild with `--features {}`",
             format!("{other:?}").to_lowercase()
         ),
