@@ -608,6 +608,16 @@ mod tests {
             TrainConfig::from_toml(&written, &TrainConfig::default()).unwrap(),
             c
         );
+        // No dispersion survives the round trip (an omitted key would mean the default).
+        let none = TrainConfig::from_toml("[stage1]\ndispersion = \"None\"", &defaults).unwrap();
+        assert_eq!(none.stage1.dispersion, None);
+        let written = none.to_toml().unwrap();
+        assert_eq!(TrainConfig::from_toml(&written, &defaults).unwrap(), none);
+        let released = TrainConfig::from_toml("[stage1]\ndispersion = \"Released\"", &defaults);
+        assert_eq!(
+            released.unwrap().stage1.dispersion,
+            Some(premier_losses::DispersionVariant::Released)
+        );
         let err = TrainConfig::from_toml("stepz = 3", &defaults).unwrap_err();
         assert!(err.contains("stepz"), "{err}");
         let cold = ColdStartConfig::from_toml("kind = \"direct\"\nsteps = 9", &Default::default())

@@ -28,7 +28,8 @@ pub enum DispersionPrompt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Stage1Config {
-    /// `None` is the paper's "w/o dispersion" ablation.
+    /// `None` is the paper's "w/o dispersion" ablation (written `"None"` in config files).
+    #[serde(with = "dispersion_or_none")]
     pub dispersion: Option<DispersionVariant>,
     pub dispersion_prompt: DispersionPrompt,
     pub lambda_shared: f64,
@@ -42,6 +43,33 @@ pub struct Stage1Config {
     /// Seed of the per-step noise and times: step `k` always draws the same, so a resumed run
     /// continues exactly.
     pub seed: u64,
+}
+
+/// `Option<DispersionVariant>` as a name, `"None"` for none: config files cannot hold a null, and
+/// an omitted key means "the default", which is a dispersion loss.
+mod dispersion_or_none {
+    use premier_losses::DispersionVariant;
+    use serde::de::IntoDeserializer;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        v: &Option<DispersionVariant>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_str("None"),
+            Some(v) => v.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DispersionVariant>, D::Error> {
+        match Option::<String>::deserialize(d)?.as_deref() {
+            None | Some("None") => Ok(None),
+            Some(name) => DispersionVariant::deserialize(name.into_deserializer()).map(Some),
+        }
+    }
 }
 
 impl Default for Stage1Config {
