@@ -417,7 +417,7 @@ fn flux_files_encode_train_and_cold_start() {
     with("train", &[
         "--out", s(&run), "--steps", "2", "--batch-size", "2", "--grad-accum", "2",
         "--checkpoint-every", "1", "--keep-checkpoints", "1", "--validate-every", "2",
-        "--resolution", "32", "--config", s(&{
+        "--resolution", "32", "--backbone-dtype", "bf16", "--config", s(&{
             let p = dir.path().join("t.toml");
             std::fs::write(&p, "user_tokens = 2\nuser_dim = 8\nadapter_width = 16\nadapter_heads = 2\nadapter_layers = 1\nvalidation_prompts = [\"a red square\"]\n").unwrap();
             p
@@ -427,6 +427,15 @@ fn flux_files_encode_train_and_cold_start() {
     assert_eq!(checkpoints.len(), 1, "keep 1");
     assert_eq!(checkpoints[0].0, 2);
     assert!(run.join("validation/step-00000002.png").is_file());
+    // The backbone ran in bf16, the trained parts in f32: finite losses and weights.
+    let metrics = premier::train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
+    assert!(metrics
+        .iter()
+        .all(|m| m.report.loss.is_finite() && m.report.grad_norm > 0.0));
+    let adapter =
+        premier::mmdit::load::SafetensorsFile::open(&run.join("mod_adapter.safetensors")).unwrap();
+    let key = adapter.keys().next().unwrap().to_string();
+    assert!(adapter.read_finite(&key).is_ok());
     with(
         "cold-start",
         &[

@@ -77,10 +77,10 @@ pub struct ColdStartArgs {
     pub resume: Option<String>,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
-    /// `bf16` (CUDA only): everything in bf16, trainable parameters and optimizer state included,
-    /// as the released training did; `f32` otherwise.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: Precision,
+    /// Float type of the frozen backbone's weights (default: bf16 on CUDA, f32 elsewhere). The
+    /// adapters, user embeddings and optimizer state stay f32.
+    #[arg(long, value_enum)]
+    pub backbone_dtype: Option<Precision>,
 }
 
 impl ColdStartArgs {
@@ -125,27 +125,14 @@ impl ColdStartArgs {
 
 pub fn run(args: ColdStartArgs) -> anyhow::Result<()> {
     type Ad<B> = burn::backend::Autodiff<B>;
-    match (args.backend, args.dtype) {
-        (BackendKind::Flex, Precision::F32) => {
-            cold::<Ad<burn::backend::Flex>>(args, Default::default())
-        }
+    match args.backend {
+        BackendKind::Flex => cold::<Ad<burn::backend::Flex>>(args, Default::default()),
         #[cfg(feature = "cuda")]
-        (BackendKind::Cuda, Precision::F32) => {
-            cold::<Ad<burn::backend::Cuda<f32>>>(args, Default::default())
-        }
-        #[cfg(feature = "cuda")]
-        (BackendKind::Cuda, Precision::Bf16) => {
-            cold::<Ad<burn::backend::Cuda<half::bf16>>>(args, Default::default())
-        }
+        BackendKind::Cuda => cold::<Ad<burn::backend::Cuda<f32>>>(args, Default::default()),
         #[cfg(feature = "wgpu")]
-        (BackendKind::Wgpu, Precision::F32) => {
-            cold::<Ad<burn::backend::Wgpu>>(args, Default::default())
-        }
-        (backend, Precision::Bf16) if backend != BackendKind::Cuda => {
-            anyhow::bail!("bf16 training runs on CUDA only (--backend cuda)")
-        }
+        BackendKind::Wgpu => cold::<Ad<burn::backend::Wgpu>>(args, Default::default()),
         #[allow(unreachable_patterns)]
-        (other, _) => bail!(
+        other => bail!(
             "backend {other:?} is not in this build: rebuild with `--features {}`",
             format!("{other:?}").to_lowercase()
         ),
@@ -171,7 +158,11 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
     let trained = TrainedModel::read(&args.run)?;
-    let flux = args.model.load_flux::<B>(&device)?;
+    let flux = super::train::backbone_in(
+        args.model.load_flux::<B>(&device)?,
+        args.backbone_dtype,
+        args.backend,
+    );
     let adapter = PreferenceAdapter::<B>::load(
         args.run.join("mod_adapter.safetensors"),
         &trained.adapter,

@@ -108,6 +108,15 @@ impl<B: Backend> Rope<B> {
         }
     }
 
+    /// The same rotation in float type `dtype` (that of the activations it rotates).
+    pub fn cast(self, dtype: burn::tensor::DType) -> Self {
+        Self {
+            cos: self.cos.cast(dtype),
+            sin: self.sin.cast(dtype),
+            rotation: self.rotation.cast(dtype),
+        }
+    }
+
     /// Rotates adjacent channel pairs `(2k, 2k+1)` by their angles.
     ///
     /// x: `[batch, heads, tokens, head_dim]` → same shape.

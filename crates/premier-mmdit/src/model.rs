@@ -128,11 +128,38 @@ impl<B: Backend> Flux<B> {
         y: Tensor<B, 2>,
         guidance: Option<Tensor<B, 1>>,
     ) -> Tensor<B, 2> {
-        let mut vec = self.time_in.forward(timestep_embedding(timesteps, 256));
+        let dtype = self.weight_dtype();
+        // The sinusoids are computed in the inputs' float type (as the reference does in f32),
+        // then meet the weights in theirs.
+        let embed = |t: Tensor<B, 1>| timestep_embedding(t, 256).cast(dtype);
+        let mut vec = self.time_in.forward(embed(timesteps));
         if let (Some(embedder), Some(g)) = (&self.guidance_in, guidance) {
-            vec = vec + embedder.forward(timestep_embedding(g, 256));
+            vec = vec + embedder.forward(embed(g));
         }
-        vec + self.vector_in.forward(y)
+        vec + self.vector_in.forward(y.cast(dtype))
+    }
+
+    /// Float type of the weights (f32 unless cast with [`Flux::with_weight_dtype`]).
+    pub fn weight_dtype(&self) -> burn::tensor::DType {
+        self.img_in.weight.val().dtype()
+    }
+
+    /// The same model with its weights stored in `dtype` (e.g. bf16 for a frozen backbone next
+    /// to f32 adapters). The forward pass then runs in `dtype`: inputs, Δ and position
+    /// embeddings are cast to it on the way in, and the velocity is cast back to the input's
+    /// float type, so gradients still reach an f32 Δ.
+    pub fn with_weight_dtype(self, dtype: burn::tensor::FloatDType) -> Self {
+        struct CastWeights(burn::tensor::FloatDType);
+        impl<B: Backend> burn::module::ModuleMapper<B> for CastWeights {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: burn::module::Param<Tensor<B, D>>,
+            ) -> burn::module::Param<Tensor<B, D>> {
+                let (id, tensor, mapper) = param.consume();
+                burn::module::Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+            }
+        }
+        self.map(&mut CastWeights(dtype))
     }
 
     /// Predicted velocity `[batch, img_tokens, out_channels]`, optionally with Premier's per-token
@@ -170,19 +197,24 @@ impl<B: Backend> Flux<B> {
         } = input;
         let txt_tokens = txt.dims()[1];
         let img_tokens = img.dims()[1];
+        // Everything meets the weights in their float type; the output goes back to the input's.
+        let (dtype, out_dtype) = (self.weight_dtype(), img.dtype());
 
-        let mut img = self.img_in.forward(img);
+        let mut img = self.img_in.forward(img.cast(dtype));
         let vec = self.conditioning_vector(timesteps, y, guidance);
-        let mut txt = self.txt_in.forward(txt);
+        let mut txt = self.txt_in.forward(txt.cast(dtype));
         let rope = Rope::new(
             Tensor::cat(vec![txt_ids, img_ids], 1),
             &self.axes_dim,
             self.theta,
             self.num_heads,
-        );
+        )
+        .cast(dtype);
 
         for (j, block) in self.double_blocks.iter().enumerate() {
-            let delta = modulation.and_then(|m| m.double_block_delta(j));
+            let delta = modulation
+                .and_then(|m| m.double_block_delta(j))
+                .map(|d| d.cast(dtype));
             (img, txt) = block.forward(img, txt, vec.clone(), delta, &rope);
         }
         let mut x = Tensor::cat(vec![txt, img], 1);
@@ -190,7 +222,7 @@ impl<B: Backend> Flux<B> {
             x = block.forward(x, vec.clone(), &rope);
         }
         let img = x.narrow(1, txt_tokens, img_tokens);
-        Ok(self.final_layer.forward(img, vec))
+        Ok(self.final_layer.forward(img, vec).cast(out_dtype))
     }
 
     fn check(
