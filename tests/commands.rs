@@ -144,6 +144,13 @@ fn the_synthetic_world_runs_through_every_command() {
     cold(&dir.path().join("cold"), "2", &[]);
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
     assert_eq!(sha(&user_file), sha(&resumed_user));
+    let cold_metrics = dir.path().join("cold/metrics_new004.jsonl");
+    let steps: Vec<u64> = premier::train::metrics::read_metrics(&cold_metrics)
+        .unwrap()
+        .iter()
+        .map(|m| m.report.step)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3]);
     assert_eq!(
         sha(&straight.join("user_embedding.safetensors")),
         table_before
@@ -385,16 +392,15 @@ fn flux_files_encode_train_and_cold_start() {
         args.extend_from_slice(extra);
         premier(&args)
     };
+    let encode_toml = dir.path().join("encode.toml");
+    std::fs::write(
+        &encode_toml,
+        "resolution = 32\nprompts = [\"a red square\"]\n",
+    )
+    .unwrap();
     with(
         "encode",
-        &[
-            "--resolution",
-            "32",
-            "--batch-size",
-            "2",
-            "--prompt",
-            "a red square",
-        ],
+        &["--config", s(&encode_toml), "--batch-size", "2"],
     )
     .unwrap();
     let mut opened = premier::train::cache::EncodedCache::open(&cache, false).unwrap();

@@ -1,9 +1,12 @@
 //! `premier encode`: every image and caption of a dataset through the encoders once, into a
 //! cache that training reads instead of loading the VAE, T5 and CLIP.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use burn::prelude::*;
 use clap::Args;
+use serde::{Deserialize, Serialize};
 
 use super::dataset::{progress_bar, DataArgs};
 use super::models::ModelArgs;
@@ -14,6 +17,32 @@ use crate::synth::encoders::SynthEncoders;
 use crate::synth::text::load_tokenizer;
 use crate::train::cache::EncodedCache;
 use crate::train::encode::{encode_dataset, EncodeOptions, Encoders};
+use crate::train::run::config_from_toml;
+
+/// `premier encode`'s settings (its TOML file; the options override it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncodeConfig {
+    /// Images (or captions) per encoder call.
+    pub batch_size: usize,
+    /// Encoder calls per shard file (the unit an interrupted encode resumes from).
+    pub batches_per_shard: usize,
+    /// Side of the square training images (FLUX.1; resized and center-cropped).
+    pub resolution: u32,
+    /// More captions to encode (validation prompts); the empty prompt is always encoded.
+    pub prompts: Vec<String>,
+}
+
+impl Default for EncodeConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            batches_per_shard: 16,
+            resolution: 512,
+            prompts: Vec::new(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct EncodeArgs {
@@ -21,20 +50,43 @@ pub struct EncodeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub data: DataArgs,
-    /// More captions to encode (validation prompts); the empty prompt is always encoded.
+    /// A TOML file of [`EncodeConfig`] fields; the options below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// More captions to encode (validation prompts), added to the file's.
     #[arg(long = "prompt")]
     pub prompts: Vec<String>,
-    /// Images (or captions) per encoder call.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Encoder calls per shard file (the unit an interrupted encode resumes from).
-    #[arg(long, default_value_t = 16)]
-    pub batches_per_shard: usize,
-    /// Side of the square training images (FLUX.1; resized and center-cropped).
-    #[arg(long, default_value_t = 512)]
-    pub resolution: u32,
+    /// Images (or captions) per encoder call (default 8).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Encoder calls per shard file, the unit an interrupted encode resumes from (default 16).
+    #[arg(long)]
+    pub batches_per_shard: Option<usize>,
+    /// Side of the square training images (FLUX.1; resized and center-cropped; default 512).
+    #[arg(long)]
+    pub resolution: Option<u32>,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
+}
+
+impl EncodeArgs {
+    /// Defaults, then the TOML file, then the command line.
+    pub fn resolve_config(&self) -> anyhow::Result<EncodeConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                config_from_toml(&text, &EncodeConfig::default())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => EncodeConfig::default(),
+        };
+        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
+        c.batches_per_shard = self.batches_per_shard.unwrap_or(c.batches_per_shard);
+        c.resolution = self.resolution.unwrap_or(c.resolution);
+        c.prompts.extend(self.prompts.iter().cloned());
+        Ok(c)
+    }
 }
 
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
@@ -53,6 +105,7 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
 }
 
 fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()> {
+    let config = args.resolve_config()?;
     let dataset = args.data.read()?;
     let mut encoders: Box<dyn Encoders> = match &args.model.synth_base {
         Some(dir) => {
@@ -75,14 +128,14 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
                 clip,
                 t5_tokenizer,
                 clip_tokenizer,
-                resolution: args.resolution,
+                resolution: config.resolution,
                 device,
             })
         }
     };
     let mut cache = EncodedCache::open(&args.data.cache, true)?;
     let mut extra = vec![String::new()];
-    extra.extend(args.prompts.iter().cloned());
+    extra.extend(config.prompts.iter().cloned());
     let bar = progress_bar(0, "items");
     let report = encode_dataset(
         &dataset,
@@ -90,8 +143,8 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
         &mut cache,
         encoders.as_mut(),
         &EncodeOptions {
-            batch_size: args.batch_size,
-            batches_per_shard: args.batches_per_shard,
+            batch_size: config.batch_size,
+            batches_per_shard: config.batches_per_shard,
             skip_bad: args.data.skip_bad,
         },
         &mut |done, total| {

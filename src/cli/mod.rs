@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub use cold_start::{ColdStartArgs, KindArg, OptimizerKind};
 pub use dataset::DataArgs;
-pub use encode::EncodeArgs;
+pub use encode::{EncodeArgs, EncodeConfig};
 pub use generate::{parse_user, run as run_generate, GenerateArgs};
 pub use models::{ImageSampler, ModelArgs, ModelFiles, Variant};
 pub use train::TrainArgs;

@@ -105,14 +105,9 @@ impl TrainConfig {
         }
     }
 
-    /// `text` (TOML) over `defaults`: keys the file names replace the defaults', tables merge.
+    /// `text` (TOML) over `defaults` (see [`config_from_toml`]).
     pub fn from_toml(text: &str, defaults: &Self) -> Result<Self, String> {
-        let given: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut base = toml::Table::try_from(defaults).map_err(|e| e.to_string())?;
-        merge(&mut base, given);
-        toml::Value::Table(base)
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())
+        config_from_toml(text, defaults)
     }
 
     pub fn to_toml(&self) -> Result<String, String> {
@@ -138,6 +133,20 @@ impl TrainConfig {
             distinct: self.distinct,
         }
     }
+}
+
+/// A config from TOML `text` over `defaults`: keys the file names replace the defaults', tables
+/// merge key by key, and unknown keys are errors (with `deny_unknown_fields` on `T`).
+pub fn config_from_toml<T: Serialize + serde::de::DeserializeOwned>(
+    text: &str,
+    defaults: &T,
+) -> Result<T, String> {
+    let given: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut base = toml::Table::try_from(defaults).map_err(|e| e.to_string())?;
+    merge(&mut base, given);
+    toml::Value::Table(base)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
 }
 
 fn merge(base: &mut toml::Table, given: toml::Table) {
@@ -339,18 +348,8 @@ pub fn train_stage1<B: AutodiffBackend>(
         &config.to_toml().map_err(RunError::Config)?,
     )?;
 
-    // A resumed run rewrites the metrics past its checkpoint (they will be recomputed).
     let metrics_path = out.join("metrics.jsonl");
-    if metrics_path.is_file() {
-        let kept: Vec<String> = read_metrics(&metrics_path)?
-            .into_iter()
-            .filter(|r| r.report.step <= trainer.step)
-            .map(|r| serde_json::to_string(&r).map_err(|e| io(&metrics_path, e)))
-            .collect::<Result<_, _>>()?;
-        let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
-        write_text(&metrics_path, &text)?;
-    }
-    let mut log = MetricsLog::append(&metrics_path)?;
+    let mut log = metrics_from(&metrics_path, trainer.step)?;
 
     let seed = trainer.config.seed;
     let sampler =
@@ -439,6 +438,21 @@ pub fn train_stage1<B: AutodiffBackend>(
     Ok((trainer, summary))
 }
 
+/// The metrics log at `path` for a run at `step`: records past it (from before a resume) are
+/// dropped, since the run will write them again.
+fn metrics_from(path: &Path, step: u64) -> Result<MetricsLog, RunError> {
+    if path.is_file() {
+        let kept: Vec<String> = read_metrics(path)?
+            .into_iter()
+            .filter(|r| r.report.step <= step)
+            .map(|r| serde_json::to_string(&r).map_err(|e| io(path, e)))
+            .collect::<Result<_, _>>()?;
+        let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        write_text(path, &text)?;
+    }
+    Ok(MetricsLog::append(path)?)
+}
+
 /// The adapter config a checkpoint was written with.
 fn checkpoint_adapter(path: &Path) -> Result<AdapterConfig, RunError> {
     let state = path.join("state.json");
@@ -487,13 +501,9 @@ impl Default for ColdStartConfig {
 }
 
 impl ColdStartConfig {
+    /// `text` (TOML) over `defaults` (see [`config_from_toml`]).
     pub fn from_toml(text: &str, defaults: &Self) -> Result<Self, String> {
-        let given: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut base = toml::Table::try_from(defaults).map_err(|e| e.to_string())?;
-        merge(&mut base, given);
-        toml::Value::Table(base)
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())
+        config_from_toml(text, defaults)
     }
 }
 
@@ -507,8 +517,9 @@ pub fn user_file_name(kind: ColdStartKind, id: &str) -> String {
 }
 
 /// Trains a new user (`data`'s user `user`) against frozen adapters and table, and writes the
-/// user file into `out` atomically; checkpoints go to `<out>/checkpoints/<user id>/`, from where
-/// `start` may resume. `step(report)` is called after every step.
+/// user file into `out` atomically; per-step metrics go to `<out>/metrics_<user id>.jsonl` and
+/// checkpoints to `<out>/checkpoints/<user id>/`, from where `start` may resume. `step(report)`
+/// is called after every step.
 #[allow(clippy::too_many_arguments)]
 pub fn cold_start<B: AutodiffBackend>(
     flux: Flux<B>,
@@ -551,6 +562,11 @@ pub fn cold_start<B: AutodiffBackend>(
             Stage2Trainer::new(flux, adapter, table, new_user, config.stage2.clone())
         }
     };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let mut log = metrics_from(
+        &out.join(format!("metrics_{}.jsonl", data.ids[user])),
+        trainer.step,
+    )?;
     let batch = config.batch_size.min(count);
     let seed = config.stage2.seed;
     while trainer.step < config.steps {
@@ -565,17 +581,18 @@ pub fn cold_start<B: AutodiffBackend>(
             text: encoded.text,
             pooled: encoded.pooled,
         })?;
-        step(&MetricRecord {
+        let record = MetricRecord {
             report,
             it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),
             elapsed_s: started.elapsed().as_secs_f64(),
-        });
+        };
+        log.write(&record)?;
+        step(&record);
         let every = config.checkpoint_every;
         if every > 0 && (trainer.step % every == 0 || trainer.step == config.steps) {
             save_stage2(&trainer, &checkpoints, config.keep_checkpoints)?;
         }
     }
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let path = out.join(user_file_name(config.kind, &data.ids[user]));
     let saved = match &trainer.user {
         NewUser::Linear(c) => c.save(&path, SaveDtype::F32),
