@@ -6,11 +6,10 @@ use burn::prelude::*;
 use image::imageops::FilterType;
 use image::RgbImage;
 
-use crate::mmdit::load::HostTensor;
 use crate::pipeline::image_io::rgb_to_tensor;
-use crate::text::{ClipTextEncoder, PromptTokenizer, T5Encoder};
+use crate::text::{ids_tensor, ClipTextEncoder, PromptTokenizer, T5Encoder};
 use crate::train::cache::{CachedLatent, CachedText};
-use crate::train::encode::Encoders;
+use crate::train::encode::{split_rows, Encoders};
 use crate::vae::{Autoencoder, AutoencoderConfig};
 
 /// The VAE and text encoders of a FLUX.1 model.
@@ -38,25 +37,6 @@ pub fn center_square(image: &RgbImage, side: u32) -> RgbImage {
     image::imageops::crop_imm(&resized, (nw - side) / 2, (nh - side) / 2, side, side).to_image()
 }
 
-/// `[batch, …]` → one host tensor per row.
-fn rows<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<HostTensor> {
-    let all = HostTensor::from_tensor(t);
-    let n = all.shape[0];
-    let per = all.data.len() / n.max(1);
-    (0..n)
-        .map(|i| HostTensor {
-            shape: all.shape[1..].to_vec(),
-            data: all.data[i * per..(i + 1) * per].to_vec(),
-        })
-        .collect()
-}
-
-fn ids_tensor<B: Backend>(ids: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let (rows, cols) = (ids.len(), ids.first().map_or(0, Vec::len));
-    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [rows, cols]), device)
-}
-
 impl<B: Backend> Encoders for FluxEncoders<B> {
     /// The posterior of `(z − shift) · scale`: mean `(μ − shift) · scale` and log-variance
     /// `logvar + 2 ln scale`, so a sample of it is the scaled sample the released training uses.
@@ -72,9 +52,9 @@ impl<B: Backend> Encoders for FluxEncoders<B> {
         let scale = self.vae_config.scaling_factor;
         let mean = (posterior.mean - self.vae_config.shift_factor) * scale;
         let logvar = posterior.logvar + 2.0 * scale.ln();
-        Ok(rows(mean)
+        Ok(split_rows(mean)
             .into_iter()
-            .zip(rows(logvar))
+            .zip(split_rows(logvar))
             .map(|(mean, logvar)| CachedLatent { mean, logvar })
             .collect())
     }
@@ -100,9 +80,9 @@ impl<B: Backend> Encoders for FluxEncoders<B> {
             .clip
             .try_forward(ids_tensor(&clip_ids.ids, &self.device))
             .map_err(|e| e.to_string())?;
-        Ok(rows(tokens)
+        Ok(split_rows(tokens)
             .into_iter()
-            .zip(rows(pooled))
+            .zip(split_rows(pooled))
             .map(|(tokens, pooled)| CachedText { tokens, pooled })
             .collect())
     }

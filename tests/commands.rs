@@ -234,55 +234,6 @@ fn fixture_field(json: &str, field: &str) -> serde_json::Value {
     v[field].clone()
 }
 
-/// A word-level tokenizer.json over `words` (ids from `first_id`), ending every prompt with
-/// `eos` and starting it with `bos` if given.
-fn word_tokenizer(
-    path: &Path,
-    words: &[&str],
-    first_id: usize,
-    bos: Option<(&str, u32)>,
-    eos: (&str, u32),
-) {
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("<unk>".into(), 2.into());
-    for (i, w) in words.iter().enumerate() {
-        vocab.insert(w.to_string(), (first_id + i).into());
-    }
-    let special = |(t, id): (&str, u32)| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
-    let mut added = vec![special(eos)];
-    let mut single = vec![
-        serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}),
-        serde_json::json!({"SpecialToken": {"id": eos.0, "type_id": 0}}),
-    ];
-    let mut specials = serde_json::Map::new();
-    specials.insert(
-        eos.0.into(),
-        serde_json::json!({"id": eos.0, "ids": [eos.1], "tokens": [eos.0]}),
-    );
-    if let Some(b) = bos {
-        added.push(special(b));
-        single.insert(
-            0,
-            serde_json::json!({"SpecialToken": {"id": b.0, "type_id": 0}}),
-        );
-        specials.insert(
-            b.0.into(),
-            serde_json::json!({"id": b.0, "ids": [b.1], "tokens": [b.0]}),
-        );
-        vocab.insert(b.0.into(), b.1.into());
-    }
-    vocab.insert(eos.0.into(), eos.1.into());
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials},
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, json.to_string()).unwrap();
-}
-
 /// A diffusers FLUX.1 folder on tiny sizes: a random transformer (BFL keys, which the loader
 /// detects) fitting the reference VAE (16 latent channels), T5 (32) and CLIP (32) fixtures.
 fn tiny_model_dir(root: &Path) -> PathBuf {
@@ -311,21 +262,14 @@ fn tiny_model_dir(root: &Path) -> PathBuf {
         "clip_text_tiny_weights.safetensors",
         "model.safetensors",
     );
-    let words = ["a", "red", "blue", "circle", "square"];
-    word_tokenizer(
-        &dir.join("tokenizer_2/tokenizer.json"),
-        &words,
-        3,
-        None,
-        ("</s>", 1),
-    );
-    word_tokenizer(
-        &dir.join("tokenizer/tokenizer.json"),
-        &words,
-        3,
-        Some(("<s>", 126)),
-        ("</s>", 127),
-    );
+    for (sub, file) in [("tokenizer_2", "t5.json"), ("tokenizer", "clip.json")] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::copy(
+            fixture(&format!("tiny_tokenizers/{file}")),
+            dir.join(sub).join("tokenizer.json"),
+        )
+        .unwrap();
+    }
     let device = Default::default();
     let config = FluxConfig {
         in_channels: 64,

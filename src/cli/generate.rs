@@ -154,6 +154,28 @@ fn trained_sizes(
     Ok((adapter, users))
 }
 
+/// The `--adapter` and `--user-table` files, if given, at the sizes [`trained_sizes`] finds.
+#[allow(clippy::type_complexity)]
+fn load_personalization<B: Backend>(
+    args: &GenerateArgs,
+    text_dim: usize,
+    flux: (usize, usize),
+    device: &B::Device,
+) -> anyhow::Result<(Option<PreferenceAdapter<B>>, Option<UserTable<B>>)> {
+    let (adapter_config, user_shape) = trained_sizes(args, text_dim, flux)?;
+    let adapter = args
+        .adapter
+        .as_ref()
+        .map(|p| PreferenceAdapter::<B>::load(p, &adapter_config, device))
+        .transpose()?;
+    let table = args
+        .user_table
+        .as_ref()
+        .map(|p| UserTable::<B>::load(p, user_shape, device))
+        .transpose()?;
+    Ok((adapter, table))
+}
+
 fn users_of(args: &GenerateArgs) -> anyhow::Result<Vec<UserChoice>> {
     if args.users.is_empty() {
         return Ok(vec![UserChoice::Base]);
@@ -194,21 +216,12 @@ fn generate_synth<B: Backend>(
     let (base, config) = SynthBase::<B>::load(dir, &device)
         .with_context(|| format!("synth base {}", dir.display()))?;
     let tokenizer = crate::synth::text::load_tokenizer(dir)?;
-    let (adapter_config, user_shape) = trained_sizes(
+    let (adapter, table) = load_personalization::<B>(
         &args,
         config.flux.context_in_dim,
         (config.flux.hidden_size, config.flux.depth),
+        &device,
     )?;
-    let adapter = args
-        .adapter
-        .as_ref()
-        .map(|p| PreferenceAdapter::<B>::load(p, &adapter_config, &device))
-        .transpose()?;
-    let table = args
-        .user_table
-        .as_ref()
-        .map(|p| UserTable::<B>::load(p, user_shape, &device))
-        .transpose()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
@@ -257,21 +270,12 @@ fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     let flux = Flux::<B>::load(&files.flux, &flux_config, &device)?;
     let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
     let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
-    let (adapter_config, user_shape) = trained_sizes(
+    let (adapter, table) = load_personalization::<B>(
         &args,
         args.model.t5_config(&files)?.d_model,
         (flux_config.hidden_size, flux_config.depth),
+        &device,
     )?;
-    let adapter = args
-        .adapter
-        .as_ref()
-        .map(|p| PreferenceAdapter::<B>::load(p, &adapter_config, &device))
-        .transpose()?;
-    let table = args
-        .user_table
-        .as_ref()
-        .map(|p| UserTable::<B>::load(p, user_shape, &device))
-        .transpose()?;
     eprintln!("models loaded in {:.1?}", load.elapsed());
 
     let text = TextEncoder::new(t5, clip, t5_tokenizer, clip_tokenizer);

@@ -2,7 +2,7 @@
 //! decode → PNG. Text encoders and VAE are the reference fixtures; FLUX, the adapters and the
 //! users are random (sizes chosen to fit the fixtures).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -30,69 +30,11 @@ fn config<T: serde::de::DeserializeOwned>(json: &str, field: &str) -> T {
     serde_json::from_value(v[field].clone()).unwrap()
 }
 
-/// A word-level tokenizer.json for the tiny encoders' 128-entry vocabularies.
-fn word_tokenizer(
-    dir: &Path,
-    name: &str,
-    words: &[&str],
-    first_id: usize,
-    bos: Option<(&str, u32)>,
-    eos: (&str, u32),
-) -> PathBuf {
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("<unk>".into(), 2.into());
-    for (i, w) in words.iter().enumerate() {
-        vocab.insert(w.to_string(), (first_id + i).into());
-    }
-    let special = |(t, id): (&str, u32)| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
-    let mut added = vec![special(eos)];
-    let mut single = vec![
-        serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}),
-        serde_json::json!({"SpecialToken": {"id": eos.0, "type_id": 0}}),
-    ];
-    let mut specials = serde_json::Map::new();
-    specials.insert(
-        eos.0.into(),
-        serde_json::json!({"id": eos.0, "ids": [eos.1], "tokens": [eos.0]}),
-    );
-    if let Some(b) = bos {
-        added.push(special(b));
-        single.insert(
-            0,
-            serde_json::json!({"SpecialToken": {"id": b.0, "type_id": 0}}),
-        );
-        specials.insert(
-            b.0.into(),
-            serde_json::json!({"id": b.0, "ids": [b.1], "tokens": [b.0]}),
-        );
-        vocab.insert(b.0.into(), b.1.into());
-    }
-    vocab.insert(eos.0.into(), eos.1.into());
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials},
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, json.to_string()).unwrap();
-    path
-}
-
-fn tiny_generator(dir: &Path) -> Generator<B> {
+fn tiny_generator() -> Generator<B> {
     let device = Default::default();
     B::seed(&device, 4);
-    let words = ["a", "red", "circle", "blue", "square", "on", "grass"];
-    let t5_tok =
-        PromptTokenizer::t5(word_tokenizer(dir, "t5", &words, 3, None, ("</s>", 1)), 8).unwrap();
-    let clip_tok = PromptTokenizer::from_file(
-        word_tokenizer(dir, "clip", &words, 3, Some(("<s>", 126)), ("</s>", 127)),
-        77,
-        127,
-        "</s>",
-    )
-    .unwrap();
+    let t5_tok = PromptTokenizer::t5(fixture("tiny_tokenizers/t5.json"), 8).unwrap();
+    let clip_tok = PromptTokenizer::clip(fixture("tiny_tokenizers/clip.json")).unwrap();
     let t5 = T5Encoder::load(
         fixture("t5_tiny_weights.safetensors"),
         &config::<T5Config>("t5_tiny.json", "config"),
@@ -172,7 +114,7 @@ fn max_diff(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f32 {
 #[test]
 fn personalized_batches_are_reproducible_and_alpha_zero_is_the_base() {
     let dir = tempfile::tempdir().unwrap();
-    let mut generator = tiny_generator(dir.path());
+    let mut generator = tiny_generator();
     let both = request(
         vec![UserChoice::Base, UserChoice::User(UserRef::Index(1))],
         1.0,
@@ -222,8 +164,7 @@ fn personalized_batches_are_reproducible_and_alpha_zero_is_the_base() {
 
 #[test]
 fn bad_requests_are_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut generator = tiny_generator(dir.path());
+    let mut generator = tiny_generator();
     let mut r = request(vec![], 1.0);
     r.width = 40;
     assert!(matches!(

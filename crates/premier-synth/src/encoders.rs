@@ -7,7 +7,7 @@ use premier_mmdit::load::HostTensor;
 use premier_mmdit::unpack;
 use premier_text::PromptTokenizer;
 use premier_train::cache::{CachedLatent, CachedText};
-use premier_train::encode::Encoders;
+use premier_train::encode::{split_rows, Encoders};
 
 use crate::codec::{encode, LATENT_HW};
 use crate::text::SynthTextEncoder;
@@ -22,18 +22,6 @@ pub struct SynthEncoders<B: Backend> {
     pub text: SynthTextEncoder<B>,
     pub tokenizer: PromptTokenizer,
     pub device: B::Device,
-}
-
-fn rows<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<HostTensor> {
-    let all = HostTensor::from_tensor(t);
-    let n = all.shape[0];
-    let per = all.data.len() / n.max(1);
-    (0..n)
-        .map(|i| HostTensor {
-            shape: all.shape[1..].to_vec(),
-            data: all.data[i * per..(i + 1) * per].to_vec(),
-        })
-        .collect()
 }
 
 impl<B: Backend> Encoders for SynthEncoders<B> {
@@ -53,7 +41,7 @@ impl<B: Backend> Encoders for SynthEncoders<B> {
         let refs: Vec<&RgbImage> = images.iter().collect();
         let tokens = encode::<B>(&refs, &self.device);
         let latents = unpack(tokens, LATENT_HW.0, LATENT_HW.1);
-        Ok(rows(latents)
+        Ok(split_rows(latents)
             .into_iter()
             .map(|mean| CachedLatent {
                 logvar: HostTensor {
@@ -71,9 +59,9 @@ impl<B: Backend> Encoders for SynthEncoders<B> {
             .text
             .encode(&self.tokenizer, &refs)
             .map_err(|e| e.to_string())?;
-        Ok(rows(text.tokens)
+        Ok(split_rows(text.tokens)
             .into_iter()
-            .zip(rows(text.pooled))
+            .zip(split_rows(text.pooled))
             .map(|(tokens, pooled)| CachedText { tokens, pooled })
             .collect())
     }

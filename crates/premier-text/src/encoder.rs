@@ -103,7 +103,8 @@ impl<B: Backend> TextEncoder<B> {
     }
 }
 
-fn ids_tensor<B: Backend>(ids: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+/// Token ids `[rows][cols]` → an Int tensor `[rows, cols]`.
+pub fn ids_tensor<B: Backend>(ids: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
     let (rows, cols) = (ids.len(), ids.first().map_or(0, Vec::len));
     let flat: Vec<i64> = ids.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [rows, cols]), device)

@@ -15,7 +15,7 @@ mod t5;
 mod tokenizer;
 
 pub use clip::{ClipTextConfig, ClipTextEncoder};
-pub use encoder::{TextConditioning, TextEncoder};
+pub use encoder::{ids_tensor, TextConditioning, TextEncoder};
 pub use error::TextError;
 pub use t5::{relative_position_bucket, T5Config, T5Encoder};
 pub use tokenizer::{PromptTokenizer, TokenizedBatch};

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use image::RgbImage;
+use premier_mmdit::load::HostTensor;
 
 use crate::cache::{caption_hash, image_hash, CacheError, CachedLatent, CachedText, EncodedCache};
 use crate::data::Dataset;
@@ -64,6 +65,21 @@ pub enum EncodeError {
     Image { path: PathBuf, reason: String },
     #[error("encoder: {0}")]
     Encoder(String),
+}
+
+/// `[batch, …]` on a device → one host tensor `[…]` per row (how encoders hand back a batch).
+pub fn split_rows<B: burn::prelude::Backend, const D: usize>(
+    t: burn::prelude::Tensor<B, D>,
+) -> Vec<HostTensor> {
+    let all = HostTensor::from_tensor(t);
+    let n = all.shape[0];
+    let per = all.data.len() / n.max(1);
+    (0..n)
+        .map(|i| HostTensor {
+            shape: all.shape[1..].to_vec(),
+            data: all.data[i * per..(i + 1) * per].to_vec(),
+        })
+        .collect()
 }
 
 /// Reads an image file as RGB.
