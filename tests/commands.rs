@@ -92,13 +92,27 @@ fn the_synthetic_world_runs_through_every_command() {
     train_run(&straight, "4", &[]).unwrap();
     train_run(&resumed, "2", &[]).unwrap();
     train_run(&resumed, "4", &["--resume", "latest"]).unwrap();
+    // Gradient checkpointing recomputes the same activations: the same weights.
+    let recomputed = dir.path().join("recomputed");
+    train_run(&recomputed, "4", &["--gradient-checkpointing"]).unwrap();
     for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
         assert_eq!(
             sha(&straight.join(file)),
             sha(&resumed.join(file)),
             "{file}"
         );
+        assert_eq!(
+            sha(&straight.join(file)),
+            sha(&recomputed.join(file)),
+            "{file}"
+        );
     }
+    // A fresh run into a folder with checkpoints, or a resume with other batches, is refused.
+    let again = format!("{:#}", train_run(&straight, "4", &[]).unwrap_err());
+    assert!(again.contains("--resume latest"), "{again}");
+    let other_batches = train_run(&resumed, "6", &["--resume", "latest", "--batch-size", "2"]);
+    let msg = format!("{:#}", other_batches.unwrap_err());
+    assert!(msg.contains("batch_size"), "{msg}");
     let written = std::fs::read_to_string(straight.join("config.toml")).unwrap();
     assert!(
         written.contains("batch_size = 3") && written.contains("seed = 5"),

@@ -141,6 +141,13 @@ pub fn run(args: ColdStartArgs) -> anyhow::Result<()> {
 
 fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
+    let start = match args.resume.as_deref() {
+        None => Start::Fresh,
+        Some("latest") => Start::Latest,
+        Some(other) => bail!(
+            "--resume takes `latest` (each user resumes from its own checkpoints), not {other:?}"
+        ),
+    };
     let mut dataset = args.data.read()?;
     if !args.users.is_empty() {
         for id in &args.users {
@@ -175,9 +182,6 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
     )?;
     let out = args.out.clone().unwrap_or_else(|| args.run.join("users"));
     for user in 0..data.ids.len() {
-        // Each user's initialisation depends on its id only, so a resumed batch of users draws
-        // what the uninterrupted one did.
-        B::seed(&device, config.stage2.seed ^ id_seed(&data.ids[user]));
         let bar = progress_bar(config.steps, "steps");
         bar.set_message(data.ids[user].clone());
         let mut last = None;
@@ -189,11 +193,7 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
             user,
             &config,
             &out,
-            match args.resume.as_deref() {
-                None => Start::Fresh,
-                Some("latest") => Start::Latest,
-                Some(other) => bail!("--resume takes `latest` (each user resumes from its own checkpoints), not {other:?}"),
-            },
+            start.clone(),
             &mut |r| {
                 bar.set_position(r.report.step);
                 last = Some(r.report);
@@ -210,11 +210,4 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
         );
     }
     Ok(())
-}
-
-/// FNV-1a of a user id.
-fn id_seed(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }

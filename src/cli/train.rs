@@ -257,9 +257,6 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
         users,
         dir: observer_dir,
     };
-    if matches!(args.start(), Start::Fresh) {
-        B::seed(&device, config.stage1.seed);
-    }
     if config.stage1.dispersion == Some(DispersionVariant::Released) {
         eprintln!("note: the released squared-L2 dispersion saturates (SPEC §4.3)");
     }

@@ -1,6 +1,8 @@
 //! Training batches from an encoder cache: a dataset's users with the cache keys of their images
 //! and captions, and per step the posterior samples and text features as tensors.
 
+use std::path::Path;
+
 use burn::prelude::*;
 use premier_mmdit::load::HostTensor;
 use premier_mmdit::pack;
@@ -34,18 +36,27 @@ pub struct CachedUsers {
     cache: EncodedCache,
 }
 
-fn stack(parts: &[HostTensor], what: &str) -> Result<(Vec<usize>, Vec<f32>), CacheError> {
-    let shape = parts[0].shape.clone();
-    let mut data = Vec::with_capacity(parts.len() * parts[0].data.len());
+/// `parts` (one shape) stacked along a new first axis: the shape and the values.
+fn stack(
+    parts: &[HostTensor],
+    what: &str,
+    cache: &Path,
+) -> Result<(Vec<usize>, Vec<f32>), CacheError> {
+    let fail = |reason: String| CacheError::Io {
+        path: cache.to_path_buf(),
+        reason,
+    };
+    let Some(first) = parts.first() else {
+        return Err(fail(format!("no {what} to batch")));
+    };
+    let shape = first.shape.clone();
+    let mut data = Vec::with_capacity(parts.len() * first.data.len());
     for p in parts {
         if p.shape != shape {
-            return Err(CacheError::Io {
-                path: Default::default(),
-                reason: format!(
-                    "{what} of shapes {:?} and {:?} in one batch",
-                    shape, p.shape
-                ),
-            });
+            return Err(fail(format!(
+                "{what} of shapes {:?} and {:?} in one batch",
+                shape, p.shape
+            )));
         }
         data.extend_from_slice(&p.data);
     }
@@ -66,7 +77,7 @@ impl CachedUsers {
                 let image = image_hash(&s.image)?;
                 if !cache.has_image(&image) {
                     return Err(CacheError::Missing {
-                        cache: cache_dir(&cache),
+                        cache: cache.dir().to_path_buf(),
                         what: "image",
                         hash: format!("{image} ({})", s.image.display()),
                     });
@@ -74,7 +85,7 @@ impl CachedUsers {
                 let caption = caption_hash(&s.caption);
                 if !cache.has_caption(&caption) {
                     return Err(CacheError::Missing {
-                        cache: cache_dir(&cache),
+                        cache: cache.dir().to_path_buf(),
                         what: "caption",
                         hash: format!("{caption} ({:?})", s.caption),
                     });
@@ -86,8 +97,17 @@ impl CachedUsers {
         }
         // Opening a shard maps it; fail here rather than mid-run on a damaged cache.
         if let Some((image, caption)) = samples.iter().flatten().next() {
-            cache.latent(image)?;
+            let latent = cache.latent(image)?;
             cache.text(caption)?;
+            let shape = &latent.mean.shape;
+            if shape.len() != 3 || shape[1] % 2 != 0 || shape[2] % 2 != 0 {
+                return Err(CacheError::Io {
+                    path: cache.dir().to_path_buf(),
+                    reason: format!(
+                        "latents must be [channels, h, w] with even h and w, found {shape:?}"
+                    ),
+                });
+            }
         }
         Ok(Self {
             ids: dataset.users.iter().map(|u| u.id.clone()).collect(),
@@ -100,6 +120,20 @@ impl CachedUsers {
     /// Images of each user.
     pub fn counts(&self) -> Vec<usize> {
         self.samples.iter().map(Vec::len).collect()
+    }
+
+    /// A hash of the users and their samples' cache keys, in order: equal exactly when a run
+    /// would draw the same batches from both.
+    pub fn fingerprint(&self) -> String {
+        let mut text = String::new();
+        for (id, samples) in self.ids.iter().zip(&self.samples) {
+            text.push_str(&format!("{id:?}:"));
+            for (image, caption) in samples {
+                text.push_str(&format!("{image},{caption};"));
+            }
+            text.push('\n');
+        }
+        crate::cache::content_hash(text.as_bytes())
     }
 
     /// The batch of `(user, sample)` picks, each latent drawn from its posterior with the noise
@@ -123,8 +157,20 @@ impl CachedUsers {
             tokens.push(text.tokens);
             pooled.push(text.pooled);
         }
-        let (dims, mean) = stack(&means, "latents")?;
-        let (_, logvar) = stack(&logvars, "latents")?;
+        let dir = self.cache.dir().to_path_buf();
+        let (dims, mean) = stack(&means, "latent means", &dir)?;
+        let (logvar_dims, logvar) = stack(&logvars, "latent log-variances", &dir)?;
+        if dims != logvar_dims || dims.len() != 4 || dims[2] % 2 != 0 || dims[3] % 2 != 0 {
+            return Err(CacheError::Io {
+                path: dir,
+                reason: format!(
+                    "latents must be [channels, h, w] with even h, w and a log-variance of the \
+                     same shape; found mean {:?}, log-variance {:?}",
+                    &dims[1..],
+                    &logvar_dims[1..]
+                ),
+            });
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let sample: Vec<f32> = mean
             .iter()
@@ -134,19 +180,13 @@ impl CachedUsers {
                 m + (lv / 2.0).exp() * eps
             })
             .collect();
-        if dims.len() != 4 {
-            return Err(CacheError::Io {
-                path: cache_dir(&self.cache),
-                reason: format!("latents must be [channels, h, w], found {:?}", &dims[1..]),
-            });
-        }
         let latent_hw = (dims[2], dims[3]);
         let x0 = pack(Tensor::<B, 4>::from_data(
             TensorData::new(sample, dims),
             device,
         ));
-        let (text_dims, text) = stack(&tokens, "text tokens")?;
-        let (pooled_dims, pooled) = stack(&pooled, "pooled text")?;
+        let (text_dims, text) = stack(&tokens, "text tokens", &dir)?;
+        let (pooled_dims, pooled) = stack(&pooled, "pooled text", &dir)?;
         Ok(EncodedBatch {
             x0,
             latent_hw,
@@ -162,16 +202,21 @@ impl CachedUsers {
         caption: &str,
         device: &B::Device,
     ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), CacheError> {
-        let text = self.cache.text(&caption_hash(caption))?;
-        let (tokens_dims, tokens) = stack(&[text.tokens], "text tokens")?;
-        let (pooled_dims, pooled) = stack(&[text.pooled], "pooled text")?;
+        let hash = caption_hash(caption);
+        let text = self.cache.text(&hash).map_err(|e| match e {
+            CacheError::Missing { cache, what, .. } => CacheError::Missing {
+                cache,
+                what,
+                hash: format!("{hash} ({caption:?})"),
+            },
+            other => other,
+        })?;
+        let dir = self.cache.dir().to_path_buf();
+        let (tokens_dims, tokens) = stack(&[text.tokens], "text tokens", &dir)?;
+        let (pooled_dims, pooled) = stack(&[text.pooled], "pooled text", &dir)?;
         Ok((
             Tensor::from_data(TensorData::new(tokens, tokens_dims), device),
             Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
         ))
     }
-}
-
-fn cache_dir(cache: &EncodedCache) -> std::path::PathBuf {
-    cache.dir().to_path_buf()
 }

@@ -47,6 +47,19 @@ pub struct CheckpointState {
     pub prodigy: ProdigyScalars,
     /// For each optimized parameter: whether it has state, and whether its p0 was all zero.
     pub params: Vec<Option<bool>>,
+    /// What else the run's batches depend on, when a whole run wrote the checkpoint.
+    #[serde(default)]
+    pub run: Option<RunSettings>,
+}
+
+/// The settings besides [`Stage1Config`] that decide a run's batches: a resume must use the same
+/// ones to continue bit for bit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Hash of the users and their (image, caption) cache keys, in order.
+    pub data: String,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
@@ -92,6 +105,7 @@ pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 pub fn save_stage1<B: AutodiffBackend>(
     trainer: &Stage1Trainer<B>,
     adapter_config: &AdapterConfig,
+    run: Option<&RunSettings>,
     dir: &Path,
     keep: usize,
 ) -> Result<PathBuf, CheckpointError> {
@@ -116,6 +130,7 @@ pub fn save_stage1<B: AutodiffBackend>(
         rows: trainer.model.users.rows(),
         prodigy: state.scalars,
         params,
+        run: run.cloned(),
     };
     commit(dir, &tmp, &final_dir, &meta, keep)
 }
@@ -156,6 +171,27 @@ fn commit<T: Serialize>(
         std::fs::remove_dir_all(old).map_err(io(old))?;
     }
     Ok(final_dir.to_path_buf())
+}
+
+/// The `state.json` of the stage-1 checkpoint folder `path`.
+pub fn read_stage1_state(path: &Path) -> Result<CheckpointState, CheckpointError> {
+    read_state(path)
+}
+
+/// The `state.json` of the cold-start checkpoint folder `path`.
+pub fn read_stage2_state(path: &Path) -> Result<Stage2CheckpointState, CheckpointError> {
+    read_state(path)
+}
+
+/// Deletes the checkpoints under `dir` after `step`: a run resumed from an older checkpoint
+/// abandons them, and they must not be taken for its newest.
+pub fn drop_checkpoints_after(dir: &Path, step: u64) -> Result<(), CheckpointError> {
+    for (s, path) in checkpoints(dir) {
+        if s > step {
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_state<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {

@@ -16,8 +16,10 @@ pub struct MetricRecord {
     #[serde(flatten)]
     pub report: StepReport,
     /// Steps per second over this step.
+    #[serde(deserialize_with = "nan_if_null")]
     pub it_per_s: f64,
     /// Seconds since the run (or its resume) started.
+    #[serde(deserialize_with = "nan_if_null")]
     pub elapsed_s: f64,
 }
 
@@ -66,19 +68,32 @@ fn err(path: &Path, e: impl std::fmt::Display) -> MetricsError {
     }
 }
 
+/// A number JSON wrote as `null` (serde_json's spelling of NaN and ±∞) reads back as NaN, so a
+/// diverged step does not make its log unreadable.
+pub(crate) fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Reads a metrics file; for steps written twice (a run resumed from an older checkpoint) the
-/// last record wins.
+/// last record wins. A last line cut short (the process stopped while writing it) is skipped.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricRecord>, MetricsError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(path, e))?;
-    let mut by_step = std::collections::BTreeMap::new();
-    for (i, line) in text
+    let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let record: MetricRecord =
-            serde_json::from_str(line).map_err(|e| err(path, format!("line {}: {e}", i + 1)))?;
-        by_step.insert(record.report.step, record);
+        .collect();
+    let mut by_step = std::collections::BTreeMap::new();
+    for (k, &(i, line)) in lines.iter().enumerate() {
+        match serde_json::from_str::<MetricRecord>(line) {
+            Ok(record) => {
+                by_step.insert(record.report.step, record);
+            }
+            Err(e) if k + 1 == lines.len() && !text.ends_with('\n') => {
+                tracing::warn!("{}: skipping the cut-off last line: {e}", path.display());
+            }
+            Err(e) => return Err(err(path, format!("line {}: {e}", i + 1))),
+        }
     }
     Ok(by_step.into_values().collect())
 }
@@ -206,6 +221,27 @@ mod tests {
         assert_eq!(back[0], record(1, 1.0));
         let line = std::fs::read_to_string(&path).unwrap();
         assert!(line.contains("\"grad_norm\":0.3") && line.contains("\"it_per_s\":2.0"));
+    }
+
+    #[test]
+    fn diverged_steps_and_a_cut_off_last_line_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::append(&path).unwrap();
+        log.write(&record(1, f64::NAN)).unwrap();
+        log.write(&record(2, f64::INFINITY)).unwrap();
+        drop(log);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"loss\":null"), "{text}");
+        text.push_str("{\"step\":3,\"loss\":0.");
+        std::fs::write(&path, &text).unwrap();
+        let back = read_metrics(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(back[0].report.loss.is_nan() && back[1].report.loss.is_nan());
+        // A bad line before the end is an error naming it.
+        std::fs::write(&path, "{\"step\":1,\n{}\n").unwrap();
+        let e = read_metrics(&path).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
     }
 
     #[test]

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::batches::CachedUsers;
 use crate::cache::CacheError;
 use crate::checkpoint::{
-    latest_checkpoint, load_stage1, load_stage2, save_stage1, save_stage2, CheckpointError,
+    drop_checkpoints_after, latest_checkpoint, load_stage1, load_stage2, read_stage1_state,
+    read_stage2_state, save_stage1, save_stage2, CheckpointError, CheckpointState, RunSettings,
 };
 use crate::metrics::{read_metrics, write_loss_curve, MetricRecord, MetricsError, MetricsLog};
 use crate::sampler::UserBatchSampler;
@@ -35,7 +36,7 @@ use crate::stage2::{NewUser, Stage2Batch, Stage2Config, Stage2Trainer};
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub steps: u64,
-    /// Samples per micro-batch, each of a different user.
+    /// Samples per micro-batch, of distinct users while there are enough users.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
@@ -253,11 +254,14 @@ impl<B: AutodiffBackend> RunObserver<B> for () {}
 /// Where a stage-1 run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// New adapters and table, initialised from the backend's seeded RNG.
+    /// New adapters and table (or a new user), initialised from the backend's RNG seeded with the
+    /// run's seed (for a new user: the seed and its id). Refused when the folder already holds
+    /// checkpoints.
     Fresh,
-    /// The newest checkpoint under `<out>/checkpoints` (fresh when there is none).
+    /// The newest checkpoint under `<out>/checkpoints` (fresh when there is none). The run's
+    /// settings must be the checkpoint's.
     Latest,
-    /// A checkpoint folder.
+    /// A checkpoint folder; checkpoints after it in the run's folder are dropped.
     From(PathBuf),
 }
 
@@ -302,30 +306,33 @@ pub fn train_stage1<B: AutodiffBackend>(
     }
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let checkpoints = out.join("checkpoints");
-    let resume_from = match start {
-        Start::Fresh => None,
-        Start::Latest => latest_checkpoint(&checkpoints),
-        Start::From(p) => Some(p),
-    };
+    let resume_from = resume_point(&checkpoints, start)?;
+    if let Some(u) = data.counts().iter().position(|&c| c == 0) {
+        return Err(RunError::Config(format!(
+            "user {:?} has no images",
+            data.ids[u]
+        )));
+    }
     let Some(first_caption) = data.captions.iter().flatten().next().cloned() else {
         return Err(RunError::Config("the dataset has no images".into()));
     };
+    let settings = RunSettings {
+        batch_size: config.batch_size,
+        grad_accum: config.grad_accum,
+        data: data.fingerprint(),
+    };
     let text_dim = data.text::<B>(&first_caption, device)?.0.dims()[2];
-    let adapter_config = config.adapter(text_dim, flux.hidden_size(), flux.depth());
-    let mut trainer = match &resume_from {
+    let (mut trainer, adapter_config) = match &resume_from {
         Some(path) => {
-            let trainer = load_stage1(path, flux, device)?;
-            if trainer.model.users.shape().users != data.ids.len() {
-                return Err(RunError::Config(format!(
-                    "{}: a table of {} users, but the dataset has {}",
-                    path.display(),
-                    trainer.model.users.shape().users,
-                    data.ids.len()
-                )));
-            }
-            trainer
+            let meta = read_stage1_state(path)?;
+            check_resume(path, &meta, config, &settings, data.ids.len())?;
+            drop_checkpoints_after(&checkpoints, meta.step)?;
+            (load_stage1(path, flux, device)?, meta.adapter)
         }
         None => {
+            // A fresh run's initialisation depends on its seed alone.
+            B::seed(device, config.stage1.seed);
+            let adapter_config = config.adapter(text_dim, flux.hidden_size(), flux.depth());
             let adapter = PreferenceAdapter::<B>::init(&adapter_config, device)
                 .map_err(|e| RunError::Config(e.to_string()))?;
             let users = UserTable::<B>::init(
@@ -336,12 +343,10 @@ pub fn train_stage1<B: AutodiffBackend>(
                 },
                 device,
             );
-            Stage1Trainer::new(flux, Stage1Model { adapter, users }, config.stage1.clone())
+            let model = Stage1Model { adapter, users };
+            let trainer = Stage1Trainer::new(flux, model, config.stage1.clone());
+            (trainer, adapter_config)
         }
-    };
-    let adapter_config = match &resume_from {
-        Some(path) => checkpoint_adapter(path)?,
-        None => adapter_config,
     };
     write_text(
         &out.join("config.toml"),
@@ -398,6 +403,7 @@ pub fn train_stage1<B: AutodiffBackend>(
             let path = save_stage1(
                 &trainer,
                 &adapter_config,
+                Some(&settings),
                 &checkpoints,
                 config.keep_checkpoints,
             )?;
@@ -438,6 +444,77 @@ pub fn train_stage1<B: AutodiffBackend>(
     Ok((trainer, summary))
 }
 
+/// The checkpoint a run starts from. A fresh start refuses a folder that already holds
+/// checkpoints (they would be pruned in favour of the old run's, or resumed by mistake later).
+fn resume_point(checkpoints: &Path, start: Start) -> Result<Option<PathBuf>, RunError> {
+    match start {
+        Start::Fresh => match latest_checkpoint(checkpoints) {
+            Some(old) => Err(RunError::Config(format!(
+                "{} holds checkpoints of an earlier run: resume it (`--resume latest`) or train \
+                 into another folder",
+                old.display()
+            ))),
+            None => Ok(None),
+        },
+        Start::Latest => Ok(latest_checkpoint(checkpoints)),
+        Start::From(p) => Ok(Some(p)),
+    }
+}
+
+/// A resume must continue the run the checkpoint came from: the same objective, optimizer and
+/// seed, and the same batches (batch size, accumulation, data).
+fn check_resume(
+    path: &Path,
+    meta: &CheckpointState,
+    config: &TrainConfig,
+    settings: &RunSettings,
+    users: usize,
+) -> Result<(), RunError> {
+    let differs = |what: &str| {
+        Err(RunError::Config(format!(
+            "{}: the checkpoint's run had another {what}; resume with the settings it was \
+             trained with (its config.toml) or start a new run",
+            path.display()
+        )))
+    };
+    if meta.users.users != users {
+        return Err(RunError::Config(format!(
+            "{}: a table of {} users, but the dataset has {users}",
+            path.display(),
+            meta.users.users
+        )));
+    }
+    if meta.config != config.stage1 {
+        return differs("[stage1] config");
+    }
+    match &meta.run {
+        Some(run) if run.batch_size != settings.batch_size => differs("batch_size"),
+        Some(run) if run.grad_accum != settings.grad_accum => differs("grad_accum"),
+        Some(run) if run.data != settings.data => {
+            differs("dataset (users, images or captions, or held-out split)")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A user id as a file-name part: no path separators, not `.` or `..`.
+fn file_safe(id: &str) -> Result<&str, RunError> {
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\\', '\0']) {
+        return Err(RunError::Config(format!(
+            "user id {id:?} cannot name a file"
+        )));
+    }
+    Ok(id)
+}
+
+/// FNV-1a of a user id: a new user's initialisation seed is `seed ^ id_seed(id)`, so users do
+/// not depend on the order they are trained in.
+pub fn id_seed(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The metrics log at `path` for a run at `step`: records past it (from before a resume) are
 /// dropped, since the run will write them again.
 fn metrics_from(path: &Path, step: u64) -> Result<MetricsLog, RunError> {
@@ -451,15 +528,6 @@ fn metrics_from(path: &Path, step: u64) -> Result<MetricsLog, RunError> {
         write_text(path, &text)?;
     }
     Ok(MetricsLog::append(path)?)
-}
-
-/// The adapter config a checkpoint was written with.
-fn checkpoint_adapter(path: &Path) -> Result<AdapterConfig, RunError> {
-    let state = path.join("state.json");
-    let text = std::fs::read_to_string(&state).map_err(|e| io(&state, e))?;
-    let meta: crate::checkpoint::CheckpointState =
-        serde_json::from_str(&text).map_err(|e| io(&state, e))?;
-    Ok(meta.adapter)
 }
 
 /// How a new user is represented.
@@ -534,22 +602,36 @@ pub fn cold_start<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Stage2Trainer<B>, PathBuf), RunError> {
     let started = Instant::now();
-    let count = data.samples[user].len();
+    let Some(count) = data.samples.get(user).map(Vec::len) else {
+        return Err(RunError::Config(format!(
+            "user {user} of a dataset of {}",
+            data.ids.len()
+        )));
+    };
     if count == 0 || config.batch_size == 0 {
         return Err(RunError::Config(format!(
             "user {} has {count} images and the batch size is {}",
             data.ids[user], config.batch_size
         )));
     }
-    let checkpoints = out.join("checkpoints").join(&data.ids[user]);
-    let resume_from = match start {
-        Start::Fresh => None,
-        Start::Latest => latest_checkpoint(&checkpoints),
-        Start::From(p) => Some(p),
-    };
-    let mut trainer = match resume_from {
-        Some(path) => load_stage2(&path, flux, adapter, table, device)?,
+    let id = file_safe(&data.ids[user])?.to_string();
+    let checkpoints = out.join("checkpoints").join(&id);
+    let mut trainer = match resume_point(&checkpoints, start)? {
+        Some(path) => {
+            let meta = read_stage2_state(&path)?;
+            let linear = config.kind == ColdStartKind::Linear;
+            if meta.config != config.stage2 || meta.linear != linear {
+                return Err(RunError::Config(format!(
+                    "{}: the checkpoint's cold start had another kind or [stage2] config; \
+                     resume with the same settings or start afresh",
+                    path.display()
+                )));
+            }
+            drop_checkpoints_after(&checkpoints, meta.step)?;
+            load_stage2(&path, flux, adapter, table, device)?
+        }
         None => {
+            B::seed(device, config.stage2.seed ^ id_seed(&id));
             let shape = table.shape();
             let new_user = match config.kind {
                 ColdStartKind::Linear => {
@@ -563,10 +645,7 @@ pub fn cold_start<B: AutodiffBackend>(
         }
     };
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    let mut log = metrics_from(
-        &out.join(format!("metrics_{}.jsonl", data.ids[user])),
-        trainer.step,
-    )?;
+    let mut log = metrics_from(&out.join(format!("metrics_{id}.jsonl")), trainer.step)?;
     let batch = config.batch_size.min(count);
     let seed = config.stage2.seed;
     while trainer.step < config.steps {
@@ -593,7 +672,7 @@ pub fn cold_start<B: AutodiffBackend>(
             save_stage2(&trainer, &checkpoints, config.keep_checkpoints)?;
         }
     }
-    let path = out.join(user_file_name(config.kind, &data.ids[user]));
+    let path = out.join(user_file_name(config.kind, &id));
     let saved = match &trainer.user {
         NewUser::Linear(c) => c.save(&path, SaveDtype::F32),
         NewUser::Direct(e) => e.save(&path, SaveDtype::F32),

@@ -116,13 +116,19 @@ pub struct Stage1Batch<B: Backend> {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     pub step: u64,
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub flow: f64,
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub dispersion_shared: f64,
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub dispersion_distinct: f64,
     /// Prodigy's step size estimate after the step.
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub d: f64,
     /// Global gradient norm before clipping.
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub grad_norm: f64,
 }
 

@@ -81,7 +81,7 @@ fn resumed_run_equals_straight_run_bit_for_bit() {
     for _ in 0..3 {
         first.step(&batch).unwrap();
     }
-    let saved = save_stage1(&first, &adapter_config(), dir.path(), 2).unwrap();
+    let saved = save_stage1(&first, &adapter_config(), None, dir.path(), 2).unwrap();
     assert!(saved.ends_with("step-00000003"));
     let flux = first.flux.clone();
     drop(first);
@@ -116,7 +116,7 @@ fn interrupted_writes_are_ignored_and_old_checkpoints_pruned() {
     let (mut trainer, batch) = fresh();
     for _ in 0..3 {
         trainer.step(&batch).unwrap();
-        save_stage1(&trainer, &adapter_config(), dir.path(), 2).unwrap();
+        save_stage1(&trainer, &adapter_config(), None, dir.path(), 2).unwrap();
     }
     let steps: Vec<u64> = checkpoints(dir.path())
         .into_iter()
