@@ -183,7 +183,7 @@ fn the_synthetic_world_runs_through_every_command() {
         "--user",
         "base",
         "--user",
-        "1",
+        "user001",
         "--user",
         s(&user_file),
         "--prompt",

@@ -33,7 +33,8 @@ pub struct GenerateArgs {
     /// released table's 1000).
     #[arg(long)]
     pub num_users: Option<usize>,
-    /// A grid row per user: `base`, a table index, or a user file (`user_embedding_<id>` or
+    /// A grid row per user: `base`, a table index, a trained user's id (from the `premier.json`
+    /// beside the adapter), or a user file (`user_embedding_<id>` or
     /// `user_combination_<id>.safetensors`). Default: `base`.
     #[arg(long = "user")]
     pub users: Vec<String>,
@@ -176,11 +177,25 @@ fn load_personalization<B: Backend>(
     Ok((adapter, table))
 }
 
+/// The `--user` rows; a trained user's id is looked up in the `premier.json` beside the adapter.
 fn users_of(args: &GenerateArgs) -> anyhow::Result<Vec<UserChoice>> {
     if args.users.is_empty() {
         return Ok(vec![UserChoice::Base]);
     }
-    args.users.iter().map(|u| parse_user(u)).collect()
+    let trained = args
+        .adapter
+        .as_ref()
+        .and_then(|a| a.parent())
+        .filter(|dir| dir.join(TRAINED_MODEL_FILE).is_file())
+        .map(TrainedModel::read)
+        .transpose()?;
+    args.users
+        .iter()
+        .map(|u| match trained.as_ref().and_then(|t| t.row(u)) {
+            Some(row) => Ok(UserChoice::User(UserRef::Index(row))),
+            None => parse_user(u),
+        })
+        .collect()
 }
 
 /// Writes each image and the grid; prints where.
