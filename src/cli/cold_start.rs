@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
 
@@ -92,15 +92,7 @@ impl ColdStartArgs {
             defaults.steps = 100;
             defaults.batch_size = 4;
         }
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                ColdStartConfig::from_toml(&text, &defaults)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            }
-            None => defaults,
-        };
+        let mut c = super::dataset::config_file(self.config.as_deref(), defaults)?;
         c.kind = match self.kind {
             Some(KindArg::Linear) => ColdStartKind::Linear,
             Some(KindArg::Direct) => ColdStartKind::Direct,

@@ -1,6 +1,8 @@
-//! Dataset options shared by `encode`, `train` and `cold-start`, and the progress bars.
+//! What `encode`, `train` and `cold-start` share: dataset options, config files, progress bars.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use clap::Args;
 
@@ -55,4 +57,18 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
         ))
         .expect("valid template"),
     )
+}
+
+/// `defaults` with the TOML file at `path` (if any) over them.
+pub fn config_file<T: serde::Serialize + serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+    defaults: T,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(defaults);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    crate::train::run::config_from_toml(&text, &defaults)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

@@ -17,7 +17,6 @@ use crate::synth::encoders::SynthEncoders;
 use crate::synth::text::load_tokenizer;
 use crate::train::cache::EncodedCache;
 use crate::train::encode::{encode_dataset, EncodeOptions, Encoders};
-use crate::train::run::config_from_toml;
 
 /// `premier encode`'s settings (its TOML file; the options override it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,15 +71,7 @@ pub struct EncodeArgs {
 impl EncodeArgs {
     /// Defaults, then the TOML file, then the command line.
     pub fn resolve_config(&self) -> anyhow::Result<EncodeConfig> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                config_from_toml(&text, &EncodeConfig::default())
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            }
-            None => EncodeConfig::default(),
-        };
+        let mut c = super::dataset::config_file(self.config.as_deref(), EncodeConfig::default())?;
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);
         c.batches_per_shard = self.batches_per_shard.unwrap_or(c.batches_per_shard);
         c.resolution = self.resolution.unwrap_or(c.resolution);

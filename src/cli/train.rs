@@ -86,15 +86,7 @@ impl TrainArgs {
         } else {
             TrainConfig::default()
         };
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                TrainConfig::from_toml(&text, &defaults)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            }
-            None => defaults,
-        };
+        let mut c = super::dataset::config_file(self.config.as_deref(), defaults)?;
         let set = |slot: &mut u64, v: Option<u64>| {
             if let Some(v) = v {
                 *slot = v
