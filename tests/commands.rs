@@ -335,7 +335,22 @@ fn flux_files_encode_train_and_cold_start() {
             std::fs::write(data.join(u).join(format!("{i}.txt")), caption).unwrap();
         }
     }
+    // A third user whose only image is damaged: an error naming it, or skipped with --skip-bad.
+    std::fs::create_dir_all(data.join("carol")).unwrap();
+    std::fs::write(data.join("carol/0.png"), b"not a png").unwrap();
+    std::fs::write(data.join("carol/0.txt"), "a red circle").unwrap();
     let cache = dir.path().join("cache");
+    let strict = premier(&[
+        "encode",
+        "--model-dir",
+        s(&model),
+        "--data",
+        s(&data),
+        "--cache",
+        s(&cache),
+    ]);
+    let msg = format!("{:#}", strict.unwrap_err());
+    assert!(msg.contains("carol/0.png"), "{msg}");
     let common = [
         "--model-dir",
         s(&model),
@@ -343,6 +358,7 @@ fn flux_files_encode_train_and_cold_start() {
         s(&data),
         "--cache",
         s(&cache),
+        "--skip-bad",
     ];
     let with = |cmd: &str, extra: &[&str]| {
         let mut args = vec![cmd];

@@ -141,6 +141,7 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
         ),
     };
     let mut dataset = args.data.read()?;
+    let skipped = dataset.skipped.len();
     if !args.users.is_empty() {
         for id in &args.users {
             if !dataset.users.iter().any(|u| &u.id == id) {
@@ -200,6 +201,9 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
             last.map_or(f64::NAN, |r| r.loss),
             path.display()
         );
+    }
+    if skipped > 0 {
+        println!("skipped {skipped} bad dataset entries (--skip-bad; listed at the start)");
     }
     Ok(())
 }

@@ -206,6 +206,7 @@ impl<B: AutodiffBackend> RunObserver<B> for CliObserver<B> {
 fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
     let dataset = args.data.read()?;
+    let skipped = dataset.skipped.len();
     let (dataset, _held_out) = dataset.split(args.held_out, config.stage1.seed);
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
@@ -277,6 +278,9 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
         summary.table.display(),
         args.out.display()
     );
+    if skipped > 0 {
+        println!("skipped {skipped} bad dataset entries (--skip-bad; listed at the start)");
+    }
     Ok(())
 }
 
