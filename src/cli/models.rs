@@ -8,7 +8,9 @@ use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use image::RgbImage;
 
-use crate::mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxConfig, TextModulation};
+use burn::tensor::FloatDType;
+
+use crate::mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxConfig, LoadOptions, TextModulation};
 use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{denoise, schedule, seeded_noise};
 use crate::synth::base::SynthBase;
@@ -144,18 +146,31 @@ impl ModelArgs {
         })
     }
 
-    /// The transformer alone (what training needs).
-    pub fn load_flux<B: Backend>(&self, device: &B::Device) -> anyhow::Result<Flux<B>> {
+    /// The transformer alone (what training needs), its weights in `dtype` if given (each
+    /// tensor cast as it is read).
+    pub fn load_flux<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: Option<FloatDType>,
+    ) -> anyhow::Result<Flux<B>> {
         if let Some(dir) = &self.synth_base {
             let (base, _) = SynthBase::<B>::load(dir, device)
                 .with_context(|| format!("synth base {}", dir.display()))?;
-            return Ok(base.flux);
+            return Ok(match dtype {
+                Some(dtype) => base.flux.with_weight_dtype(dtype),
+                None => base.flux,
+            });
         }
         let files = ModelFiles::resolve(self)?;
-        Ok(Flux::<B>::load(
+        let options = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        Ok(Flux::<B>::load_with(
             &files.flux,
             &self.flux_config(&files)?,
             device,
+            options,
         )?)
     }
 

@@ -210,11 +210,8 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
     let (dataset, _held_out) = dataset.split(args.held_out, config.stage1.seed);
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
-    let flux = backbone_in(
-        args.model.load_flux::<B>(&device)?,
-        args.backbone_dtype,
-        args.backend,
-    );
+    let dtype = backbone_dtype(args.backbone_dtype, args.backend);
+    let flux = args.model.load_flux::<B>(&device, dtype)?;
 
     let observer_dir = args.out.join("validation");
     let (sampler, prompts, users) = if config.validate_every > 0 {
@@ -284,19 +281,15 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
     Ok(())
 }
 
-/// The frozen backbone with its weights in `dtype` (default: bf16 on CUDA, f32 elsewhere).
-pub(crate) fn backbone_in<B: burn::prelude::Backend>(
-    flux: Flux<B>,
-    dtype: Option<Precision>,
+/// Float type of the frozen backbone's weights: as asked, else bf16 on CUDA and the backend's
+/// default elsewhere.
+pub(crate) fn backbone_dtype(
+    asked: Option<Precision>,
     backend: BackendKind,
-) -> Flux<B> {
-    let bf16 = match dtype {
+) -> Option<burn::tensor::FloatDType> {
+    let bf16 = match asked {
         Some(p) => p == Precision::Bf16,
         None => backend == BackendKind::Cuda,
     };
-    if bf16 {
-        flux.with_weight_dtype(burn::tensor::FloatDType::BF16)
-    } else {
-        flux
-    }
+    bf16.then_some(burn::tensor::FloatDType::BF16)
 }

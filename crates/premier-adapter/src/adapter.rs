@@ -79,6 +79,7 @@ impl<B: Backend> PreferenceAdapter<B> {
                 reader: &mut file,
                 device,
                 prefix: String::new(),
+                dtype: None,
             },
             config,
         )?;

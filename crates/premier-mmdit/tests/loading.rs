@@ -177,7 +177,10 @@ fn prefixed_single_file_loads_and_ignores_other_models() {
         &path,
         &tiny_config(),
         &Default::default(),
-        LoadOptions { strict: false },
+        LoadOptions {
+            strict: false,
+            ..LoadOptions::default()
+        },
     );
     assert!(lenient.is_ok());
 }
@@ -386,4 +389,30 @@ fn config_mismatch_names_the_field() {
         ),
         "{err}"
     );
+}
+
+/// Loading straight into bf16 (each tensor cast as it arrives) gives the model an f32 load cast
+/// afterwards would: the same weights bit for bit, the same output, returned in f32.
+#[test]
+fn loads_straight_into_bf16() {
+    let path = fixture("tiny_flux_weights_bfl.safetensors");
+    let bf16 = burn::tensor::FloatDType::BF16;
+    let direct = Flux::<B>::load_with(
+        &path,
+        &tiny_config(),
+        &Default::default(),
+        LoadOptions {
+            dtype: Some(bf16),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let cast = load(&path).unwrap().with_weight_dtype(bf16);
+    assert_eq!(direct.weight_dtype(), burn::tensor::DType::BF16);
+    let (a, b) = (direct.forward(input(), None), cast.forward(input(), None));
+    assert_eq!(a.dtype(), burn::tensor::DType::F32);
+    assert_eq!(max_abs_diff(a.clone(), b), 0.0);
+    // And it is the bf16 model, close to the reference but not equal to it.
+    let err = max_abs_diff(a, reference_output());
+    assert!(err > 0.0 && err < 0.1, "{err}");
 }

@@ -161,6 +161,7 @@ impl<B: Backend> SynthTextEncoder<B> {
             reader: &mut file,
             device,
             prefix: String::new(),
+            dtype: None,
         }
         .linear("pooled", context_dim, vec_dim, true)?;
         file.ensure_all_used()?;

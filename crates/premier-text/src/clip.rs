@@ -166,6 +166,7 @@ impl<B: Backend> ClipTextEncoder<B> {
             reader: &mut ckpt,
             device,
             prefix: "text_model.".into(),
+            dtype: None,
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for n in 0..c.num_hidden_layers {

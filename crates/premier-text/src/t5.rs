@@ -184,6 +184,7 @@ impl<B: Backend> T5Encoder<B> {
             reader: &mut ckpt,
             device,
             prefix: String::new(),
+            dtype: None,
         };
         let mut blocks = Vec::with_capacity(c.num_layers);
         for n in 0..c.num_layers {

@@ -35,11 +35,18 @@ use layout::{DOUBLE_PREFIXES, SINGLE_PREFIXES};
 pub struct LoadOptions {
     /// Refuse files with tensors the model does not use (default true).
     pub strict: bool,
+    /// Store the weights in this float type (e.g. bf16 for a frozen backbone), each tensor cast
+    /// as it arrives so no full-precision copy of the model is ever held; `None`: the backend's
+    /// default float type.
+    pub dtype: Option<burn::tensor::FloatDType>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { strict: true }
+        Self {
+            strict: true,
+            dtype: None,
+        }
     }
 }
 
@@ -472,11 +479,17 @@ pub struct DeviceSource<'a, R: TensorReader, B: Backend> {
     pub reader: &'a mut R,
     pub device: &'a B::Device,
     pub prefix: String,
+    /// Float type the tensors are stored in (`None`: the backend's default).
+    pub dtype: Option<burn::tensor::FloatDType>,
 }
 
 impl<R: TensorReader, B: Backend> DeviceSource<'_, R, B> {
     fn tensor<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
-        host.into_tensor(self.device)
+        let tensor = host.into_tensor(self.device);
+        match self.dtype {
+            Some(dtype) => tensor.cast(dtype),
+            None => tensor,
+        }
     }
 }
 
@@ -586,6 +599,7 @@ impl<B: Backend> Flux<B> {
                 reader: &mut checkpoint,
                 device,
                 prefix: String::new(),
+                dtype: options.dtype,
             },
             config,
         )?;
