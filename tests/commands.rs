@@ -158,7 +158,34 @@ fn the_synthetic_world_runs_through_every_command() {
     cold(&dir.path().join("cold"), "2", &[]);
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
     assert_eq!(sha(&user_file), sha(&resumed_user));
-    let cold_metrics = dir.path().join("cold/metrics_new004.jsonl");
+    // A direct cold start of the same user in the same folder keeps its own checkpoints.
+    premier(&[
+        "cold-start",
+        "--synth-base",
+        s(&base),
+        "--data",
+        s(&new_users),
+        "--cache",
+        s(&cache),
+        "--run",
+        s(&straight),
+        "--images",
+        "2",
+        "--steps",
+        "2",
+        "--kind",
+        "direct",
+        "--out",
+        s(&dir.path().join("cold")),
+    ])
+    .unwrap();
+    assert!(dir
+        .path()
+        .join("cold/user_embedding_new004.safetensors")
+        .is_file());
+    let cold_metrics = dir
+        .path()
+        .join("cold/metrics_user_combination_new004.jsonl");
     let steps: Vec<u64> = premier::train::metrics::read_metrics(&cold_metrics)
         .unwrap()
         .iter()

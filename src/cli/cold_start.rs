@@ -72,7 +72,7 @@ pub struct ColdStartArgs {
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// `latest`: continue each user from its newest checkpoint (under
-    /// `<out>/checkpoints/<user>/`), if it has one.
+    /// `<out>/checkpoints/user_combination_<id>/` or `user_embedding_<id>/`), if it has one.
     #[arg(long)]
     pub resume: Option<String>,
     #[arg(long, value_enum, default_value = "flex")]

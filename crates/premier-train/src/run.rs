@@ -585,8 +585,9 @@ pub fn user_file_name(kind: ColdStartKind, id: &str) -> String {
 }
 
 /// Trains a new user (`data`'s user `user`) against frozen adapters and table, and writes the
-/// user file into `out` atomically; per-step metrics go to `<out>/metrics_<user id>.jsonl` and
-/// checkpoints to `<out>/checkpoints/<user id>/`, from where `start` may resume. `step(report)`
+/// user file into `out` atomically; per-step metrics go to `<out>/metrics_<user file stem>.jsonl`
+/// and checkpoints to `<out>/checkpoints/<user file stem>/` (e.g. `user_combination_<id>`), from
+/// where `start` may resume. `step(report)`
 /// is called after every step.
 #[allow(clippy::too_many_arguments)]
 pub fn cold_start<B: AutodiffBackend>(
@@ -615,7 +616,10 @@ pub fn cold_start<B: AutodiffBackend>(
         )));
     }
     let id = file_safe(&data.ids[user])?.to_string();
-    let checkpoints = out.join("checkpoints").join(&id);
+    // One folder per user file, so a linear and a direct cold start of a user do not mix.
+    let file_name = user_file_name(config.kind, &id);
+    let stem = file_name.trim_end_matches(".safetensors");
+    let checkpoints = out.join("checkpoints").join(stem);
     let mut trainer = match resume_point(&checkpoints, start)? {
         Some(path) => {
             let meta = read_stage2_state(&path)?;
@@ -645,7 +649,7 @@ pub fn cold_start<B: AutodiffBackend>(
         }
     };
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    let mut log = metrics_from(&out.join(format!("metrics_{id}.jsonl")), trainer.step)?;
+    let mut log = metrics_from(&out.join(format!("metrics_{stem}.jsonl")), trainer.step)?;
     let batch = config.batch_size.min(count);
     let seed = config.stage2.seed;
     while trainer.step < config.steps {
@@ -672,7 +676,7 @@ pub fn cold_start<B: AutodiffBackend>(
             save_stage2(&trainer, &checkpoints, config.keep_checkpoints)?;
         }
     }
-    let path = out.join(user_file_name(config.kind, &id));
+    let path = out.join(&file_name);
     let saved = match &trainer.user {
         NewUser::Linear(c) => c.save(&path, SaveDtype::F32),
         NewUser::Direct(e) => e.save(&path, SaveDtype::F32),
