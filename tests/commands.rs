@@ -159,26 +159,7 @@ fn the_synthetic_world_runs_through_every_command() {
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
     assert_eq!(sha(&user_file), sha(&resumed_user));
     // A direct cold start of the same user in the same folder keeps its own checkpoints.
-    premier(&[
-        "cold-start",
-        "--synth-base",
-        s(&base),
-        "--data",
-        s(&new_users),
-        "--cache",
-        s(&cache),
-        "--run",
-        s(&straight),
-        "--images",
-        "2",
-        "--steps",
-        "2",
-        "--kind",
-        "direct",
-        "--out",
-        s(&dir.path().join("cold")),
-    ])
-    .unwrap();
+    cold(&dir.path().join("cold"), "2", &["--kind", "direct"]);
     assert!(dir
         .path()
         .join("cold/user_embedding_new004.safetensors")
