@@ -2,26 +2,17 @@
 //! straight, bit for bit; an interrupted write leaves the previous checkpoint loadable; only the
 //! newest K are kept.
 
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::checkpoint::{checkpoints, latest_checkpoint, load_stage1, save_stage1};
-use premier_train::params::flat_values;
 use premier_train::prodigy::ProdigyConfig;
 use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier_users::{UserShape, UserTable};
 
-type AB = Autodiff<Flex>;
-
-fn bits<M: burn::module::Module<AB>>(m: &M) -> Vec<u32> {
-    flat_values(m)
-        .into_iter()
-        .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
-        .map(f32::to_bits)
-        .collect()
-}
+mod common;
+use common::{bits, AB};
 
 fn adapter_config() -> AdapterConfig {
     AdapterConfig::small(16, 6, 16, 2)

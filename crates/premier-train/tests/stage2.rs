@@ -2,29 +2,21 @@
 //! flow loss on the new user's two images goes down, for both the linear combination (AdamW, as
 //! released) and a direct embedding (Prodigy); AdamW follows torch's formula.
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::load::SaveDtype;
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::adamw::{AdamW, AdamWConfig};
-use premier_train::params::flat_values;
 use premier_train::prodigy::ProdigyConfig;
 use premier_train::stage2::{
     ColdStartOptimizer, NewUser, Stage2Batch, Stage2Config, Stage2Trainer,
 };
 use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
 
-type AB = Autodiff<Flex>;
-
-fn bits<M: burn::module::Module<AB>>(m: &M) -> Vec<u32> {
-    flat_values(m)
-        .into_iter()
-        .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
-        .map(f32::to_bits)
-        .collect()
-}
+mod common;
+use common::{bits, AB};
 
 fn run(user: NewUser<AB>, optimizer: ColdStartOptimizer) -> (f64, f64, Stage2Trainer<AB>) {
     let device = Default::default();

@@ -2,29 +2,20 @@
 //! 2N steps straight, for the linear combination with AdamW and a direct embedding with Prodigy;
 //! a checkpoint of another table's shape is refused.
 
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::adamw::AdamWConfig;
 use premier_train::checkpoint::{checkpoints, load_stage2, save_stage2};
-use premier_train::params::flat_values;
 use premier_train::prodigy::ProdigyConfig;
 use premier_train::stage2::{
     ColdStartOptimizer, NewUser, Stage2Batch, Stage2Config, Stage2Trainer,
 };
 use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
 
-type AB = Autodiff<Flex>;
-
-fn bits<M: burn::module::Module<AB>>(m: &M) -> Vec<u32> {
-    flat_values(m)
-        .into_iter()
-        .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
-        .map(f32::to_bits)
-        .collect()
-}
+mod common;
+use common::{bits, AB};
 
 /// Tests share the backend's global RNG: build under a lock so two calls draw the same weights.
 static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
