@@ -158,7 +158,7 @@ fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::R
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
     let trained = TrainedModel::read(&args.run)?;
-    let dtype = super::train::backbone_dtype(args.backbone_dtype, args.backend);
+    let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
     let flux = args.model.load_flux::<B>(&device, dtype)?;
     let adapter = PreferenceAdapter::<B>::load(
         args.run.join("mod_adapter.safetensors"),

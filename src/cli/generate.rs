@@ -112,23 +112,27 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The adapter and table sizes: `premier.json` beside the adapter (a `premier train` run), else
-/// the released sizes for this backbone.
-fn trained_sizes(
-    args: &GenerateArgs,
-    text_dim: usize,
-    flux: (usize, usize),
-) -> anyhow::Result<(AdapterConfig, UserShape)> {
-    let beside = args
+/// The `premier.json` beside the adapter (written by `premier train`), if there is one.
+fn trained_beside(args: &GenerateArgs) -> anyhow::Result<Option<TrainedModel>> {
+    Ok(args
         .adapter
         .as_ref()
         .and_then(|a| a.parent())
-        .filter(|dir| dir.join(TRAINED_MODEL_FILE).is_file());
-    let (adapter, mut users) = match beside {
-        Some(dir) => {
-            let trained = TrainedModel::read(dir)?;
-            (trained.adapter, trained.users)
-        }
+        .filter(|dir| dir.join(TRAINED_MODEL_FILE).is_file())
+        .map(TrainedModel::read)
+        .transpose()?)
+}
+
+/// The adapter and table sizes: `trained`'s (a `premier train` run), else the released sizes for
+/// this backbone.
+fn trained_sizes(
+    args: &GenerateArgs,
+    trained: Option<&TrainedModel>,
+    text_dim: usize,
+    flux: (usize, usize),
+) -> anyhow::Result<(AdapterConfig, UserShape)> {
+    let (adapter, mut users) = match trained {
+        Some(trained) => (trained.adapter.clone(), trained.users),
         None => {
             if args.model.is_synth() && args.adapter.is_some() {
                 bail!(
@@ -159,11 +163,12 @@ fn trained_sizes(
 #[allow(clippy::type_complexity)]
 fn load_personalization<B: Backend>(
     args: &GenerateArgs,
+    trained: Option<&TrainedModel>,
     text_dim: usize,
     flux: (usize, usize),
     device: &B::Device,
 ) -> anyhow::Result<(Option<PreferenceAdapter<B>>, Option<UserTable<B>>)> {
-    let (adapter_config, user_shape) = trained_sizes(args, text_dim, flux)?;
+    let (adapter_config, user_shape) = trained_sizes(args, trained, text_dim, flux)?;
     let adapter = args
         .adapter
         .as_ref()
@@ -177,21 +182,17 @@ fn load_personalization<B: Backend>(
     Ok((adapter, table))
 }
 
-/// The `--user` rows; a trained user's id is looked up in the `premier.json` beside the adapter.
-fn users_of(args: &GenerateArgs) -> anyhow::Result<Vec<UserChoice>> {
+/// The `--user` rows; a trained user's id is looked up in `trained`.
+fn users_of(
+    args: &GenerateArgs,
+    trained: Option<&TrainedModel>,
+) -> anyhow::Result<Vec<UserChoice>> {
     if args.users.is_empty() {
         return Ok(vec![UserChoice::Base]);
     }
-    let trained = args
-        .adapter
-        .as_ref()
-        .and_then(|a| a.parent())
-        .filter(|dir| dir.join(TRAINED_MODEL_FILE).is_file())
-        .map(TrainedModel::read)
-        .transpose()?;
     args.users
         .iter()
-        .map(|u| match trained.as_ref().and_then(|t| t.row(u)) {
+        .map(|u| match trained.and_then(|t| t.row(u)) {
             Some(row) => Ok(UserChoice::User(UserRef::Index(row))),
             None => parse_user(u),
         })
@@ -227,12 +228,14 @@ fn generate_synth<B: Backend>(
     device: B::Device,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let users = users_of(&args)?;
+    let trained = trained_beside(&args)?;
+    let users = users_of(&args, trained.as_ref())?;
     let (base, config) = SynthBase::<B>::load(dir, &device)
         .with_context(|| format!("synth base {}", dir.display()))?;
     let tokenizer = crate::synth::text::load_tokenizer(dir)?;
     let (adapter, table) = load_personalization::<B>(
         &args,
+        trained.as_ref(),
         config.flux.context_in_dim,
         (config.flux.hidden_size, config.flux.depth),
         &device,
@@ -276,7 +279,8 @@ fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         return generate_synth::<B>(args, &dir, device);
     }
     let total = Instant::now();
-    let users = users_of(&args)?;
+    let trained = trained_beside(&args)?;
+    let users = users_of(&args, trained.as_ref())?;
     let files = ModelFiles::resolve(&args.model)?;
     let flux_config = args.model.flux_config(&files)?;
 
@@ -287,6 +291,7 @@ fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
     let (adapter, table) = load_personalization::<B>(
         &args,
+        trained.as_ref(),
         args.model.t5_config(&files)?.d_model,
         (flux_config.hidden_size, flux_config.depth),
         &device,

@@ -10,6 +10,7 @@ use image::RgbImage;
 
 use burn::tensor::FloatDType;
 
+use super::{BackendKind, Precision};
 use crate::mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxConfig, LoadOptions, TextModulation};
 use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{denoise, schedule, seeded_noise};
@@ -307,4 +308,14 @@ impl<B: Backend> ImageSampler<B> {
             }
         }
     }
+}
+
+/// Float type of the frozen backbone's weights: as asked, else bf16 on CUDA and the backend's
+/// default elsewhere.
+pub fn backbone_dtype(asked: Option<Precision>, backend: BackendKind) -> Option<FloatDType> {
+    let bf16 = match asked {
+        Some(p) => p == Precision::Bf16,
+        None => backend == BackendKind::Cuda,
+    };
+    bf16.then_some(FloatDType::BF16)
 }

@@ -210,7 +210,7 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
     let (dataset, _held_out) = dataset.split(args.held_out, config.stage1.seed);
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
-    let dtype = backbone_dtype(args.backbone_dtype, args.backend);
+    let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
     let flux = args.model.load_flux::<B>(&device, dtype)?;
 
     let observer_dir = args.out.join("validation");
@@ -279,17 +279,4 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
         println!("skipped {skipped} bad dataset entries (--skip-bad; listed at the start)");
     }
     Ok(())
-}
-
-/// Float type of the frozen backbone's weights: as asked, else bf16 on CUDA and the backend's
-/// default elsewhere.
-pub(crate) fn backbone_dtype(
-    asked: Option<Precision>,
-    backend: BackendKind,
-) -> Option<burn::tensor::FloatDType> {
-    let bf16 = match asked {
-        Some(p) => p == Precision::Bf16,
-        None => backend == BackendKind::Cuda,
-    };
-    bf16.then_some(burn::tensor::FloatDType::BF16)
 }

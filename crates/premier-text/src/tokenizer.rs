@@ -29,6 +29,21 @@ fn shipped(name: &str) -> PathBuf {
         .join("tokenizer.json")
 }
 
+fn fail(path: &Path, reason: String) -> TextError {
+    TextError::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads a `tokenizer.json`.
+fn open(path: &Path) -> Result<Tokenizer, TextError> {
+    if !path.is_file() {
+        return Err(fail(path, "no such file".into()));
+    }
+    Tokenizer::from_file(path).map_err(|e| fail(path, e.to_string()))
+}
+
 impl PromptTokenizer {
     /// Loads `tokenizer.json` padding with `pad_id` to `max_length` and truncating to it.
     pub fn from_file(
@@ -38,20 +53,23 @@ impl PromptTokenizer {
         pad_token: &str,
     ) -> Result<Self, TextError> {
         let path = path.as_ref();
-        let fail = |reason: String| TextError::Tokenizer {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if !path.is_file() {
-            return Err(fail("no such file".into()));
-        }
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| fail(e.to_string()))?;
+        Self::padded(open(path)?, path, max_length, pad_id, pad_token)
+    }
+
+    /// `tokenizer` (read from `path`) padding with `pad_id` to `max_length` and truncating to it.
+    fn padded(
+        mut tokenizer: Tokenizer,
+        path: &Path,
+        max_length: usize,
+        pad_id: u32,
+        pad_token: &str,
+    ) -> Result<Self, TextError> {
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,
                 ..Default::default()
             }))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(path, e.to_string()))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_length),
             direction: PaddingDirection::Right,
@@ -75,18 +93,17 @@ impl PromptTokenizer {
     /// 77. The EOS is `<|endoftext|>` (49407 in CLIP-L), or `</s>` in tokenizers that name it so.
     pub fn clip(path: impl AsRef<Path>) -> Result<Self, TextError> {
         let path = path.as_ref();
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| TextError::Tokenizer {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let tokenizer = open(path)?;
         let (token, id) = ["<|endoftext|>", "</s>"]
             .into_iter()
             .find_map(|t| tokenizer.token_to_id(t).map(|id| (t, id)))
-            .ok_or_else(|| TextError::Tokenizer {
-                path: path.to_path_buf(),
-                reason: "no end-of-text token (`<|endoftext|>` or `</s>`) to pad with".into(),
+            .ok_or_else(|| {
+                fail(
+                    path,
+                    "no end-of-text token (`<|endoftext|>` or `</s>`) to pad with".into(),
+                )
             })?;
-        Self::from_file(path, 77, id, token)
+        Self::padded(tokenizer, path, 77, id, token)
     }
 
     /// The T5 tokenizer shipped with this crate.

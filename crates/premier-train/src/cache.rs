@@ -127,50 +127,48 @@ impl EncodedCache {
         self.index.captions.contains_key(hash)
     }
 
-    fn shard(&mut self, name: &str) -> Result<&SafetensorsFile, CacheError> {
-        if !self.shards.contains_key(name) {
-            let file = SafetensorsFile::open(&self.dir.join(name))?;
-            self.shards.insert(name.to_string(), file);
+    /// The two tensors `{hash}.{part}` of an image (`what` = "image") or caption entry, read from
+    /// the shard the index names (opened, memory-mapped, on first use).
+    fn entry(
+        &mut self,
+        what: &'static str,
+        hash: &str,
+        parts: [&str; 2],
+    ) -> Result<[HostTensor; 2], CacheError> {
+        let index = if what == "image" {
+            &self.index.images
+        } else {
+            &self.index.captions
+        };
+        let name = index
+            .get(hash)
+            .cloned()
+            .ok_or_else(|| CacheError::Missing {
+                cache: self.dir.clone(),
+                what,
+                hash: hash.into(),
+            })?;
+        if !self.shards.contains_key(&name) {
+            let file = SafetensorsFile::open(&self.dir.join(&name))?;
+            self.shards.insert(name.clone(), file);
         }
-        Ok(&self.shards[name])
+        let file = &self.shards[&name];
+        Ok([
+            file.read_finite(&format!("{hash}.{}", parts[0]))?,
+            file.read_finite(&format!("{hash}.{}", parts[1]))?,
+        ])
     }
 
     /// The posterior of the image with `hash`.
     pub fn latent(&mut self, hash: &str) -> Result<CachedLatent, CacheError> {
-        let shard = self
-            .index
-            .images
-            .get(hash)
-            .cloned()
-            .ok_or_else(|| CacheError::Missing {
-                cache: self.dir.clone(),
-                what: "image",
-                hash: hash.into(),
-            })?;
-        let file = self.shard(&shard)?;
-        Ok(CachedLatent {
-            mean: file.read_finite(&format!("{hash}.mean"))?,
-            logvar: file.read_finite(&format!("{hash}.logvar"))?,
-        })
+        let [mean, logvar] = self.entry("image", hash, ["mean", "logvar"])?;
+        Ok(CachedLatent { mean, logvar })
     }
 
     /// The text features of the caption with `hash`.
     pub fn text(&mut self, hash: &str) -> Result<CachedText, CacheError> {
-        let shard = self
-            .index
-            .captions
-            .get(hash)
-            .cloned()
-            .ok_or_else(|| CacheError::Missing {
-                cache: self.dir.clone(),
-                what: "caption",
-                hash: hash.into(),
-            })?;
-        let file = self.shard(&shard)?;
-        Ok(CachedText {
-            tokens: file.read_finite(&format!("{hash}.tokens"))?,
-            pooled: file.read_finite(&format!("{hash}.pooled"))?,
-        })
+        let [tokens, pooled] = self.entry("caption", hash, ["tokens", "pooled"])?;
+        Ok(CachedText { tokens, pooled })
     }
 
     fn next_shard_name(&self, prefix: &str) -> String {

@@ -82,6 +82,17 @@ pub fn split_rows<B: burn::prelude::Backend, const D: usize>(
         .collect()
 }
 
+/// An encoder must return one output per input.
+fn one_each(got: usize, given: usize, outputs: &str, inputs: &str) -> Result<(), EncodeError> {
+    if got == given {
+        Ok(())
+    } else {
+        Err(EncodeError::Encoder(format!(
+            "{got} {outputs} for {given} {inputs}"
+        )))
+    }
+}
+
 /// Reads an image file as RGB.
 pub fn read_rgb(path: &std::path::Path) -> Result<RgbImage, EncodeError> {
     image::open(path)
@@ -167,13 +178,7 @@ pub fn encode_dataset(
                 let latents = encoders
                     .encode_images(&images)
                     .map_err(EncodeError::Encoder)?;
-                if latents.len() != images.len() {
-                    return Err(EncodeError::Encoder(format!(
-                        "{} latents for {} images",
-                        latents.len(),
-                        images.len()
-                    )));
-                }
+                one_each(latents.len(), images.len(), "latents", "images")?;
                 report.images_encoded += latents.len();
                 entries.extend(hashes.into_iter().zip(latents));
             }
@@ -189,13 +194,7 @@ pub fn encode_dataset(
             let texts = encoders
                 .encode_captions(&captions)
                 .map_err(EncodeError::Encoder)?;
-            if texts.len() != captions.len() {
-                return Err(EncodeError::Encoder(format!(
-                    "{} text features for {} captions",
-                    texts.len(),
-                    captions.len()
-                )));
-            }
+            one_each(texts.len(), captions.len(), "text features", "captions")?;
             report.captions_encoded += texts.len();
             entries.extend(chunk.iter().map(|(h, _)| h.clone()).zip(texts));
             done += chunk.len();

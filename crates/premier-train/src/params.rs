@@ -136,17 +136,3 @@ pub fn apply<B: AutodiffBackend, M: Module<B>>(
         norm,
     )
 }
-
-/// One optimizer update of `module` from `loss`: [`gradients`], then [`apply`].
-pub fn descend<B: AutodiffBackend, M: Module<B>>(
-    module: M,
-    loss: Tensor<B, 1>,
-    clip_norm: Option<f64>,
-    step: impl FnOnce(
-        Vec<Tensor<B::InnerBackend, 1>>,
-        Vec<Tensor<B::InnerBackend, 1>>,
-    ) -> Vec<Tensor<B::InnerBackend, 1>>,
-) -> (M, f64) {
-    let grads = gradients(&module, loss);
-    apply(module, grads, clip_norm, step)
-}

@@ -11,7 +11,7 @@ use premier_users::{LinearCombination, UserEmbedding, UserTable};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWConfig};
-use crate::params::{descend, scalar};
+use crate::params::{apply, gradients, scalar};
 use crate::prodigy::{Prodigy, ProdigyConfig};
 use crate::stage1::{modulated_flow_loss, step_noise, FlowBatch, StepReport, TrainError};
 
@@ -166,19 +166,21 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         let loss = self.loss(batch, noise, t)?;
         let mut d = 0.0;
         let optimizer = &mut self.optimizer;
-        let (user, grad_norm) = descend(
-            self.user.clone(),
-            loss.clone(),
-            self.config.clip_norm,
-            |p, g| match optimizer {
-                Stage2Optimizer::AdamW(o) => o.step(p, g),
-                Stage2Optimizer::Prodigy(o) => {
-                    let updated = o.step(p, g);
-                    d = o.d();
-                    updated
-                }
-            },
-        );
+        let grads = gradients(&self.user, loss.clone());
+        let (user, grad_norm) =
+            apply(
+                self.user.clone(),
+                grads,
+                self.config.clip_norm,
+                |p, g| match optimizer {
+                    Stage2Optimizer::AdamW(o) => o.step(p, g),
+                    Stage2Optimizer::Prodigy(o) => {
+                        let updated = o.step(p, g);
+                        d = o.d();
+                        updated
+                    }
+                },
+            );
         self.user = user;
         self.step += 1;
         let loss = scalar(loss);
