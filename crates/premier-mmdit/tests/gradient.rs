@@ -6,10 +6,12 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::{set_default_dtypes, Distribution, FloatDType, IntDType};
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput, TextModulation};
+use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, TextModulation};
+
+mod common;
+use common::{small_config, TXT};
 
 type AB = Autodiff<Flex>;
-const TXT: usize = 5;
 
 #[test]
 fn gradient_wrt_delta_matches_finite_differences() {
@@ -17,15 +19,7 @@ fn gradient_wrt_delta_matches_finite_differences() {
     set_default_dtypes::<AB>(&device, FloatDType::F64, IntDType::I32).unwrap();
     <AB as Backend>::seed(&device, 11);
 
-    let config = FluxConfig {
-        in_channels: 16,
-        out_channels: 16,
-        vec_in_dim: 24,
-        context_in_dim: 20,
-        hidden_size: 32,
-        axes_dim: vec![4, 6, 6],
-        ..FluxConfig::tiny()
-    };
+    let config = small_config();
     let flux = Flux::<AB>::init(&config, &device).unwrap();
     let normal = Distribution::Normal(0.0, 1.0);
     let input = FluxInput {

@@ -4,44 +4,8 @@ mod common;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use common::{max_abs_diff, B};
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput, ForwardError, TextModulation};
-
-fn small_config() -> FluxConfig {
-    FluxConfig {
-        in_channels: 16,
-        out_channels: 16,
-        vec_in_dim: 24,
-        context_in_dim: 20,
-        hidden_size: 32,
-        axes_dim: vec![4, 6, 6],
-        ..FluxConfig::tiny()
-    }
-}
-
-const TXT: usize = 5;
-
-fn random_input<Bk: Backend>(
-    config: &FluxConfig,
-    batch: usize,
-    device: &Bk::Device,
-) -> FluxInput<Bk> {
-    let normal = Distribution::Normal(0.0, 1.0);
-    let (h, w) = (4, 6);
-    FluxInput {
-        img: Tensor::random(
-            [batch, (h / 2) * (w / 2), config.in_channels],
-            normal,
-            device,
-        ),
-        img_ids: img_ids(batch, h, w, device),
-        txt: Tensor::random([batch, TXT, config.context_in_dim], normal, device),
-        txt_ids: txt_ids(batch, TXT, device),
-        timesteps: Tensor::full([batch], 0.4, device),
-        y: Tensor::random([batch, config.vec_in_dim], normal, device),
-        guidance: Some(Tensor::full([batch], 3.5, device)),
-    }
-}
+use common::{max_abs_diff, random_input, small_config, B, TXT};
+use premier_mmdit::{Flux, FluxConfig, FluxInput, ForwardError, TextModulation};
 
 fn seeded_model<Bk: Backend>(config: &FluxConfig, device: &Bk::Device) -> Flux<Bk> {
     Bk::seed(device, 7);

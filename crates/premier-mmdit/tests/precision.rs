@@ -6,10 +6,12 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, FloatDType};
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput, TextModulation};
+use premier_mmdit::{Flux, TextModulation};
+
+mod common;
+use common::{random_input, small_config, TXT};
 
 type AB = Autodiff<Flex>;
-const TXT: usize = 5;
 
 fn relative_l2<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
     let diff: f32 = (a - b.clone()).powf_scalar(2.0).sum().sqrt().into_scalar();
@@ -21,30 +23,14 @@ fn relative_l2<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
 fn bf16_backbone_with_f32_delta_matches_f32() {
     let device = Default::default();
     <AB as Backend>::seed(&device, 17);
-    let config = FluxConfig {
-        in_channels: 16,
-        out_channels: 16,
-        vec_in_dim: 24,
-        context_in_dim: 20,
-        hidden_size: 32,
-        axes_dim: vec![4, 6, 6],
-        ..FluxConfig::tiny()
-    };
+    let config = small_config();
     let flux = Flux::<AB>::init(&config, &device).unwrap().no_grad();
     let bf16 = flux.clone().with_weight_dtype(FloatDType::BF16);
     assert_eq!(flux.weight_dtype(), DType::F32);
     assert_eq!(bf16.weight_dtype(), DType::BF16);
 
     let normal = Distribution::Normal(0.0, 1.0);
-    let input = FluxInput {
-        img: Tensor::random([2, 6, 16], normal, &device),
-        img_ids: img_ids(2, 2, 12, &device),
-        txt: Tensor::random([2, TXT, 20], normal, &device),
-        txt_ids: txt_ids(2, TXT, &device),
-        timesteps: Tensor::from_floats([0.3, 0.8], &device),
-        y: Tensor::random([2, 24], normal, &device),
-        guidance: Some(Tensor::from_floats([1.0, 3.5], &device)),
-    };
+    let input = random_input::<AB>(&config, 2, &device);
     let weights = Tensor::<AB, 3>::random([2, 6, 16], normal, &device);
     let shared = Tensor::<AB, 3>::random([2, TXT, 32], Distribution::Normal(0.0, 0.3), &device);
     let distinct =

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
+use burn::tensor::Distribution;
 use premier_mmdit::load::SafetensorsFile;
+use premier_mmdit::{img_ids, txt_ids, FluxConfig, FluxInput};
 
 pub type B = burn::backend::Flex;
 
@@ -49,4 +51,44 @@ pub fn assert_close<const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<
         "{what}: max |diff| = {diff:e} > atol {atol:e}"
     );
     eprintln!("{what}: max |diff| = {diff:e} (atol {atol:e})");
+}
+
+/// A small FLUX for property and gradient tests: width 32, 16 input channels, text 20, pooled 24.
+pub fn small_config() -> FluxConfig {
+    FluxConfig {
+        in_channels: 16,
+        out_channels: 16,
+        vec_in_dim: 24,
+        context_in_dim: 20,
+        hidden_size: 32,
+        axes_dim: vec![4, 6, 6],
+        ..FluxConfig::tiny()
+    }
+}
+
+/// Text tokens of [`random_input`].
+pub const TXT: usize = 5;
+
+/// A random batch for `config`: 4×6 latent (6 image tokens), [`TXT`] text tokens, t = 0.4,
+/// guidance 3.5.
+pub fn random_input<Bk: Backend>(
+    config: &FluxConfig,
+    batch: usize,
+    device: &Bk::Device,
+) -> FluxInput<Bk> {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let (h, w) = (4, 6);
+    FluxInput {
+        img: Tensor::random(
+            [batch, (h / 2) * (w / 2), config.in_channels],
+            normal,
+            device,
+        ),
+        img_ids: img_ids(batch, h, w, device),
+        txt: Tensor::random([batch, TXT, config.context_in_dim], normal, device),
+        txt_ids: txt_ids(batch, TXT, device),
+        timesteps: Tensor::full([batch], 0.4, device),
+        y: Tensor::random([batch, config.vec_in_dim], normal, device),
+        guidance: Some(Tensor::full([batch], 3.5, device)),
+    }
 }
