@@ -1,12 +1,13 @@
 //! Quickstart: Premier end to end on the synthetic preference world, on the CPU.
 //!
-//! Loads the shipped base model, trains stage 1 (adapters + user table) on the world's users and
-//! the three ablations, cold-starts new users from 2, 4 and 8 images (linear combination and
-//! direct embedding), generates a grid (the base, then a row per user; a column per prompt) and
-//! writes a report of the paper's claims in miniature.
+//! Loads the shipped base model, trains stage 1 (adapters + user table) on the world's users,
+//! cold-starts all new users at once from 2, 4 and 8 images (linear combination and direct
+//! embedding), draws a grid (the base, then a row per user labelled with its taste; a column per
+//! prompt) and writes a report of the paper's claims in miniature.
 //!
 //! ```text
-//! cargo run --release --example quickstart -- [--seed N] [--out DIR] [--quick] [--base DIR]
+//! cargo run --release --example quickstart -- [--seeds 0,1,2] [--ablations] [--out DIR]
+//!     [--quick] [--base DIR] [--merge]
 //! ```
 
 use std::path::PathBuf;
@@ -16,7 +17,11 @@ use burn::backend::{Autodiff, Flex};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use premier::synth::base::shipped_base_dir;
-use premier::synth::experiment::{run, ExperimentConfig, Progress};
+use premier::synth::experiment::{run, seed_dir, ExperimentConfig, Progress};
+use premier::synth::report::{summary, Report};
+use premier::train::adamw::AdamWConfig;
+use premier::train::prodigy::ProdigyConfig;
+use premier::train::stage2::ColdStartOptimizer;
 
 /// One indicatif bar per phase, with ETA.
 struct Bars {
@@ -52,46 +57,133 @@ impl Progress for Bars {
 /// Premier end to end on the synthetic preference world, on the CPU.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Draws the world (users, tastes, held-out images) and all training randomness.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Where files go (default: premier-quickstart/seed-N).
+    /// World seeds, comma-separated: each draws the users, tastes, held-out images and all
+    /// training randomness; with several, a summary of every claim over the seeds is written.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
+    /// Where files go: OUT/seed-N for each seed, OUT/summary.md for several seeds.
+    #[arg(long, default_value = "premier-quickstart")]
+    out: PathBuf,
+    /// Also run the stage-1 ablations (w/o Δ_shared, w/o Δ_distinct, w/o dispersion) and the
+    /// other dispersion losses (several more minutes per seed).
     #[arg(long)]
-    out: Option<PathBuf>,
+    ablations: bool,
     /// A few steps of everything (a smoke run, seconds).
     #[arg(long)]
     quick: bool,
     /// Base model folder (default: the one shipped with premier-synth).
     #[arg(long)]
     base: Option<PathBuf>,
+    /// Run nothing: read OUT/seed-N/report.json for the given seeds and write the summary.
+    #[arg(long)]
+    merge: bool,
+    /// Replace the reports of seeds that already have one.
+    #[arg(long)]
+    overwrite: bool,
+    /// Stage-1 steps (default: the quickstart's, chosen from measured curves; docs/synth.md).
+    #[arg(long)]
+    stage1_steps: Option<usize>,
+    /// Prodigy's initial d in stage 1 (the paper's is 1e-6).
+    #[arg(long)]
+    stage1_d0: Option<f64>,
+    /// Cold-start steps.
+    #[arg(long)]
+    cold_start_steps: Option<usize>,
+    /// Cold-start optimizer for both linear and direct: "adamw" (lr 0.01, the released linear
+    /// config) or "prodigy" (the released direct config, with the stage-1 d0).
+    #[arg(long)]
+    cold_start_optimizer: Option<String>,
+    /// The full model's dispersion loss: Hinge, Stable, Released, Dispersive or None.
+    #[arg(long)]
+    dispersion: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = if args.quick {
-        ExperimentConfig::smoke()
-    } else {
-        ExperimentConfig::default()
-    };
-    config.seed = args.seed;
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(format!("premier-quickstart/seed-{}", config.seed)));
-    println!(
-        "Premier quickstart: synthetic preference world, seed {}, on the CPU (burn Flex)",
-        config.seed
-    );
-    let mut bars = Bars { bar: None };
-    let device = Default::default();
-    let base = args.base.unwrap_or_else(shipped_base_dir);
-    let report = run::<Autodiff<Flex>>(&config, &base, &out, &device, &mut bars)?;
-    if let Some(bar) = bars.bar.take() {
-        bar.finish();
+    let base = args.base.clone().unwrap_or_else(shipped_base_dir);
+    let mut reports = Vec::new();
+    for &seed in &args.seeds {
+        let dir = seed_dir(&args.out, seed);
+        let json = dir.join("report.json");
+        if args.merge {
+            let text = std::fs::read_to_string(&json)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
+            reports.push(
+                serde_json::from_str::<Report>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?,
+            );
+            continue;
+        }
+        if json.exists() && !args.overwrite {
+            anyhow::bail!(
+                "{} exists: pass --overwrite to replace it, --merge to summarise it, or --out \
+                 for another folder",
+                json.display()
+            );
+        }
+        let mut config = if args.quick {
+            ExperimentConfig::smoke()
+        } else {
+            ExperimentConfig::default()
+        };
+        config.seed = seed;
+        config.ablations = args.ablations;
+        if let Some(steps) = args.stage1_steps {
+            config.stage1_steps = steps;
+        }
+        if let Some(d0) = args.stage1_d0 {
+            anyhow::ensure!(d0.is_finite() && d0 > 0.0, "--stage1-d0 must be positive");
+            config.stage1_d0 = d0;
+        }
+        if let Some(steps) = args.cold_start_steps {
+            config.cold_start_steps = steps;
+        }
+        if let Some(name) = &args.cold_start_optimizer {
+            config.cold_start_optimizer = match name.as_str() {
+                "adamw" => ColdStartOptimizer::AdamW(AdamWConfig::premier_cold_start()),
+                "prodigy" => ColdStartOptimizer::Prodigy(ProdigyConfig {
+                    d0: config.stage1_d0,
+                    ..ProdigyConfig::premier()
+                }),
+                other => anyhow::bail!("--cold-start-optimizer {other}: expected adamw or prodigy"),
+            };
+        }
+        if let Some(name) = &args.dispersion {
+            config.dispersion = match name.as_str() {
+                "None" => None,
+                other => Some(
+                    serde_json::from_value(serde_json::Value::String(other.into())).map_err(
+                        |_| anyhow::anyhow!(
+                            "--dispersion {other}: expected Hinge, Stable, Released, Dispersive or None"
+                        ),
+                    )?,
+                ),
+            };
+        }
+        println!(
+            "Premier quickstart: synthetic preference world, seed {seed}, on the CPU (burn Flex)"
+        );
+        let mut bars = Bars { bar: None };
+        let report = run::<Autodiff<Flex>>(&config, &base, &dir, &Default::default(), &mut bars)?;
+        if let Some(bar) = bars.bar.take() {
+            bar.finish();
+        }
+        println!("\n{}", report.markdown());
+        println!("Files written:");
+        for file in &report.files {
+            println!("  {}", file.display());
+        }
+        reports.push(report);
     }
-    println!("\n{}", report.markdown());
-    println!("Files written:");
-    for file in &report.files {
-        println!("  {}", file.display());
+    if reports.len() > 1 {
+        let text = summary(&reports);
+        let path = args.out.join("summary.md");
+        std::fs::create_dir_all(&args.out)?;
+        premier::mmdit::load::write_via_temp(&path, |tmp| {
+            std::fs::write(tmp, &text).map_err(|e| e.to_string())
+        })
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        println!("{text}\nwrote {}", path.display());
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! and writes a sample grid and its prompt fidelity.
 //!
 //! ```text
-//! cargo run --release --example synth_pretrain -- [--steps 3000] [--batch 32] [--seed 0] [--out DIR]
+//! cargo run --release --example synth_pretrain -- [--steps N] [--batch N] [--lr X] [--hidden N]
+//!     [--heads N] [--seed 0] [--out DIR]
 //! ```
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use clap::Parser;
 use premier::pipeline::image_io::{grid, save_png};
 use premier::synth::base::{SynthBase, SynthBaseConfig};
 use premier::synth::pretrain::{pretrain, PretrainConfig};
+use premier::synth::quality::{base_quality, BaseQuality};
 use premier::synth::sample::{sample, SAMPLING_STEPS};
 use premier::synth::score::prompt_fidelity;
 use premier::synth::text::{build_tokenizer, MAX_TOKENS};
@@ -26,11 +28,22 @@ struct Args {
     steps: usize,
     #[arg(long, default_value_t = PretrainConfig::default().batch_size)]
     batch: usize,
+    #[arg(long, default_value_t = PretrainConfig::default().lr)]
+    lr: f64,
+    /// Transformer width (the shipped base's by default).
+    #[arg(long, default_value_t = SynthBaseConfig::default().flux.hidden_size)]
+    hidden: usize,
+    /// Attention heads (head width = hidden / heads, split over the RoPE axes 1:3:3 as shipped).
+    #[arg(long, default_value_t = SynthBaseConfig::default().flux.num_heads)]
+    heads: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output folder (default: the shipped base folder, overwritten in place).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Train nothing: print the quality check of the base already in the output folder.
+    #[arg(long)]
+    check_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,13 +51,21 @@ fn main() -> anyhow::Result<()> {
     let config = PretrainConfig {
         steps: args.steps,
         batch_size: args.batch,
+        lr: args.lr,
         seed: args.seed,
         ..PretrainConfig::default()
     };
     let out = args
         .out
         .unwrap_or_else(premier::synth::base::shipped_base_dir);
-    let base_config = SynthBaseConfig::default();
+    let base_config = SynthBaseConfig::with_width(args.hidden, args.heads)?;
+    let device = Default::default();
+    if args.check_only {
+        let (model, _) = SynthBase::<Flex>::load(&out, &device)?;
+        let tokenizer = premier::synth::text::load_tokenizer(&out)?;
+        print_quality(&base_quality(&model, &tokenizer, 8, 1)?);
+        return Ok(());
+    }
 
     // The tokenizer is written first so training reads the same file the shipped model uses.
     std::fs::create_dir_all(&out)?;
@@ -55,7 +76,6 @@ fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let tokenizer = PromptTokenizer::from_file(&tokenizer_path, MAX_TOKENS, 0, "[PAD]")?;
 
-    let device = Default::default();
     let start = Instant::now();
     let mut recent = Vec::new();
     let model =
@@ -94,6 +114,25 @@ fn main() -> anyhow::Result<()> {
     fidelity /= (4 * contents.len()) as f64;
     save_png(&grid(&rows, 2), out.join("samples.png"))?;
     println!("prompt fidelity of the base (18 prompts × 4 seeds): {fidelity:.3}");
+    print_quality(&base_quality(&model, &tokenizer, 8, 1)?);
     println!("total {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn print_quality(quality: &BaseQuality) {
+    println!(
+        "told the style in words ({} images): palette {:.3}, background {:.3}, texture {:.3}, \
+         pattern (no words) {:.3}; worded mean {:.3} (tokens only {:.3}, pooled only {:.3}); \
+         prompt fidelity told {:.3}, plain {:.3}",
+        quality.images,
+        quality.told_factors[0],
+        quality.told_factors[1],
+        quality.told_factors[2],
+        quality.told_factors[3],
+        quality.told_worded,
+        quality.tokens_only_worded,
+        quality.pooled_only_worded,
+        quality.told_fidelity,
+        quality.fidelity
+    );
 }

@@ -61,8 +61,16 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_distinct: bool,
     /// Ablation: no dispersion loss.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dispersion")]
     pub no_dispersion: bool,
+    /// The dispersion loss: Hinge (default; bounded, margin relative to RMS(y)), Stable (the
+    /// paper's L2; runs away), Released (the released run's squared L2; saturates) or
+    /// Dispersive (Wang & He).
+    #[arg(long, value_parser = parse_dispersion)]
+    pub dispersion: Option<DispersionVariant>,
+    /// The hinge's margin, in units of RMS(y) per feature.
+    #[arg(long)]
+    pub dispersion_margin: Option<f64>,
     /// Side of FLUX.1 validation images.
     #[arg(long, default_value_t = 512)]
     pub resolution: usize,
@@ -103,6 +111,16 @@ impl TrainArgs {
         c.distinct &= !self.no_distinct;
         if self.no_dispersion {
             c.stage1.dispersion = None;
+        }
+        if let Some(variant) = self.dispersion {
+            c.stage1.dispersion = Some(variant);
+        }
+        if let Some(margin) = self.dispersion_margin {
+            anyhow::ensure!(
+                margin.is_finite() && margin > 0.0,
+                "--dispersion-margin must be a positive number, not {margin}"
+            );
+            c.stage1.dispersion_margin = margin;
         }
         Ok(c)
     }
@@ -279,4 +297,14 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
         println!("skipped {skipped} bad dataset entries (--skip-bad; listed at the start)");
     }
     Ok(())
+}
+
+/// A dispersion variant by its config-file name.
+fn parse_dispersion(name: &str) -> Result<DispersionVariant, String> {
+    use serde::de::IntoDeserializer;
+    use serde::Deserialize;
+    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        name.into_deserializer();
+    DispersionVariant::deserialize(de)
+        .map_err(|_| format!("{name}: expected Hinge, Stable, Released or Dispersive"))
 }

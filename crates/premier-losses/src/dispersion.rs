@@ -9,9 +9,10 @@ use burn::prelude::*;
 /// Which dispersion loss to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum DispersionVariant {
-    /// The paper's loss and the official `stable_disp_loss` (recommended by the SPEC):
-    /// `mean_i [ logsumexp_{j≠i}(−‖z_i − z_j‖/τ) − log(B−1) ]`, plain L2.
-    #[default]
+    /// The paper's loss and the official `stable_disp_loss`:
+    /// `mean_i [ logsumexp_{j≠i}(−‖z_i − z_j‖/τ) − log(B−1) ]`, plain L2. **Runs away**: it is
+    /// unbounded below (→ −min distance) and its gradient never shrinks, so Δ grows until the
+    /// images break (docs/synth.md); kept for parity with the paper.
     Stable,
     /// The released run's per-GPU `disp_loss`:
     /// `log( Σ_{i≠j} exp(−‖z_i − z_j‖²/τ) / (B(B−1)) + 1e-10 )`, squared L2, no 1/d. It saturates
@@ -20,6 +21,12 @@ pub enum DispersionVariant {
     /// Wang & He's dispersive loss (InfoNCE-ℓ2 without positives):
     /// `log( mean_{i,j} exp(−‖z_i − z_j‖²/(d·τ)) )`, over all B² pairs including i = j.
     Dispersive,
+    /// A hinge on the squared per-feature distance: `mean_{i≠j} relu(1 − ‖z_i − z_j‖²/(d·τ))`,
+    /// i.e. pairs closer than √τ in RMS per feature are pushed apart, farther pairs cost nothing.
+    /// Bounded in [0, 1] and without gradient once users are apart, so it cannot run away. The
+    /// default: stage 1 sets √τ to a margin times the RMS of FLUX's modulation vector y.
+    #[default]
+    Hinge,
 }
 
 /// The dispersion loss with τ = 1. z: `[batch, features]` → `[1]`; 0 for a batch of one.
@@ -62,6 +69,12 @@ pub fn dispersion_loss_with_tau<B: Backend>(
         DispersionVariant::Dispersive => {
             let logits = squared.neg() / (features as f64 * tau);
             logsumexp_all(logits) - ((batch * batch) as f64).ln()
+        }
+        DispersionVariant::Hinge => {
+            let shortfall = (squared.neg() / (features as f64 * tau) + 1.0).clamp_min(0.0);
+            let pairs = (batch * (batch - 1)) as f64;
+            // The diagonal (each user against itself) would add a constant 1 per row.
+            (shortfall.mask_fill(off_diagonal.bool_not(), 0.0).sum() / pairs).reshape([1])
         }
     }
 }

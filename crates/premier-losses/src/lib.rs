@@ -3,8 +3,8 @@
 //! The losses of Premier's training (SPEC §4–5):
 //! - rectified-flow matching: timestep samplers, `x_t = (1-t)·x0 + t·ε`, target `ε - x0`, MSE;
 //! - dispersion losses that keep different users' Δ apart, in the variant the paper describes
-//!   (and the official "stable" code implements), the released per-GPU variant, and Wang & He's
-//!   dispersive loss.
+//!   (and the official "stable" code implements; it runs away), the released per-GPU variant,
+//!   Wang & He's dispersive loss, and a bounded hinge (the default).
 //!
 //! ```
 //! use burn::backend::Flex;

@@ -47,6 +47,7 @@ fn losses_have_exact_gradients() {
         DispersionVariant::Stable,
         DispersionVariant::Released,
         DispersionVariant::Dispersive,
+        DispersionVariant::Hinge,
     ] {
         check(&format!("{variant:?}"), z.clone(), |z| {
             dispersion_loss(z, variant)

@@ -56,10 +56,19 @@ fn variants_match_a_direct_evaluation() {
             .sum();
         (s / (n * n) as f64).ln()
     };
+    let hinge = {
+        let s: f64 = (0..n)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .filter(|(i, j)| i != j)
+            .map(|(i, j)| (1.0 - sq(&r[i], &r[j]) / 9.0).max(0.0))
+            .sum();
+        s / (n * (n - 1)) as f64
+    };
     for (variant, want) in [
         (DispersionVariant::Stable, stable),
         (DispersionVariant::Released, released),
         (DispersionVariant::Dispersive, dispersive),
+        (DispersionVariant::Hinge, hinge),
     ] {
         let got = scalar(dispersion_loss(z.clone(), variant));
         assert!(
@@ -77,6 +86,7 @@ fn single_user_batch_is_zero_and_far_users_saturate_the_released_variant() {
         DispersionVariant::Stable,
         DispersionVariant::Released,
         DispersionVariant::Dispersive,
+        DispersionVariant::Hinge,
     ] {
         assert_eq!(scalar(dispersion_loss(one.clone(), variant)), 0.0);
     }
@@ -124,4 +134,28 @@ fn timestep_samplers_stay_in_range_with_the_expected_centre() {
     for (g, w) in got.iter().zip(want) {
         assert!((*g as f64 - w).abs() < 1e-6, "{got:?}");
     }
+}
+
+#[test]
+fn hinge_is_bounded_and_silent_once_users_are_apart() {
+    use burn::backend::Autodiff;
+    let device = Default::default();
+    // Identical users: the full cost 1; RMS distance beyond √τ: nothing and no gradient.
+    let same = Tensor::<B, 2>::ones([3, 4], &device);
+    assert!((scalar(dispersion_loss(same, DispersionVariant::Hinge)) - 1.0).abs() < 1e-6);
+    let far = Tensor::<Autodiff<B>, 2>::from_floats([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], &device)
+        .require_grad();
+    let loss = dispersion_loss(far.clone(), DispersionVariant::Hinge);
+    assert_eq!(loss.clone().into_scalar(), 0.0);
+    let g = far
+        .grad(&loss.backward())
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    assert!(g.iter().all(|&v| v == 0.0), "{g:?}");
+    // Half the margin apart in RMS: 1 − 1/4 per pair.
+    let half = Tensor::<B, 2>::from_floats([[0.0, 0.0], [0.5, 0.5]], &device);
+    let v = scalar(dispersion_loss(half, DispersionVariant::Hinge));
+    assert!((v - 0.75).abs() < 1e-6, "{v}");
 }

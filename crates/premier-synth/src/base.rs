@@ -42,6 +42,26 @@ impl Default for SynthBaseConfig {
     }
 }
 
+impl SynthBaseConfig {
+    /// The default with another width and head count; the head width is split over the RoPE
+    /// axes (time, y, x) as 1:3:3 in multiples of 2, as the default's [4, 6, 6].
+    pub fn with_width(hidden: usize, heads: usize) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        let head = hidden / heads.max(1);
+        if heads == 0 || hidden % heads != 0 || head % 2 != 0 {
+            return Err(ConfigError {
+                reason: format!("hidden {hidden} must split into {heads} heads of even width"),
+            });
+        }
+        let spatial = (head * 3 / 7) / 2 * 2;
+        config.flux.hidden_size = hidden;
+        config.flux.num_heads = heads;
+        config.flux.axes_dim = vec![head - 2 * spatial, spatial, spatial];
+        config.flux.validate()?;
+        Ok(config)
+    }
+}
+
 /// Errors of saving or loading the base model.
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {

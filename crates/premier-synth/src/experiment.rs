@@ -1,11 +1,14 @@
 //! The quickstart experiment: the paper's claims in miniature on a drawn world.
 //!
-//! Stage 1 trains the adapters and the user table on the world's users through the frozen base
-//! (full model and the three ablations); stage 2 cold-starts new users from 2, 4 and 8 images
-//! (linear combination and direct embedding); every variant generates the same prompts × seeds
-//! and is scored from pixels only.
+//! Stage 1 trains the adapters and the user table on the world's trained users through the
+//! frozen base (and, with `ablations`, the paper's ablations and the other dispersion losses);
+//! stage 2 cold-starts all new users at once from 2, 4 and 8 images (linear combination and
+//! direct embedding, with the same optimizer); every method generates the same prompts × noise
+//! seeds and is scored from pixels only ([`crate::evaluate`]), and the claims are decided in
+//! [`crate::report`]. Independent work runs on two threads.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -15,7 +18,7 @@ use image::RgbImage;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_losses::DispersionVariant;
 use premier_mmdit::load::write_via_temp;
-use premier_mmdit::{Flux, TextModulation};
+use premier_mmdit::Flux;
 use premier_pipeline::image_io::{grid, save_png};
 use premier_text::{PromptTokenizer, TextConditioning};
 use premier_train::metrics::{write_loss_curve, MetricRecord, MetricsLog};
@@ -30,8 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::{BaseError, SynthBase};
 use crate::codec::{encode, LATENT_HW};
-use crate::sample::{sample, SAMPLING_STEPS};
-use crate::score::{image_distance, preference_score, prompt_fidelity};
+use crate::evaluate::{EvalSet, ImageScore, Method};
+use crate::render::{render, Jitter};
+use crate::report::{Claim, Report, Row, RunEnd};
 use crate::text::load_tokenizer;
 use crate::world::{Content, World, WorldConfig};
 
@@ -43,17 +47,26 @@ pub struct ExperimentConfig {
     pub world: WorldConfig,
     pub stage1_steps: usize,
     pub batch_size: usize,
+    /// Prodigy's initial step size estimate in stage 1 (the paper's 1e-6 spends most of a short
+    /// run warming up; see docs/synth.md).
+    pub stage1_d0: f64,
+    /// The dispersion loss of the full model (`None`: without).
+    pub dispersion: Option<DispersionVariant>,
     pub cold_start_steps: usize,
+    /// Images of each new user per cold-start step.
+    pub cold_start_batch: usize,
+    /// The cold start's optimizer, the same for linear and direct.
+    pub cold_start_optimizer: ColdStartOptimizer,
     /// Images a new user gives, one cold start each.
     pub shots: Vec<usize>,
     /// Prompts evaluated (spread over all contents).
     pub eval_prompts: usize,
-    /// Seeds per prompt.
+    /// Noise seeds per prompt.
     pub eval_seeds: usize,
     /// User embedding: tokens × width.
     pub user_tokens: usize,
     pub user_dim: usize,
-    /// Run the three stage-1 ablations.
+    /// Also run the stage-1 ablations and the other dispersion losses.
     pub ablations: bool,
 }
 
@@ -62,15 +75,21 @@ impl Default for ExperimentConfig {
         Self {
             seed: 0,
             world: WorldConfig::default(),
-            stage1_steps: 300,
+            stage1_steps: 1200,
             batch_size: 8,
-            cold_start_steps: 100,
+            stage1_d0: 1e-4,
+            dispersion: Stage1Config::default().dispersion,
+            cold_start_steps: 150,
+            cold_start_batch: 2,
+            cold_start_optimizer: ColdStartOptimizer::AdamW(
+                premier_train::adamw::AdamWConfig::premier_cold_start(),
+            ),
             shots: vec![2, 4, 8],
             eval_prompts: 6,
             eval_seeds: 2,
             user_tokens: 4,
             user_dim: 32,
-            ablations: true,
+            ablations: false,
         }
     }
 }
@@ -81,7 +100,7 @@ impl ExperimentConfig {
         Self {
             world: WorldConfig {
                 train_users: 4,
-                new_users: 1,
+                new_users: 2,
                 images_per_user: 8,
                 ..WorldConfig::default()
             },
@@ -91,7 +110,6 @@ impl ExperimentConfig {
             shots: vec![2],
             eval_prompts: 2,
             eval_seeds: 1,
-            ablations: false,
             ..Self::default()
         }
     }
@@ -110,47 +128,8 @@ fn run_err(e: impl std::fmt::Display) -> ExperimentError {
     ExperimentError::Run(e.to_string())
 }
 
-/// Scores of one variant, averaged over users × prompts × seeds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Scores {
-    /// Preference score (ViPer-score analog), higher is better.
-    pub preference: f64,
-    /// Standard error of `preference` (sample standard deviation / √images).
-    pub preference_se: f64,
-    /// Share of images preferred over the base's for the same user, prompt and seed (ties
-    /// half), the ViPer-rate analog.
-    pub win_rate: f64,
-    /// Prompt fidelity (CLIP-T2I analog), higher is better.
-    pub fidelity: f64,
-    /// Distance to the user's held-out image of the prompt (LPIPS analog), lower is better.
-    pub distance: f64,
-}
-
-/// One row of a report table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Row {
-    pub name: String,
-    pub scores: Scores,
-}
-
-/// Everything the experiment measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub config: ExperimentConfig,
-    /// Base, taste in the prompt, Premier (trained users).
-    pub main: Vec<Row>,
-    /// Premier without Δ_shared, Δ_distinct, dispersion (trained users).
-    pub ablations: Vec<Row>,
-    /// Base and each cold start (new users).
-    pub cold_start: Vec<Row>,
-    /// Final stage-1 loss of each run.
-    pub stage1_final_loss: Vec<(String, f64)>,
-    pub seconds: f64,
-    pub files: Vec<PathBuf>,
-}
-
-/// Told what the experiment is doing.
-pub trait Progress {
+/// Told what the experiment is doing (from any of its threads).
+pub trait Progress: Send {
     /// A new phase of `total` units.
     fn phase(&mut self, name: &str, total: u64);
     /// One unit done.
@@ -172,17 +151,44 @@ struct Encoded<B: Backend> {
     images: Vec<(Tensor<B, 3>, Vec<usize>)>,
 }
 
-fn content_index(c: &Content) -> usize {
-    Content::all().iter().position(|x| x == c).unwrap_or(0)
-}
-
-/// A stage-1 variant.
+/// A stage-1 run.
 #[derive(Debug, Clone, Copy)]
 struct Variant {
     name: &'static str,
     shared: bool,
     distinct: bool,
     dispersion: Option<DispersionVariant>,
+}
+
+/// Runs `jobs` on two threads (each thread takes every other job, in order) and returns their
+/// results in the jobs' order.
+fn on_two_threads<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = jobs.iter().map(|_| None).collect();
+    let (mut even, mut odd): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    for (i, job) in jobs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            even.push((i, job));
+        } else {
+            odd.push((i, job));
+        }
+    }
+    let results = std::thread::scope(|scope| {
+        let other = scope.spawn(move || {
+            odd.into_iter()
+                .map(|(i, job)| (i, job()))
+                .collect::<Vec<_>>()
+        });
+        let mut mine: Vec<(usize, T)> = even.into_iter().map(|(i, job)| (i, job())).collect();
+        match other.join() {
+            Ok(theirs) => mine.extend(theirs),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        mine
+    });
+    for (i, r) in results {
+        slots[i] = Some(r);
+    }
+    slots.into_iter().flatten().collect()
 }
 
 /// Runs the experiment with the base model in `base_dir`, writing into `out`.
@@ -192,7 +198,10 @@ pub fn run<B: AutodiffBackend>(
     out: &Path,
     device: &B::Device,
     progress: &mut impl Progress,
-) -> Result<Report, ExperimentError> {
+) -> Result<Report, ExperimentError>
+where
+    B::Device: Sync,
+{
     let start = Instant::now();
     std::fs::create_dir_all(out).map_err(run_err)?;
     let world = World::new(WorldConfig {
@@ -203,183 +212,277 @@ pub fn run<B: AutodiffBackend>(
     let tokenizer = load_tokenizer(base_dir).map_err(run_err)?;
     let base_inner = base.valid();
     let encoded = encode_world::<B>(&world, &base_inner, &tokenizer)?;
-    let mut files = Vec::new();
-
-    // Evaluation set: prompts spread over the contents; a noise seed per (user, prompt, k), the
-    // same for every variant, so the base is sampled as often as any personalized model.
-    let contents = Content::all();
-    let eval_contents: Vec<Content> = (0..config.eval_prompts)
-        .map(|i| contents[(i * contents.len()) / config.eval_prompts.max(1)])
-        .collect();
-    let eval = EvalSet {
-        contents: eval_contents.clone(),
-        seeds_per_prompt: config.eval_seeds,
-        seed: config.seed,
-    };
+    let eval = EvalSet::new(config.eval_prompts, config.eval_seeds, config.seed);
     let train_users: Vec<usize> = (0..world.config.train_users).collect();
     let new_users: Vec<usize> = (world.config.train_users..world.users.len()).collect();
+    let progress = Mutex::new(progress);
+    let tick = |message: &str| {
+        if let Ok(mut p) = progress.lock() {
+            p.tick(message);
+        }
+    };
+    let phase = |name: &str, total: u64| {
+        if let Ok(mut p) = progress.lock() {
+            p.phase(name, total);
+        }
+    };
 
-    progress.phase("base and taste-in-prompt images", 2);
-    let base_images = eval.generate(&world, &base_inner, &tokenizer, &train_users, None, false)?;
-    progress.tick("base");
-    let prompt_images = eval.generate(&world, &base_inner, &tokenizer, &train_users, None, true)?;
-    progress.tick("taste in the prompt");
-    let mut main = vec![
-        Row {
-            name: "Base (FLUX, no personalization)".into(),
-            scores: eval.score(&world, &train_users, &base_images, &base_images),
-        },
-        Row {
-            name: "Taste in the prompt (style words added)".into(),
-            scores: eval.score(&world, &train_users, &prompt_images, &base_images),
-        },
-    ];
-
-    let mut variants = vec![Variant {
-        name: "Premier",
-        shared: true,
-        distinct: true,
-        dispersion: Some(DispersionVariant::Stable),
-    }];
-    if config.ablations {
-        variants.extend([
-            Variant {
-                name: "w/o Δ_shared",
-                shared: false,
-                distinct: true,
-                dispersion: Some(DispersionVariant::Stable),
-            },
-            Variant {
-                name: "w/o Δ_distinct",
-                shared: true,
-                distinct: false,
-                dispersion: Some(DispersionVariant::Stable),
-            },
-            Variant {
-                name: "w/o dispersion loss",
-                shared: true,
-                distinct: true,
-                dispersion: None,
-            },
-            // The released run's loss: squared L2, saturating once users are apart.
-            Variant {
-                name: "released dispersion (squared L2)",
-                shared: true,
-                distinct: true,
-                dispersion: Some(DispersionVariant::Released),
-            },
-        ]);
+    let variants = stage1_variants(config);
+    let mut files = Vec::new();
+    // Stage 1 on one thread while the other draws and scores the methods without training.
+    let steps: u64 = variants.len() as u64 * config.stage1_steps as u64;
+    phase("stage 1 (and the base's images)", steps);
+    let untrained = |users: &[usize]| -> Result<[Vec<ImageScore>; 4], String> {
+        let draw = |method| eval.generate(&world, &base_inner, &tokenizer, users, method);
+        Ok([
+            eval.score(&world, users, &draw(Method::Base)?),
+            eval.score(&world, users, &draw(Method::TasteInPrompt)?),
+            eval.score(&world, users, &eval.references(&world, users, true)),
+            eval.score(&world, users, &eval.references(&world, users, false)),
+        ])
+    };
+    // Models are initialised here, in order (the device RNG is shared); then the stage-1 runs
+    // and the methods that need no training share the two threads.
+    let fresh: Vec<Stage1Model<B>> = variants
+        .iter()
+        .map(|v| init_stage1(config, &world, &base.flux, &encoded, *v, device))
+        .collect::<Result<_, _>>()?;
+    enum Done<B: AutodiffBackend> {
+        Trained(Result<(Stage1Model<B>, RunEnd), ExperimentError>),
+        Fixed(Result<([Vec<ImageScore>; 4], [Vec<ImageScore>; 4]), String>),
     }
-    let mut ablations = Vec::new();
-    let mut stage1_final_loss = Vec::new();
-    let mut premier: Option<Stage1Model<B>> = None;
-    for variant in variants {
-        let dir = out.join(format!(
-            "stage1-{}",
-            variant
-                .name
-                .replace(['/', ' ', '.', '(', ')'], "_")
-                .replace("Δ_", "")
-        ));
-        let (model, final_loss) = train_stage1(
-            config, &world, &base.flux, &encoded, variant, &dir, device, progress,
-        )?;
+    let mut jobs: Vec<Box<dyn FnOnce() -> Done<B> + Send + '_>> = vec![Box::new(|| {
+        Done::Fixed(untrained(&train_users).and_then(|old| Ok((old, untrained(&new_users)?))))
+    })];
+    for (variant, model) in variants.iter().zip(fresh) {
+        let dir = stage1_dir(out, variant);
+        let (world, flux, encoded, tick) = (&world, &base.flux, &encoded, &tick);
+        jobs.push(Box::new(move || {
+            Done::Trained(train_stage1(
+                config, world, flux, encoded, model, *variant, &dir, tick,
+            ))
+        }));
+    }
+    let mut fixed = None;
+    let mut trained = Vec::new();
+    for done in on_two_threads(jobs) {
+        match done {
+            Done::Fixed(f) => fixed = Some(f),
+            Done::Trained(t) => trained.push(t),
+        }
+    }
+    let ([base_old, told_old, held_old, random_old], [base_new, told_new, held_new, random_new]) =
+        fixed
+            .ok_or_else(|| run_err("the untrained methods were not drawn"))?
+            .map_err(run_err)?;
+    let mut stage1 = Vec::new();
+    let mut models = Vec::new();
+    for (variant, result) in variants.iter().zip(trained) {
+        let (model, end) = result?;
+        let dir = stage1_dir(out, variant);
         files.push(dir.join("metrics.jsonl"));
         files.push(dir.join("loss.png"));
-        stage1_final_loss.push((variant.name.to_string(), final_loss));
-        let inner = model.valid();
-        let lookup = |users: &[usize]| inner.users.lookup(users).map_err(run_err);
-        let images = eval.generate(
-            &world,
-            &base_inner,
-            &tokenizer,
-            &train_users,
-            Some((&inner.adapter, &lookup)),
-            false,
-        )?;
-        let row = Row {
+        stage1.push(RunEnd {
             name: variant.name.into(),
-            scores: eval.score(&world, &train_users, &images, &base_images),
-        };
+            ..end
+        });
+        models.push(model);
+    }
+
+    // Every stage-1 model's images of the trained users, two at a time.
+    phase("images of the trained models", models.len() as u64);
+    let inner: Vec<Stage1Model<B::InnerBackend>> = models.iter().map(|m| m.valid()).collect();
+    let jobs: Vec<Box<dyn FnOnce() -> Result<Vec<RgbImage>, String> + Send + '_>> = inner
+        .iter()
+        .map(|model| {
+            let job = || {
+                let lookup = |users: &[usize]| model.users.lookup(users).map_err(|e| e.to_string());
+                let images = eval.generate(
+                    &world,
+                    &base_inner,
+                    &tokenizer,
+                    &train_users,
+                    Method::Premier(&model.adapter, &lookup),
+                );
+                tick("images");
+                images
+            };
+            Box::new(job) as Box<dyn FnOnce() -> _ + Send + '_>
+        })
+        .collect();
+    let trained_images = on_two_threads(jobs)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(run_err)?;
+
+    let mut main = vec![
+        Row::new(
+            "Base (FLUX, no personalization)",
+            base_old.clone(),
+            &base_old,
+        ),
+        Row::new(
+            "Taste in the prompt (style words added)",
+            told_old,
+            &base_old,
+        ),
+    ];
+    let mut ablations = Vec::new();
+    for (variant, images) in variants.iter().zip(&trained_images) {
+        let row = Row::new(
+            variant.name,
+            eval.score(&world, &train_users, images),
+            &base_old,
+        );
         if variant.name == "Premier" {
             main.push(row);
-            // The grid: the base, then a row per trained user (up to 6), a column per prompt.
-            let shown = train_users.len().min(6);
-            let per_user = eval.contents.len() * eval.seeds_per_prompt;
-            let mut rows = vec![every_seed0(&base_images[..per_user], eval.seeds_per_prompt)];
-            for u in 0..shown {
-                rows.push(every_seed0(
-                    &images[u * per_user..(u + 1) * per_user],
-                    eval.seeds_per_prompt,
-                ));
-            }
-            let path = out.join("grid.png");
-            save_png(&upscale_grid(&grid(&rows, 2), 4), &path).map_err(run_err)?;
-            files.push(path);
-            premier = Some(model);
         } else {
             ablations.push(row);
         }
     }
+    main.push(Row::new(
+        "Reference: held-out images in the user's taste",
+        held_old,
+        &base_old,
+    ));
+    main.push(Row::new(
+        "Reference: the prompt in a random style",
+        random_old,
+        &base_old,
+    ));
 
-    // Cold start of the new users from the full model.
-    let model = premier.ok_or_else(|| run_err("the full model was not trained"))?;
-    let base_new = eval.generate(&world, &base_inner, &tokenizer, &new_users, None, false)?;
-    let mut cold_start = vec![Row {
-        name: "Base (new users)".into(),
-        scores: eval.score(&world, &new_users, &base_new, &base_new),
-    }];
-    let runs = config.shots.len() * 2 * new_users.len();
-    progress.phase("cold start", runs as u64);
-    for &shots in &config.shots {
-        for direct in [false, true] {
-            let mut embeddings = Vec::new();
-            for &u in &new_users {
-                embeddings.push(cold_start_user(
-                    config, &base.flux, &model, &encoded, u, shots, direct, device,
-                )?);
-                progress.tick(&format!(
-                    "{} {} images",
-                    if direct { "direct" } else { "linear" },
-                    shots
-                ));
-            }
-            let inner_adapter = model.adapter.valid();
-            let lookup = |users: &[usize]| {
-                let rows: Vec<Tensor<B::InnerBackend, 3>> = users
-                    .iter()
-                    .map(|u| embeddings[u - world.config.train_users].clone())
-                    .collect();
-                Ok(Tensor::cat(rows, 0))
-            };
-            let images = eval.generate(
-                &world,
-                &base_inner,
-                &tokenizer,
-                &new_users,
-                Some((&inner_adapter, &lookup)),
-                false,
-            )?;
-            cold_start.push(Row {
-                name: format!(
+    // The grid: the base, then a row per trained user (up to 8), all from the same noise per
+    // column; a column per prompt.
+    let premier_inner = inner
+        .first()
+        .ok_or_else(|| run_err("the full model was not trained"))?;
+    let (grid_rows, rows) =
+        grid_tiles(&world, &eval, &base_inner, &tokenizer, premier_inner).map_err(run_err)?;
+    let grid_path = out.join("grid.png");
+    save_png(&upscale(&grid(&rows, 2), 4), &grid_path).map_err(run_err)?;
+    files.push(grid_path);
+
+    // Cold start: every (shots, kind) fits all new users in one batch; two runs at a time.
+    let premier = models
+        .into_iter()
+        .next()
+        .ok_or_else(|| run_err("the full model was not trained"))?;
+    let runs: Vec<(usize, bool)> = config
+        .shots
+        .iter()
+        .flat_map(|&s| [(s, false), (s, true)])
+        .collect();
+    phase("cold start (all new users at once)", runs.len() as u64);
+    let trainers: Vec<_> = runs
+        .iter()
+        .map(|&(shots, direct)| {
+            cold_start_trainer(config, &base.flux, &premier, &world, shots, direct, device)
+        })
+        .collect();
+    let jobs: Vec<Box<dyn FnOnce() -> Result<Vec<RgbImage>, String> + Send + '_>> = trainers
+        .into_iter()
+        .zip(&runs)
+        .map(|(mut trainer, &(shots, direct))| {
+            let (world, encoded, eval, tokenizer, new_users) =
+                (&world, &encoded, &eval, &tokenizer, &new_users);
+            let (base_inner, config, tick) = (&base_inner, config, &tick);
+            let dir = out.join(format!(
+                "cold-start-{}-{shots}",
+                if direct { "direct" } else { "linear" }
+            ));
+            let job = move || -> Result<Vec<RgbImage>, String> {
+                let picks = cold_start_picks(world, shots, config.cold_start_batch);
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let metrics = dir.join("metrics.jsonl");
+                let _ = std::fs::remove_file(&metrics);
+                let mut log = MetricsLog::append(&metrics).map_err(|e| e.to_string())?;
+                let mut records = Vec::new();
+                let started = Instant::now();
+                for step in 0..config.cold_start_steps {
+                    let batch = cold_start_batch(encoded, &picks, step);
+                    let t0 = Instant::now();
+                    let report = trainer.step(&batch).map_err(|e| e.to_string())?;
+                    let record = MetricRecord {
+                        report,
+                        it_per_s: 1.0 / t0.elapsed().as_secs_f64().max(1e-9),
+                        elapsed_s: started.elapsed().as_secs_f64(),
+                    };
+                    log.write(&record).map_err(|e| e.to_string())?;
+                    records.push(record);
+                }
+                write_loss_curve(&records, &dir.join("loss.png")).map_err(|e| e.to_string())?;
+                let embeddings = trainer.embedding().map_err(|e| e.to_string())?.inner();
+                let adapter = trainer.adapter.valid();
+                let first = world.config.train_users;
+                let lookup = |users: &[usize]| {
+                    let ids: Vec<usize> = users.iter().map(|u| u - first).collect();
+                    Ok(select_rows(&embeddings, &ids))
+                };
+                let images = eval.generate(
+                    world,
+                    base_inner,
+                    tokenizer,
+                    new_users,
+                    Method::Premier(&adapter, &lookup),
+                );
+                tick(&format!(
                     "{} from {shots} images",
-                    if direct {
-                        "Direct embedding"
-                    } else {
-                        "Linear combination"
-                    }
-                ),
-                scores: eval.score(&world, &new_users, &images, &base_new),
-            });
-        }
+                    if direct { "direct" } else { "linear" }
+                ));
+                images
+            };
+            Box::new(job) as Box<dyn FnOnce() -> _ + Send + '_>
+        })
+        .collect();
+    let cold_images = on_two_threads(jobs)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(run_err)?;
+    let mut cold_start = vec![
+        Row::new("Base (new users)", base_new.clone(), &base_new),
+        Row::new("Taste in the prompt (new users)", told_new, &base_new),
+    ];
+    for (&(shots, direct), images) in runs.iter().zip(&cold_images) {
+        let kind = if direct {
+            "Direct embedding"
+        } else {
+            "Linear combination"
+        };
+        cold_start.push(Row::new(
+            format!("{kind} from {shots} images"),
+            eval.score(&world, &new_users, images),
+            &base_new,
+        ));
     }
+    cold_start.push(Row::new(
+        "Reference: held-out images in the user's taste",
+        held_new,
+        &base_new,
+    ));
+    cold_start.push(Row::new(
+        "Reference: the prompt in a random style",
+        random_new,
+        &base_new,
+    ));
 
+    let claims = decide_claims(config, &main, &ablations, &cold_start);
+    let find = |name: &str| main.iter().find(|r| r.name.starts_with(name));
+    let gap_closed = match (find("Base"), find("Taste in the prompt"), find("Premier")) {
+        (Some(b), Some(t), Some(p)) => {
+            (p.scores.preference - b.scores.preference)
+                / (t.scores.preference - b.scores.preference)
+        }
+        _ => f64::NAN,
+    };
     let report = Report {
         config: config.clone(),
         main,
         ablations,
         cold_start,
-        stage1_final_loss,
+        stage1,
+        claims,
+        gap_closed,
+        grid_rows,
         seconds: start.elapsed().as_secs_f64(),
         files: Vec::new(),
     };
@@ -395,6 +498,123 @@ pub fn run<B: AutodiffBackend>(
     Ok(Report { files, ..report })
 }
 
+/// The full model first, then (with `ablations`) the paper's ablations and the other losses.
+fn stage1_variants(config: &ExperimentConfig) -> Vec<Variant> {
+    let full = Variant {
+        name: "Premier",
+        shared: true,
+        distinct: true,
+        dispersion: config.dispersion,
+    };
+    let mut variants = vec![full];
+    if config.ablations {
+        let with = |name, dispersion| Variant {
+            name,
+            dispersion: Some(dispersion),
+            ..full
+        };
+        variants.extend([
+            Variant {
+                name: "w/o Δ_shared",
+                shared: false,
+                ..full
+            },
+            Variant {
+                name: "w/o Δ_distinct",
+                distinct: false,
+                ..full
+            },
+            Variant {
+                name: "w/o dispersion loss",
+                dispersion: None,
+                ..full
+            },
+            with(
+                "paper dispersion (L2; runs away)",
+                DispersionVariant::Stable,
+            ),
+            with(
+                "released dispersion (squared L2)",
+                DispersionVariant::Released,
+            ),
+            with(
+                "Wang & He dispersive loss (τ = 1)",
+                DispersionVariant::Dispersive,
+            ),
+        ]);
+    }
+    variants
+}
+
+/// The paper's claims on this seed.
+fn decide_claims(
+    config: &ExperimentConfig,
+    main: &[Row],
+    ablations: &[Row],
+    cold_start: &[Row],
+) -> Vec<Claim> {
+    let find = |rows: &[Row], name: &str| rows.iter().find(|r| r.name.starts_with(name)).cloned();
+    let mut out = Vec::new();
+    let (Some(base), Some(premier)) = (find(main, "Base"), find(main, "Premier")) else {
+        return out;
+    };
+    out.push(Claim::higher(
+        "premier-beats-base",
+        "Premier raises preference over the base".into(),
+        &premier,
+        &base,
+    ));
+    out.push(Claim::keeps_fidelity(
+        "premier-keeps-fidelity",
+        "Premier keeps prompt fidelity within 0.05 of the base".into(),
+        &premier,
+        &base,
+    ));
+    if let Some(told) = find(main, "Taste in the prompt") {
+        out.push(Claim::higher(
+            "premier-beats-prompt",
+            "Premier beats the taste written in the prompt on preference".into(),
+            &premier,
+            &told,
+        ));
+    }
+    for (id, name) in [
+        ("shared-helps", "w/o Δ_shared"),
+        ("distinct-helps", "w/o Δ_distinct"),
+        ("dispersion-helps", "w/o dispersion loss"),
+    ] {
+        if let Some(ablation) = find(ablations, name) {
+            out.push(Claim::higher(
+                id,
+                format!("The full model beats {name} on preference"),
+                &premier,
+                &ablation,
+            ));
+        }
+    }
+    if let Some(new_base) = find(cold_start, "Base (new users)") {
+        for &shots in &config.shots {
+            let lin = find(cold_start, &format!("Linear combination from {shots} "));
+            let dir = find(cold_start, &format!("Direct embedding from {shots} "));
+            if let (Some(lin), Some(dir)) = (lin, dir) {
+                out.push(Claim::higher(
+                    &format!("linear-beats-direct-{shots}"),
+                    format!("With {shots} images the linear combination beats direct training"),
+                    &lin,
+                    &dir,
+                ));
+                out.push(Claim::higher(
+                    &format!("linear-beats-base-{shots}"),
+                    format!("Linear cold start from {shots} images beats the new users' base"),
+                    &lin,
+                    &new_base,
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn write_atomic(path: &Path, text: &str) -> Result<(), ExperimentError> {
     write_via_temp(path, |tmp| {
         std::fs::write(tmp, text).map_err(|e| e.to_string())
@@ -402,19 +622,79 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), ExperimentError> {
     .map_err(|e| run_err(format!("{}: {e}", path.display())))
 }
 
-/// The first seed's image of each prompt, from images ordered (prompt, seed).
-fn every_seed0(images: &[RgbImage], seeds: usize) -> Vec<RgbImage> {
-    images.iter().step_by(seeds.max(1)).cloned().collect()
+/// grid.png's tiles and a line per row: the base, then Premier for the first trained users
+/// (up to 8); each row starts with a tile of its taste, then a column per prompt, every row from
+/// the same noise.
+fn grid_tiles<B: Backend>(
+    world: &World,
+    eval: &EvalSet,
+    base: &SynthBase<B>,
+    tokenizer: &PromptTokenizer,
+    premier: &Stage1Model<B>,
+) -> Result<(Vec<String>, Vec<Vec<RgbImage>>), String> {
+    let shared = EvalSet {
+        seeds_per_prompt: 1,
+        shared_noise: true,
+        ..eval.clone()
+    };
+    let shown: Vec<usize> = (0..world.config.train_users.min(8)).collect();
+    let lookup = |users: &[usize]| premier.users.lookup(users).map_err(|e| e.to_string());
+    let base_images = shared.generate(world, base, tokenizer, &shown[..1], Method::Base)?;
+    let images = shared.generate(
+        world,
+        base,
+        tokenizer,
+        &shown,
+        Method::Premier(&premier.adapter, &lookup),
+    )?;
+    let mut lines = vec!["the base model (no personalization; blank first tile)".to_string()];
+    let mut rows = vec![std::iter::once(blank_tile()).chain(base_images).collect()];
+    // The taste tile: a large square in the centre in the user's favourite style.
+    let swatch = Content {
+        shape: 1,
+        position: 1,
+        size: 1,
+    };
+    for (&u, tiles) in shown.iter().zip(images.chunks(shared.contents.len())) {
+        let taste = world.users[u].taste.mode();
+        let label = render(swatch, taste, &Jitter::default());
+        rows.push(
+            std::iter::once(label)
+                .chain(tiles.iter().cloned())
+                .collect(),
+        );
+        let mixed = if world.users[u].taste.is_mixed() {
+            " (likes two values of one factor; the tile shows one)"
+        } else {
+            ""
+        };
+        lines.push(format!(
+            "Premier for {}: {}{mixed}",
+            world.users[u].id,
+            taste.describe()
+        ));
+    }
+    Ok((lines, rows))
+}
+
+/// The base row's first tile: no taste to show.
+fn blank_tile() -> RgbImage {
+    let n = crate::world::IMAGE_SIZE as u32;
+    RgbImage::from_pixel(n, n, image::Rgb([255, 255, 255]))
 }
 
 /// Nearest-neighbour upscaling, so 32-pixel tiles are visible.
-fn upscale_grid(image: &RgbImage, factor: u32) -> RgbImage {
+fn upscale(image: &RgbImage, factor: u32) -> RgbImage {
     image::imageops::resize(
         image,
         image.width() * factor,
         image.height() * factor,
         image::imageops::FilterType::Nearest,
     )
+}
+
+fn content_index(c: &Content) -> usize {
+    Content::all().iter().position(|x| x == c).unwrap_or(0)
 }
 
 fn encode_world<B: AutodiffBackend>(
@@ -456,26 +736,34 @@ fn select_rows<B: Backend, const D: usize>(t: &Tensor<B, D>, rows: &[usize]) -> 
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_stage1<B: AutodiffBackend>(
+/// Where a stage-1 run writes its metrics and loss curve.
+fn stage1_dir(out: &Path, variant: &Variant) -> PathBuf {
+    out.join(format!(
+        "stage1-{}",
+        variant
+            .name
+            .replace(['/', ' ', '.', '(', ')', '&', ',', ';', '='], "_")
+            .replace("Δ_", "")
+    ))
+}
+
+/// A fresh adapter and user table for `variant` (the same draw for every variant).
+fn init_stage1<B: AutodiffBackend>(
     config: &ExperimentConfig,
     world: &World,
     flux: &Flux<B>,
     encoded: &Encoded<B>,
     variant: Variant,
-    dir: &Path,
     device: &B::Device,
-    progress: &mut impl Progress,
-) -> Result<(Stage1Model<B>, f64), ExperimentError> {
+) -> Result<Stage1Model<B>, ExperimentError> {
     B::seed(device, config.seed.wrapping_add(1));
-    let hidden = flux.hidden_size();
     let adapter_config = AdapterConfig {
         shared: variant.shared,
         distinct: variant.distinct,
         ..AdapterConfig::small(
             encoded.prompts.tokens.dims()[2],
             config.user_dim,
-            hidden,
+            flux.hidden_size(),
             flux.depth(),
         )
     };
@@ -488,13 +776,30 @@ fn train_stage1<B: AutodiffBackend>(
         },
         device,
     );
+    Ok(Stage1Model { adapter, users })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_stage1<B: AutodiffBackend>(
+    config: &ExperimentConfig,
+    world: &World,
+    flux: &Flux<B>,
+    encoded: &Encoded<B>,
+    model: Stage1Model<B>,
+    variant: Variant,
+    dir: &Path,
+    tick: &dyn Fn(&str),
+) -> Result<(Stage1Model<B>, RunEnd), ExperimentError> {
     let stage1 = Stage1Config {
         dispersion: variant.dispersion,
-        optimizer: ProdigyConfig::premier(),
+        optimizer: ProdigyConfig {
+            d0: config.stage1_d0,
+            ..ProdigyConfig::premier()
+        },
         seed: config.seed,
         ..Stage1Config::default()
     };
-    let mut trainer = Stage1Trainer::new(flux.clone(), Stage1Model { adapter, users }, stage1);
+    let mut trainer = Stage1Trainer::new(flux.clone(), model, stage1);
     let counts: Vec<usize> = (0..world.config.train_users)
         .map(|u| encoded.images[u].1.len())
         .collect();
@@ -504,10 +809,6 @@ fn train_stage1<B: AutodiffBackend>(
     let _ = std::fs::remove_file(&metrics_path);
     let mut log = MetricsLog::append(&metrics_path).map_err(run_err)?;
     let mut records = Vec::new();
-    progress.phase(
-        &format!("stage 1: {}", variant.name),
-        config.stage1_steps as u64,
-    );
     let started = Instant::now();
     for step in 0..config.stage1_steps {
         let picks = sampler.batch(step as u64);
@@ -537,327 +838,104 @@ fn train_stage1<B: AutodiffBackend>(
         };
         log.write(&record).map_err(run_err)?;
         records.push(record);
-        progress.tick(&format!("loss {:.4} d {:.2e}", report.loss, report.d));
+        tick(&format!(
+            "{}: loss {:.4} Δ/y {:.3} d {:.2e}",
+            variant.name, report.loss, report.delta_to_y, report.d
+        ));
     }
     write_loss_curve(&records, &dir.join("loss.png")).map_err(run_err)?;
-    let tail = records.len().min(20).max(1);
-    let final_loss = records
-        .iter()
-        .rev()
-        .take(tail)
-        .map(|r| r.report.flow)
-        .sum::<f64>()
-        / tail as f64;
-    Ok((trainer.model, final_loss))
+    let tail: Vec<&MetricRecord> = records.iter().rev().take(20).collect();
+    let mean = |f: &dyn Fn(&MetricRecord) -> f64| {
+        tail.iter().map(|r| f(r)).sum::<f64>() / tail.len().max(1) as f64
+    };
+    let end = RunEnd {
+        name: variant.name.into(),
+        flow: mean(&|r| r.report.flow),
+        delta_to_y: mean(&|r| r.report.delta_to_y),
+        d: records.last().map_or(f64::NAN, |r| r.report.d),
+    };
+    Ok((trainer.model, end))
 }
 
-/// Trains one new user from their first `shots` images; returns the embedding `[1, T, D]`.
-#[allow(clippy::too_many_arguments)]
-fn cold_start_user<B: AutodiffBackend>(
-    config: &ExperimentConfig,
-    flux: &Flux<B>,
-    model: &Stage1Model<B>,
+/// For every new user, the (user, image) pairs it trains on: its first `shots` liked images.
+fn cold_start_picks(world: &World, shots: usize, per_step: usize) -> (Vec<Vec<usize>>, usize) {
+    let shots = shots.min(world.config.images_per_user).max(1);
+    let picks = (world.config.train_users..world.users.len())
+        .map(|_| (0..shots).collect())
+        .collect();
+    (picks, per_step.clamp(1, shots))
+}
+
+/// Step `step`'s batch: `per_step` images of every new user, cycling through its shots.
+fn cold_start_batch<B: Backend>(
     encoded: &Encoded<B>,
-    user: usize,
-    shots: usize,
-    direct: bool,
-    device: &B::Device,
-) -> Result<Tensor<B::InnerBackend, 3>, ExperimentError> {
-    B::seed(
-        device,
-        config.seed.wrapping_add(user as u64 * 7 + shots as u64),
-    );
-    let (images, prompts) = &encoded.images[user];
-    let shots = shots.min(prompts.len());
-    let rows: Vec<usize> = (0..shots).collect();
-    let prompt_rows: Vec<usize> = prompts[..shots].to_vec();
-    let batch = Stage2Batch {
-        x0: select_rows(images, &rows),
+    (picks, per_step): &(Vec<Vec<usize>>, usize),
+    step: usize,
+) -> Stage2Batch<B> {
+    let first_new = encoded.images.len() - picks.len();
+    let mut x0 = Vec::new();
+    let mut prompt_rows = Vec::new();
+    let mut owners = Vec::new();
+    for (k, images) in picks.iter().enumerate() {
+        let (latents, contents) = &encoded.images[first_new + k];
+        for j in 0..*per_step {
+            let i = images[(step * per_step + j) % images.len()];
+            x0.push(select_rows(latents, &[i]));
+            prompt_rows.push(contents[i]);
+            owners.push(k);
+        }
+    }
+    Stage2Batch {
+        x0: Tensor::cat(x0, 0),
         latent_hw: LATENT_HW,
         text: select_rows(&encoded.prompts.tokens, &prompt_rows),
         pooled: select_rows(&encoded.prompts.pooled, &prompt_rows),
-    };
+        owners,
+    }
+}
+
+/// A trainer fitting every new user from `shots` images, initialised here (the device RNG is
+/// shared, so inits stay on one thread and in a fixed order).
+fn cold_start_trainer<B: AutodiffBackend>(
+    config: &ExperimentConfig,
+    flux: &Flux<B>,
+    model: &Stage1Model<B>,
+    world: &World,
+    shots: usize,
+    direct: bool,
+    device: &B::Device,
+) -> Stage2Trainer<B> {
+    B::seed(
+        device,
+        config
+            .seed
+            .wrapping_add(1000 + shots as u64 * 2 + direct as u64),
+    );
     let shape = model.users.shape();
-    let (new_user, optimizer) = if direct {
-        (
-            NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device)),
-            ColdStartOptimizer::Prodigy(ProdigyConfig::premier()),
-        )
-    } else {
-        (
-            NewUser::Linear(LinearCombination::init(shape.users, device)),
-            Stage2Config::default().optimizer,
-        )
-    };
+    let users = (world.config.train_users..world.users.len())
+        .map(|_| {
+            if direct {
+                NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device))
+            } else {
+                NewUser::Linear(LinearCombination::init(shape.users, device))
+            }
+        })
+        .collect();
     let stage2 = Stage2Config {
-        optimizer,
-        seed: config.seed.wrapping_add(1000 + user as u64),
+        optimizer: config.cold_start_optimizer.clone(),
+        seed: config.seed.wrapping_add(2000 + shots as u64),
         ..Stage2Config::default()
     };
-    let mut trainer = Stage2Trainer::new(
+    Stage2Trainer::new_batch(
         flux.clone(),
         model.adapter.clone(),
         model.users.clone(),
-        new_user,
+        users,
         stage2,
-    );
-    for _ in 0..config.cold_start_steps {
-        trainer.step(&batch).map_err(run_err)?;
-    }
-    Ok(trainer.embedding().map_err(run_err)?.inner())
+    )
 }
 
-/// Prompts × seeds every variant generates, per user.
-struct EvalSet {
-    contents: Vec<Content>,
-    seeds_per_prompt: usize,
-    /// The experiment's seed.
-    seed: u64,
-}
-
-/// The embeddings `[users, tokens, dim]` of the given user indices.
-type UserLookup<'a, B> = &'a dyn Fn(&[usize]) -> Result<Tensor<B, 3>, ExperimentError>;
-
-impl EvalSet {
-    /// The noise seed of user `u`, prompt `ci`, sample `k`.
-    fn noise_seed(&self, u: usize, ci: usize, k: usize) -> u64 {
-        10_000 + self.seed * 10_000_000 + (u * 10_000 + ci * 100 + k) as u64
-    }
-
-    /// Images ordered (user, prompt, seed): the base model, steered by the adapter and the
-    /// users' embeddings when `personal` is given, with the users' taste words in the prompt
-    /// when `taste_in_prompt`.
-    fn generate<B: Backend>(
-        &self,
-        world: &World,
-        base: &SynthBase<B>,
-        tokenizer: &PromptTokenizer,
-        users: &[usize],
-        personal: Option<(&PreferenceAdapter<B>, UserLookup<'_, B>)>,
-        taste_in_prompt: bool,
-    ) -> Result<Vec<RgbImage>, ExperimentError> {
-        let mut prompts = Vec::new();
-        let mut row_users = Vec::new();
-        let mut seeds = Vec::new();
-        for &u in users {
-            for (ci, c) in self.contents.iter().enumerate() {
-                for k in 0..self.seeds_per_prompt {
-                    prompts.push(if taste_in_prompt {
-                        c.prompt_with_style(&world.users[u].taste.mode())
-                    } else {
-                        c.prompt()
-                    });
-                    row_users.push(u);
-                    seeds.push(self.noise_seed(u, ci, k));
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(prompts.len());
-        const CHUNK: usize = 96;
-        for start in (0..prompts.len()).step_by(CHUNK) {
-            let end = (start + CHUNK).min(prompts.len());
-            let refs: Vec<&str> = prompts[start..end].iter().map(|s| s.as_str()).collect();
-            let text = base.text.encode(tokenizer, &refs).map_err(run_err)?;
-            let delta: Option<TextModulation<B>> = match personal {
-                Some((adapter, lookup)) => {
-                    Some(adapter.forward(text.tokens.clone(), lookup(&row_users[start..end])?))
-                }
-                None => None,
-            };
-            out.extend(
-                sample(
-                    &base.flux,
-                    &text,
-                    delta.as_ref(),
-                    &seeds[start..end],
-                    SAMPLING_STEPS,
-                )
-                .map_err(run_err)?,
-            );
-        }
-        Ok(out)
-    }
-
-    /// Mean scores of `images` (ordered as generated) against the users' tastes, the base's
-    /// images of the same (user, prompt, seed), and each user's held-out image of the prompt.
-    fn score(
-        &self,
-        world: &World,
-        users: &[usize],
-        images: &[RgbImage],
-        base: &[RgbImage],
-    ) -> Scores {
-        let mut totals = [0.0f64; 4];
-        let mut squares = 0.0f64;
-        let mut i = 0;
-        for &u in users {
-            let taste = &world.users[u].taste;
-            for c in &self.contents {
-                let reference = world.held_out_image(u, *c, 0);
-                for _ in 0..self.seeds_per_prompt {
-                    let (img, b) = (&images[i], &base[i]);
-                    let p = preference_score(img, taste);
-                    let pb = preference_score(b, taste);
-                    totals[0] += p as f64;
-                    squares += (p as f64) * (p as f64);
-                    totals[1] += if p > pb {
-                        1.0
-                    } else if p == pb {
-                        0.5
-                    } else {
-                        0.0
-                    };
-                    totals[2] += prompt_fidelity(img, c) as f64;
-                    totals[3] += image_distance(img, &reference.rgb) as f64;
-                    i += 1;
-                }
-            }
-        }
-        let n = i.max(1) as f64;
-        let mean = totals[0] / n;
-        let variance = ((squares - n * mean * mean) / (n - 1.0).max(1.0)).max(0.0);
-        Scores {
-            preference: mean,
-            preference_se: (variance / n).sqrt(),
-            win_rate: totals[1] / n,
-            fidelity: totals[2] / n,
-            distance: totals[3] / n,
-        }
-    }
-}
-
-impl Report {
-    /// The report as markdown tables.
-    pub fn markdown(&self) -> String {
-        let table = |rows: &[Row]| {
-            let mut s = String::from(
-                "| Method | Preference ± s.e. ↑ | Win rate vs base ↑ | Prompt fidelity ↑ | Distance ↓ |\n|---|---|---|---|---|\n",
-            );
-            for r in rows {
-                s.push_str(&format!(
-                    "| {} | {:.3} ± {:.3} | {:.3} | {:.3} | {:.3} |\n",
-                    r.name,
-                    r.scores.preference,
-                    r.scores.preference_se,
-                    r.scores.win_rate,
-                    r.scores.fidelity,
-                    r.scores.distance
-                ));
-            }
-            s
-        };
-        let c = &self.config;
-        let mut md = format!(
-            "# Premier in miniature (seed {})\n\n\
-             World: {} trained users, {} new users, {} liked images each; {} prompts × {} seeds \
-             per user, {} Euler steps. Stage 1: {} steps of batch {}; cold start: {} steps.\n\
-             Scores read pixels only: preference (ViPer-score analog), win rate against the base \
-             for the same user, prompt and seed (ViPer-rate analog), prompt fidelity (CLIP-T2I \
-             analog), distance to the user's held-out image of the prompt (LPIPS analog).\n\n",
-            c.seed,
-            c.world.train_users,
-            c.world.new_users,
-            c.world.images_per_user,
-            c.eval_prompts,
-            c.eval_seeds,
-            SAMPLING_STEPS,
-            c.stage1_steps,
-            c.batch_size,
-            c.cold_start_steps
-        );
-        md.push_str("## Trained users\n\n");
-        md.push_str(&table(&self.main));
-        if !self.ablations.is_empty() {
-            md.push_str("\n## Ablations (trained users)\n\n");
-            let premier = self.main.iter().filter(|r| r.name == "Premier");
-            let rows: Vec<Row> = premier.chain(&self.ablations).cloned().collect();
-            md.push_str(&table(&rows));
-        }
-        md.push_str("\n## Cold start (new users)\n\n");
-        md.push_str(&table(&self.cold_start));
-        md.push_str("\n## Claims\n\n");
-        for line in self.claims() {
-            md.push_str(&format!("- {line}\n"));
-        }
-        md.push_str(&format!(
-            "\nStage-1 flow loss, mean of the last steps: {}.\n\nRan in {:.0} s.\n",
-            self.stage1_final_loss
-                .iter()
-                .map(|(n, l)| format!("{n} {l:.4}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.seconds
-        ));
-        md
-    }
-
-    /// Each of the paper's claims and whether this run reproduces it.
-    pub fn claims(&self) -> Vec<String> {
-        let find = |rows: &[Row], name: &str| {
-            rows.iter()
-                .find(|r| r.name.starts_with(name))
-                .map(|r| r.scores)
-        };
-        let verdict = |ok: bool| if ok { "reproduced" } else { "NOT reproduced" };
-        // "a has higher preference than b", judged against two standard errors of the difference.
-        let higher = |a: Scores, b: Scores| {
-            let margin = 2.0 * (a.preference_se.powi(2) + b.preference_se.powi(2)).sqrt();
-            if a.preference - b.preference > margin {
-                "reproduced"
-            } else if b.preference - a.preference > margin {
-                "NOT reproduced"
-            } else {
-                "inconclusive (difference within 2 standard errors)"
-            }
-        };
-        let mut out = Vec::new();
-        if let (Some(base), Some(premier)) = (find(&self.main, "Base"), find(&self.main, "Premier"))
-        {
-            out.push(format!(
-                "Premier raises preference over the base ({:.3} → {:.3}): {}",
-                base.preference,
-                premier.preference,
-                higher(premier, base)
-            ));
-            out.push(format!(
-                "Premier keeps prompt fidelity within 0.05 of the base ({:.3} vs {:.3}): {}",
-                premier.fidelity,
-                base.fidelity,
-                verdict(premier.fidelity >= base.fidelity - 0.05)
-            ));
-            if let Some(prompt) = find(&self.main, "Taste in the prompt") {
-                out.push(format!(
-                    "Premier beats the taste written in the prompt on preference ({:.3} vs {:.3}): {}",
-                    premier.preference,
-                    prompt.preference,
-                    higher(premier, prompt)
-                ));
-            }
-            for ablation in self.ablations.iter().filter(|a| a.name.starts_with("w/o")) {
-                out.push(format!(
-                    "{} scores below the full model on preference ({:.3} vs {:.3}): {}",
-                    ablation.name,
-                    ablation.scores.preference,
-                    premier.preference,
-                    higher(premier, ablation.scores)
-                ));
-            }
-        }
-        for &shots in &self.config.shots {
-            let lin = find(
-                &self.cold_start,
-                &format!("Linear combination from {shots} "),
-            );
-            let dir = find(&self.cold_start, &format!("Direct embedding from {shots} "));
-            if let (Some(lin), Some(dir)) = (lin, dir) {
-                out.push(format!(
-                    "With {shots} images the linear combination beats direct training on preference ({:.3} vs {:.3}): {}",
-                    lin.preference,
-                    dir.preference,
-                    higher(lin, dir)
-                ));
-            }
-        }
-        out
-    }
+/// Where the quickstart writes seed `seed` under `out`.
+pub fn seed_dir(out: &Path, seed: u64) -> PathBuf {
+    out.join(format!("seed-{seed}"))
 }

@@ -28,7 +28,7 @@ pub struct PretrainConfig {
 impl Default for PretrainConfig {
     fn default() -> Self {
         Self {
-            steps: 3000,
+            steps: 5000,
             batch_size: 32,
             lr: 2e-3,
             warmup_steps: 100,

@@ -1,13 +1,19 @@
-//! Drawing a shape: signed distances to the outline, 4×4 supersampling per pixel.
+//! Drawing a shape: signed distances to the outline, 4×4 supersampling per pixel, and the two
+//! patch-scale textures (dotted objects, speckled backgrounds) on the codec's 4×4 token grid.
 
 use image::{Rgb, RgbImage};
 use rand::Rng;
 
+use crate::codec::PATCH;
 use crate::world::{Content, Style, BACKGROUNDS, IMAGE_SIZE, PALETTE, POSITIONS, SIZES};
 
-/// Width of an outline, in pixels.
-pub const STROKE_WIDTH: f32 = 1.4;
 const SUPERSAMPLE: usize = 4;
+/// A dotted object's holes are only cut this deep inside the shape (pixels), so every hole is
+/// enclosed by painted pixels and the object's outline is the shape's.
+pub const HOLE_DEPTH: f32 = 1.5;
+/// A speckled background's dots: this much lighter on dark backgrounds, darker on light ones
+/// (0–255 per channel; well below the scorers' foreground distance).
+pub const SPECKLE_SHADE: f32 = 28.0;
 
 /// Small random variations between images of the same content and style.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -58,12 +64,11 @@ pub fn signed_distance(shape: usize, cx: f32, cy: f32, r: f32, x: f32, y: f32) -
     }
 }
 
-/// Whether a point at signed distance `d` is painted.
-fn painted(d: f32, stroke: usize) -> bool {
-    match stroke {
-        0 => d >= 0.0,
-        _ => (0.0..STROKE_WIDTH).contains(&d),
-    }
+/// Whether pixel (x, y) is one of the 2×2 in the middle of its 4×4 patch (where dotted objects
+/// have holes and speckled backgrounds have dots).
+pub fn is_patch_centre(x: u32, y: u32) -> bool {
+    let middle = |v: u32| (1..PATCH as u32 - 1).contains(&(v % PATCH as u32));
+    middle(x) && middle(y)
 }
 
 /// The image of `content` in `style`.
@@ -73,23 +78,39 @@ pub fn render(content: Content, style: Style, jitter: &Jitter) -> RgbImage {
     };
     let fg = colour(PALETTE[style.palette].1, jitter.foreground);
     let bg = colour(BACKGROUNDS[style.background].1, jitter.background);
+    let luminance = bg.iter().sum::<f32>() / 3.0;
+    let shade = if luminance < 128.0 {
+        SPECKLE_SHADE
+    } else {
+        -SPECKLE_SHADE
+    };
+    let speckle = bg.map(|v| (v + shade).clamp(0.0, 255.0));
     let cx = POSITIONS[content.position].1;
     let cy = IMAGE_SIZE as f32 / 2.0;
     let r = SIZES[content.size].1 + jitter.radius;
     let n = IMAGE_SIZE as u32;
     RgbImage::from_fn(n, n, |px, py| {
+        let centre = is_patch_centre(px, py);
+        let behind = if style.pattern == 1 && centre {
+            speckle
+        } else {
+            bg
+        };
+        let centre_d = signed_distance(content.shape, cx, cy, r, px as f32 + 0.5, py as f32 + 0.5);
+        if style.texture == 1 && centre && centre_d >= HOLE_DEPTH {
+            return Rgb(behind.map(|v| v.round() as u8));
+        }
         let mut covered = 0;
         for sy in 0..SUPERSAMPLE {
             for sx in 0..SUPERSAMPLE {
                 let x = px as f32 + (sx as f32 + 0.5) / SUPERSAMPLE as f32;
                 let y = py as f32 + (sy as f32 + 0.5) / SUPERSAMPLE as f32;
-                let d = signed_distance(content.shape, cx, cy, r, x, y);
-                covered += painted(d, style.stroke) as usize;
+                covered += (signed_distance(content.shape, cx, cy, r, x, y) >= 0.0) as usize;
             }
         }
         let a = covered as f32 / (SUPERSAMPLE * SUPERSAMPLE) as f32;
         Rgb(std::array::from_fn(|c| {
-            (a * fg[c] + (1.0 - a) * bg[c]).round() as u8
+            (a * fg[c] + (1.0 - a) * behind[c]).round() as u8
         }))
     })
 }

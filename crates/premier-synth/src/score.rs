@@ -3,22 +3,29 @@
 //!
 //! An image is analysed once: the background is the median of the border, the foreground the
 //! pixels far from it, the object the region the background cannot reach from the border
-//! (so an outline counts with its inside), and the stroke the share of the object's interior
-//! that is painted.
+//! (so a dotted object counts with its holes), the texture the share of the object's core
+//! patch centres left unpainted, and the pattern how much the background's patch centres
+//! differ from the rest of the background.
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::world::{Content, Taste, BACKGROUNDS, FACTOR_SIZES, PALETTE, POSITIONS};
+use crate::render::is_patch_centre;
+use crate::world::{Content, Taste, BACKGROUNDS, FACTORS, FACTOR_SIZES, PALETTE, POSITIONS};
 
 /// Colour distance (RGB in [0, 1], Euclidean) above which a pixel is foreground.
 const FOREGROUND_DISTANCE: f32 = 0.25;
-/// Width of the preference kernels: colour in RGB units, stroke in interior fraction.
+/// Width of the preference kernels, in RGB units.
 const COLOUR_SIGMA: f32 = 0.15;
-/// Painted share of the interior: at most this for an outline, at least `FILLED_ABOVE` when filled
-/// (rendered outlines measure 0.03–0.42, filled shapes 1.0); linear in between.
-const OUTLINED_BELOW: f32 = 0.55;
-const FILLED_ABOVE: f32 = 0.85;
+/// Unpainted share of the core's patch centres: at most this for a solid object, at least
+/// `DOTTED_ABOVE` for a dotted one; linear in between (see `tests/scorers.rs` for the rendered
+/// range).
+const SOLID_BELOW: f32 = 0.15;
+const DOTTED_ABOVE: f32 = 0.6;
+/// Background patch centres' extra colour distance from the background: at most this for a
+/// plain background, at least `SPECKLED_ABOVE` for a speckled one (rendered: 0 and 0.18–0.19).
+const PLAIN_BELOW: f32 = 0.04;
+const SPECKLED_ABOVE: f32 = 0.12;
 /// Extent (area / bounding box) above which an object is a square (squares 0.98–1, circles ≤ 0.81).
 const SQUARE_EXTENT: f32 = 0.9;
 /// Filled share of the bottom row above which a non-square is a triangle (its base; circles ≈ 0.4).
@@ -34,8 +41,11 @@ pub struct Analysis {
     pub background: [f32; 3],
     /// Foreground colour, RGB in [0, 1]; `None` when nothing stands out.
     pub foreground: Option<[f32; 3]>,
-    /// Painted share of the object's interior: 1 filled, 0 outlined.
-    pub stroke: f32,
+    /// Unpainted share of the patch centres in the object's core: 0 solid, 1 dotted.
+    pub holes: f32,
+    /// Mean colour distance from the background of background patch centres, minus that of the
+    /// other background pixels (whole background patches only): 0 plain, ≈ 0.19 speckled.
+    pub speckle: f32,
     /// Object area over its bounding box area.
     pub extent: f32,
     /// Filled share of the object's bounding-box bottom row.
@@ -64,7 +74,7 @@ fn median(mut v: Vec<f32>) -> f32 {
     v[v.len() / 2]
 }
 
-/// Measures background, foreground, stroke, shape, position and size.
+/// Measures background, foreground, texture, pattern, shape, position and size.
 pub fn analyse(image: &RgbImage) -> Analysis {
     let n = image.width().min(image.height()) as usize;
     let idx = |x: usize, y: usize| y * n + x;
@@ -108,12 +118,14 @@ pub fn analyse(image: &RgbImage) -> Analysis {
         }
     }
     let object: Vec<bool> = reached.iter().map(|r| !r).collect();
+    let speckle = background_speckle(&dist, &reached, n);
     let area = object.iter().filter(|&&o| o).count();
     if area < 3 {
         return Analysis {
             background,
             foreground: None,
-            stroke: 0.0,
+            holes: 0.0,
+            speckle,
             extent: 0.0,
             bottom_fill: 0.0,
             centroid_x: n as f32 / 2.0,
@@ -135,7 +147,9 @@ pub fn analyse(image: &RgbImage) -> Analysis {
         })
     });
 
-    // Interior: object pixels whose 8 neighbours are object too; how painted each is, 0 to 1.
+    // Core: the patch centres two pixels deep in the object (their 5×5 neighbourhood is object),
+    // or one pixel deep for shapes too small for that; a dotted object has its holes there. A
+    // hole is a pixel nearer the background colour than the foreground's.
     let inside = |x: isize, y: isize| {
         x >= 0
             && y >= 0
@@ -143,8 +157,36 @@ pub fn analyse(image: &RgbImage) -> Analysis {
             && (y as usize) < n
             && object[idx(x as usize, y as usize)]
     };
-    let mut interior = 0usize;
-    let mut painted = 0.0f32;
+    let deep_centres = |depth: isize| -> Vec<usize> {
+        (0..n * n)
+            .filter(|&i| {
+                let (x, y) = (i % n, i / n);
+                object[i]
+                    && is_patch_centre(x as u32, y as u32)
+                    && (-depth..=depth)
+                        .flat_map(|dy| (-depth..=depth).map(move |dx| (dx, dy)))
+                        .all(|(dx, dy)| inside(x as isize + dx, y as isize + dy))
+            })
+            .collect()
+    };
+    let mut core = deep_centres(2);
+    if core.is_empty() {
+        core = deep_centres(1);
+    }
+    let holes = match foreground {
+        Some(fg_colour) if !core.is_empty() => {
+            let unpainted = core
+                .iter()
+                .filter(|&&i| {
+                    let p = rgb01(image, (i % n) as u32, (i / n) as u32);
+                    distance(p, background) < distance(p, fg_colour)
+                })
+                .count();
+            unpainted as f32 / core.len() as f32
+        }
+        // No core: no room for holes, the object reads as solid.
+        _ => 0.0,
+    };
     let (mut min_x, mut max_x, mut min_y, mut max_y) = (n, 0, n, 0);
     let mut sum_x = 0.0f32;
     for y in 0..n {
@@ -157,14 +199,6 @@ pub fn analyse(image: &RgbImage) -> Analysis {
             min_y = min_y.min(y);
             max_y = max_y.max(y);
             sum_x += x as f32 + 0.5;
-            let (xi, yi) = (x as isize, y as isize);
-            let deep = (-1..=1)
-                .flat_map(|dy| (-1..=1).map(move |dx| (dx, dy)))
-                .all(|(dx, dy)| inside(xi + dx, yi + dy));
-            if deep {
-                interior += 1;
-                painted += (dist[idx(x, y)] / max_d).min(1.0);
-            }
         }
     }
     let (w, h) = ((max_x - min_x + 1) as f32, (max_y - min_y + 1) as f32);
@@ -172,18 +206,48 @@ pub fn analyse(image: &RgbImage) -> Analysis {
     Analysis {
         background,
         foreground,
-        // A shape too thin to have an interior reads as filled only if it is all foreground.
-        stroke: if interior > 0 {
-            painted / interior as f32
-        } else {
-            let fg_area = object.iter().zip(&fg).filter(|(o, f)| **o && **f).count();
-            fg_area as f32 / area as f32
-        },
+        holes,
+        speckle,
         extent: area as f32 / (w * h),
         bottom_fill: bottom as f32 / w,
         centroid_x: sum_x / area as f32,
         side: w.max(h),
     }
+}
+
+/// Over whole 4×4 patches of reached background: the patch centres' mean distance from the
+/// background colour minus the other pixels' (0 when no patch is all background).
+fn background_speckle(dist: &[f32], reached: &[bool], n: usize) -> f32 {
+    let p = crate::codec::PATCH;
+    let (mut centre, mut centres, mut rim, mut rims) = (0.0f32, 0usize, 0.0f32, 0usize);
+    for ty in 0..n / p {
+        for tx in 0..n / p {
+            let pixels: Vec<(usize, usize)> = (0..p * p)
+                .map(|i| (tx * p + i % p, ty * p + i / p))
+                .collect();
+            if !pixels.iter().all(|&(x, y)| reached[y * n + x]) {
+                continue;
+            }
+            for (x, y) in pixels {
+                if is_patch_centre(x as u32, y as u32) {
+                    centre += dist[y * n + x];
+                    centres += 1;
+                } else {
+                    rim += dist[y * n + x];
+                    rims += 1;
+                }
+            }
+        }
+    }
+    if centres == 0 {
+        return 0.0;
+    }
+    centre / centres as f32 - rim / rims.max(1) as f32
+}
+
+/// 0 at or below `low`, 1 at or above `high`, linear in between.
+fn ramp(value: f32, low: f32, high: f32) -> f32 {
+    ((value - low) / (high - low)).clamp(0.0, 1.0)
 }
 
 fn kernel(d: f32, sigma: f32) -> f32 {
@@ -196,7 +260,7 @@ fn colour01(c: [u8; 3]) -> [f32; 3] {
 
 /// How well each factor of the image matches each value: `[factor][value]` in [0, 1], 1 exactly
 /// at the value's prototype.
-pub fn factor_similarities(a: &Analysis) -> [Vec<f32>; 3] {
+pub fn factor_similarities(a: &Analysis) -> [Vec<f32>; FACTORS] {
     let palette = PALETTE
         .iter()
         .map(|(_, c)| {
@@ -208,29 +272,34 @@ pub fn factor_similarities(a: &Analysis) -> [Vec<f32>; 3] {
         .iter()
         .map(|(_, c)| kernel(distance(a.background, colour01(*c)), COLOUR_SIGMA))
         .collect();
-    let filled = ((a.stroke - OUTLINED_BELOW) / (FILLED_ABOVE - OUTLINED_BELOW)).clamp(0.0, 1.0);
-    let stroke = if a.foreground.is_none() {
+    let dotted = ramp(a.holes, SOLID_BELOW, DOTTED_ABOVE);
+    let texture = if a.foreground.is_none() {
         vec![0.0, 0.0]
     } else {
-        vec![filled, 1.0 - filled]
+        vec![1.0 - dotted, dotted]
     };
-    [palette, background, stroke]
+    let speckled = ramp(a.speckle, PLAIN_BELOW, SPECKLED_ABOVE);
+    [palette, background, texture, vec![1.0 - speckled, speckled]]
 }
 
 /// Preference score in [0, 1] (the ViPer-score analog): for each factor, the best match over the
 /// values the user likes, weighted by how much relative to their favourite; averaged over factors.
 /// An image exactly in a liked style scores 1.
 pub fn preference_score(image: &RgbImage, taste: &Taste) -> f32 {
+    factor_scores(image, taste).iter().sum::<f32>() / FACTORS as f32
+}
+
+/// The preference score of each factor (palette, background, texture, pattern), each in [0, 1];
+/// [`preference_score`] is their mean.
+pub fn factor_scores(image: &RgbImage, taste: &Taste) -> [f32; FACTORS] {
     let sims = factor_similarities(&analyse(image));
-    let mut total = 0.0;
-    for f in 0..FACTOR_SIZES.len() {
+    std::array::from_fn(|f| {
         let probs = &taste.factors[f];
         let top = probs.iter().copied().fold(0.0f32, f32::max).max(1e-6);
-        total += (0..probs.len())
+        (0..FACTOR_SIZES[f])
             .map(|v| probs[v] / top * sims[f][v])
-            .fold(0.0f32, f32::max);
-    }
-    total / FACTOR_SIZES.len() as f32
+            .fold(0.0f32, f32::max)
+    })
 }
 
 /// The content read from an image: shape, position and size indices (`None` when no object).

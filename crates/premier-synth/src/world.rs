@@ -1,5 +1,7 @@
 //! The world: prompts that name only content (shape, size, position) and users whose tacit taste
-//! decides the style (palette, background, stroke), never named in their prompts.
+//! decides the style (palette, background, texture, pattern), never named in their prompts.
+//! Palette, background and texture have words the base model learned in pretraining; the
+//! pattern has none (it varied at random there), so only a learned taste can ask for it.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -55,14 +57,14 @@ impl Content {
         )
     }
 
-    /// The prompt with the style's words: "a small red outlined circle on the left with dark
-    /// background".
+    /// The prompt with the words of the style's worded factors: "a small red dotted circle on
+    /// the left with dark background". The pattern has no words.
     pub fn prompt_with_style(&self, style: &Style) -> String {
         format!(
             "a {} {} {} {} {} with {} background",
             SIZES[self.size].0,
             PALETTE[style.palette].0,
-            STROKES[style.stroke],
+            TEXTURES[style.texture],
             SHAPES[self.shape],
             position_phrase(self.position),
             BACKGROUNDS[style.background].0
@@ -90,33 +92,60 @@ pub const BACKGROUNDS: [(&str, [u8; 3]); 3] = [
     ("light", [235, 235, 225]),
     ("gray", [125, 125, 130]),
 ];
-/// Filled shapes or outlines.
-pub const STROKES: [&str; 2] = ["filled", "outlined"];
+/// The object's texture: solid, or dotted with a 2×2 hole in the middle of every 4×4 patch
+/// (patch scale: what one token of the codec holds).
+pub const TEXTURES: [&str; 2] = ["solid", "dotted"];
+/// The background's pattern, the tacit factor (no words in the vocabulary): plain, or speckled
+/// with a 2×2 dot of a nearby shade in the middle of every 4×4 patch. These names are for
+/// reports only.
+pub const PATTERNS: [&str; 2] = ["plain", "speckled"];
 
-/// Factor sizes: palette, background, stroke.
-pub const FACTOR_SIZES: [usize; 3] = [PALETTE.len(), BACKGROUNDS.len(), STROKES.len()];
-pub const FACTOR_NAMES: [&str; 3] = ["palette", "background", "stroke"];
+/// Number of taste factors.
+pub const FACTORS: usize = 4;
+/// Factor sizes: palette, background, texture, pattern.
+pub const FACTOR_SIZES: [usize; FACTORS] = [
+    PALETTE.len(),
+    BACKGROUNDS.len(),
+    TEXTURES.len(),
+    PATTERNS.len(),
+];
+pub const FACTOR_NAMES: [&str; FACTORS] = ["palette", "background", "texture", "pattern"];
+/// Whether each factor has words the base understands (the pattern is tacit).
+pub const WORDED: [bool; FACTORS] = [true, true, true, false];
 
 /// How an image looks, apart from what it shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Style {
     pub palette: usize,
     pub background: usize,
-    pub stroke: usize,
+    pub texture: usize,
+    pub pattern: usize,
 }
 
 impl Style {
-    /// The value of factor `f` (0 palette, 1 background, 2 stroke).
+    /// The value of factor `f` (0 palette, 1 background, 2 texture, 3 pattern).
     pub fn factor(&self, f: usize) -> usize {
-        [self.palette, self.background, self.stroke][f]
+        [self.palette, self.background, self.texture, self.pattern][f]
     }
 
-    fn from_factors(v: [usize; 3]) -> Self {
+    fn from_factors(v: [usize; FACTORS]) -> Self {
         Style {
             palette: v[0],
             background: v[1],
-            stroke: v[2],
+            texture: v[2],
+            pattern: v[3],
         }
+    }
+
+    /// The style's values in words, worded factors first: "red, dark, dotted, speckled".
+    pub fn describe(&self) -> String {
+        [
+            PALETTE[self.palette].0,
+            BACKGROUNDS[self.background].0,
+            TEXTURES[self.texture],
+            PATTERNS[self.pattern],
+        ]
+        .join(", ")
     }
 
     /// A uniformly random style.
@@ -128,10 +157,21 @@ impl Style {
 /// A user's taste: for each factor a probability over its values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Taste {
-    pub factors: [Vec<f32>; 3],
+    pub factors: [Vec<f32>; FACTORS],
 }
 
 impl Taste {
+    /// The taste that likes exactly `style`.
+    pub fn of(style: &Style) -> Self {
+        Taste {
+            factors: std::array::from_fn(|f| {
+                let mut probs = vec![0.0; FACTOR_SIZES[f]];
+                probs[style.factor(f)] = 1.0;
+                probs
+            }),
+        }
+    }
+
     /// A style drawn from the taste.
     pub fn sample(&self, rng: &mut impl Rng) -> Style {
         Style::from_factors(std::array::from_fn(|f| {
@@ -191,8 +231,8 @@ impl Default for WorldConfig {
     fn default() -> Self {
         Self {
             seed: 0,
-            train_users: 16,
-            new_users: 6,
+            train_users: 32,
+            new_users: 12,
             images_per_user: 24,
             mixed_fraction: 0.25,
         }
@@ -231,12 +271,12 @@ impl World {
         let users = (0..total)
             .map(|i| {
                 let mut rng = rng_for(config.seed, 1, i as u64);
-                let mut factors: [Vec<f32>; 3] = FACTOR_SIZES.map(|n| vec![0.0; n]);
+                let mut factors: [Vec<f32>; FACTORS] = FACTOR_SIZES.map(|n| vec![0.0; n]);
                 for (f, probs) in factors.iter_mut().enumerate() {
                     probs[rng.random_range(0..FACTOR_SIZES[f])] = 1.0;
                 }
                 if rng.random_bool(config.mixed_fraction) {
-                    let f = rng.random_range(0..3);
+                    let f = rng.random_range(0..FACTORS);
                     let liked = factors[f].iter().position(|&p| p > 0.0).unwrap_or(0);
                     let other = (liked + rng.random_range(1..FACTOR_SIZES[f])) % FACTOR_SIZES[f];
                     factors[f][liked] = 0.5;

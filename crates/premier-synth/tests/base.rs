@@ -40,7 +40,8 @@ fn shipped_tokenizer_is_the_one_the_code_builds() {
     let style = premier_synth::world::Style {
         palette: 3,
         background: 2,
-        stroke: 1,
+        texture: 1,
+        pattern: 1,
     };
     let caption = Content::all()[17].prompt_with_style(&style);
     let ids = &tokenizer
@@ -51,7 +52,7 @@ fn shipped_tokenizer_is_the_one_the_code_builds() {
     let words: Vec<&str> = ids[0].iter().map(|&i| VOCAB[i as usize]).collect();
     assert_eq!(
         words[..13].join(" "),
-        "a large yellow outlined triangle on the right with gray background [PAD] [PAD]"
+        "a large yellow dotted triangle on the right with gray background [PAD] [PAD]"
             .split(' ')
             .take(13)
             .collect::<Vec<_>>()

@@ -40,7 +40,7 @@ fn liked_images_follow_the_taste_and_cover_the_contents() {
     for (u, user) in world.users.iter().enumerate() {
         let images = world.liked_images(u);
         for image in &images {
-            for f in 0..3 {
+            for f in 0..premier_synth::world::FACTORS {
                 assert!(user.taste.factors[f][image.style.factor(f)] > 0.0);
             }
         }

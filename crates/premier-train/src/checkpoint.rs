@@ -316,9 +316,13 @@ pub fn save_stage2<B: AutodiffBackend>(
     dir: &Path,
     keep: usize,
 ) -> Result<PathBuf, CheckpointError> {
+    let user = trainer.user().map_err(|e| CheckpointError::State {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let (tmp, final_dir) = begin(dir, trainer.step)?;
     let user_path = tmp.join("user.safetensors");
-    match &trainer.user {
+    match user {
         NewUser::Linear(c) => c.save(&user_path, SaveDtype::F32)?,
         NewUser::Direct(e) => e.save(&user_path, SaveDtype::F32)?,
     }
@@ -357,7 +361,7 @@ pub fn save_stage2<B: AutodiffBackend>(
     let meta = Stage2CheckpointState {
         step: trainer.step,
         config: trainer.config.clone(),
-        linear: matches!(trainer.user, NewUser::Linear(_)),
+        linear: matches!(user, NewUser::Linear(_)),
         users: trainer.table.shape(),
         optimizer,
     };

@@ -197,6 +197,7 @@ mod tests {
                 dispersion_distinct: 0.2,
                 d: 1e-6,
                 grad_norm: 0.3,
+                delta_to_y: 0.05,
             },
             it_per_s: 2.0,
             elapsed_s: step as f64,

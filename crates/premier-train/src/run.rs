@@ -663,6 +663,7 @@ pub fn cold_start<B: AutodiffBackend>(
             latent_hw: encoded.latent_hw,
             text: encoded.text,
             pooled: encoded.pooled,
+            owners: Vec::new(),
         })?;
         let record = MetricRecord {
             report,
@@ -677,7 +678,7 @@ pub fn cold_start<B: AutodiffBackend>(
         }
     }
     let path = out.join(&file_name);
-    let saved = match &trainer.user {
+    let saved = match trainer.user()? {
         NewUser::Linear(c) => c.save(&path, SaveDtype::F32),
         NewUser::Direct(e) => e.save(&path, SaveDtype::F32),
     };

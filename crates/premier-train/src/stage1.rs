@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::PreferenceAdapter;
 use premier_losses::{
-    dispersion_loss, flow_matching_loss, interpolate, DispersionVariant, TimestepSampler,
+    dispersion_loss_with_tau, flow_matching_loss, interpolate, DispersionVariant, TimestepSampler,
 };
 use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulation};
 use premier_users::{UserError, UserTable};
@@ -24,7 +24,8 @@ pub enum DispersionPrompt {
     Batch,
 }
 
-/// Stage-1 settings; defaults are the released run's, with the SPEC's recommended dispersion.
+/// Stage-1 settings; defaults are the released run's, except the dispersion: a hinge whose margin
+/// is relative to the modulation vector y (the paper's L2 runs away; docs/synth.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Stage1Config {
@@ -32,6 +33,11 @@ pub struct Stage1Config {
     #[serde(with = "dispersion_or_none")]
     pub dispersion: Option<DispersionVariant>,
     pub dispersion_prompt: DispersionPrompt,
+    /// For [`DispersionVariant::Hinge`]: users whose Δ differ by less than this times RMS(y) per
+    /// feature (y = FLUX's modulation vector of the batch, detached) are pushed apart. The other
+    /// variants use τ = 1 as in the paper and code.
+    #[serde(default = "default_margin")]
+    pub dispersion_margin: f64,
     pub lambda_shared: f64,
     pub lambda_distinct: f64,
     pub timesteps: TimestepSampler,
@@ -72,11 +78,16 @@ mod dispersion_or_none {
     }
 }
 
+fn default_margin() -> f64 {
+    0.25
+}
+
 impl Default for Stage1Config {
     fn default() -> Self {
         Self {
-            dispersion: Some(DispersionVariant::Stable),
+            dispersion: Some(DispersionVariant::Hinge),
             dispersion_prompt: DispersionPrompt::Null,
+            dispersion_margin: default_margin(),
             lambda_shared: 0.1,
             lambda_distinct: 0.1,
             timesteps: TimestepSampler::default(),
@@ -130,6 +141,15 @@ pub struct StepReport {
     /// Global gradient norm before clipping.
     #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub grad_norm: f64,
+    /// RMS of the Δ added to the text tokens (Δ_shared + Δ_distinct of each block) over the RMS
+    /// of the modulation vector y it is added to: how far Premier moves FLUX (NaN where not
+    /// measured, and in metrics written before it existed).
+    #[serde(default = "nan", deserialize_with = "crate::metrics::nan_if_null")]
+    pub delta_to_y: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// Errors of a training step.
@@ -190,6 +210,23 @@ pub struct Stage1Loss<B: Backend> {
     pub flow: Tensor<B, 1>,
     pub dispersion_shared: Tensor<B, 1>,
     pub dispersion_distinct: Tensor<B, 1>,
+    /// RMS(Δ) / RMS(y) of the batch (see [`StepReport::delta_to_y`]), detached.
+    pub delta_to_y: f64,
+}
+
+/// RMS of a tensor's elements, detached: `[1]`.
+fn rms<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+    t.detach().powi_scalar(2).mean().sqrt()
+}
+
+/// RMS of the Δ each double block adds (Δ_shared + its Δ_distinct), detached: `[1]`.
+pub fn delta_rms<B: Backend>(delta: &TextModulation<B>) -> Tensor<B, 1> {
+    match (&delta.shared, &delta.distinct) {
+        (Some(s), Some(d)) => rms(s.clone().unsqueeze_dim::<4>(2) + d.clone()),
+        (Some(s), None) => rms(s.clone()),
+        (None, Some(d)) => rms(d.clone()),
+        (None, None) => Tensor::zeros([1], &Default::default()),
+    }
 }
 
 /// The noise `[batch, tokens, channels]` and times `[batch]` of step `step`: a host RNG seeded from
@@ -243,6 +280,7 @@ pub fn stage1_loss<B: Backend>(
     }
     let user = model.users.lookup(&batch.users)?;
     let delta = model.adapter.forward(batch.text.clone(), user.clone());
+    let t_for_y = t.clone();
     let flow = modulated_flow_loss(
         flux,
         FlowBatch {
@@ -257,6 +295,19 @@ pub fn stage1_loss<B: Backend>(
         Some(&delta),
     )?;
     let zero = || Tensor::<B, 1>::zeros([1], &device);
+    // Models without guidance embedding ignore the guidance.
+    let guidance = Some(Tensor::full([n], config.guidance, &device));
+    let y_rms = scalar(rms(flux.conditioning_vector(
+        t_for_y,
+        batch.pooled.clone(),
+        guidance,
+    )))
+    .max(f64::MIN_POSITIVE);
+    let delta_to_y = scalar(delta_rms(&delta)) / y_rms;
+    let tau = match config.dispersion {
+        Some(DispersionVariant::Hinge) => (config.dispersion_margin * y_rms).powi(2),
+        _ => 1.0,
+    };
     let (mut disp_s, mut disp_d) = (zero(), zero());
     if let Some(variant) = config.dispersion {
         let delta: TextModulation<B> = match (config.dispersion_prompt, &batch.null_text) {
@@ -271,10 +322,10 @@ pub fn stage1_loss<B: Backend>(
             (DispersionPrompt::Batch, _) => delta,
         };
         if let Some(s) = delta.shared {
-            disp_s = dispersion_loss(per_sample(s), variant);
+            disp_s = dispersion_loss_with_tau(per_sample(s), variant, tau);
         }
         if let Some(d) = delta.distinct {
-            disp_d = dispersion_loss(per_sample(d), variant);
+            disp_d = dispersion_loss_with_tau(per_sample(d), variant, tau);
         }
     }
     let total = flow.clone()
@@ -285,6 +336,7 @@ pub fn stage1_loss<B: Backend>(
         flow,
         dispersion_shared: disp_s,
         dispersion_distinct: disp_d,
+        delta_to_y,
     })
 }
 
@@ -350,8 +402,10 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
         let k = micro_batches.len() as f64;
         let mut sum: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
         let mut parts = [0.0f64; 4];
+        let mut delta_to_y = 0.0;
         for (batch, noise, t) in micro_batches {
             let loss = stage1_loss(&self.flux, &self.model, batch, noise, t, &self.config)?;
+            delta_to_y += loss.delta_to_y / k;
             for (acc, part) in parts.iter_mut().zip([
                 &loss.total,
                 &loss.flow,
@@ -383,6 +437,7 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
             dispersion_distinct: parts[3],
             d: self.optimizer.d(),
             grad_norm,
+            delta_to_y,
         })
     }
 

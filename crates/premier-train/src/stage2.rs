@@ -1,6 +1,7 @@
 //! Stage 2 (SPEC §4.4–4.5): a new user from a few images. Adapters and the trained table are frozen;
 //! only the new user's coefficients (linear combination) or embedding (direct) learn, with the
-//! flow-matching loss alone.
+//! flow-matching loss alone. Several new users can learn in one batch (each sample names its
+//! user), which is how the quickstart fits all its new users at once.
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -64,7 +65,7 @@ impl Default for Stage2Config {
     }
 }
 
-/// A batch of the new user's images, already encoded.
+/// A batch of the new users' images, already encoded.
 #[derive(Debug, Clone)]
 pub struct Stage2Batch<B: Backend> {
     /// `[batch, img_tokens, in_channels]`.
@@ -74,14 +75,23 @@ pub struct Stage2Batch<B: Backend> {
     pub text: Tensor<B, 3>,
     /// `[batch, vec_in_dim]`.
     pub pooled: Tensor<B, 2>,
+    /// Which of the trainer's new users each sample belongs to; empty: all to the first.
+    pub owners: Vec<usize>,
 }
 
-/// Cold-start training of one new user.
+/// The new users one trainer fits together.
+#[derive(Module, Debug)]
+pub struct NewUsers<B: Backend> {
+    pub users: Vec<NewUser<B>>,
+}
+
+/// Cold-start training of one or several new users.
 pub struct Stage2Trainer<B: AutodiffBackend> {
     pub flux: Flux<B>,
     pub adapter: PreferenceAdapter<B>,
     pub table: UserTable<B>,
-    pub user: NewUser<B>,
+    /// Trained; with several users, one optimizer (and one gradient clip) covers them all.
+    pub users: NewUsers<B>,
     pub config: Stage2Config,
     pub step: u64,
     pub optimizer: Stage2Optimizer<B::InnerBackend>,
@@ -96,6 +106,18 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         user: NewUser<B>,
         config: Stage2Config,
     ) -> Self {
+        Self::new_batch(flux, adapter, table, vec![user], config)
+    }
+
+    /// Freezes `flux`, `adapter` and `table`; trains `users` together (batches name each
+    /// sample's user in [`Stage2Batch::owners`]).
+    pub fn new_batch(
+        flux: Flux<B>,
+        adapter: PreferenceAdapter<B>,
+        table: UserTable<B>,
+        users: Vec<NewUser<B>>,
+        config: Stage2Config,
+    ) -> Self {
         let optimizer = match &config.optimizer {
             ColdStartOptimizer::AdamW(c) => Stage2Optimizer::AdamW(AdamW::new(c.clone())),
             ColdStartOptimizer::Prodigy(c) => Stage2Optimizer::Prodigy(Prodigy::new(c.clone())),
@@ -104,19 +126,36 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
             flux: flux.no_grad(),
             adapter: adapter.no_grad(),
             table: table.no_grad(),
-            user,
+            users: NewUsers { users },
             config,
             step: 0,
             optimizer,
         }
     }
 
-    /// The new user's embedding `[1, tokens, dim]`.
+    /// The only new user (an error when the trainer fits several).
+    pub fn user(&self) -> Result<&NewUser<B>, TrainError> {
+        match self.users.users.as_slice() {
+            [user] => Ok(user),
+            users => Err(TrainError::Batch(format!(
+                "the trainer fits {} new users, not one",
+                users.len()
+            ))),
+        }
+    }
+
+    /// The new users' embeddings `[users, tokens, dim]` (`[1, tokens, dim]` for one user).
     pub fn embedding(&self) -> Result<Tensor<B, 3>, TrainError> {
-        Ok(match &self.user {
-            NewUser::Linear(c) => c.embedding(&self.table)?,
-            NewUser::Direct(e) => e.embedding(),
-        })
+        let rows = self
+            .users
+            .users
+            .iter()
+            .map(|user| match user {
+                NewUser::Linear(c) => c.embedding(&self.table),
+                NewUser::Direct(e) => Ok(e.embedding()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(rows, 0))
     }
 
     /// The flow loss of `batch` with the given noise and times.
@@ -126,7 +165,21 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         noise: Tensor<B, 3>,
         t: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let user = self.embedding()?.repeat_dim(0, batch.x0.dims()[0]);
+        let n = batch.x0.dims()[0];
+        let users = self.users.users.len();
+        let owners = if batch.owners.is_empty() {
+            vec![0; n]
+        } else {
+            batch.owners.clone()
+        };
+        if owners.len() != n || owners.iter().any(|&o| o >= users) {
+            return Err(TrainError::Batch(format!(
+                "{n} samples with owners {owners:?} for {users} new users"
+            )));
+        }
+        let ids: Vec<i64> = owners.iter().map(|&o| o as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &batch.x0.device());
+        let user = self.embedding()?.select(0, ids);
         let delta = self.adapter.forward(batch.text.clone(), user);
         let images = FlowBatch {
             x0: &batch.x0,
@@ -166,10 +219,10 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
         let loss = self.loss(batch, noise, t)?;
         let mut d = 0.0;
         let optimizer = &mut self.optimizer;
-        let grads = gradients(&self.user, loss.clone());
-        let (user, grad_norm) =
+        let grads = gradients(&self.users, loss.clone());
+        let (users, grad_norm) =
             apply(
-                self.user.clone(),
+                self.users.clone(),
                 grads,
                 self.config.clip_norm,
                 |p, g| match optimizer {
@@ -181,7 +234,7 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
                     }
                 },
             );
-        self.user = user;
+        self.users = users;
         self.step += 1;
         let loss = scalar(loss);
         Ok(StepReport {
@@ -192,6 +245,7 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
             dispersion_distinct: 0.0,
             d,
             grad_norm,
+            delta_to_y: f64::NAN,
         })
     }
 }

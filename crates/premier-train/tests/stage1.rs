@@ -226,3 +226,47 @@ fn accumulating_two_halves_equals_one_full_batch() {
         );
     }
 }
+
+/// RMS(Δ)/RMS(y) after `steps` steps of `config` on the fixed batch, and its largest value.
+fn delta_to_y_after(config: Stage1Config, steps: usize) -> (f64, f64) {
+    let s = setup();
+    let mut trainer = Stage1Trainer::new(s.flux, s.model, config);
+    let mut largest: f64 = 0.0;
+    let mut last = f64::NAN;
+    for _ in 0..steps {
+        let report = trainer
+            .step_with(&s.batch, s.noise.clone(), s.t.clone())
+            .unwrap();
+        assert!(report.delta_to_y.is_finite(), "{report:?}");
+        largest = largest.max(report.delta_to_y);
+        last = report.delta_to_y;
+    }
+    (last, largest)
+}
+
+#[test]
+fn the_default_dispersion_keeps_delta_bounded_where_the_paper_l2_runs_away() {
+    // On this random problem the flow loss alone already drives Δ far past the tiny y of a
+    // random backbone; the question is what the dispersion adds on top of it.
+    let steps = 300;
+    let with = |dispersion| Stage1Config {
+        dispersion: Some(dispersion),
+        ..config(true)
+    };
+    let default = Stage1Config::default().dispersion.unwrap();
+    let (bounded_last, bounded_max) = delta_to_y_after(with(default), steps);
+    let (paper_last, _) = delta_to_y_after(with(premier_losses::DispersionVariant::Stable), steps);
+    let (flow_last, flow_max) = delta_to_y_after(config(false), steps);
+    eprintln!(
+        "RMS(Δ)/RMS(y) after {steps} steps: flow loss only {flow_last:.2} (max {flow_max:.2}), \
+         default {default:?} {bounded_last:.2} (max {bounded_max:.2}), paper L2 {paper_last:.2}"
+    );
+    assert!(
+        bounded_max <= 1.1 * flow_max,
+        "the default dispersion grew Δ beyond what the flow loss asks: {bounded_max} vs {flow_max}"
+    );
+    assert!(
+        paper_last > 10.0 * flow_last,
+        "the paper's L2 was expected to run away: {paper_last} vs {flow_last}"
+    );
+}

@@ -48,6 +48,7 @@ fn run(user: NewUser<AB>, optimizer: ColdStartOptimizer) -> (f64, f64, Stage2Tra
         latent_hw: (4, 4),
         text: Tensor::random([2, 5, 16], normal, &device),
         pooled: Tensor::random([2, 12], normal, &device),
+        owners: Vec::new(),
     };
     let noise = Tensor::<AB, 3>::random([2, 4, 8], normal, &device);
     let t = Tensor::<AB, 1>::from_floats([0.3, 0.7], &device);
@@ -80,7 +81,7 @@ fn linear_combination_learns_alone() {
     eprintln!("linear: flow loss {first:.6} -> {last:.6}");
     assert!(last < first, "{first} -> {last}");
     // The trained coefficients save and load back.
-    let NewUser::Linear(combination) = &trainer.user else {
+    let NewUser::Linear(combination) = trainer.user().unwrap() else {
         unreachable!()
     };
     let dir = tempfile::tempdir().unwrap();
@@ -147,4 +148,89 @@ fn adamw_follows_torch() {
             assert!(rel < 1e-5, "step {step}: {} vs {}", got[i], p[i]);
         }
     }
+}
+
+#[test]
+fn new_users_in_one_batch_train_as_they_would_alone() {
+    let device = Default::default();
+    <AB as Backend>::seed(&device, 23);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let flux = Flux::<AB>::init(&FluxConfig::tiny(), &device).unwrap();
+    let adapter =
+        PreferenceAdapter::<AB>::init(&AdapterConfig::small(16, 6, 16, 2), &device).unwrap();
+    let shape = UserShape {
+        users: 3,
+        tokens: 2,
+        dim: 6,
+    };
+    let table = UserTable::<AB>::init(shape, &device);
+    let users: Vec<NewUser<AB>> = (0..2)
+        .map(|_| NewUser::Linear(LinearCombination::init(shape.users, &device)))
+        .collect();
+    let batch = |n: usize| Stage2Batch {
+        x0: Tensor::random([n, 4, 8], normal, &device),
+        latent_hw: (4, 4),
+        text: Tensor::random([n, 5, 16], normal, &device),
+        pooled: Tensor::random([n, 12], normal, &device),
+        owners: Vec::new(),
+    };
+    let (a, b) = (batch(2), batch(2));
+    let (noise_a, noise_b) = (
+        Tensor::<AB, 3>::random([2, 4, 8], normal, &device),
+        Tensor::<AB, 3>::random([2, 4, 8], normal, &device),
+    );
+    let t = Tensor::<AB, 1>::from_floats([0.3, 0.7], &device);
+    // AdamW is per element and scale-free up to ε (the joint batch halves each user's
+    // gradient; a fresh adapter's gradients are small enough for ε = 1e-8 to matter, so it is
+    // made negligible), and without clipping the users do not interact: fitting both in one
+    // batch must give what fitting each alone gives.
+    let config = Stage2Config {
+        optimizer: ColdStartOptimizer::AdamW(AdamWConfig {
+            eps: 1e-20,
+            ..AdamWConfig::premier_cold_start()
+        }),
+        clip_norm: None,
+        ..Stage2Config::default()
+    };
+    let trainer = |users: Vec<NewUser<AB>>| {
+        Stage2Trainer::new_batch(
+            flux.clone(),
+            adapter.clone(),
+            table.clone(),
+            users,
+            config.clone(),
+        )
+    };
+    let mut alone: Vec<_> = users.iter().map(|u| trainer(vec![u.clone()])).collect();
+    let mut together = trainer(users);
+    let joint = Stage2Batch {
+        x0: Tensor::cat(vec![a.x0.clone(), b.x0.clone()], 0),
+        latent_hw: (4, 4),
+        text: Tensor::cat(vec![a.text.clone(), b.text.clone()], 0),
+        pooled: Tensor::cat(vec![a.pooled.clone(), b.pooled.clone()], 0),
+        owners: vec![0, 0, 1, 1],
+    };
+    let joint_noise = Tensor::cat(vec![noise_a.clone(), noise_b.clone()], 0);
+    let joint_t = Tensor::cat(vec![t.clone(), t.clone()], 0);
+    for _ in 0..5 {
+        alone[0].step_with(&a, noise_a.clone(), t.clone()).unwrap();
+        alone[1].step_with(&b, noise_b.clone(), t.clone()).unwrap();
+        together
+            .step_with(&joint, joint_noise.clone(), joint_t.clone())
+            .unwrap();
+    }
+    let got: Vec<f32> = together.embedding().unwrap().into_data().to_vec().unwrap();
+    let want: Vec<f32> = Tensor::cat(alone.iter().map(|t| t.embedding().unwrap()).collect(), 0)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-4 * w.abs().max(1e-2), "{g} vs {w}");
+    }
+    // A sample naming a user the trainer does not have is an error, not a panic.
+    let bad = Stage2Batch {
+        owners: vec![0, 2],
+        ..a
+    };
+    assert!(together.step(&bad).is_err());
 }

@@ -53,6 +53,7 @@ fn fresh(linear: bool) -> (Stage2Trainer<AB>, Stage2Batch<AB>) {
         latent_hw: (4, 4),
         text: Tensor::random([2, 5, 16], normal, &device),
         pooled: Tensor::random([2, 12], normal, &device),
+        owners: Vec::new(),
     };
     let config = Stage2Config {
         optimizer,
@@ -93,8 +94,8 @@ fn cold_start_resumes_bit_for_bit() {
             resumed.step(&batch).unwrap();
         }
         assert_eq!(
-            bits(&resumed.user),
-            bits(&straight.user),
+            bits(&resumed.users),
+            bits(&straight.users),
             "linear: {linear}"
         );
 
