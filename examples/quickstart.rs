@@ -86,6 +86,9 @@ struct Args {
     /// Prodigy's initial d in stage 1 (the paper's is 1e-6).
     #[arg(long)]
     stage1_d0: Option<f64>,
+    /// Prodigy's bound on d's growth per step in stage 1 (1 freezes d at d0).
+    #[arg(long)]
+    stage1_growth_rate: Option<f64>,
     /// Cold-start steps.
     #[arg(long)]
     cold_start_steps: Option<usize>,
@@ -134,6 +137,10 @@ fn main() -> anyhow::Result<()> {
         if let Some(d0) = args.stage1_d0 {
             anyhow::ensure!(d0.is_finite() && d0 > 0.0, "--stage1-d0 must be positive");
             config.stage1_d0 = d0;
+        }
+        if let Some(rate) = args.stage1_growth_rate {
+            anyhow::ensure!(rate >= 1.0, "--stage1-growth-rate must be at least 1");
+            config.stage1_growth_rate = Some(rate);
         }
         if let Some(steps) = args.cold_start_steps {
             config.cold_start_steps = steps;

@@ -83,12 +83,16 @@ pub fn user_means(scores: &[ImageScore], value: impl Fn(usize) -> f64) -> Vec<f6
     out.into_iter().map(|(_, sum, n)| sum / n as f64).collect()
 }
 
-/// A paired comparison `a − b` over the same images (same users, prompts, noise): the mean
-/// difference of preference and its user-clustered standard error.
-pub fn paired(a: &[ImageScore], b: &[ImageScore]) -> (f64, f64) {
+/// A paired comparison `a − b` of `value` over the same images (same users, prompts, noise):
+/// the mean difference and its user-clustered standard error.
+pub fn paired(
+    a: &[ImageScore],
+    b: &[ImageScore],
+    value: impl Fn(&ImageScore) -> f32,
+) -> (f64, f64) {
     let n = a.len().min(b.len());
     clustered(&user_means(&a[..n], |i| {
-        (a[i].preference - b[i].preference) as f64
+        (value(&a[i]) - value(&b[i])) as f64
     }))
 }
 
@@ -120,7 +124,7 @@ impl Scores {
         let n = images.len().max(1) as f64;
         let (preference, preference_se) =
             clustered(&user_means(images, |i| images[i].preference as f64));
-        let (vs_base, vs_base_se) = paired(images, base);
+        let (vs_base, vs_base_se) = paired(images, base, |s| s.preference);
         let mean = |f: &dyn Fn(&ImageScore) -> f64| images.iter().map(f).sum::<f64>() / n;
         let win_rate = images
             .iter()

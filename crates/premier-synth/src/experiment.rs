@@ -50,6 +50,10 @@ pub struct ExperimentConfig {
     /// Prodigy's initial step size estimate in stage 1 (the paper's 1e-6 spends most of a short
     /// run warming up; see docs/synth.md).
     pub stage1_d0: f64,
+    /// Prodigy's bound on d's growth per step in stage 1 (`None`: unbounded, as released; 1
+    /// freezes d at d0, which makes Prodigy Adam with learning rate d0).
+    #[serde(default)]
+    pub stage1_growth_rate: Option<f64>,
     /// The dispersion loss of the full model (`None`: without).
     pub dispersion: Option<DispersionVariant>,
     pub cold_start_steps: usize,
@@ -78,6 +82,7 @@ impl Default for ExperimentConfig {
             stage1_steps: 1200,
             batch_size: 8,
             stage1_d0: 1e-4,
+            stage1_growth_rate: None,
             dispersion: Stage1Config::default().dispersion,
             cold_start_steps: 150,
             cold_start_batch: 2,
@@ -794,6 +799,7 @@ fn train_stage1<B: AutodiffBackend>(
         dispersion: variant.dispersion,
         optimizer: ProdigyConfig {
             d0: config.stage1_d0,
+            growth_rate: config.stage1_growth_rate.unwrap_or(f64::INFINITY),
             ..ProdigyConfig::premier()
         },
         seed: config.seed,

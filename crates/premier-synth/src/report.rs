@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::{clustered, paired, user_means, ImageScore, Scores};
+use crate::evaluate::{clustered, paired, ImageScore, Scores};
 use crate::experiment::ExperimentConfig;
 use crate::sample::SAMPLING_STEPS;
 use crate::world::{FACTORS, FACTOR_NAMES, WORDED};
@@ -73,7 +73,7 @@ pub struct Claim {
 impl Claim {
     /// "Row `a` has higher preference than row `b`", paired image by image.
     pub fn higher(id: &str, statement: String, a: &Row, b: &Row) -> Self {
-        let (difference, se) = paired(&a.images, &b.images);
+        let (difference, se) = paired(&a.images, &b.images, |s| s.preference);
         let verdict = if difference > CLAIM_SE * se {
             Verdict::Reproduced
         } else if difference < -CLAIM_SE * se {
@@ -94,10 +94,7 @@ impl Claim {
 
     /// "Row `a` keeps prompt fidelity within [`FIDELITY_MARGIN`] of row `b`".
     pub fn keeps_fidelity(id: &str, statement: String, a: &Row, b: &Row) -> Self {
-        let n = a.images.len().min(b.images.len());
-        let (difference, se) = clustered(&user_means(&a.images[..n], |i| {
-            (a.images[i].fidelity - b.images[i].fidelity) as f64
-        }));
+        let (difference, se) = paired(&a.images, &b.images, |s| s.fidelity);
         let verdict = if difference >= -FIDELITY_MARGIN {
             Verdict::Reproduced
         } else if difference + CLAIM_SE * se < -FIDELITY_MARGIN {
