@@ -56,44 +56,45 @@ pub fn base_quality<B: Backend>(
             noise.push(rng.random::<u64>());
         }
     }
-    // Tokens from `tokens_from`, the pooled vector from `pooled_from`.
-    let draw = |tokens_from: &[String],
-                pooled_from: &[String]|
+    let encode = |prompts: &[String]| {
+        let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
+        base.text.encode(tokenizer, &refs)
+    };
+    // Each prompt set is encoded once; the four draws combine their tokens and pooled vectors.
+    let (told_text, plain_text) = (encode(&told_prompts)?, encode(&plain_prompts)?);
+    let draw = |tokens: &TextConditioning<B>,
+                pooled: &TextConditioning<B>|
      -> Result<Vec<image::RgbImage>, BaseError> {
         let mut out = Vec::new();
-        for ((tokens, pooled), seeds) in tokens_from
-            .chunks(96)
-            .zip(pooled_from.chunks(96))
-            .zip(noise.chunks(96))
-        {
-            let encode = |prompts: &[String]| {
-                let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
-                base.text.encode(tokenizer, &refs)
-            };
+        for (i, seeds) in noise.chunks(96).enumerate() {
+            let rows = i * 96..i * 96 + seeds.len();
             let text = TextConditioning {
-                tokens: encode(tokens)?.tokens,
-                pooled: encode(pooled)?.pooled,
+                tokens: tokens.tokens.clone().slice(rows.clone()),
+                pooled: pooled.pooled.clone().slice(rows),
             };
             out.extend(sample(&base.flux, &text, None, seeds, SAMPLING_STEPS)?);
         }
         Ok(out)
     };
-    let told = draw(&told_prompts, &told_prompts)?;
-    let plain = draw(&plain_prompts, &plain_prompts)?;
-    let tokens_only = draw(&told_prompts, &plain_prompts)?;
-    let pooled_only = draw(&plain_prompts, &told_prompts)?;
+    let told = draw(&told_text, &told_text)?;
+    let plain = draw(&plain_text, &plain_text)?;
+    let tokens_only = draw(&told_text, &plain_text)?;
+    let pooled_only = draw(&plain_text, &told_text)?;
     let worded_mean = |images: &[image::RgbImage]| {
-        let mut total = 0.0;
-        let worded = (0..FACTORS).filter(|&f| WORDED[f]).count();
-        for (image, style) in images.iter().zip(&styles) {
-            let scores = factor_scores(image, &Taste::of(style));
-            total += (0..FACTORS)
-                .filter(|&f| WORDED[f])
-                .map(|f| scores[f] as f64)
-                .sum::<f64>()
-                / worded as f64;
-        }
-        total / images.len().max(1) as f64
+        let worded = (0..FACTORS).filter(|&f| WORDED[f]).count() as f64;
+        images
+            .iter()
+            .zip(&styles)
+            .map(|(image, style)| {
+                let scores = factor_scores(image, &Taste::of(style));
+                (0..FACTORS)
+                    .filter(|&f| WORDED[f])
+                    .map(|f| scores[f] as f64)
+                    .sum::<f64>()
+                    / worded
+            })
+            .sum::<f64>()
+            / images.len().max(1) as f64
     };
     let n = told.len();
     let mut told_factors = [0.0f64; FACTORS];
@@ -106,14 +107,10 @@ pub fn base_quality<B: Backend>(
         told_fidelity += prompt_fidelity(&told[i], &contents[i]) as f64 / n as f64;
         fidelity += prompt_fidelity(&plain[i], &contents[i]) as f64 / n as f64;
     }
-    let worded: Vec<f64> = (0..FACTORS)
-        .filter(|&f| WORDED[f])
-        .map(|f| told_factors[f])
-        .collect();
     Ok(BaseQuality {
         images: n,
         told_factors,
-        told_worded: worded.iter().sum::<f64>() / worded.len() as f64,
+        told_worded: worded_mean(&told),
         told_fidelity,
         tokens_only_worded: worded_mean(&tokens_only),
         pooled_only_worded: worded_mean(&pooled_only),

@@ -81,11 +81,22 @@ impl Claim {
         } else {
             Verdict::Inconclusive
         };
+        let values = (a.scores.preference, b.scores.preference);
+        Self::decided(id, statement, values, (difference, se), verdict)
+    }
+
+    fn decided(
+        id: &str,
+        statement: String,
+        (a, b): (f64, f64),
+        (difference, se): (f64, f64),
+        verdict: Verdict,
+    ) -> Self {
         Self {
             id: id.into(),
             statement,
-            a: a.scores.preference,
-            b: b.scores.preference,
+            a,
+            b,
             difference,
             se,
             verdict,
@@ -102,15 +113,8 @@ impl Claim {
         } else {
             Verdict::Inconclusive
         };
-        Self {
-            id: id.into(),
-            statement,
-            a: a.scores.fidelity,
-            b: b.scores.fidelity,
-            difference,
-            se,
-            verdict,
-        }
+        let values = (a.scores.fidelity, b.scores.fidelity);
+        Self::decided(id, statement, values, (difference, se), verdict)
     }
 
     fn line(&self) -> String {
