@@ -6,8 +6,8 @@
 //! prompt) and writes a report of the paper's claims in miniature.
 //!
 //! ```text
-//! cargo run --release --example quickstart -- [--seeds 0,1,2] [--ablations] [--out DIR]
-//!     [--quick] [--base DIR] [--merge]
+//! cargo run --release --example quickstart -- [--seeds 0,1,2] [--ablations] [--dispersions] [--out DIR]
+//!     [--quick] [--base DIR] [--merge] [--adapter-init released] [--dispersion NAME]
 //! ```
 
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use burn::backend::{Autodiff, Flex};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use premier::adapter::AdapterInit;
 use premier::synth::base::shipped_base_dir;
 use premier::synth::experiment::{run, seed_dir, ExperimentConfig, Progress};
 use premier::synth::report::{summary, Report};
@@ -64,10 +65,14 @@ struct Args {
     /// Where files go: OUT/seed-N for each seed, OUT/summary.md for several seeds.
     #[arg(long, default_value = "premier-quickstart")]
     out: PathBuf,
-    /// Also run the stage-1 ablations (w/o Δ_shared, w/o Δ_distinct, w/o dispersion) and the
-    /// other dispersion losses (several more minutes per seed).
+    /// Also run the paper's stage-1 ablations (w/o Δ_shared, w/o Δ_distinct, the dispersion loss
+    /// on or off; about 8 more minutes per seed).
     #[arg(long)]
     ablations: bool,
+    /// Also run the other dispersion losses (paper L2, released squared L2, Wang & He; about 6
+    /// more minutes per seed).
+    #[arg(long)]
+    dispersions: bool,
     /// A few steps of everything (a smoke run, seconds).
     #[arg(long)]
     quick: bool,
@@ -96,6 +101,10 @@ struct Args {
     /// config) or "prodigy" (the released direct config, with the stage-1 d0).
     #[arg(long)]
     cold_start_optimizer: Option<String>,
+    /// Adapter init: "fan-in-matched" (default: the released per-layer gain at this width) or
+    /// "released" (N(0, 0.01²), the official settings).
+    #[arg(long)]
+    adapter_init: Option<String>,
     /// The full model's dispersion loss: Hinge, Stable, Released, Dispersive or None.
     #[arg(long)]
     dispersion: Option<String>,
@@ -131,6 +140,7 @@ fn main() -> anyhow::Result<()> {
         };
         config.seed = seed;
         config.ablations = args.ablations;
+        config.dispersions = args.dispersions;
         if let Some(steps) = args.stage1_steps {
             config.stage1_steps = steps;
         }
@@ -153,6 +163,15 @@ fn main() -> anyhow::Result<()> {
                     ..ProdigyConfig::premier()
                 }),
                 other => anyhow::bail!("--cold-start-optimizer {other}: expected adamw or prodigy"),
+            };
+        }
+        if let Some(name) = &args.adapter_init {
+            config.adapter_init = match name.as_str() {
+                "fan-in-matched" => AdapterInit::FanInMatched,
+                "released" => AdapterInit::Released,
+                other => {
+                    anyhow::bail!("--adapter-init {other}: expected fan-in-matched or released")
+                }
             };
         }
         if let Some(name) = &args.dispersion {

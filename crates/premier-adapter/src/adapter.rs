@@ -7,7 +7,7 @@ use premier_mmdit::load::{write_safetensors, DeviceSource, HostTensor, SaveDtype
 use premier_mmdit::{LoadError, TextModulation};
 
 use crate::config::AdapterConfig;
-use crate::init::SmallStdInit;
+use crate::init::{AdapterInit, SmallStdInit};
 use crate::resampler::TextImageResampler;
 
 /// Errors of building, loading or saving adapters.
@@ -33,7 +33,16 @@ pub struct PreferenceAdapter<B: Backend> {
 impl<B: Backend> PreferenceAdapter<B> {
     /// A fresh adapter with the official init (biases 0, everything else N(0, 0.01²)).
     pub fn init(config: &AdapterConfig, device: &B::Device) -> Result<Self, AdapterError> {
-        Self::build(&mut SmallStdInit::new(device), config)
+        Self::init_with(config, AdapterInit::Released, device)
+    }
+
+    /// A fresh adapter drawn as `init` says (see [`AdapterInit`]).
+    pub fn init_with(
+        config: &AdapterConfig,
+        init: AdapterInit,
+        device: &B::Device,
+    ) -> Result<Self, AdapterError> {
+        Self::build(&mut SmallStdInit::with(init, device), config)
     }
 
     fn build(

@@ -31,5 +31,5 @@ mod resampler;
 
 pub use adapter::{AdapterError, PreferenceAdapter};
 pub use config::AdapterConfig;
-pub use init::SmallStdInit;
+pub use init::{AdapterInit, SmallStdInit};
 pub use resampler::{AdaLayerNorm, MultiheadAttention, PerceiverBlock, TextImageResampler};

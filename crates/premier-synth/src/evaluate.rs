@@ -30,6 +30,11 @@ pub struct EvalSet {
 /// The embeddings `[users, tokens, dim]` of the given user indices.
 pub type UserLookup<'a, B> = &'a (dyn Fn(&[usize]) -> Result<Tensor<B, 3>, String> + Sync);
 
+/// Any Δ from the prompts' text tokens `[batch, txt_tokens, text_dim]` and each row's user (for
+/// controls such as a free per-user Δ without adapter).
+pub type DeltaFn<'a, B> =
+    &'a (dyn Fn(Tensor<B, 3>, &[usize]) -> Result<TextModulation<B>, String> + Sync);
+
 /// What a method's images are made from.
 #[derive(Clone, Copy)]
 pub enum Method<'a, B: Backend> {
@@ -39,6 +44,8 @@ pub enum Method<'a, B: Backend> {
     TasteInPrompt,
     /// The base model steered by the adapter and the users' embeddings.
     Premier(&'a PreferenceAdapter<B>, UserLookup<'a, B>),
+    /// The base model steered by any Δ.
+    Steered(DeltaFn<'a, B>),
 }
 
 /// One image's scores.
@@ -216,6 +223,7 @@ impl EvalSet {
                 Method::Premier(adapter, lookup) => {
                     Some(adapter.forward(text.tokens.clone(), lookup(&row_users[start..end])?))
                 }
+                Method::Steered(delta) => Some(delta(text.tokens.clone(), &row_users[start..end])?),
                 _ => None,
             };
             out.extend(

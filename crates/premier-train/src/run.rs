@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use premier_adapter::{AdapterConfig, PreferenceAdapter};
+use premier_adapter::{AdapterConfig, AdapterInit, PreferenceAdapter};
 use premier_mmdit::load::{write_via_temp, SaveDtype};
 use premier_mmdit::Flux;
 use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
@@ -61,6 +61,9 @@ pub struct TrainConfig {
     pub shared: bool,
     /// Build Δ_distinct (false: the "w/o Δ_distinct" ablation).
     pub distinct: bool,
+    /// How a fresh adapter is drawn: `Released` (N(0, 0.01²)), or `FanInMatched` (the released
+    /// per-layer gain at any size; the same as `Released` at the released sizes).
+    pub adapter_init: AdapterInit,
     pub stage1: Stage1Config,
 }
 
@@ -83,6 +86,7 @@ impl Default for TrainConfig {
             adapter_layers: 3,
             shared: true,
             distinct: true,
+            adapter_init: AdapterInit::Released,
             stage1: Stage1Config::default(),
         }
     }
@@ -102,6 +106,8 @@ impl TrainConfig {
             adapter_layers: 2,
             // 0: the backbone's width.
             adapter_width: 0,
+            // At width 64 the released 0.01 starves the user path (docs/synth.md).
+            adapter_init: AdapterInit::FanInMatched,
             ..Self::default()
         }
     }
@@ -333,8 +339,9 @@ pub fn train_stage1<B: AutodiffBackend>(
             // A fresh run's initialisation depends on its seed alone.
             B::seed(device, config.stage1.seed);
             let adapter_config = config.adapter(text_dim, flux.hidden_size(), flux.depth());
-            let adapter = PreferenceAdapter::<B>::init(&adapter_config, device)
-                .map_err(|e| RunError::Config(e.to_string()))?;
+            let adapter =
+                PreferenceAdapter::<B>::init_with(&adapter_config, config.adapter_init, device)
+                    .map_err(|e| RunError::Config(e.to_string()))?;
             let users = UserTable::<B>::init(
                 UserShape {
                     users: data.ids.len(),
