@@ -7,12 +7,14 @@
 //! 3. **Premier**: stage 1 as the quickstart runs it, with the same validation loss and the
 //!    user-dependent part of its Δ (Δ minus its mean over users for the same prompt).
 //!
-//! Every loss is measured on fixed noise and times (the same for every model), per user, with a
-//! user-clustered standard error.
+//! Every loss is measured on the trained users' own (training) images with fixed noise and
+//! times (the same for every model), per user, with a user-clustered standard error: it shows
+//! what stage 1 fits, not how it generalises (preference on the evaluation set does that).
 //!
 //! ```text
-//! cargo run --release --example synth_diagnose -- [--seed 0] [--free-steps 600]
-//!     [--premier-steps 1200] [--every 200]
+//! cargo run --release --example synth_diagnose -- [--seed 0] [--free-steps 600] [--free-lr 0.01]
+//!     [--premier-steps 1200] [--every 200] [--dispersion Hinge] [--init FanInMatched]
+//!     [--d0 1e-4] [--growth-rate 1] [--draws 2]
 //! ```
 
 use burn::backend::{Autodiff, Flex};
@@ -52,8 +54,8 @@ struct Args {
     #[arg(long, default_value_t = 1200)]
     premier_steps: usize,
     /// Validation every this many steps.
-    #[arg(long, default_value_t = 200)]
-    every: usize,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    every: u64,
     /// Premier's dispersion: Hinge, Stable, Released, Dispersive or None.
     #[arg(long, default_value = "Hinge")]
     dispersion: String,
@@ -64,7 +66,7 @@ struct Args {
     #[arg(long, default_value_t = f64::INFINITY)]
     growth_rate: f64,
     /// Premier's adapter init: Released or FanInMatched.
-    #[arg(long, default_value = "Released")]
+    #[arg(long, default_value = "FanInMatched")]
     init: String,
     /// Noise draws per validation image.
     #[arg(long, default_value_t = 2)]
@@ -104,7 +106,7 @@ fn repeat(c: &TextConditioning<Infer>, k: usize) -> TextConditioning<Infer> {
     }
 }
 
-/// Mean flow loss per user with `delta(user_rows_text_tokens, user)` (None: the base).
+/// Mean flow loss on each user's own images with `delta(user_rows_text_tokens, user)` (None: the base).
 fn val_losses(
     flux: &Flux<Infer>,
     v: &Validation<Infer>,
@@ -320,7 +322,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             let grads = gradients(&free, loss);
             free = apply(free, grads, None, |p, g| adam.step(p, g)).0;
-            if (step + 1) % args.every == 0 || step + 1 == args.free_steps {
+            if (step as u64 + 1) % args.every == 0 || step + 1 == args.free_steps {
                 let f = free.valid();
                 let l = val_losses(&inner.flux, &v, false, &|tokens, u| {
                     Some(f.of(&vec![u; tokens.dims()[0]]))
@@ -329,7 +331,7 @@ fn main() -> anyhow::Result<()> {
                 let m = f.delta.val().mean_dim(0);
                 let rest = scalar((f.delta.val() - m).powi_scalar(2).mean().sqrt());
                 println!(
-                    "free Δ step {:5}: val − base plain {}, RMS(Δ)/RMS(y) {:.3}, user part {:.3}",
+                    "free Δ step {:5}: loss − base {}, RMS(Δ)/RMS(y) {:.3}, user part {:.3}",
                     step + 1,
                     diff(&l, &base_plain),
                     rms / y_rms,
@@ -338,10 +340,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let f = free.valid();
-        let steer = |tokens: Tensor<Infer, 3>, rows: &[usize]| {
-            let _ = tokens;
-            Ok(f.of(rows))
-        };
+        let steer = |_tokens: Tensor<Infer, 3>, rows: &[usize]| Ok(f.of(rows));
         let scores = eval.score(
             &world,
             &train_users,
@@ -402,7 +401,7 @@ fn main() -> anyhow::Result<()> {
         let mut trainer = Stage1Trainer::new(base.flux.clone(), model, config);
         for step in 0..args.premier_steps {
             let report = trainer.step(&batch_of(step as u64))?;
-            if (step + 1) % args.every == 0 || step + 1 == args.premier_steps {
+            if (step as u64 + 1) % args.every == 0 || step + 1 == args.premier_steps {
                 let m = trainer.model.valid();
                 let ids: Vec<usize> = (0..users).collect();
                 let emb = m.users.lookup(&ids)?;
@@ -415,7 +414,7 @@ fn main() -> anyhow::Result<()> {
                 });
                 let (all, common, rest) = user_dependence(&m, &all_prompts, users);
                 println!(
-                    "Premier step {:5}: val − base plain {}, RMS(Δ)/RMS(y) {:.3}, common {:.3}, user part {:.3}, d {:.2e}",
+                    "Premier step {:5}: loss − base {}, RMS(Δ)/RMS(y) {:.3}, common {:.3}, user part {:.3}, d {:.2e}",
                     step + 1,
                     diff(&l, &base_plain),
                     all / y_rms,

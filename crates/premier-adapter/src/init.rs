@@ -17,12 +17,13 @@ pub enum AdapterInit {
     #[default]
     Released,
     /// The released init's per-layer gain at any size: a linear weight of fan-in `f` is drawn
-    /// N(0, (0.01·√(F/f))²), `F` the fan-in of the same layer in the released adapter (3072 inside
-    /// the resampler, 4096 for `text_proj_in`, 1024 for `image_proj_in`); the output LayerNorm's
-    /// weight stays N(0, 0.01²), so a fresh Δ is still ≈ 0. Identical to `Released` at the
-    /// released sizes. At width 64 the released 0.01 is 12× below this and the user's signal,
-    /// which crosses three such layers to reach Δ, starts ≈ 10⁴ times weaker than at full size
-    /// (docs/synth.md).
+    /// N(0, (0.01·√(F/f))²), `F` the fan-in of the same layer in the released adapter (4096 for
+    /// `text_proj_in`, 1024 for `image_proj_in`, 12288 for `mlp.c_proj`, 3072 for every other
+    /// linear inside the resampler; AdaLN's linear reads the fixed 64-wide time embedding and
+    /// keeps 0.01); the output LayerNorm's weight stays N(0, 0.01²), so a fresh Δ is still ≈ 0.
+    /// Identical to `Released` at the released sizes. At width 64 the released 0.01 is 6.9×
+    /// below this inside the resampler, and stage 1 on the synthetic world learns about half
+    /// as much in the same steps with it (docs/synth.md).
     FanInMatched,
 }
 
