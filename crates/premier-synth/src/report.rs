@@ -203,8 +203,8 @@ impl Report {
         let mut md = format!(
             "# Premier in miniature (seed {})\n\n\
              World: {} trained users, {} new users, {} liked images each; {} prompts × {} noise \
-             seeds per user, {} Euler steps. Stage 1: {} steps of batch {} (Prodigy d0 {:e}); \
-             cold start: {} steps, all new users in one batch.\n\n\
+             seeds per user, {} Euler steps. Stage 1: {} steps of batch {} (Prodigy d0 {:e}), \
+             adapter init {:?}, dispersion {}; cold start: {} steps, all new users in one batch.\n\n\
              Scores read pixels only: preference (ViPer-score analog) overall and per factor \
              (palette, background and texture have words the base knows; the pattern is tacit), \
              each image's preference minus that of the base's image from the same noise \
@@ -222,6 +222,8 @@ impl Report {
             c.stage1_steps,
             c.batch_size,
             c.stage1_d0,
+            c.adapter_init,
+            c.dispersion.map_or("none".to_string(), |d| format!("{d:?}")),
             c.cold_start_steps,
         );
         md.push_str("## Trained users\n\n");
