@@ -24,7 +24,7 @@ use clap::Parser;
 use premier::mmdit::{Flux, TextModulation};
 use premier::synth::base::{shipped_base_dir, SynthBase};
 use premier::synth::codec::{encode, LATENT_HW};
-use premier::synth::evaluate::{clustered, paired, EvalSet, Method};
+use premier::synth::evaluate::{clustered, paired, EvalSet, ImageScore, Method};
 use premier::synth::text::load_tokenizer;
 use premier::synth::world::{World, WorldConfig};
 use premier::text::TextConditioning;
@@ -258,13 +258,18 @@ fn main() -> anyhow::Result<()> {
 
     let eval = EvalSet::new(6, 2, args.seed);
     let train_users: Vec<usize> = (0..users).collect();
-    let base_scores = eval.score(
-        &world,
-        &train_users,
-        &eval
-            .generate(&world, &inner, &tokenizer, &train_users, Method::Base)
-            .map_err(anyhow::Error::msg)?,
-    );
+    // Each method's images scored on the trained users (same prompts and noise for all).
+    let scores_of = |method: Method<'_, Infer>| -> anyhow::Result<Vec<ImageScore>> {
+        let images = eval
+            .generate(&world, &inner, &tokenizer, &train_users, method)
+            .map_err(anyhow::Error::msg)?;
+        Ok(eval.score(&world, &train_users, &images))
+    };
+    let base_scores = scores_of(Method::Base)?;
+    // Preference paired with the base's image from the same noise, ± user-clustered s.e.
+    let vs_base = |method: Method<'_, Infer>| -> anyhow::Result<(f64, f64)> {
+        Ok(paired(&scores_of(method)?, &base_scores, |s| s.preference))
+    };
     let counts: Vec<usize> = (0..users).map(|u| train_images[u].1.len()).collect();
     let batch_sampler =
         UserBatchSampler::new(counts, 8, args.seed).map_err(|e| anyhow::anyhow!(e))?;
@@ -341,20 +346,7 @@ fn main() -> anyhow::Result<()> {
         }
         let f = free.valid();
         let steer = |_tokens: Tensor<Infer, 3>, rows: &[usize]| Ok(f.of(rows));
-        let scores = eval.score(
-            &world,
-            &train_users,
-            &eval
-                .generate(
-                    &world,
-                    &inner,
-                    &tokenizer,
-                    &train_users,
-                    Method::Steered(&steer),
-                )
-                .map_err(anyhow::Error::msg)?,
-        );
-        let (m, se) = paired(&scores, &base_scores, |s| s.preference);
+        let (m, se) = vs_base(Method::Steered(&steer))?;
         println!("free Δ preference vs base: {m:+.3} ± {se:.3}");
     }
 
@@ -426,20 +418,7 @@ fn main() -> anyhow::Result<()> {
         }
         let m = trainer.model.valid();
         let lookup = |ids: &[usize]| m.users.lookup(ids).map_err(|e| e.to_string());
-        let scores = eval.score(
-            &world,
-            &train_users,
-            &eval
-                .generate(
-                    &world,
-                    &inner,
-                    &tokenizer,
-                    &train_users,
-                    Method::Premier(&m.adapter, &lookup),
-                )
-                .map_err(anyhow::Error::msg)?,
-        );
-        let (pm, se) = paired(&scores, &base_scores, |s| s.preference);
+        let (pm, se) = vs_base(Method::Premier(&m.adapter, &lookup))?;
         println!("Premier preference vs base: {pm:+.3} ± {se:.3}");
     }
     Ok(())
