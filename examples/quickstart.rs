@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use premier::adapter::AdapterInit;
+use premier::losses::DispersionVariant;
 use premier::synth::base::shipped_base_dir;
 use premier::synth::experiment::{run, seed_dir, ExperimentConfig, Progress};
 use premier::synth::report::{summary, Report};
@@ -175,16 +176,8 @@ fn main() -> anyhow::Result<()> {
             };
         }
         if let Some(name) = &args.dispersion {
-            config.dispersion = match name.as_str() {
-                "None" => None,
-                other => Some(
-                    serde_json::from_value(serde_json::Value::String(other.into())).map_err(
-                        |_| anyhow::anyhow!(
-                            "--dispersion {other}: expected Hinge, Stable, Released, Dispersive or None"
-                        ),
-                    )?,
-                ),
-            };
+            config.dispersion = DispersionVariant::parse_choice(name)
+                .map_err(|e| anyhow::anyhow!("--dispersion: {e}"))?;
         }
         println!(
             "Premier quickstart: synthetic preference world, seed {seed}, on the CPU (burn Flex)"

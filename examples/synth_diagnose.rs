@@ -21,6 +21,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::prelude::*;
 use clap::Parser;
+use premier::losses::DispersionVariant;
 use premier::mmdit::{Flux, TextModulation};
 use premier::synth::base::{shipped_base_dir, SynthBase};
 use premier::synth::codec::{encode, LATENT_HW};
@@ -376,12 +377,8 @@ fn main() -> anyhow::Result<()> {
             ),
         };
         let config = Stage1Config {
-            dispersion: match args.dispersion.as_str() {
-                "None" => None,
-                name => Some(serde_json::from_value(serde_json::Value::String(
-                    name.into(),
-                ))?),
-            },
+            dispersion: DispersionVariant::parse_choice(&args.dispersion)
+                .map_err(|e| anyhow::anyhow!("--dispersion: {e}"))?,
             optimizer: ProdigyConfig {
                 d0: args.d0,
                 growth_rate: args.growth_rate,

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --example synth_pretrain -- [--steps N] [--batch N] [--lr X] [--hidden N]
-//!     [--heads N] [--seed 0] [--out DIR]
+//!     [--heads N] [--seed 0] [--init-from DIR] [--out DIR]
 //! ```
+//!
+//! `--init-from DIR` trains an existing base further (its width and heads; a fresh optimizer and
+//! schedule); give it another `--seed` than the run that made it, so its images are new.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +16,7 @@ use burn::backend::{Autodiff, Flex};
 use clap::Parser;
 use premier::pipeline::image_io::{grid, save_png};
 use premier::synth::base::{SynthBase, SynthBaseConfig};
-use premier::synth::pretrain::{pretrain, PretrainConfig};
+use premier::synth::pretrain::{continue_pretraining, pretrain, PretrainConfig};
 use premier::synth::quality::{base_quality, BaseQuality};
 use premier::synth::sample::{sample, SAMPLING_STEPS};
 use premier::synth::score::prompt_fidelity;
@@ -41,6 +44,12 @@ struct Args {
     /// Output folder (default: the shipped base folder, overwritten in place).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Start from the base in this folder instead of a fresh draw.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = PretrainConfig::default().warmup_steps)]
+    warmup: usize,
     /// Train nothing: print the quality check of the base already in the output folder.
     #[arg(long)]
     check_only: bool,
@@ -53,12 +62,11 @@ fn main() -> anyhow::Result<()> {
         batch_size: args.batch,
         lr: args.lr,
         seed: args.seed,
-        ..PretrainConfig::default()
+        warmup_steps: args.warmup,
     };
     let out = args
         .out
         .unwrap_or_else(premier::synth::base::shipped_base_dir);
-    let base_config = SynthBaseConfig::with_width(args.hidden, args.heads)?;
     let device = Default::default();
     if args.check_only {
         let (model, _) = SynthBase::<Flex>::load(&out, &device)?;
@@ -66,6 +74,13 @@ fn main() -> anyhow::Result<()> {
         print_quality(&base_quality(&model, &tokenizer, 8, 1)?);
         return Ok(());
     }
+    let (start_from, base_config) = match &args.init_from {
+        Some(dir) => {
+            let (model, config) = SynthBase::<Autodiff<Flex>>::load(dir, &device)?;
+            (Some(model), config)
+        }
+        None => (None, SynthBaseConfig::with_width(args.hidden, args.heads)?),
+    };
 
     // The tokenizer is written first so training reads the same file the shipped model uses.
     std::fs::create_dir_all(&out)?;
@@ -78,20 +93,23 @@ fn main() -> anyhow::Result<()> {
 
     let start = Instant::now();
     let mut recent = Vec::new();
-    let model =
-        pretrain::<Autodiff<Flex>>(&base_config, &config, &tokenizer, &device, |step, loss| {
-            recent.push(loss);
-            if step % 100 == 0 || step == config.steps {
-                let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-                recent.clear();
-                println!(
-                    "step {step:5}/{}  loss {mean:.4}  lr {:.2e}  {:.1} s",
-                    config.steps,
-                    config.lr_at(step - 1),
-                    start.elapsed().as_secs_f64()
-                );
-            }
-        })?;
+    let log = |step: usize, loss: f64| {
+        recent.push(loss);
+        if step % 100 == 0 || step == config.steps {
+            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+            recent.clear();
+            println!(
+                "step {step:5}/{}  loss {mean:.4}  lr {:.2e}  {:.1} s",
+                config.steps,
+                config.lr_at(step - 1),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let model = match start_from {
+        Some(model) => continue_pretraining(model, &config, &tokenizer, &device, log)?,
+        None => pretrain::<Autodiff<Flex>>(&base_config, &config, &tokenizer, &device, log)?,
+    };
     let model: SynthBase<Flex> = burn::module::AutodiffModule::valid(&model);
     model.save(&base_config, &out)?;
     println!("wrote {}", out.display());

@@ -301,10 +301,6 @@ fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Resu
 
 /// A dispersion variant by its config-file name.
 fn parse_dispersion(name: &str) -> Result<DispersionVariant, String> {
-    use serde::de::IntoDeserializer;
-    use serde::Deserialize;
-    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
-        name.into_deserializer();
-    DispersionVariant::deserialize(de)
-        .map_err(|_| format!("{name}: expected Hinge, Stable, Released or Dispersive"))
+    name.parse()
+        .map_err(|e: crate::losses::UnknownDispersion| e.to_string())
 }

@@ -29,6 +29,53 @@ pub enum DispersionVariant {
     Hinge,
 }
 
+impl DispersionVariant {
+    /// Every variant, by the name configs and flags use.
+    pub const ALL: [(&'static str, DispersionVariant); 4] = [
+        ("Hinge", DispersionVariant::Hinge),
+        ("Stable", DispersionVariant::Stable),
+        ("Released", DispersionVariant::Released),
+        ("Dispersive", DispersionVariant::Dispersive),
+    ];
+
+    /// A stage-1 dispersion choice by name: a variant's name, or `None` for no dispersion loss.
+    pub fn parse_choice(name: &str) -> Result<Option<Self>, UnknownDispersion> {
+        if name == "None" {
+            return Ok(None);
+        }
+        name.parse().map(Some)
+    }
+}
+
+/// A dispersion name that is none of [`DispersionVariant::ALL`] (nor `None` where allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownDispersion(pub String);
+
+impl std::fmt::Display for UnknownDispersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown dispersion loss `{}`: expected Hinge, Stable, Released, Dispersive or None",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownDispersion {}
+
+impl std::str::FromStr for DispersionVariant {
+    type Err = UnknownDispersion;
+
+    /// The serde name of the variant (`Hinge`, `Stable`, `Released`, `Dispersive`).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| UnknownDispersion(name.to_string()))
+    }
+}
+
 /// The dispersion loss with τ = 1. z: `[batch, features]` → `[1]`; 0 for a batch of one.
 pub fn dispersion_loss<B: Backend>(z: Tensor<B, 2>, variant: DispersionVariant) -> Tensor<B, 1> {
     dispersion_loss_with_tau(z, variant, 1.0)

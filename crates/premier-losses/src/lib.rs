@@ -21,5 +21,7 @@
 mod dispersion;
 mod flow;
 
-pub use dispersion::{dispersion_loss, dispersion_loss_with_tau, DispersionVariant};
+pub use dispersion::{
+    dispersion_loss, dispersion_loss_with_tau, DispersionVariant, UnknownDispersion,
+};
 pub use flow::{flow_matching_loss, flow_target, interpolate, shift_timesteps, TimestepSampler};

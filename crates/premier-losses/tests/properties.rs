@@ -159,3 +159,21 @@ fn hinge_is_bounded_and_silent_once_users_are_apart() {
     let v = scalar(dispersion_loss(half, DispersionVariant::Hinge));
     assert!((v - 0.75).abs() < 1e-6, "{v}");
 }
+
+#[test]
+fn dispersion_names_round_trip_with_their_serde_names_and_bad_names_are_named() {
+    for (name, variant) in DispersionVariant::ALL {
+        assert_eq!(name.parse::<DispersionVariant>(), Ok(variant));
+        // The config-file (serde) name and the flag name are one and the same.
+        let serde_name = serde_json::to_value(variant).unwrap();
+        assert_eq!(serde_name, serde_json::Value::String(name.into()));
+    }
+    assert_eq!(DispersionVariant::parse_choice("None"), Ok(None));
+    assert_eq!(
+        DispersionVariant::parse_choice("Hinge"),
+        Ok(Some(DispersionVariant::Hinge))
+    );
+    let err = DispersionVariant::parse_choice("hinge").unwrap_err();
+    assert!(err.to_string().contains("`hinge`"), "{err}");
+    assert!("None".parse::<DispersionVariant>().is_err());
+}

@@ -56,10 +56,23 @@ pub fn pretrain<B: AutodiffBackend>(
     config: &PretrainConfig,
     tokenizer: &PromptTokenizer,
     device: &B::Device,
-    mut observer: impl FnMut(usize, f64),
+    observer: impl FnMut(usize, f64),
 ) -> Result<SynthBase<B>, BaseError> {
     B::seed(device, config.seed);
-    let mut model = SynthBase::<B>::init(base_config, device)?;
+    let model = SynthBase::<B>::init(base_config, device)?;
+    continue_pretraining(model, config, tokenizer, device, observer)
+}
+
+/// Trains `model` further on the world's pretraining stream for `config.seed` (a fresh
+/// optimizer state and learning-rate schedule); `observer(step, loss)` is called after every
+/// step. Use another seed than the run that made `model` so the images are new.
+pub fn continue_pretraining<B: AutodiffBackend>(
+    mut model: SynthBase<B>,
+    config: &PretrainConfig,
+    tokenizer: &PromptTokenizer,
+    device: &B::Device,
+    mut observer: impl FnMut(usize, f64),
+) -> Result<SynthBase<B>, BaseError> {
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(1e-4)
         .init::<B, SynthBase<B>>();
