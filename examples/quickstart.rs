@@ -167,13 +167,9 @@ fn main() -> anyhow::Result<()> {
             };
         }
         if let Some(name) = &args.adapter_init {
-            config.adapter_init = match name.as_str() {
-                "fan-in-matched" => AdapterInit::FanInMatched,
-                "released" => AdapterInit::Released,
-                other => {
-                    anyhow::bail!("--adapter-init {other}: expected fan-in-matched or released")
-                }
-            };
+            config.adapter_init = name
+                .parse::<AdapterInit>()
+                .map_err(|e| anyhow::anyhow!("--adapter-init: {e}"))?;
         }
         if let Some(name) = &args.dispersion {
             config.dispersion = DispersionVariant::parse_choice(name)

@@ -21,6 +21,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::prelude::*;
 use clap::Parser;
+use premier::adapter::AdapterInit;
 use premier::losses::DispersionVariant;
 use premier::mmdit::{Flux, TextModulation};
 use premier::synth::base::{shipped_base_dir, SynthBase};
@@ -364,7 +365,9 @@ fn main() -> anyhow::Result<()> {
         let model = Stage1Model {
             adapter: PreferenceAdapter::<Train>::init_with(
                 &adapter_config,
-                serde_json::from_value(serde_json::Value::String(args.init.clone()))?,
+                args.init
+                    .parse::<AdapterInit>()
+                    .map_err(|e| anyhow::anyhow!("--init: {e}"))?,
                 &device,
             )?,
             users: UserTable::<Train>::init(

@@ -27,6 +27,25 @@ pub enum AdapterInit {
     FanInMatched,
 }
 
+/// An init name none of `released`, `fan-in-matched` (or the serde names `Released`,
+/// `FanInMatched`) matches.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown adapter init `{0}`: expected released or fan-in-matched")]
+pub struct UnknownAdapterInit(pub String);
+
+impl std::str::FromStr for AdapterInit {
+    type Err = UnknownAdapterInit;
+
+    /// The flag spelling (`released`, `fan-in-matched`) or the config-file one.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "released" | "Released" => Ok(Self::Released),
+            "fan-in-matched" | "FanInMatched" => Ok(Self::FanInMatched),
+            other => Err(UnknownAdapterInit(other.to_string())),
+        }
+    }
+}
+
 /// `init_adapter_small_std` of the official code: every bias 0, every other parameter
 /// N(0, std²) with std 0.01 — LayerNorm weights included, so a fresh adapter's Δ is ≈ 0.
 /// With [`AdapterInit::FanInMatched`] the linear weights' std is scaled to their fan-in.
@@ -118,6 +137,18 @@ mod tests {
     use super::*;
     use crate::PreferenceAdapter;
     use burn::backend::Flex;
+
+    #[test]
+    fn init_names_parse_in_both_spellings_and_bad_ones_are_named() {
+        for name in ["released", "Released"] {
+            assert_eq!(name.parse::<AdapterInit>(), Ok(AdapterInit::Released));
+        }
+        for name in ["fan-in-matched", "FanInMatched"] {
+            assert_eq!(name.parse::<AdapterInit>(), Ok(AdapterInit::FanInMatched));
+        }
+        let err = "fanin".parse::<AdapterInit>().unwrap_err();
+        assert!(err.to_string().contains("`fanin`"), "{err}");
+    }
 
     fn std_of<const D: usize>(t: Tensor<Flex, D>) -> f64 {
         let v: Vec<f32> = t.into_data().convert::<f32>().into_vec().unwrap();

@@ -31,5 +31,5 @@ mod resampler;
 
 pub use adapter::{AdapterError, PreferenceAdapter};
 pub use config::AdapterConfig;
-pub use init::{AdapterInit, SmallStdInit};
+pub use init::{AdapterInit, SmallStdInit, UnknownAdapterInit};
 pub use resampler::{AdaLayerNorm, MultiheadAttention, PerceiverBlock, TextImageResampler};
