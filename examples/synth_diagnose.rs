@@ -73,6 +73,9 @@ struct Args {
     /// Noise draws per validation image.
     #[arg(long, default_value_t = 2)]
     draws: usize,
+    /// Users (distinct) per stage-1 and free-Δ batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
 }
 
 /// A Δ_shared per (user, text token), no adapter: `[users, txt_tokens, hidden]`.
@@ -274,7 +277,7 @@ fn main() -> anyhow::Result<()> {
     };
     let counts: Vec<usize> = (0..users).map(|u| train_images[u].1.len()).collect();
     let batch_sampler =
-        UserBatchSampler::new(counts, 8, args.seed).map_err(|e| anyhow::anyhow!(e))?;
+        UserBatchSampler::new(counts, args.batch, args.seed).map_err(|e| anyhow::anyhow!(e))?;
     let batch_of = |step: u64| {
         let picks = batch_sampler.batch(step);
         let x0 = Tensor::cat(
@@ -391,8 +394,12 @@ fn main() -> anyhow::Result<()> {
             ..Stage1Config::default()
         };
         let mut trainer = Stage1Trainer::new(base.flux.clone(), model, config);
+        // Training time alone (validation excluded), for steps-per-second comparisons.
+        let mut train_time = std::time::Duration::ZERO;
         for step in 0..args.premier_steps {
+            let started = std::time::Instant::now();
             let report = trainer.step(&batch_of(step as u64))?;
+            train_time += started.elapsed();
             if (step as u64 + 1) % args.every == 0 || step + 1 == args.premier_steps {
                 let m = trainer.model.valid();
                 let ids: Vec<usize> = (0..users).collect();
@@ -406,13 +413,14 @@ fn main() -> anyhow::Result<()> {
                 });
                 let (all, common, rest) = user_dependence(&m, &all_prompts, users);
                 println!(
-                    "Premier step {:5}: loss − base {}, RMS(Δ)/RMS(y) {:.3}, common {:.3}, user part {:.3}, d {:.2e}",
+                    "Premier step {:5}: loss − base {}, RMS(Δ)/RMS(y) {:.3}, common {:.3}, user part {:.3}, d {:.2e}, {:.0} s training",
                     step + 1,
                     diff(&l, &base_plain),
                     all / y_rms,
                     common / y_rms,
                     rest / y_rms,
-                    report.d
+                    report.d,
+                    train_time.as_secs_f64()
                 );
             }
         }
