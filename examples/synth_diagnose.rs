@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! cargo run --release --example synth_diagnose -- [--seed 0] [--free-steps 600] [--free-lr 0.01]
-//!     [--premier-steps 1200] [--every 200] [--dispersion Hinge] [--init FanInMatched]
+//!     [--premier-steps 4000] [--every 200] [--dispersion Hinge] [--init FanInMatched]
 //!     [--d0 1e-4] [--growth-rate 1] [--draws 2]
 //! ```
 
@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, default_value_t = 0.01)]
     free_lr: f64,
     /// Stage-1 steps of Premier (0 skips it).
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 4000)]
     premier_steps: usize,
     /// Validation every this many steps.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
