@@ -13,9 +13,12 @@
 //!
 //! ```text
 //! cargo run --release --example synth_diagnose -- [--seed 0] [--free-steps 600] [--free-lr 0.01]
-//!     [--premier-steps 4000] [--every 200] [--dispersion Hinge] [--init FanInMatched]
-//!     [--d0 1e-4] [--growth-rate 1] [--draws 2]
+//!     [--premier-steps N] [--every 200] [--dispersion Hinge] [--init FanInMatched]
+//!     [--d0 X] [--growth-rate 1] [--draws 2] [--batch N]
 //! ```
+//!
+//! Stage-1 steps, batch, d0, the user table's shape and the evaluation set default to the
+//! quickstart's (`ExperimentConfig::default()`), so the diagnosis trains what the quickstart trains.
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module, Param};
@@ -27,6 +30,7 @@ use premier::mmdit::{Flux, TextModulation};
 use premier::synth::base::{shipped_base_dir, SynthBase};
 use premier::synth::codec::{encode, LATENT_HW};
 use premier::synth::evaluate::{clustered, paired, EvalSet, ImageScore, Method};
+use premier::synth::experiment::ExperimentConfig;
 use premier::synth::text::load_tokenizer;
 use premier::synth::world::{World, WorldConfig};
 use premier::text::TextConditioning;
@@ -53,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 0.01)]
     free_lr: f64,
     /// Stage-1 steps of Premier (0 skips it).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = ExperimentConfig::default().stage1_steps)]
     premier_steps: usize,
     /// Validation every this many steps.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
@@ -62,7 +66,7 @@ struct Args {
     #[arg(long, default_value = "Hinge")]
     dispersion: String,
     /// Premier's Prodigy d0.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = ExperimentConfig::default().stage1_d0)]
     d0: f64,
     /// Prodigy's growth rate (1 freezes d at d0: Adam at lr d0).
     #[arg(long, default_value_t = f64::INFINITY)]
@@ -74,7 +78,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     draws: usize,
     /// Users (distinct) per stage-1 and free-Δ batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = ExperimentConfig::default().batch_size)]
     batch: usize,
 }
 
@@ -261,7 +265,8 @@ fn main() -> anyhow::Result<()> {
         diff(&base_told, &base_plain)
     );
 
-    let eval = EvalSet::new(6, 2, args.seed);
+    let quickstart = ExperimentConfig::default();
+    let eval = EvalSet::new(quickstart.eval_prompts, quickstart.eval_seeds, args.seed);
     let train_users: Vec<usize> = (0..users).collect();
     // Each method's images scored on the trained users (same prompts and noise for all).
     let scores_of = |method: Method<'_, Infer>| -> anyhow::Result<Vec<ImageScore>> {
@@ -361,7 +366,7 @@ fn main() -> anyhow::Result<()> {
         Train::seed(&device, args.seed.wrapping_add(1));
         let adapter_config = AdapterConfig::small(
             all_prompts.tokens.dims()[2],
-            32,
+            quickstart.user_dim,
             inner.flux.hidden_size(),
             inner.flux.depth(),
         );
@@ -376,8 +381,8 @@ fn main() -> anyhow::Result<()> {
             users: UserTable::<Train>::init(
                 UserShape {
                     users,
-                    tokens: 4,
-                    dim: 32,
+                    tokens: quickstart.user_tokens,
+                    dim: quickstart.user_dim,
                 },
                 &device,
             ),

@@ -96,10 +96,9 @@ impl Default for ExperimentConfig {
             stage1_d0: 1e-4,
             stage1_growth_rate: None,
             adapter_init: AdapterInit::FanInMatched,
-            // Kept by the rule in docs/synth.md on seeds 1 and 2: no dispersion gained the most
-            // but its Δ grew 1.6× from step 600 to 1200 on seed 2 (the rule's runaway cut is
-            // 1.5×); the released squared L2 was best of the rest and the hinge within one
-            // standard error of it.
+            // Kept by the rule in docs/synth.md on seeds 1 and 2 (third decision, at 4000
+            // steps): the released squared L2 gained the most and the hinge was within one
+            // pooled standard error of it.
             dispersion: Stage1Config::default().dispersion,
             cold_start_steps: 150,
             cold_start_batch: 2,
