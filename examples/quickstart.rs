@@ -23,6 +23,7 @@ use premier::synth::experiment::{run, seed_dir, ExperimentConfig, Progress};
 use premier::synth::report::{summary, Report};
 use premier::train::adamw::AdamWConfig;
 use premier::train::prodigy::ProdigyConfig;
+use premier::train::schedule::StepDecay;
 use premier::train::stage2::ColdStartOptimizer;
 
 /// One indicatif bar per phase, with ETA.
@@ -95,6 +96,10 @@ struct Args {
     /// Prodigy's bound on d's growth per step in stage 1 (1 freezes d at d0).
     #[arg(long)]
     stage1_growth_rate: Option<f64>,
+    /// How stage 1's step ends: constant, cosine (over the whole run) or cosine-tail:N (the
+    /// last N steps).
+    #[arg(long)]
+    stage1_lr_schedule: Option<StepDecay>,
     /// Cold-start steps.
     #[arg(long)]
     cold_start_steps: Option<usize>,
@@ -152,6 +157,9 @@ fn main() -> anyhow::Result<()> {
         if let Some(rate) = args.stage1_growth_rate {
             anyhow::ensure!(rate >= 1.0, "--stage1-growth-rate must be at least 1");
             config.stage1_growth_rate = Some(rate);
+        }
+        if let Some(decay) = args.stage1_lr_schedule {
+            config.stage1_decay = decay;
         }
         if let Some(steps) = args.cold_start_steps {
             config.cold_start_steps = steps;

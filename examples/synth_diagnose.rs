@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! cargo run --release --example synth_diagnose -- [--seed 0] [--free-steps 600] [--free-lr 0.01]
-//!     [--premier-steps N] [--every 200] [--dispersion Hinge] [--init FanInMatched]
+//!     [--premier-steps N] [--every 200] [--dispersion None] [--init FanInMatched]
 //!     [--d0 X] [--growth-rate 1] [--draws 2] [--batch N]
 //! ```
 //!
@@ -38,6 +38,7 @@ use premier::train::adamw::{AdamW, AdamWConfig};
 use premier::train::params::{apply, gradients, scalar};
 use premier::train::prodigy::ProdigyConfig;
 use premier::train::sampler::UserBatchSampler;
+use premier::train::schedule::StepDecay;
 use premier::train::stage1::{
     modulated_flow_loss, step_noise, FlowBatch, Stage1Batch, Stage1Config, Stage1Model,
     Stage1Trainer,
@@ -62,12 +63,17 @@ struct Args {
     /// Validation every this many steps.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     every: u64,
-    /// Premier's dispersion: Hinge, Stable, Released, Dispersive or None.
-    #[arg(long, default_value = "Hinge")]
-    dispersion: String,
+    /// Premier's dispersion: Hinge, Stable, Released, Dispersive or None (default: the
+    /// quickstart's).
+    #[arg(long)]
+    dispersion: Option<String>,
     /// Premier's Prodigy d0.
     #[arg(long, default_value_t = ExperimentConfig::default().stage1_d0)]
     d0: f64,
+    /// How Premier's step ends: constant, cosine (over the whole run) or cosine-tail:N (the
+    /// last N steps) (default: the quickstart's).
+    #[arg(long)]
+    lr_schedule: Option<StepDecay>,
     /// Prodigy's growth rate (1 freezes d at d0: Adam at lr d0).
     #[arg(long, default_value_t = f64::INFINITY)]
     growth_rate: f64,
@@ -388,13 +394,20 @@ fn main() -> anyhow::Result<()> {
             ),
         };
         let config = Stage1Config {
-            dispersion: DispersionVariant::parse_choice(&args.dispersion)
-                .map_err(|e| anyhow::anyhow!("--dispersion: {e}"))?,
+            dispersion: match &args.dispersion {
+                Some(name) => DispersionVariant::parse_choice(name)
+                    .map_err(|e| anyhow::anyhow!("--dispersion: {e}"))?,
+                None => quickstart.dispersion,
+            },
             optimizer: ProdigyConfig {
                 d0: args.d0,
                 growth_rate: args.growth_rate,
                 ..ProdigyConfig::premier()
             },
+            lr_schedule: args
+                .lr_schedule
+                .unwrap_or(quickstart.stage1_decay)
+                .schedule(args.premier_steps as u64),
             seed: args.seed,
             ..Stage1Config::default()
         };

@@ -13,6 +13,7 @@
 //!   frozen backbone);
 //! - [`checkpoint`]: stage-1 checkpoints (atomic, keep the last K) that resume bit for bit;
 //! - [`sampler`]: batches of distinct users, reproducible per step;
+//! - [`schedule`]: the learning-rate multiplier by step (constant as released, or a cosine tail);
 //! - [`metrics`]: per-step JSONL metrics and the loss-curve PNG;
 //! - [`encode`]: the loop of `premier encode` (images and captions through any [`encode::Encoders`]
 //!   into a cache, resumable);
@@ -34,5 +35,6 @@ pub mod params;
 pub mod prodigy;
 pub mod run;
 pub mod sampler;
+pub mod schedule;
 pub mod stage1;
 pub mod stage2;

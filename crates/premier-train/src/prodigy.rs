@@ -148,6 +148,12 @@ impl<B: Backend> Prodigy<B> {
         &self.config
     }
 
+    /// Sets the learning rate of the next steps, as a scheduler sets `param_groups[0]["lr"]`
+    /// of the reference (it scales the step and d's numerator alike).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
     /// The current step size estimate.
     pub fn d(&self) -> f64 {
         self.scalars.d

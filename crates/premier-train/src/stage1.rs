@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::params::{apply, gradients, scalar};
 use crate::prodigy::{Prodigy, ProdigyConfig};
+use crate::schedule::LrSchedule;
 
 /// Which prompt the dispersion loss sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -46,6 +47,8 @@ pub struct Stage1Config {
     /// Global gradient-norm clip (0.5 as released); `None` disables it.
     pub clip_norm: Option<f64>,
     pub optimizer: ProdigyConfig,
+    /// Multiplies `optimizer.lr` by step (constant as released).
+    pub lr_schedule: LrSchedule,
     /// Seed of the per-step noise and times: step `k` always draws the same, so a resumed run
     /// continues exactly.
     pub seed: u64,
@@ -94,6 +97,7 @@ impl Default for Stage1Config {
             guidance: 1.0,
             clip_norm: Some(0.5),
             optimizer: ProdigyConfig::premier(),
+            lr_schedule: LrSchedule::Constant,
             seed: 0,
         }
     }
@@ -421,6 +425,7 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
             });
         }
         let optimizer = &mut self.optimizer;
+        optimizer.set_lr(self.config.optimizer.lr * self.config.lr_schedule.factor(self.step));
         let (model, grad_norm) = apply(
             self.model.clone(),
             sum.unwrap_or_default(),

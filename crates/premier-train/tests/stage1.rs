@@ -270,3 +270,43 @@ fn the_default_dispersion_keeps_delta_bounded_where_the_paper_l2_runs_away() {
         "the paper's L2 was expected to run away: {paper_last} vs {flow_last}"
     );
 }
+
+#[test]
+fn a_cosine_tail_follows_the_constant_run_then_stops_moving_at_its_end() {
+    use premier_train::schedule::StepDecay;
+    // One draw for both runs: the backend's seed is global, and other tests draw concurrently.
+    let s = setup();
+    let run = |decay: StepDecay, steps: usize| {
+        let config = Stage1Config {
+            lr_schedule: decay.schedule(4),
+            ..config(false)
+        };
+        let mut trainer = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config);
+        let mut after = Vec::new();
+        for _ in 0..steps {
+            trainer
+                .step_with(&s.batch, s.noise.clone(), s.t.clone())
+                .unwrap();
+            after.push(bits(flat_values(&trainer.model)));
+        }
+        after
+    };
+    let constant = run(StepDecay::None, 6);
+    let tail = run(StepDecay::CosineTail(2), 6);
+    // Steps 1–3 take the full step (the tail's cosine starts at 1): the constant run, bit for
+    // bit. Step 4 takes half a step; steps 5 and 6 are past the schedule's end (factor 0).
+    assert!(
+        tail[..3] == constant[..3],
+        "the steps before the decay differ"
+    );
+    assert!(tail[3] != constant[3], "the half step equals the full one");
+    assert!(tail[3] != tail[2], "the tail's last step moved nothing");
+    assert!(
+        tail[4] == tail[3],
+        "a step past the schedule's end moved the parameters"
+    );
+    assert!(
+        tail[5] == tail[3],
+        "a step past the schedule's end moved the parameters"
+    );
+}
