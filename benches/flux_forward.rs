@@ -84,6 +84,13 @@ fn parts(c: &mut Criterion) {
             .into_data()
         })
     });
+    // The same attention through `FluxOps` (Flex's fused kernel), heads merged as the model
+    // needs them (the burn call above leaves them split).
+    group.bench_function("fused_attention_8x1088x64", |b| {
+        b.iter(|| {
+            premier::mmdit::fused::flux_attention(q.clone(), k.clone(), v.clone()).into_data()
+        })
+    });
     group.bench_function("linear_512x2048_1088tok", |b| {
         b.iter(|| linear.forward(x.clone()).into_data())
     });
@@ -96,5 +103,49 @@ fn parts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward, parts);
+/// One attention forward + backward under autodiff at the medium size: burn's differentiated
+/// fallback (which keeps the [8, 1088, 1088] softmax) against `FluxOps`' fused node.
+fn attention_training(c: &mut Criterion) {
+    use burn::backend::Autodiff;
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use premier::mmdit::fused::flux_attention;
+    type AB = Autodiff<Flex>;
+
+    let device = Default::default();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let qkv: Vec<Tensor<Flex, 4>> = (0..3)
+        .map(|_| Tensor::random([1, 8, 1088, 64], normal, &device))
+        .collect();
+    let w = Tensor::<Flex, 3>::random([1, 1088, 512], normal, &device);
+    let step = |fused: bool| {
+        let [q, k, v] =
+            [0, 1, 2].map(|i| Tensor::<AB, 4>::from_inner(qkv[i].clone()).require_grad());
+        let out = if fused {
+            flux_attention(q.clone(), k.clone(), v.clone())
+        } else {
+            attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            )
+            .swap_dims(1, 2)
+            .reshape([1, 1088, 512])
+        };
+        let grads = (out * Tensor::from_inner(w.clone())).sum().backward();
+        q.grad(&grads).unwrap().into_data()
+    };
+    let mut group = c.benchmark_group("flux_attention_train_medium");
+    group.sample_size(10);
+    group.bench_function("burn_fallback_fwd_bwd_8x1088x64", |b| {
+        b.iter(|| step(false))
+    });
+    group.bench_function("fused_fwd_bwd_8x1088x64", |b| b.iter(|| step(true)));
+    group.finish();
+}
+
+criterion_group!(benches, forward, parts, attention_training);
 criterion_main!(benches);

@@ -1,0 +1,85 @@
+//! The composite (tensor-op) forms of the fused ops: the defaults of [`super::FluxOps`] and the
+//! references of its kernels' parity tests.
+
+use burn::prelude::*;
+use burn::tensor::module::attention as burn_attention;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+use burn::tensor::TensorPrimitive;
+
+fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+fn primitive<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
+    x.into_primitive().tensor()
+}
+
+/// burn's attention with the heads merged: what the model ran before `FluxOps`.
+/// q, k, v: `[B, H, T, D]` → `[B, T, H·D]`.
+pub fn attention<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor::<B, 4>(v));
+    let [b, h, n, d] = q.dims();
+    let options = AttentionModuleOptions {
+        scale: Some(scale),
+        ..Default::default()
+    };
+    primitive(
+        burn_attention(q, k, v, None, None, options)
+            .swap_dims(1, 2)
+            .reshape([b, n, h * d]),
+    )
+}
+
+/// The attention `[B, T, H·D]` and the row log-sum-exp of the scaled scores `[B, T, H]`.
+pub fn attention_with_lse<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor::<B, 4>(v));
+    let [b, h, n, d] = q.dims();
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale; // [B, H, T, T]
+    let max = scores.clone().max_dim(3); // [B, H, T, 1]
+    let exp = (scores - max.clone()).exp();
+    let sum = exp.clone().sum_dim(3);
+    let out = (exp / sum.clone()).matmul(v); // [B, H, T, D]
+    let lse = (max + sum.log()).reshape([b, h, n]).swap_dims(1, 2);
+    (
+        primitive(out.swap_dims(1, 2).reshape([b, n, h * d])),
+        primitive(lse),
+    )
+}
+
+/// (dq, dk, dv) `[B, H, T, D]` from the forward's out `[B, T, H·D]`, lse `[B, T, H]` and the
+/// output gradient `[B, T, H·D]`: P = exp(S − lse), dV = Pᵀ dO, dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O)),
+/// dQ = scale · dS K, dK = scale · dSᵀ Q.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    grad_out: FloatTensor<B>,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor::<B, 4>(v));
+    let [b, h, n, d] = q.dims();
+    let heads = |x| tensor::<B, 3>(x).reshape([b, n, h, d]).swap_dims(1, 2);
+    let (out, grad_out) = (heads(out), heads(grad_out));
+    let lse = tensor::<B, 3>(lse).swap_dims(1, 2).reshape([b, h, n, 1]);
+    let prob = (q.clone().matmul(k.clone().swap_dims(2, 3)) * scale - lse).exp();
+    let dv = prob.clone().swap_dims(2, 3).matmul(grad_out.clone());
+    let dp = grad_out.clone().matmul(v.swap_dims(2, 3));
+    let delta = (grad_out * out).sum_dim(3);
+    let ds = prob * (dp - delta);
+    let dq = ds.clone().matmul(k) * scale;
+    let dk = ds.swap_dims(2, 3).matmul(q) * scale;
+    (primitive(dq), primitive(dk), primitive(dv))
+}

@@ -1,0 +1,417 @@
+//! Fused attention kernels for `Flex` (CPU): a flash forward parallel over (batch, query block)
+//! that keeps the row log-sum-exp, and a FlashAttention-2 backward parallel over (batch, head)
+//! that recomputes the probabilities a block at a time. Each task writes its own rows, so the
+//! results are bit-deterministic whatever the thread count. f32 and f64 natively; half types
+//! are computed in f32, as burn-flex's own attention does.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, FloatDType, TensorData, TensorMetadata};
+use rayon::prelude::*;
+
+use super::FluxOps;
+
+/// Query and key rows per block.
+const BLOCK: usize = 64;
+
+impl FluxOps for Flex {
+    const FUSED_ATTENTION: bool = true;
+
+    fn flux_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, scale: f64) -> FlexTensor {
+        Self::flux_attention_fwd(q, k, v, scale).0
+    }
+
+    fn flux_attention_fwd(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        scale: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        match q.dtype() {
+            DType::F64 => forward::<f64>(&q, &k, &v, scale),
+            DType::F32 => forward::<f32>(&q, &k, &v, scale),
+            dtype => {
+                let (out, lse) = forward::<f32>(&up(q), &up(k), &up(v), scale);
+                (down(out, dtype), lse)
+            }
+        }
+    }
+
+    fn flux_attention_bwd(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        out: FlexTensor,
+        lse: FlexTensor,
+        grad_out: FlexTensor,
+        scale: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        match q.dtype() {
+            DType::F64 => backward::<f64>([&q, &k, &v, &out, &lse, &grad_out], scale),
+            DType::F32 => backward::<f32>([&q, &k, &v, &out, &lse, &grad_out], scale),
+            dtype => {
+                let [q, k, v, out, lse, grad_out] = [q, k, v, out, lse, grad_out].map(up);
+                let (dq, dk, dv) = backward::<f32>([&q, &k, &v, &out, &lse, &grad_out], scale);
+                (down(dq, dtype), down(dk, dtype), down(dv, dtype))
+            }
+        }
+    }
+}
+
+fn up(x: FlexTensor) -> FlexTensor {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        Flex::float_cast(x, FloatDType::F32)
+    }
+}
+
+fn down(x: FlexTensor, dtype: DType) -> FlexTensor {
+    Flex::float_cast(x, dtype.into())
+}
+
+/// The float types the kernels run in.
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+    + burn::tensor::Element
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+    fn of(x: f64) -> Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    /// The contiguous elements of `x`, copied only if it is a strided view.
+    fn values(x: &FlexTensor) -> Vec<Self>;
+}
+
+macro_rules! impl_real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn values(x: &FlexTensor) -> Vec<Self> {
+                let x = x.to_contiguous();
+                x.as_slice::<$t>()
+                    .expect("contiguous, dtype checked")
+                    .to_vec()
+            }
+        }
+    };
+}
+impl_real!(f32);
+impl_real!(f64);
+
+fn dims4(x: &FlexTensor) -> [usize; 4] {
+    let shape = x.shape();
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+fn tensor<T: Real>(values: Vec<T>, shape: [usize; 3]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn tensor4<T: Real>(values: Vec<T>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// dst (m×n) = [dst +] alpha · lhs (m×k) · rhs (k×n), row-major views given by their column
+/// and row strides; one thread (the kernels parallelise around it).
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Real>(
+    [m, n, k]: [usize; 3],
+    dst: &mut [T],
+    [dst_cs, dst_rs]: [usize; 2],
+    accumulate: bool,
+    lhs: &[T],
+    [lhs_cs, lhs_rs]: [usize; 2],
+    rhs: &[T],
+    [rhs_cs, rhs_rs]: [usize; 2],
+    alpha: T,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The last element each operand touches must lie inside its slice.
+    let last = |cs: usize, rs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(dst_cs, dst_rs, m, n) < dst.len());
+    if k > 0 {
+        assert!(last(lhs_cs, lhs_rs, m, k) < lhs.len());
+        assert!(last(rhs_cs, rhs_rs, k, n) < rhs.len());
+    }
+    // SAFETY: every index the product reads or writes is bounded above, and dst does not alias
+    // lhs or rhs (a &mut and two & borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ONE,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// q, k, v `[B, H, T, D]` → (out `[B, T, H·D]`, lse `[B, T, H]`), online softmax over key
+/// blocks; a task per (batch, block of query rows), the heads in turn.
+fn forward<T: Real>(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    scale: f64,
+) -> (FlexTensor, FlexTensor) {
+    let [b, h, n, d] = dims4(q);
+    let (qs, ks, vs) = (T::values(q), T::values(k), T::values(v));
+    let hd = h * d;
+    let scale = T::of(scale);
+    let mut out = vec![T::ZERO; b * n * hd];
+    let mut lse = vec![T::ZERO; b * n * h];
+    if b * n * hd > 0 {
+        out.par_chunks_mut(n * hd)
+            .zip(lse.par_chunks_mut(n * h))
+            .enumerate()
+            .for_each(|(bi, (out_b, lse_b))| {
+                out_b
+                    .par_chunks_mut(BLOCK * hd)
+                    .zip(lse_b.par_chunks_mut(BLOCK * h))
+                    .enumerate()
+                    .for_each(|(block, (out_rows, lse_rows))| {
+                        let q0 = block * BLOCK;
+                        let rows = out_rows.len() / hd;
+                        let mut scores = vec![T::ZERO; rows * BLOCK];
+                        let mut acc = vec![T::ZERO; rows * d];
+                        let mut max = vec![T::NEG_INFINITY; rows];
+                        let mut sum = vec![T::ZERO; rows];
+                        for hi in 0..h {
+                            let base = (bi * h + hi) * n * d;
+                            let qh = &qs[base + q0 * d..base + (q0 + rows) * d];
+                            let (kh, vh) = (&ks[base..base + n * d], &vs[base..base + n * d]);
+                            acc.fill(T::ZERO);
+                            max.fill(T::NEG_INFINITY);
+                            sum.fill(T::ZERO);
+                            for k0 in (0..n).step_by(BLOCK) {
+                                let cols = BLOCK.min(n - k0);
+                                let s = &mut scores[..rows * cols];
+                                // s = Q_i K_jᵀ
+                                gemm(
+                                    [rows, cols, d],
+                                    s,
+                                    [1, cols],
+                                    false,
+                                    qh,
+                                    [1, d],
+                                    &kh[k0 * d..],
+                                    [d, 1],
+                                    T::ONE,
+                                );
+                                for r in 0..rows {
+                                    let row = &mut s[r * cols..(r + 1) * cols];
+                                    let mut m = max[r];
+                                    for x in row.iter_mut() {
+                                        *x = *x * scale;
+                                        if *x > m {
+                                            m = *x;
+                                        }
+                                    }
+                                    // exp(−∞) = 0 on the first block.
+                                    let correction = (max[r] - m).exp();
+                                    let mut block_sum = T::ZERO;
+                                    for x in row.iter_mut() {
+                                        *x = (*x - m).exp();
+                                        block_sum += *x;
+                                    }
+                                    for a in &mut acc[r * d..(r + 1) * d] {
+                                        *a = *a * correction;
+                                    }
+                                    sum[r] = sum[r] * correction + block_sum;
+                                    max[r] = m;
+                                }
+                                // acc += P V_j
+                                gemm(
+                                    [rows, d, cols],
+                                    &mut acc,
+                                    [1, d],
+                                    true,
+                                    s,
+                                    [1, cols],
+                                    &vh[k0 * d..],
+                                    [1, d],
+                                    T::ONE,
+                                );
+                            }
+                            for r in 0..rows {
+                                let inv = T::ONE / sum[r];
+                                let dst = &mut out_rows[r * hd + hi * d..r * hd + (hi + 1) * d];
+                                for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                                    *o = *a * inv;
+                                }
+                                lse_rows[r * h + hi] = max[r] + sum[r].ln();
+                            }
+                        }
+                    });
+            });
+    }
+    (tensor(out, [b, n, hd]), tensor(lse, [b, n, h]))
+}
+
+/// (dq, dk, dv) `[B, H, T, D]`; a task per (batch, head) owns its three `[T, D]` slices.
+fn backward<T: Real>(
+    [q, k, v, out, lse, grad_out]: [&FlexTensor; 6],
+    scale: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let [b, h, n, d] = dims4(q);
+    let (qs, ks, vs) = (T::values(q), T::values(k), T::values(v));
+    let (os, dos, ls) = (T::values(out), T::values(grad_out), T::values(lse));
+    let hd = h * d;
+    let scale = T::of(scale);
+    let mut dq = vec![T::ZERO; b * h * n * d];
+    let mut dk = vec![T::ZERO; b * h * n * d];
+    let mut dv = vec![T::ZERO; b * h * n * d];
+    if b * h * n * d > 0 {
+        dq.par_chunks_mut(n * d)
+            .zip(dk.par_chunks_mut(n * d))
+            .zip(dv.par_chunks_mut(n * d))
+            .enumerate()
+            .for_each(|(task, ((dqh, dkh), dvh))| {
+                let (bi, hi) = (task / h, task % h);
+                let base = task * n * d;
+                let (qh, kh, vh) = (
+                    &qs[base..base + n * d],
+                    &ks[base..base + n * d],
+                    &vs[base..base + n * d],
+                );
+                // Row t of this head in [B, T, H·D]: offset + t·hd.
+                let offset = bi * n * hd + hi * d;
+                let (oh, doh) = (&os[offset..], &dos[offset..]);
+                let lse_at = |t: usize| ls[(bi * n + t) * h + hi];
+                // rowsum(dO ∘ O)
+                let delta: Vec<T> = (0..n)
+                    .map(|t| {
+                        let mut acc = T::ZERO;
+                        for j in 0..d {
+                            acc += doh[t * hd + j] * oh[t * hd + j];
+                        }
+                        acc
+                    })
+                    .collect();
+                let mut p = vec![T::ZERO; BLOCK * BLOCK];
+                let mut dp = vec![T::ZERO; BLOCK * BLOCK];
+                for k0 in (0..n).step_by(BLOCK) {
+                    let cols = BLOCK.min(n - k0);
+                    for q0 in (0..n).step_by(BLOCK) {
+                        let rows = BLOCK.min(n - q0);
+                        let (p, dp) = (&mut p[..rows * cols], &mut dp[..rows * cols]);
+                        let qi = &qh[q0 * d..];
+                        // P = exp(scale · Q_i K_jᵀ − lse)
+                        gemm(
+                            [rows, cols, d],
+                            p,
+                            [1, cols],
+                            false,
+                            qi,
+                            [1, d],
+                            &kh[k0 * d..],
+                            [d, 1],
+                            T::ONE,
+                        );
+                        for r in 0..rows {
+                            let l = lse_at(q0 + r);
+                            for x in &mut p[r * cols..(r + 1) * cols] {
+                                *x = (*x * scale - l).exp();
+                            }
+                        }
+                        // dV_j += Pᵀ dO_i
+                        gemm(
+                            [cols, d, rows],
+                            &mut dvh[k0 * d..],
+                            [1, d],
+                            true,
+                            p,
+                            [cols, 1],
+                            &doh[q0 * hd..],
+                            [1, hd],
+                            T::ONE,
+                        );
+                        // dP = dO_i V_jᵀ, then dS = P ∘ (dP − delta)
+                        gemm(
+                            [rows, cols, d],
+                            dp,
+                            [1, cols],
+                            false,
+                            &doh[q0 * hd..],
+                            [1, hd],
+                            &vh[k0 * d..],
+                            [d, 1],
+                            T::ONE,
+                        );
+                        for r in 0..rows {
+                            let dr = delta[q0 + r];
+                            for c in 0..cols {
+                                let i = r * cols + c;
+                                dp[i] = p[i] * (dp[i] - dr);
+                            }
+                        }
+                        // dQ_i += scale · dS K_j; dK_j += scale · dSᵀ Q_i
+                        gemm(
+                            [rows, d, cols],
+                            &mut dqh[q0 * d..],
+                            [1, d],
+                            true,
+                            dp,
+                            [1, cols],
+                            &kh[k0 * d..],
+                            [1, d],
+                            scale,
+                        );
+                        gemm(
+                            [cols, d, rows],
+                            &mut dkh[k0 * d..],
+                            [1, d],
+                            true,
+                            dp,
+                            [cols, 1],
+                            qi,
+                            [1, d],
+                            scale,
+                        );
+                    }
+                }
+            });
+    }
+    let shape = [b, h, n, d];
+    (tensor4(dq, shape), tensor4(dk, shape), tensor4(dv, shape))
+}

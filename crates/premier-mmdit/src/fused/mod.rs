@@ -1,0 +1,86 @@
+//! `FluxOps`: a backend extension for FLUX's hot ops (issue 12; design in docs/design-fluxops.md).
+//!
+//! The default methods are the composite tensor ops the model has always run, so CUDA and wgpu
+//! keep their behaviour; `Flex` overrides them with fused CPU kernels (`flex.rs`), and
+//! `Autodiff<B>` records a fused op as one node with its own backward (`autodiff.rs`), keeping
+//! O(T) memory per attention call instead of the `[B, H, T, T]` softmax.
+
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorPrimitive;
+
+mod autodiff;
+pub mod composite;
+#[cfg(feature = "flex")]
+mod flex;
+
+/// FLUX's attention and its backward as backend ops; the defaults are composites.
+pub trait FluxOps: Backend {
+    /// True when [`FluxOps::flux_attention_fwd`] and [`FluxOps::flux_attention_bwd`] are native
+    /// kernels: the autodiff decorator then records one fused node instead of differentiating
+    /// the composite.
+    const FUSED_ATTENTION: bool = false;
+
+    /// softmax(q·kᵀ·scale)·v with the heads merged. q, k, v: `[B, H, T, D]` → `[B, T, H·D]`.
+    fn flux_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        composite::attention::<Self>(q, k, v, scale)
+    }
+
+    /// [`FluxOps::flux_attention`] and the log-sum-exp of each row of scaled scores, `[B, T, H]`.
+    fn flux_attention_fwd(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composite::attention_with_lse::<Self>(q, k, v, scale)
+    }
+
+    /// (dq, dk, dv), each `[B, H, T, D]`, from the forward's out `[B, T, H·D]` and lse
+    /// `[B, T, H]` and the output gradient `[B, T, H·D]`.
+    #[allow(clippy::too_many_arguments)]
+    fn flux_attention_bwd(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composite::attention_backward::<Self>(q, k, v, out, lse, grad_out, scale)
+    }
+}
+
+/// FLUX's attention, scale 1/√D. q, k, v: `[B, H, T, D]` → `[B, T, H·D]`.
+pub fn flux_attention<B: FluxOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 3> {
+    let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+    let out = B::flux_attention(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        scale,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+// The GPU backends keep the composites until they get kernels of their own. Concrete float types:
+// `CubeBackend`'s element bounds are not nameable from here.
+#[cfg(feature = "cuda")]
+impl FluxOps for burn::backend::Cuda<f32> {}
+#[cfg(feature = "cuda")]
+impl FluxOps for burn::backend::Cuda<half::bf16> {}
+#[cfg(feature = "cuda")]
+impl FluxOps for burn::backend::Cuda<half::f16> {}
+
+#[cfg(feature = "wgpu")]
+impl FluxOps for burn::backend::Wgpu<f32> {}

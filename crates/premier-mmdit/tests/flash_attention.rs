@@ -1,0 +1,342 @@
+//! The fused attention of `FluxOps` on Flex against the composite (burn's attention, and the
+//! composite backward), under Autodiff against burn's differentiated fallback, and against
+//! finite differences in f64. Shapes cover T below, at and past a 64-row block, and odd D.
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Distribution, TensorPrimitive};
+use premier_mmdit::fused::{composite, flux_attention};
+use premier_mmdit::FluxOps;
+
+type AB = Autodiff<Flex>;
+
+const SHAPES: [[usize; 4]; 7] = [
+    [1, 1, 1, 1],
+    [2, 3, 7, 5],
+    [1, 2, 63, 16],
+    [1, 2, 64, 16],
+    [2, 2, 65, 8],
+    [1, 1, 130, 3],
+    [1, 3, 200, 32],
+];
+
+fn random<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> Tensor<B, 4> {
+    let device = Default::default();
+    B::seed(&device, seed);
+    Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
+}
+
+fn qkv<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> [Tensor<B, 4>; 3] {
+    [0, 1, 2].map(|i| random::<B>(shape, dtype, seed * 3 + i))
+}
+
+fn prim<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
+    x.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+fn values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f64> {
+    x.cast(DType::F64).into_data().to_vec::<f64>().unwrap()
+}
+
+/// max |a − b| / max |b|.
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    diff / scale.max(f64::MIN_POSITIVE)
+}
+
+fn scale_of(shape: [usize; 4]) -> f64 {
+    1.0 / (shape[3] as f64).sqrt()
+}
+
+#[test]
+fn forward_matches_burns_attention_in_f32_and_f64() {
+    let mut shapes = SHAPES.to_vec();
+    // The benchmark's shape: burn-flex's own flash branch (T² above its naive budget).
+    shapes.push([1, 8, 1088, 64]);
+    for shape in shapes {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+            let [q, k, v] = qkv::<Flex>(shape, dtype, 1);
+            let scale = scale_of(shape);
+            let fused = <Flex as FluxOps>::flux_attention(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                scale,
+            );
+            let fused = tensor::<Flex, 3>(fused);
+            assert_eq!(fused.dtype(), dtype);
+            let reference = tensor::<Flex, 3>(composite::attention::<Flex>(
+                prim(q),
+                prim(k),
+                prim(v),
+                scale,
+            ));
+            let r = rel(&values(fused), &values(reference));
+            assert!(r <= tol, "{shape:?} {dtype:?}: rel {r:e}");
+        }
+    }
+}
+
+#[test]
+fn lse_matches_the_composite_and_large_logits_stay_finite() {
+    for shape in SHAPES {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+            let [q, k, v] = qkv::<Flex>(shape, dtype, 2);
+            // Scores of tens: a naive exp would overflow f32.
+            let q = q * 30.0;
+            let scale = scale_of(shape);
+            let (out, lse) = <Flex as FluxOps>::flux_attention_fwd(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                scale,
+            );
+            let (out_ref, lse_ref) =
+                composite::attention_with_lse::<Flex>(prim(q), prim(k), prim(v), scale);
+            let (out, out_ref) = (
+                values(tensor::<Flex, 3>(out)),
+                values(tensor::<Flex, 3>(out_ref)),
+            );
+            assert!(out.iter().all(|x| x.is_finite()), "{shape:?}");
+            let r = rel(&out, &out_ref);
+            assert!(r <= tol, "{shape:?} {dtype:?} out: rel {r:e}");
+            let r = rel(
+                &values(tensor::<Flex, 3>(lse)),
+                &values(tensor::<Flex, 3>(lse_ref)),
+            );
+            assert!(r <= tol, "{shape:?} {dtype:?} lse: rel {r:e}");
+        }
+    }
+}
+
+#[test]
+fn backward_kernel_matches_the_composite_backward() {
+    for shape in SHAPES {
+        for (dtype, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
+            let [q, k, v] = qkv::<Flex>(shape, dtype, 3);
+            let [b, h, n, d] = shape;
+            let grad_out = random::<Flex>([b, n, h, d], dtype, 99).reshape([b, n, h * d]);
+            let scale = scale_of(shape);
+            let (out, lse) = composite::attention_with_lse::<Flex>(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                scale,
+            );
+            let args = || {
+                (
+                    prim(q.clone()),
+                    prim(k.clone()),
+                    prim(v.clone()),
+                    out.clone(),
+                    lse.clone(),
+                    prim(grad_out.clone()),
+                )
+            };
+            let (q1, k1, v1, o1, l1, g1) = args();
+            let fused = <Flex as FluxOps>::flux_attention_bwd(q1, k1, v1, o1, l1, g1, scale);
+            let (q2, k2, v2, o2, l2, g2) = args();
+            let reference = composite::attention_backward::<Flex>(q2, k2, v2, o2, l2, g2, scale);
+            for (name, a, b) in [
+                ("dq", fused.0, reference.0),
+                ("dk", fused.1, reference.1),
+                ("dv", fused.2, reference.2),
+            ] {
+                let r = rel(&values(tensor::<Flex, 4>(a)), &values(tensor::<Flex, 4>(b)));
+                assert!(r <= tol, "{shape:?} {dtype:?} {name}: rel {r:e}");
+            }
+        }
+    }
+}
+
+/// L = Σ attention(q, k, v) ∘ w, and the gradients of the tracked inputs.
+fn loss_and_grads<B: burn::tensor::backend::AutodiffBackend + FluxOps>(
+    [q, k, v]: [Tensor<B::InnerBackend, 4>; 3],
+    w: Tensor<B::InnerBackend, 3>,
+    tracked: [bool; 3],
+    fused: bool,
+) -> (f64, [Option<Vec<f64>>; 3]) {
+    let track = |x: Tensor<B::InnerBackend, 4>, t: bool| {
+        let x = Tensor::<B, 4>::from_inner(x);
+        if t {
+            x.require_grad()
+        } else {
+            x
+        }
+    };
+    let (q, k, v) = (
+        track(q, tracked[0]),
+        track(k, tracked[1]),
+        track(v, tracked[2]),
+    );
+    let out = if fused {
+        flux_attention(q.clone(), k.clone(), v.clone())
+    } else {
+        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        tensor::<B, 3>(composite::attention::<B>(
+            prim(q.clone()),
+            prim(k.clone()),
+            prim(v.clone()),
+            scale,
+        ))
+    };
+    let loss = (out * Tensor::from_inner(w)).sum();
+    let value = values(loss.clone().inner())[0];
+    let grads = loss.backward();
+    let grad = |x: &Tensor<B, 4>| x.grad(&grads).map(values);
+    (value, [grad(&q), grad(&k), grad(&v)])
+}
+
+fn weights(shape: [usize; 4], dtype: DType) -> Tensor<Flex, 3> {
+    let [b, h, n, d] = shape;
+    random::<Flex>([b, n, h, d], dtype, 7).reshape([b, n, h * d])
+}
+
+#[test]
+fn gradients_match_burns_differentiated_attention() {
+    assert!(<AB as FluxOps>::FUSED_ATTENTION);
+    for shape in SHAPES {
+        for (dtype, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
+            let inputs = qkv::<Flex>(shape, dtype, 4);
+            let w = weights(shape, dtype);
+            for tracked in [
+                [true; 3],
+                [false, false, true],
+                [true, false, false],
+                [false, true, false],
+            ] {
+                let (_, fused) = loss_and_grads::<AB>(inputs.clone(), w.clone(), tracked, true);
+                let (_, reference) =
+                    loss_and_grads::<AB>(inputs.clone(), w.clone(), tracked, false);
+                for (i, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                    assert_eq!(a.is_some(), tracked[i], "{shape:?} input {i}");
+                    if let (Some(a), Some(b)) = (a, b) {
+                        let r = rel(a, b);
+                        assert!(
+                            r <= tol,
+                            "{shape:?} {dtype:?} {tracked:?} input {i}: rel {r:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() {
+    let h = 1e-5;
+    for shape in [[2, 3, 7, 5], [2, 2, 65, 8], [1, 1, 130, 3]] {
+        let inputs = qkv::<Flex>(shape, DType::F64, 5);
+        let w = weights(shape, DType::F64);
+        let (_, grads) = loss_and_grads::<AB>(inputs.clone(), w.clone(), [true; 3], true);
+        let loss_at = |x: [Tensor<Flex, 4>; 3]| {
+            let out = flux_attention(x[0].clone(), x[1].clone(), x[2].clone());
+            values((out * w.clone()).sum())[0]
+        };
+        // Along a random direction in each input alone, then in all three together.
+        for moved in [
+            [true, false, false],
+            [false, true, false],
+            [false, false, true],
+            [true; 3],
+        ] {
+            let directions: Vec<Tensor<Flex, 4>> = (0..3)
+                .map(|i| random::<Flex>(shape, DType::F64, 50 + i as u64))
+                .collect();
+            let step = |sign: f64| -> [Tensor<Flex, 4>; 3] {
+                [0, 1, 2].map(|i| {
+                    if moved[i] {
+                        inputs[i].clone() + directions[i].clone() * (sign * h)
+                    } else {
+                        inputs[i].clone()
+                    }
+                })
+            };
+            let numeric = (loss_at(step(1.0)) - loss_at(step(-1.0))) / (2.0 * h);
+            let analytic: f64 = (0..3)
+                .filter(|&i| moved[i])
+                .map(|i| {
+                    let g = grads[i].as_ref().unwrap();
+                    g.iter()
+                        .zip(values(directions[i].clone()))
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+                })
+                .sum();
+            let r = (numeric - analytic).abs() / analytic.abs().max(1e-12);
+            assert!(
+                r <= 1e-6,
+                "{shape:?} {moved:?}: numeric {numeric} analytic {analytic} rel {r:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn untracked_inputs_run_the_plain_kernel_bit_for_bit() {
+    let shape = [2, 2, 65, 8];
+    let [q, k, v] = qkv::<Flex>(shape, DType::F32, 6);
+    let plain = values(flux_attention(q.clone(), k.clone(), v.clone()));
+    let lifted = flux_attention::<AB>(
+        Tensor::from_inner(q),
+        Tensor::from_inner(k),
+        Tensor::from_inner(v),
+    );
+    assert_eq!(values(lifted.inner()), plain);
+}
+
+#[test]
+fn checkpointing_strategies_give_the_same_gradients() {
+    type Balanced = Autodiff<Flex, BalancedCheckpointing>;
+    let shape = [2, 2, 65, 8];
+    let inputs = qkv::<Flex>(shape, DType::F32, 8);
+    let w = weights(shape, DType::F32);
+    // A memory-bound op before the attention, so the balanced strategy recomputes it.
+    let run = |balanced: bool| {
+        let pre = inputs.clone().map(|x| x * 1.5 + 0.1);
+        if balanced {
+            loss_and_grads::<Balanced>(pre, w.clone(), [true; 3], true).1
+        } else {
+            loss_and_grads::<AB>(pre, w.clone(), [true; 3], true).1
+        }
+    };
+    assert_eq!(run(true), run(false));
+}
+
+#[test]
+fn deterministic_across_runs() {
+    let shape = [1, 3, 200, 32];
+    let inputs = qkv::<Flex>(shape, DType::F32, 9);
+    let w = weights(shape, DType::F32);
+    let first = loss_and_grads::<AB>(inputs.clone(), w.clone(), [true; 3], true);
+    let second = loss_and_grads::<AB>(inputs, w, [true; 3], true);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn half_precision_is_computed_in_f32() {
+    let shape = [1, 2, 65, 16];
+    let [q, k, v] = qkv::<Flex>(shape, DType::F32, 10);
+    let full = values(flux_attention(q.clone(), k.clone(), v.clone()));
+    let half = flux_attention(
+        q.cast(DType::BF16),
+        k.cast(DType::BF16),
+        v.cast(DType::BF16),
+    );
+    assert_eq!(half.dtype(), DType::BF16);
+    let r = rel(&values(half), &full);
+    assert!(r <= 2e-2, "rel {r:e}");
+}
