@@ -94,8 +94,8 @@ trait Real:
     /// `x ← exp(x − shift)` over a slice, in a loop the compiler vectorises (f32: Cephes'
     /// polynomial, within 7.8e-8 relative (< 1 ulp) on [−87, 0.5], tested; f64: std).
     fn exp_shifted(xs: &mut [Self], shift: Self);
-    /// The contiguous elements of `x`, copied only if it is a strided view.
-    fn values(x: &FlexTensor) -> Vec<Self>;
+    /// The elements of a contiguous tensor (`to_contiguous` is an Arc clone when it already is), borrowed.
+    fn view(x: &FlexTensor) -> &[Self];
 }
 
 macro_rules! impl_real {
@@ -118,11 +118,8 @@ macro_rules! impl_real {
                     *x = $exp(*x - shift);
                 }
             }
-            fn values(x: &FlexTensor) -> Vec<Self> {
-                let x = x.to_contiguous();
-                x.as_slice::<$t>()
-                    .expect("contiguous, dtype checked")
-                    .to_vec()
+            fn view(x: &FlexTensor) -> &[Self] {
+                x.as_slice::<$t>().expect("contiguous, dtype checked")
             }
         }
     };
@@ -223,7 +220,8 @@ fn forward<T: Real>(
     scale: f64,
 ) -> (FlexTensor, FlexTensor) {
     let [b, h, n, d] = dims4(q);
-    let (qs, ks, vs) = (T::values(q), T::values(k), T::values(v));
+    let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
+    let (qs, ks, vs) = (T::view(&q), T::view(&k), T::view(&v));
     let hd = h * d;
     let scale = T::of(scale);
     let mut out = vec![T::ZERO; b * n * hd];
@@ -322,8 +320,10 @@ fn backward<T: Real>(
     scale: f64,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let [b, h, n, d] = dims4(q);
-    let (qs, ks, vs) = (T::values(q), T::values(k), T::values(v));
-    let (os, dos, ls) = (T::values(out), T::values(grad_out), T::values(lse));
+    let [q, k, v, out, lse, grad_out] =
+        [q, k, v, out, lse, grad_out].map(FlexTensor::to_contiguous);
+    let (qs, ks, vs) = (T::view(&q), T::view(&k), T::view(&v));
+    let (os, dos, ls) = (T::view(&out), T::view(&grad_out), T::view(&lse));
     let hd = h * d;
     let scale = T::of(scale);
     let mut dq = vec![T::ZERO; b * h * n * d];
