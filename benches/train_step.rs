@@ -1,5 +1,6 @@
 //! One stage-1 training step (forward through the frozen medium FLUX, backward into the scaled
-//! adapters and user table, Prodigy update), batch 2, on Flex (CPU).
+//! adapters and user table, Prodigy update), batch 2, on Flex (CPU): on one thread, and with the
+//! batch's rows split over two (`Stage1Trainer::with_workers`).
 //!
 //! ```text
 //! cargo bench --bench train_step
@@ -41,14 +42,15 @@ fn train_step(c: &mut Criterion) {
         users: vec![3, 11],
         null_text: Some(Tensor::random([1, 64, 256], normal, &device)),
     };
-    let mut trainer = Stage1Trainer::new(
-        flux,
-        Stage1Model { adapter, users },
-        Stage1Config::default(),
-    );
+    let model = Stage1Model { adapter, users };
     let mut group = c.benchmark_group("stage1_medium");
     group.sample_size(10);
-    group.bench_function("step_batch_2", |b| b.iter(|| trainer.step(&batch).unwrap()));
+    for workers in [1, 2] {
+        let mut trainer = Stage1Trainer::new(flux.clone(), model.clone(), Stage1Config::default())
+            .with_workers(workers);
+        let name = format!("step_batch_2_workers_{workers}");
+        group.bench_function(name, |b| b.iter(|| trainer.step(&batch).unwrap()));
+    }
     group.finish();
 }
 

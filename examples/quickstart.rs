@@ -100,6 +100,10 @@ struct Args {
     /// last N steps).
     #[arg(long)]
     stage1_lr_schedule: Option<StepDecay>,
+    /// Threads each stage-1 batch is split over (default 2, both cores; the same step up to
+    /// float rounding).
+    #[arg(long)]
+    stage1_workers: Option<usize>,
     /// Cold-start steps.
     #[arg(long)]
     cold_start_steps: Option<usize>,
@@ -160,6 +164,10 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(decay) = args.stage1_lr_schedule {
             config.stage1_decay = decay;
+        }
+        if let Some(workers) = args.stage1_workers {
+            anyhow::ensure!(workers >= 1, "--stage1-workers must be at least 1");
+            config.stage1_workers = workers;
         }
         if let Some(steps) = args.cold_start_steps {
             config.cold_start_steps = steps;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example synth_pretrain -- [--steps N] [--batch N] [--lr X] [--hidden N]
-//!     [--heads N] [--seed 0] [--init-from DIR] [--out DIR]
+//!     [--heads N] [--seed 0] [--init-from DIR] [--ema 0.999] [--workers 2] [--out DIR]
 //! ```
 //!
 //! `--init-from DIR` trains an existing base further (its width and heads; a fresh optimizer and
@@ -50,6 +50,17 @@ struct Args {
     /// Linear warmup steps before the cosine decay.
     #[arg(long, default_value_t = PretrainConfig::default().warmup_steps)]
     warmup: usize,
+    /// Return an exponential moving average of the weights with this decay per step (e.g.
+    /// 0.999) instead of the last weights.
+    #[arg(long)]
+    ema: Option<f64>,
+    /// Threads each batch is split over (1, the default, is the path that made the shipped
+    /// bases; more is the same step up to float rounding).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Seeds of the quality check's random styles and noise, comma-separated (one check each).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    check_seeds: Vec<u64>,
     /// Train nothing: print the quality check of the base already in the output folder.
     #[arg(long)]
     check_only: bool,
@@ -63,7 +74,16 @@ fn main() -> anyhow::Result<()> {
         lr: args.lr,
         seed: args.seed,
         warmup_steps: args.warmup,
+        ema_decay: args.ema,
+        workers: args.workers,
     };
+    if let Some(decay) = args.ema {
+        anyhow::ensure!(
+            (0.0..1.0).contains(&decay),
+            "--ema {decay}: must be in [0, 1)"
+        );
+    }
+    anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
     let out = args
         .out
         .unwrap_or_else(premier::synth::base::shipped_base_dir);
@@ -71,7 +91,9 @@ fn main() -> anyhow::Result<()> {
     if args.check_only {
         let (model, _) = SynthBase::<Flex>::load(&out, &device)?;
         let tokenizer = premier::synth::text::load_tokenizer(&out)?;
-        print_quality(&base_quality(&model, &tokenizer, 8, 1)?);
+        for &seed in &args.check_seeds {
+            print_quality(seed, &base_quality(&model, &tokenizer, 8, seed)?);
+        }
         return Ok(());
     }
     let (start_from, base_config) = match &args.init_from {
@@ -132,14 +154,17 @@ fn main() -> anyhow::Result<()> {
     fidelity /= (4 * contents.len()) as f64;
     save_png(&grid(&rows, 2), out.join("samples.png"))?;
     println!("prompt fidelity of the base (18 prompts × 4 seeds): {fidelity:.3}");
-    print_quality(&base_quality(&model, &tokenizer, 8, 1)?);
+    for &seed in &args.check_seeds {
+        print_quality(seed, &base_quality(&model, &tokenizer, 8, seed)?);
+    }
     println!("total {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn print_quality(quality: &BaseQuality) {
+fn print_quality(seed: u64, quality: &BaseQuality) {
     println!(
-        "told the style in words ({} images): palette {:.3}, background {:.3}, texture {:.3}, \
+        "check seed {seed}: told the style in words ({} images): palette {:.3}, background \
+         {:.3}, texture {:.3}, \
          pattern (no words) {:.3}; worded mean {:.3} (tokens only {:.3}, pooled only {:.3}); \
          prompt fidelity told {:.3}, plain {:.3}",
         quality.images,

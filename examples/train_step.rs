@@ -54,6 +54,9 @@ struct Args {
     /// Timed steps, after one untimed warm-up step.
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Threads each batch's rows are split over (`Stage1Trainer::with_workers`).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Store the frozen backbone's weights in bf16.
     #[arg(long)]
     bf16_backbone: bool,
@@ -115,7 +118,8 @@ fn run<B: AutodiffBackend>(args: &Args, device: B::Device) {
         adapter,
         users: table,
     };
-    let mut trainer = Stage1Trainer::new(flux, model, Stage1Config::default());
+    let mut trainer =
+        Stage1Trainer::new(flux, model, Stage1Config::default()).with_workers(args.workers);
     for step in 0..=args.steps {
         let tick = Instant::now();
         let report = trainer.step(&batch).expect("a valid batch");

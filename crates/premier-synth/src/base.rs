@@ -75,6 +75,8 @@ pub enum BaseError {
     Forward(#[from] ForwardError),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error("pretraining config: {0}")]
+    Pretrain(String),
 }
 
 /// The base model: FLUX and the text encoder.

@@ -60,6 +60,10 @@ pub struct ExperimentConfig {
     /// amendment). Reports written before the field existed ran a constant step.
     #[serde(default)]
     pub stage1_decay: StepDecay,
+    /// Threads each stage-1 batch is split over (the same step up to float rounding; reports
+    /// written before the field existed ran on one).
+    #[serde(default = "one")]
+    pub stage1_workers: usize,
     /// How the adapters are drawn (`FanInMatched`: the released per-layer gain at this width;
     /// the released N(0, 0.01²) starves the user path at width 64, docs/synth.md). Reports
     /// written before the field existed used the released draw, hence the serde default.
@@ -101,6 +105,8 @@ impl Default for ExperimentConfig {
             stage1_d0: 1e-4,
             stage1_growth_rate: None,
             stage1_decay: StepDecay::None,
+            // Both cores of the 2-core machine the quickstart is timed on.
+            stage1_workers: 2,
             adapter_init: AdapterInit::FanInMatched,
             // No dispersion loss, by the rule of docs/synth.md's fourth amendment: on the five
             // seeds that trained both at 4000 steps it gained 0.079 more than the hinge
@@ -121,6 +127,10 @@ impl Default for ExperimentConfig {
             dispersions: false,
         }
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 impl ExperimentConfig {
@@ -858,7 +868,8 @@ fn train_stage1<B: AutodiffBackend>(
         seed: config.seed,
         ..Stage1Config::default()
     };
-    let mut trainer = Stage1Trainer::new(flux.clone(), model, stage1);
+    let mut trainer =
+        Stage1Trainer::new(flux.clone(), model, stage1).with_workers(config.stage1_workers);
     let counts: Vec<usize> = (0..world.config.train_users)
         .map(|u| encoded.images[u].1.len())
         .collect();

@@ -2,11 +2,14 @@
 //! text encoder together, AdamW with warmup and cosine decay. Captions name the style half the
 //! time, so the base both understands style words and picks a style of its own without them.
 
+use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use premier_losses::TimestepSampler;
 use premier_text::PromptTokenizer;
-use premier_train::params::scalar;
+use premier_train::parallel::split_gradients;
+use premier_train::params::{assign_flat, flat_values, gradients_params, scalar};
 use premier_train::stage1::{modulated_flow_loss, step_noise, FlowBatch};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +26,18 @@ pub struct PretrainConfig {
     pub lr: f64,
     pub warmup_steps: usize,
     pub seed: u64,
+    /// Return an exponential moving average of the weights with this decay per step instead of
+    /// the last weights (`None`: the last weights, as for the bases A and C).
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
+    /// Threads each batch's rows are split over (1: the path that made bases A and C; more: the
+    /// same step up to the order of float additions).
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for PretrainConfig {
@@ -33,6 +48,8 @@ impl Default for PretrainConfig {
             lr: 2e-3,
             warmup_steps: 100,
             seed: 0,
+            ema_decay: None,
+            workers: 1,
         }
     }
 }
@@ -73,11 +90,17 @@ pub fn continue_pretraining<B: AutodiffBackend>(
     device: &B::Device,
     mut observer: impl FnMut(usize, f64),
 ) -> Result<SynthBase<B>, BaseError> {
+    if let Some(decay) = config.ema_decay.filter(|d| !(0.0..1.0).contains(d)) {
+        return Err(BaseError::Pretrain(format!(
+            "ema_decay {decay} must be in [0, 1)"
+        )));
+    }
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(1e-4)
         .init::<B, SynthBase<B>>();
     // Uniform times: the base must denoise well everywhere, not only where stage 1 samples.
     let times = TimestepSampler::Uniform;
+    let mut ema = config.ema_decay.map(|_| flat_values(&model.valid()));
     for step in 0..config.steps {
         let samples: Vec<_> = (0..config.batch_size)
             .map(|i| World::pretraining_sample(config.seed, (step * config.batch_size + i) as u64))
@@ -85,19 +108,43 @@ pub fn continue_pretraining<B: AutodiffBackend>(
         let images: Vec<_> = samples.iter().map(|(image, _)| &image.rgb).collect();
         let captions: Vec<&str> = samples.iter().map(|(_, c)| c.as_str()).collect();
         let x0 = encode::<B>(&images, device);
-        let text = model.text.encode(tokenizer, &captions)?;
         let (noise, t) = step_noise::<B>(config.seed, step as u64, &times, x0.dims(), device);
-        let batch = FlowBatch {
-            x0: &x0,
-            latent_hw: LATENT_HW,
-            text: &text.tokens,
-            pooled: &text.pooled,
+        // The flow loss of rows `rows` of the batch with `model`.
+        let rows_loss = |model: &SynthBase<B>, rows: std::ops::Range<usize>| {
+            let text = model.text.encode(tokenizer, &captions[rows.clone()])?;
+            let x0 = x0.clone().slice(rows.clone());
+            let batch = FlowBatch {
+                x0: &x0,
+                latent_hw: LATENT_HW,
+                text: &text.tokens,
+                pooled: &text.pooled,
+            };
+            let (noise, t) = (noise.clone().slice(rows.clone()), t.clone().slice(rows));
+            let loss = modulated_flow_loss(&model.flux, batch, noise, t, None, None)?;
+            let value = scalar(loss.clone());
+            Ok::<_, BaseError>((loss, value))
         };
-        let loss = modulated_flow_loss(&model.flux, batch, noise, t, None, None)?;
-        let value = scalar(loss.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, value) = if config.workers <= 1 {
+            // One thread: the path that made the shipped bases, bit for bit.
+            let (loss, value) = rows_loss(&model, 0..config.batch_size)?;
+            (GradientsParams::from_grads(loss.backward(), &model), value)
+        } else {
+            let (split, ()) =
+                split_gradients(&model, config.batch_size, config.workers, rows_loss, || ());
+            let split = split?;
+            let value = split.blocks.iter().map(|(share, v)| share * v).sum();
+            (gradients_params(&model, split.grads), value)
+        };
         model = optimizer.step(config.lr_at(step), model, grads);
+        if let (Some(average), Some(decay)) = (ema.as_mut(), config.ema_decay) {
+            for (a, v) in average.iter_mut().zip(flat_values(&model.valid())) {
+                *a = a.clone() * decay + v * (1.0 - decay);
+            }
+        }
         observer(step + 1, value);
     }
-    Ok(model)
+    Ok(match ema {
+        Some(average) => assign_flat(model, average.into_iter().map(Tensor::from_inner).collect()),
+        None => model,
+    })
 }

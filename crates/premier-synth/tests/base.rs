@@ -87,3 +87,114 @@ fn shipped_base_loads() {
     assert_eq!(config, SynthBaseConfig::default());
     assert!(base.flux.num_params() > 100_000);
 }
+
+fn tiny_pretraining(
+    start: &SynthBase<burn::backend::Autodiff<Flex>>,
+    steps: usize,
+    ema_decay: Option<f64>,
+    workers: usize,
+) -> Vec<f32> {
+    use premier_synth::pretrain::{continue_pretraining, PretrainConfig};
+    let tokenizer = load_tokenizer(&shipped_base_dir()).unwrap();
+    let config = PretrainConfig {
+        steps,
+        batch_size: 4,
+        lr: 1e-2,
+        warmup_steps: 1,
+        seed: 5,
+        ema_decay,
+        workers,
+    };
+    let device = Default::default();
+    let model =
+        continue_pretraining(start.clone(), &config, &tokenizer, &device, |_, _| ()).unwrap();
+    values(&model)
+}
+
+fn values<B: Backend>(model: &SynthBase<B>) -> Vec<f32> {
+    premier_train::params::flat_values(model)
+        .into_iter()
+        .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
+        .collect()
+}
+
+fn tiny_base() -> SynthBase<burn::backend::Autodiff<Flex>> {
+    type AB = burn::backend::Autodiff<Flex>;
+    let device = Default::default();
+    <AB as Backend>::seed(&device, 3);
+    SynthBase::<AB>::init(&SynthBaseConfig::with_width(16, 2).unwrap(), &device).unwrap()
+}
+
+/// Pretraining's weight average: with decay 0 it is the last weights bit for bit; with decay d
+/// after one step it is d · start + (1 − d) · last.
+#[test]
+fn pretraining_returns_the_moving_average_of_the_weights_when_asked() {
+    let start = tiny_base();
+    let last = tiny_pretraining(&start, 2, None, 1);
+    assert_eq!(
+        tiny_pretraining(&start, 2, Some(0.0), 1),
+        last,
+        "decay 0 keeps the last weights"
+    );
+    let (before, one) = (values(&start), tiny_pretraining(&start, 1, None, 1));
+    let averaged = tiny_pretraining(&start, 1, Some(0.75), 1);
+    assert_ne!(one, before, "the step moves the weights");
+    for ((a, s), w) in averaged.iter().zip(&before).zip(&one) {
+        let expected = 0.75 * s + 0.25 * w;
+        assert!(
+            (a - expected).abs() <= 1e-6 * expected.abs().max(1.0),
+            "{a} vs {expected}"
+        );
+    }
+}
+
+/// Splitting each pretraining batch over two threads takes the same steps (up to float rounding).
+#[test]
+fn pretraining_on_two_threads_takes_the_same_steps() {
+    let start = tiny_base();
+    let (one, two) = (
+        tiny_pretraining(&start, 3, None, 1),
+        tiny_pretraining(&start, 3, None, 2),
+    );
+    let before = values(&start);
+    let scale = one.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let moved = one
+        .iter()
+        .zip(&before)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let diff = one
+        .iter()
+        .zip(&two)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(moved > 1e-3 * scale, "the steps move the weights: {moved}");
+    assert!(
+        diff <= 1e-5 * scale,
+        "one vs two threads: max diff {diff} (scale {scale})"
+    );
+}
+
+#[test]
+fn a_moving_average_decay_outside_zero_to_one_is_refused() {
+    use premier_synth::pretrain::{continue_pretraining, PretrainConfig};
+    let tokenizer = load_tokenizer(&shipped_base_dir()).unwrap();
+    for decay in [1.0, -0.1, f64::NAN] {
+        let config = PretrainConfig {
+            steps: 1,
+            ema_decay: Some(decay),
+            ..PretrainConfig::default()
+        };
+        let error = continue_pretraining(
+            tiny_base(),
+            &config,
+            &tokenizer,
+            &Default::default(),
+            |_, _| (),
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("ema_decay")),
+            "{decay}: {error:?}"
+        );
+    }
+}

@@ -9,6 +9,8 @@
 //! - [`data`]: the dataset formats (official pickle, per-user CSV, folders, JSONL), validation
 //!   and seeded per-user splits;
 //! - [`params`]: module parameters ↔ the flat vectors the optimizer works on;
+//! - [`parallel`]: a batch's rows split over threads on one device (data parallel), the gradients
+//!   summed;
 //! - [`stage1`]: the stage-1 objective and a training step (adapters + user table through the
 //!   frozen backbone);
 //! - [`checkpoint`]: stage-1 checkpoints (atomic, keep the last K) that resume bit for bit;
@@ -31,6 +33,7 @@ pub mod clip;
 pub mod data;
 pub mod encode;
 pub mod metrics;
+pub mod parallel;
 pub mod params;
 pub mod prodigy;
 pub mod run;

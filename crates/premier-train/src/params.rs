@@ -101,6 +101,35 @@ pub fn assign_flat<B: Backend, M: Module<B>>(module: M, values: Vec<Tensor<B, 1>
     })
 }
 
+struct Register<B: AutodiffBackend> {
+    grads: std::vec::IntoIter<Tensor<B::InnerBackend, 1>>,
+    out: burn::optim::GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Register<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.next() {
+            let dims = param.val().dims();
+            self.out
+                .register::<B::InnerBackend, D>(param.id, grad.reshape(dims));
+        }
+    }
+}
+
+/// Flat gradients (as [`flat_grads`] orders them) as burn's `GradientsParams` for `module`, for
+/// burn's optimizers: every parameter gets its entry (zeros where none flowed).
+pub fn gradients_params<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: Vec<Tensor<B::InnerBackend, 1>>,
+) -> burn::optim::GradientsParams {
+    let mut v = Register::<B> {
+        grads: grads.into_iter(),
+        out: burn::optim::GradientsParams::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 /// The flat gradients of `loss` wrt `module`'s parameters (see [`flat_grads`]).
 pub fn gradients<B: AutodiffBackend, M: Module<B>>(
     module: &M,

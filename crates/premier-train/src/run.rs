@@ -64,6 +64,9 @@ pub struct TrainConfig {
     /// How a fresh adapter is drawn: `Released` (N(0, 0.01²)), or `FanInMatched` (the released
     /// per-layer gain at any size; the same as `Released` at the released sizes).
     pub adapter_init: AdapterInit,
+    /// Threads each micro-batch's rows are split over on one device (useful on CPUs; the same
+    /// step up to the order of float additions, `Stage1Trainer::with_workers`).
+    pub workers: usize,
     pub stage1: Stage1Config,
 }
 
@@ -87,6 +90,7 @@ impl Default for TrainConfig {
             shared: true,
             distinct: true,
             adapter_init: AdapterInit::Released,
+            workers: 1,
             stage1: Stage1Config::default(),
         }
     }
@@ -355,6 +359,7 @@ pub fn train_stage1<B: AutodiffBackend>(
             (trainer, adapter_config)
         }
     };
+    trainer.workers = config.workers.max(1);
     write_text(
         &out.join("config.toml"),
         &config.to_toml().map_err(RunError::Config)?,

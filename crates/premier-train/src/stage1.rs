@@ -11,7 +11,8 @@ use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulat
 use premier_users::{UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
-use crate::params::{apply, gradients, scalar};
+use crate::parallel::{add_grads, split_gradients};
+use crate::params::{apply, assign_flat, flat_values, gradients, scalar};
 use crate::prodigy::{Prodigy, ProdigyConfig};
 use crate::schedule::LrSchedule;
 
@@ -216,6 +217,10 @@ pub struct Stage1Loss<B: Backend> {
     pub dispersion_distinct: Tensor<B, 1>,
     /// RMS(Δ) / RMS(y) of the batch (see [`StepReport::delta_to_y`]), detached.
     pub delta_to_y: f64,
+    /// The mean squares behind `delta_to_y` (RMS(Δ)², RMS(y)²), so the ratio of a batch split
+    /// into equal row blocks can be put together exactly.
+    pub delta_ms: f64,
+    pub y_ms: f64,
 }
 
 /// RMS of a tensor's elements, detached: `[1]`.
@@ -262,6 +267,77 @@ fn per_sample<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     t.reshape([batch as i32, -1])
 }
 
+fn check_batch<B: Backend>(batch: &Stage1Batch<B>) -> Result<(), TrainError> {
+    let n = batch.users.len();
+    if batch.x0.dims()[0] != n || batch.text.dims()[0] != n || batch.pooled.dims()[0] != n {
+        return Err(TrainError::Batch(format!(
+            "{n} users but x0 {:?}, text {:?}, pooled {:?}",
+            batch.x0.dims(),
+            batch.text.dims(),
+            batch.pooled.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// RMS(y)² of FLUX's modulation vector for the batch at times `t` `[batch]`, detached.
+fn modulation_ms<B: Backend>(
+    flux: &Flux<B>,
+    batch: &Stage1Batch<B>,
+    t: Tensor<B, 1>,
+    config: &Stage1Config,
+) -> f64 {
+    // Models without guidance embedding ignore the guidance.
+    let guidance = Some(Tensor::full([t.dims()[0]], config.guidance, &t.device()));
+    let y = flux.conditioning_vector(t, batch.pooled.clone(), guidance);
+    scalar(rms(y)).powi(2)
+}
+
+/// The two dispersion terms (shared, distinct; `[1]` each, zero without a dispersion loss) of
+/// the batch's users. `delta` is Δ of the batch's own prompts, used for
+/// [`DispersionPrompt::Batch`] (computed here if `None`); `y_ms` scales the hinge's margin.
+fn dispersion_terms<B: Backend>(
+    model: &Stage1Model<B>,
+    batch: &Stage1Batch<B>,
+    user: Tensor<B, 3>,
+    delta: Option<TextModulation<B>>,
+    y_ms: f64,
+    config: &Stage1Config,
+) -> Result<(Tensor<B, 1>, Tensor<B, 1>), TrainError> {
+    let n = batch.users.len();
+    let device = batch.x0.device();
+    let zero = || Tensor::<B, 1>::zeros([1], &device);
+    let Some(variant) = config.dispersion else {
+        return Ok((zero(), zero()));
+    };
+    let y_rms = y_ms.sqrt().max(f64::MIN_POSITIVE);
+    let tau = match variant {
+        DispersionVariant::Hinge => (config.dispersion_margin * y_rms).powi(2),
+        _ => 1.0,
+    };
+    let delta: TextModulation<B> = match (config.dispersion_prompt, &batch.null_text) {
+        (DispersionPrompt::Null, Some(null)) => {
+            model.adapter.forward(null.clone().repeat_dim(0, n), user)
+        }
+        (DispersionPrompt::Null, None) => {
+            return Err(TrainError::Batch(
+                "dispersion on the null prompt needs Stage1Batch::null_text".into(),
+            ))
+        }
+        (DispersionPrompt::Batch, _) => match delta {
+            Some(delta) => delta,
+            None => model.adapter.forward(batch.text.clone(), user),
+        },
+    };
+    let shared = delta.shared.map_or_else(zero, |s| {
+        dispersion_loss_with_tau(per_sample(s), variant, tau)
+    });
+    let distinct = delta.distinct.map_or_else(zero, |d| {
+        dispersion_loss_with_tau(per_sample(d), variant, tau)
+    });
+    Ok((shared, distinct))
+}
+
 /// The stage-1 objective for one batch with given noise `[batch, img_tokens, in_channels]` and
 /// times `[batch]`.
 pub fn stage1_loss<B: Backend>(
@@ -272,19 +348,10 @@ pub fn stage1_loss<B: Backend>(
     t: Tensor<B, 1>,
     config: &Stage1Config,
 ) -> Result<Stage1Loss<B>, TrainError> {
-    let n = batch.users.len();
-    let device = batch.x0.device();
-    if batch.x0.dims()[0] != n || batch.text.dims()[0] != n || batch.pooled.dims()[0] != n {
-        return Err(TrainError::Batch(format!(
-            "{n} users but x0 {:?}, text {:?}, pooled {:?}",
-            batch.x0.dims(),
-            batch.text.dims(),
-            batch.pooled.dims()
-        )));
-    }
+    check_batch(batch)?;
     let user = model.users.lookup(&batch.users)?;
     let delta = model.adapter.forward(batch.text.clone(), user.clone());
-    let t_for_y = t.clone();
+    let y_ms = modulation_ms(flux, batch, t.clone(), config);
     let flow = modulated_flow_loss(
         flux,
         FlowBatch {
@@ -298,40 +365,8 @@ pub fn stage1_loss<B: Backend>(
         Some(config.guidance),
         Some(&delta),
     )?;
-    let zero = || Tensor::<B, 1>::zeros([1], &device);
-    // Models without guidance embedding ignore the guidance.
-    let guidance = Some(Tensor::full([n], config.guidance, &device));
-    let y_rms = scalar(rms(flux.conditioning_vector(
-        t_for_y,
-        batch.pooled.clone(),
-        guidance,
-    )))
-    .max(f64::MIN_POSITIVE);
-    let delta_to_y = scalar(delta_rms(&delta)) / y_rms;
-    let tau = match config.dispersion {
-        Some(DispersionVariant::Hinge) => (config.dispersion_margin * y_rms).powi(2),
-        _ => 1.0,
-    };
-    let (mut disp_s, mut disp_d) = (zero(), zero());
-    if let Some(variant) = config.dispersion {
-        let delta: TextModulation<B> = match (config.dispersion_prompt, &batch.null_text) {
-            (DispersionPrompt::Null, Some(null)) => {
-                model.adapter.forward(null.clone().repeat_dim(0, n), user)
-            }
-            (DispersionPrompt::Null, None) => {
-                return Err(TrainError::Batch(
-                    "dispersion on the null prompt needs Stage1Batch::null_text".into(),
-                ))
-            }
-            (DispersionPrompt::Batch, _) => delta,
-        };
-        if let Some(s) = delta.shared {
-            disp_s = dispersion_loss_with_tau(per_sample(s), variant, tau);
-        }
-        if let Some(d) = delta.distinct {
-            disp_d = dispersion_loss_with_tau(per_sample(d), variant, tau);
-        }
-    }
+    let delta_ms = scalar(delta_rms(&delta)).powi(2);
+    let (disp_s, disp_d) = dispersion_terms(model, batch, user, Some(delta), y_ms, config)?;
     let total = flow.clone()
         + disp_s.clone() * config.lambda_shared
         + disp_d.clone() * config.lambda_distinct;
@@ -340,7 +375,9 @@ pub fn stage1_loss<B: Backend>(
         flow,
         dispersion_shared: disp_s,
         dispersion_distinct: disp_d,
-        delta_to_y,
+        delta_to_y: delta_ms.sqrt() / y_ms.sqrt().max(f64::MIN_POSITIVE),
+        delta_ms,
+        y_ms,
     })
 }
 
@@ -352,6 +389,34 @@ pub struct Stage1Trainer<B: AutodiffBackend> {
     pub optimizer: Prodigy<B::InnerBackend>,
     pub config: Stage1Config,
     pub step: u64,
+    /// Threads each batch's rows are split over (data parallel on one device; 1: no split). The
+    /// step is the same sum as without the split (the same noise, the dispersion over the whole
+    /// batch), up to the order of float additions.
+    pub workers: usize,
+}
+
+/// The gradients of one step's loss before the optimizer sees them, and the parts reported.
+pub struct BatchGradients<B: AutodiffBackend> {
+    /// Flat gradients `[n_i]`, in [`crate::params::flat_values`] order.
+    pub grads: Vec<Tensor<B::InnerBackend, 1>>,
+    /// total, flow, dispersion shared, dispersion distinct (means over the micro-batches).
+    pub parts: [f64; 4],
+    /// See [`StepReport::delta_to_y`].
+    pub delta_to_y: f64,
+}
+
+impl<B: Backend> Stage1Batch<B> {
+    /// The batch's rows `rows` (the null prompt is kept).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        Self {
+            x0: self.x0.clone().slice(rows.clone()),
+            latent_hw: self.latent_hw,
+            text: self.text.clone().slice(rows.clone()),
+            pooled: self.pooled.clone().slice(rows.clone()),
+            users: self.users[rows].to_vec(),
+            null_text: self.null_text.clone(),
+        }
+    }
 }
 
 impl<B: AutodiffBackend> Stage1Trainer<B> {
@@ -362,7 +427,14 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
             optimizer: Prodigy::new(config.optimizer.clone()),
             config,
             step: 0,
+            workers: 1,
         }
+    }
+
+    /// Splits each batch's rows over `workers` threads (see [`Self::workers`]).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
     }
 
     /// One step with the noise and times of this step (derived from the seed and step number).
@@ -403,35 +475,16 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
         &mut self,
         micro_batches: Vec<(&Stage1Batch<B>, Tensor<B, 3>, Tensor<B, 1>)>,
     ) -> Result<StepReport, TrainError> {
-        let k = micro_batches.len() as f64;
-        let mut sum: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
-        let mut parts = [0.0f64; 4];
-        let mut delta_to_y = 0.0;
-        for (batch, noise, t) in micro_batches {
-            let loss = stage1_loss(&self.flux, &self.model, batch, noise, t, &self.config)?;
-            delta_to_y += loss.delta_to_y / k;
-            for (acc, part) in parts.iter_mut().zip([
-                &loss.total,
-                &loss.flow,
-                &loss.dispersion_shared,
-                &loss.dispersion_distinct,
-            ]) {
-                *acc += scalar(part.clone()) / k;
-            }
-            let grads = gradients(&self.model, loss.total / k);
-            sum = Some(match sum {
-                None => grads,
-                Some(acc) => acc.into_iter().zip(grads).map(|(a, g)| a + g).collect(),
-            });
-        }
+        let BatchGradients {
+            grads,
+            parts,
+            delta_to_y,
+        } = self.gradients_accumulated_with(micro_batches)?;
         let optimizer = &mut self.optimizer;
         optimizer.set_lr(self.config.optimizer.lr * self.config.lr_schedule.factor(self.step));
-        let (model, grad_norm) = apply(
-            self.model.clone(),
-            sum.unwrap_or_default(),
-            self.config.clip_norm,
-            |p, g| optimizer.step(p, g),
-        );
+        let (model, grad_norm) = apply(self.model.clone(), grads, self.config.clip_norm, |p, g| {
+            optimizer.step(p, g)
+        });
         self.model = model;
         self.step += 1;
         Ok(StepReport {
@@ -444,6 +497,132 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
             grad_norm,
             delta_to_y,
         })
+    }
+
+    /// The gradients [`Self::step_accumulated_with`] hands the optimizer (the mean of the
+    /// micro-batches' losses), computed on [`Self::workers`] threads; the parameters are not
+    /// changed.
+    pub fn gradients_accumulated_with(
+        &self,
+        micro_batches: Vec<(&Stage1Batch<B>, Tensor<B, 3>, Tensor<B, 1>)>,
+    ) -> Result<BatchGradients<B>, TrainError> {
+        let k = micro_batches.len() as f64;
+        let mut sum = None;
+        let mut parts = [0.0f64; 4];
+        let mut delta_to_y = 0.0;
+        for (batch, noise, t) in micro_batches {
+            let micro = if self.workers > 1 && batch.users.len() > 1 {
+                self.split_gradients(batch, noise, t, k)?
+            } else {
+                self.batch_gradients(batch, noise, t, k)?
+            };
+            delta_to_y += micro.delta_to_y / k;
+            for (acc, part) in parts.iter_mut().zip(micro.parts) {
+                *acc += part / k;
+            }
+            sum = add_grads(sum, micro.grads);
+        }
+        Ok(BatchGradients {
+            grads: sum.unwrap_or_default(),
+            parts,
+            delta_to_y,
+        })
+    }
+
+    /// The gradients of the batch's loss divided by `k`, on this thread.
+    fn batch_gradients(
+        &self,
+        batch: &Stage1Batch<B>,
+        noise: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        k: f64,
+    ) -> Result<BatchGradients<B>, TrainError> {
+        let loss = stage1_loss(&self.flux, &self.model, batch, noise, t, &self.config)?;
+        let parts = [
+            &loss.total,
+            &loss.flow,
+            &loss.dispersion_shared,
+            &loss.dispersion_distinct,
+        ]
+        .map(|part| scalar(part.clone()));
+        Ok(BatchGradients {
+            grads: gradients(&self.model, loss.total / k),
+            parts,
+            delta_to_y: loss.delta_to_y,
+        })
+    }
+
+    /// [`Self::batch_gradients`] with the rows split over [`Self::workers`] threads
+    /// ([`split_gradients`]: each backpropagates its rows' share of the flow loss); the
+    /// dispersion of the whole batch (the adapters only, no FLUX) runs on this thread meanwhile,
+    /// its gradients added last.
+    fn split_gradients(
+        &self,
+        batch: &Stage1Batch<B>,
+        noise: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        k: f64,
+    ) -> Result<BatchGradients<B>, TrainError> {
+        check_batch(batch)?;
+        let flow_only = Stage1Config {
+            dispersion: None,
+            ..self.config.clone()
+        };
+        let block_loss = |model: &Stage1Model<B>, rows: std::ops::Range<usize>| {
+            let part = batch.rows(rows.clone());
+            let (noise, t) = (noise.clone().slice(rows.clone()), t.clone().slice(rows));
+            let loss = stage1_loss(&self.flux, model, &part, noise, t, &flow_only)?;
+            let report = (scalar(loss.flow.clone()), loss.delta_ms, loss.y_ms);
+            Ok::<_, TrainError>((loss.flow / k, report))
+        };
+        let (flows, dispersion) = split_gradients(
+            &self.model,
+            batch.users.len(),
+            self.workers,
+            block_loss,
+            || self.dispersion_gradients(batch, t.clone(), k),
+        );
+        let flows = flows?;
+        let (mut flow, mut delta_ms, mut y_ms) = (0.0, 0.0, 0.0);
+        for (share, (part_flow, part_delta_ms, part_y_ms)) in flows.blocks {
+            flow += share * part_flow;
+            delta_ms += share * part_delta_ms;
+            y_ms += share * part_y_ms;
+        }
+        let mut sum = Some(flows.grads);
+        let [mut shared, mut distinct] = [0.0; 2];
+        if let Some((grads, values)) = dispersion? {
+            sum = add_grads(sum, grads);
+            [shared, distinct] = values;
+        }
+        let total =
+            flow + shared * self.config.lambda_shared + distinct * self.config.lambda_distinct;
+        Ok(BatchGradients {
+            grads: sum.unwrap_or_default(),
+            parts: [total, flow, shared, distinct],
+            delta_to_y: delta_ms.sqrt() / y_ms.sqrt().max(f64::MIN_POSITIVE),
+        })
+    }
+
+    /// The gradients (divided by `k`) and values (shared, distinct) of the whole batch's
+    /// dispersion terms through a copy of the trained parameters; `None` without dispersion.
+    #[allow(clippy::type_complexity)]
+    fn dispersion_gradients(
+        &self,
+        batch: &Stage1Batch<B>,
+        t: Tensor<B, 1>,
+        k: f64,
+    ) -> Result<Option<(Vec<Tensor<B::InnerBackend, 1>>, [f64; 2])>, TrainError> {
+        if self.config.dispersion.is_none() {
+            return Ok(None);
+        }
+        let model = assign_flat(self.model.clone(), flat_values(&self.model));
+        let user = model.users.lookup(&batch.users)?;
+        let y_ms = modulation_ms(&self.flux, batch, t, &self.config);
+        let (s, d) = dispersion_terms(&model, batch, user, None, y_ms, &self.config)?;
+        let values = [scalar(s.clone()), scalar(d.clone())];
+        let total = s * self.config.lambda_shared + d * self.config.lambda_distinct;
+        Ok(Some((gradients(&model, total / k), values)))
     }
 
     /// One step with the given noise `[batch, img_tokens, in_channels]` and times `[batch]`.

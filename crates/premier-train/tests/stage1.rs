@@ -25,7 +25,12 @@ struct Setup {
     t: Tensor<AB, 1>,
 }
 
+/// Held while a setup draws: burn's seed is one RNG for the process and tests run on parallel
+/// threads, so without it one test's draws could interleave with another's and the setups differ.
+static SEEDED_DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn setup() -> Setup {
+    let _draws = SEEDED_DRAWS.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     <AB as Backend>::seed(&device, 17);
     let normal = Distribution::Normal(0.0, 1.0);
@@ -181,15 +186,7 @@ fn dispersion_pushes_users_apart() {
 #[test]
 fn accumulating_two_halves_equals_one_full_batch() {
     let s = setup();
-    let half = |b: &Stage1Batch<AB>, r: std::ops::Range<usize>| Stage1Batch {
-        x0: b.x0.clone().slice(r.clone()),
-        latent_hw: b.latent_hw,
-        text: b.text.clone().slice(r.clone()),
-        pooled: b.pooled.clone().slice(r.clone()),
-        users: b.users[r].to_vec(),
-        null_text: b.null_text.clone(),
-    };
-    let (first, second) = (half(&s.batch, 0..2), half(&s.batch, 2..4));
+    let (first, second) = (s.batch.rows(0..2), s.batch.rows(2..4));
     // Flow loss only: dispersion contrasts the users inside each micro-batch, by design.
     let mut full = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config(false));
     let mut accumulated = Stage1Trainer::new(s.flux, s.model, config(false));
@@ -216,14 +213,98 @@ fn accumulating_two_halves_equals_one_full_batch() {
             "{a:?} {b:?}"
         );
     }
-    let (pa, pb) = (flat_values(&full.model), flat_values(&accumulated.model));
-    for (x, y) in pa.into_iter().zip(pb) {
+    assert_same_parameters(&full.model, &accumulated.model);
+}
+
+/// Every parameter of `a` and `b` agrees to 1e-5 of its largest magnitude (f32 sums in another
+/// order).
+fn assert_same_parameters(a: &Stage1Model<AB>, b: &Stage1Model<AB>) {
+    for (x, y) in flat_values(a).into_iter().zip(flat_values(b)) {
         let diff: f32 = (x.clone() - y).abs().max().into_scalar();
         let scale: f32 = x.abs().max().into_scalar();
         assert!(
             diff <= 1e-5 * scale.max(1e-3),
             "max diff {diff} (scale {scale})"
         );
+    }
+}
+
+#[test]
+fn splitting_the_rows_over_threads_is_the_same_step() {
+    use premier_losses::DispersionVariant;
+    use premier_train::stage1::{step_noise, DispersionPrompt};
+    let s = setup();
+    let cases = [
+        (None, DispersionPrompt::Null, 2),
+        (Some(DispersionVariant::Hinge), DispersionPrompt::Null, 2),
+        (Some(DispersionVariant::Stable), DispersionPrompt::Batch, 3),
+    ];
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 * x.abs().max(1e-6);
+    for (dispersion, prompt, workers) in cases {
+        let config = Stage1Config {
+            dispersion,
+            dispersion_prompt: prompt,
+            ..config(true)
+        };
+        let case = format!("{workers} workers, {dispersion:?}");
+        // The gradients handed to the optimizer, at three points along one trajectory. (The
+        // parameters after a step are not compared: Prodigy divides by √v + ε, so a gradient
+        // that is zero up to rounding moves its parameter by up to d·|g|/ε either way.)
+        let mut trainer = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config.clone());
+        for _ in 0..3 {
+            let (noise, t) = step_noise(
+                config.seed,
+                trainer.step,
+                &config.timesteps,
+                s.batch.x0.dims(),
+                &s.batch.x0.device(),
+            );
+            let mut of = |workers: usize| {
+                trainer.workers = workers;
+                trainer
+                    .gradients_accumulated_with(vec![(&s.batch, noise.clone(), t.clone())])
+                    .unwrap()
+            };
+            let (serial, split) = (of(1), of(workers));
+            for (name, x, y) in ["total", "flow", "shared", "distinct"]
+                .into_iter()
+                .zip(serial.parts)
+                .zip(split.parts)
+                .map(|((n, x), y)| (n, x, y))
+                .chain([("delta_to_y", serial.delta_to_y, split.delta_to_y)])
+            {
+                assert!(close(x, y), "{case}: {name} {x} vs {y}");
+            }
+            let active = serial.parts[2].abs() + serial.parts[3].abs() > 0.0;
+            assert_eq!(active, dispersion.is_some(), "{case}: {:?}", serial.parts);
+            assert_eq!(serial.grads.len(), split.grads.len());
+            for (i, (g, h)) in serial.grads.into_iter().zip(split.grads).enumerate() {
+                let diff: f32 = (g.clone() - h).abs().max().into_scalar();
+                let scale: f32 = g.abs().max().into_scalar();
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{case}: gradient {i} differs by {diff} at scale {scale}"
+                );
+            }
+            trainer.workers = 1;
+            trainer.step(&s.batch).unwrap();
+        }
+        // And the step itself: the same report from a trainer built with the workers.
+        let mut serial = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config.clone());
+        let mut split =
+            Stage1Trainer::new(s.flux.clone(), s.model.clone(), config).with_workers(workers);
+        let (a, b) = (
+            serial.step(&s.batch).unwrap(),
+            split.step(&s.batch).unwrap(),
+        );
+        for (name, x, y) in [
+            ("loss", a.loss, b.loss),
+            ("grad_norm", a.grad_norm, b.grad_norm),
+            ("delta_to_y", a.delta_to_y, b.delta_to_y),
+            ("d", a.d, b.d),
+        ] {
+            assert!(close(x, y), "{case}: step report {name} {x} vs {y}");
+        }
     }
 }
 
