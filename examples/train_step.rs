@@ -19,7 +19,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, FloatDType};
 use clap::{Parser, ValueEnum};
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
-use premier::mmdit::{Flux, FluxConfig};
+use premier::mmdit::{Flux, FluxConfig, FluxOps};
 use premier::train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier::users::{UserShape, UserTable};
 
@@ -71,7 +71,7 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn run<B: AutodiffBackend>(args: &Args, device: B::Device) {
+fn run<B: AutodiffBackend + FluxOps>(args: &Args, device: B::Device) {
     B::seed(&device, 0);
     let (flux_config, adapter_config, users, txt) = match args.size {
         Size::Medium => (

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::mmdit::FluxAutodiffBackend;
 use anyhow::bail;
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
 
 use super::dataset::{progress_bar, DataArgs};
@@ -131,7 +131,7 @@ pub fn run(args: ColdStartArgs) -> anyhow::Result<()> {
     }
 }
 
-fn cold<B: AutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::Result<()> {
+fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
     let start = match args.resume.as_deref() {
         None => Start::Fresh,

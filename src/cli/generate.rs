@@ -11,7 +11,7 @@ use clap::Args;
 use super::models::{ModelArgs, ModelFiles, Variant};
 use super::{BackendKind, Precision};
 use crate::adapter::{AdapterConfig, PreferenceAdapter};
-use crate::mmdit::Flux;
+use crate::mmdit::{Flux, FluxOps};
 use crate::pipeline::image_io::{grid, save_png, tensor_to_rgb};
 use crate::pipeline::{GenerateRequest, Generator, UserChoice};
 use crate::synth::base::SynthBase;
@@ -222,7 +222,7 @@ fn write_rows(
 }
 
 /// The synthetic world's base model: its text encoder and codec, 12 Euler steps.
-fn generate_synth<B: Backend>(
+fn generate_synth<B: FluxOps>(
     args: GenerateArgs,
     dir: &Path,
     device: B::Device,
@@ -274,7 +274,7 @@ fn generate_synth<B: Backend>(
     write_rows(&args, &rows, started)
 }
 
-fn generate<B: Backend>(args: GenerateArgs, device: B::Device) -> anyhow::Result<()> {
+fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result<()> {
     if let Some(dir) = args.model.synth_base.clone() {
         return generate_synth::<B>(args, &dir, device);
     }

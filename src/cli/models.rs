@@ -11,7 +11,9 @@ use image::RgbImage;
 use burn::tensor::FloatDType;
 
 use super::{BackendKind, Precision};
-use crate::mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxConfig, LoadOptions, TextModulation};
+use crate::mmdit::{
+    img_ids, pack, txt_ids, unpack, Flux, FluxConfig, FluxOps, LoadOptions, TextModulation,
+};
 use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{denoise, schedule, seeded_noise};
 use crate::synth::base::SynthBase;
@@ -239,7 +241,7 @@ pub enum ImageSampler<B: Backend> {
     },
 }
 
-impl<B: Backend> ImageSampler<B> {
+impl<B: FluxOps> ImageSampler<B> {
     /// The sampler of `model` (loads the autoencoder for FLUX.1).
     pub fn for_model(
         model: &ModelArgs,

@@ -12,7 +12,7 @@ use super::dataset::{progress_bar, DataArgs};
 use super::models::{ImageSampler, ModelArgs};
 use super::{BackendKind, Precision};
 use crate::losses::DispersionVariant;
-use crate::mmdit::Flux;
+use crate::mmdit::{Flux, FluxAutodiffBackend};
 use crate::pipeline::image_io::{grid, save_png};
 use crate::text::TextConditioning;
 use crate::train::batches::CachedUsers;
@@ -170,7 +170,7 @@ struct CliObserver<B: AutodiffBackend> {
     dir: PathBuf,
 }
 
-impl<B: AutodiffBackend> RunObserver<B> for CliObserver<B> {
+impl<B: FluxAutodiffBackend> RunObserver<B> for CliObserver<B> {
     fn started(&mut self, from: u64, to: u64) {
         self.bar.set_length(to);
         self.bar.set_position(from);
@@ -221,7 +221,7 @@ impl<B: AutodiffBackend> RunObserver<B> for CliObserver<B> {
     }
 }
 
-fn train<B: AutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Result<()> {
+fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
     let dataset = args.data.read()?;
     let skipped = dataset.skipped.len();

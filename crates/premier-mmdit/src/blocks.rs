@@ -3,11 +3,10 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{sigmoid, silu};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::embed::Rope;
 use crate::error::LoadError;
+use crate::fused::{flux_attention, FluxOps};
 use crate::norm::{layer_norm_no_affine, QkNorm};
 use crate::params::ParamSource;
 
@@ -109,18 +108,13 @@ fn split_qkv<B: Backend>(
 /// RoPE on q and k, then scaled dot-product attention (BFL `math.attention`).
 ///
 /// q, k, v: `[batch, heads, tokens, head_dim]` → `[batch, tokens, heads·head_dim]`.
-pub fn rope_attention<B: Backend>(
+pub fn rope_attention<B: FluxOps>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     rope: &Rope<B>,
 ) -> Tensor<B, 3> {
-    let [batch, heads, tokens, head_dim] = q.dims();
-    let q = rope.apply(q);
-    let k = rope.apply(k);
-    let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-    out.swap_dims(1, 2)
-        .reshape([batch, tokens, heads * head_dim])
+    flux_attention(rope.apply(q), rope.apply(k), v)
 }
 
 /// Fused qkv projection, QK-norm and output projection of one stream (BFL `SelfAttention`).
@@ -240,7 +234,9 @@ impl<B: Backend> DoubleStreamBlock<B> {
         };
         self.txt_mod.forward(vec)
     }
+}
 
+impl<B: FluxOps> DoubleStreamBlock<B> {
     /// img: `[batch, img_tokens, hidden]`, txt: `[batch, txt_tokens, hidden]`, vec: `[batch, hidden]`,
     /// rope over `[txt, img]`; txt_delta: `[batch, txt_tokens, hidden]` → (img, txt).
     pub fn forward(
@@ -320,7 +316,9 @@ impl<B: Backend> SingleStreamBlock<B> {
             heads,
         })
     }
+}
 
+impl<B: FluxOps> SingleStreamBlock<B> {
     /// x: `[batch, tokens, hidden]` over `[txt, img]`, vec: `[batch, hidden]` → same shape as x.
     pub fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>, rope: &Rope<B>) -> Tensor<B, 3> {
         let modulation = self.modulation.forward(vec.unsqueeze_dim::<3>(1)).remove(0);

@@ -33,7 +33,7 @@ pub mod params;
 pub use config::{ConfigError, FluxConfig};
 pub use error::{ForwardError, LoadError};
 pub use export::export_linear;
-pub use fused::FluxOps;
+pub use fused::{FluxAutodiffBackend, FluxOps};
 pub use latent::{img_ids, pack, txt_ids, unpack};
 pub use load::LoadOptions;
 pub use model::{Flux, FluxInput};

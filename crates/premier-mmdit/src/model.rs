@@ -7,6 +7,7 @@ use crate::blocks::{DoubleStreamBlock, LastLayer, SingleStreamBlock};
 use crate::config::{ConfigError, FluxConfig};
 use crate::embed::{timestep_embedding, MlpEmbedder, Rope};
 use crate::error::{ForwardError, LoadError};
+use crate::fused::FluxOps;
 use crate::modulation::TextModulation;
 use crate::params::{ParamSource, RandomInit};
 
@@ -161,7 +162,9 @@ impl<B: Backend> Flux<B> {
         }
         self.map(&mut CastWeights(dtype))
     }
+}
 
+impl<B: FluxOps> Flux<B> {
     /// Predicted velocity `[batch, img_tokens, out_channels]`, optionally with Premier's per-token
     /// text modulation.
     ///

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use premier_adapter::PreferenceAdapter;
-use premier_mmdit::{img_ids, pack, txt_ids, unpack, Flux, TextModulation};
+use premier_mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxOps, TextModulation};
 use premier_text::TextEncoder;
 use premier_users::{UserRef, UserTable};
 use premier_vae::{unscale_latent, Autoencoder, AutoencoderConfig};
@@ -74,7 +74,7 @@ pub struct Generator<B: Backend> {
     delta_cache: HashMap<(String, UserChoice), TextModulation<B>>,
 }
 
-impl<B: Backend> Generator<B> {
+impl<B: FluxOps> Generator<B> {
     pub fn new(
         flux: Flux<B>,
         vae: Autoencoder<B>,

@@ -1,7 +1,7 @@
 //! The Euler flow sampler (BFL `sampling.py denoise`).
 
 use burn::prelude::*;
-use premier_mmdit::{Flux, FluxInput, ForwardError, TextModulation};
+use premier_mmdit::{Flux, FluxInput, FluxOps, ForwardError, TextModulation};
 
 /// Called after every step with (step index, number of steps).
 pub trait StepObserver {
@@ -24,7 +24,7 @@ impl<F: FnMut(usize, usize)> StepObserver for F {
 /// img: `[batch, img_tokens, in_channels]` (packed), other inputs as [`FluxInput`];
 /// guidance: `[batch]` or `None` for schnell → the final packed latent.
 #[allow(clippy::too_many_arguments)]
-pub fn denoise<B: Backend>(
+pub fn denoise<B: FluxOps>(
     flux: &Flux<B>,
     mut img: Tensor<B, 3>,
     img_ids: Tensor<B, 3>,

@@ -5,7 +5,7 @@
 use burn::prelude::*;
 use image::RgbImage;
 use premier_adapter::PreferenceAdapter;
-use premier_mmdit::TextModulation;
+use premier_mmdit::{FluxOps, TextModulation};
 use premier_text::PromptTokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -190,7 +190,7 @@ impl EvalSet {
     }
 
     /// Images ordered (user, prompt, seed) of `method` for `users`.
-    pub fn generate<B: Backend>(
+    pub fn generate<B: FluxOps>(
         &self,
         world: &World,
         base: &SynthBase<B>,

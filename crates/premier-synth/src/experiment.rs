@@ -19,7 +19,7 @@ use image::RgbImage;
 use premier_adapter::{AdapterConfig, AdapterInit, PreferenceAdapter};
 use premier_losses::DispersionVariant;
 use premier_mmdit::load::write_via_temp;
-use premier_mmdit::Flux;
+use premier_mmdit::{Flux, FluxAutodiffBackend, FluxOps};
 use premier_pipeline::image_io::{grid, save_png};
 use premier_text::{PromptTokenizer, TextConditioning};
 use premier_train::metrics::{write_loss_curve, MetricRecord, MetricsLog};
@@ -231,7 +231,7 @@ fn on_two_threads<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec
 }
 
 /// Runs the experiment with the base model in `base_dir`, writing into `out`.
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: FluxAutodiffBackend>(
     config: &ExperimentConfig,
     base_dir: &Path,
     out: &Path,
@@ -691,7 +691,7 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), ExperimentError> {
 /// grid.png's tiles and a line per row: the base, then Premier for the first trained users
 /// (up to 8); each row starts with a tile of its taste, then a column per prompt, every row from
 /// the same noise.
-fn grid_tiles<B: Backend>(
+fn grid_tiles<B: FluxOps>(
     world: &World,
     eval: &EvalSet,
     base: &SynthBase<B>,
@@ -847,7 +847,7 @@ fn init_stage1<B: AutodiffBackend>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train_stage1<B: AutodiffBackend>(
+fn train_stage1<B: AutodiffBackend + FluxOps>(
     config: &ExperimentConfig,
     world: &World,
     flux: &Flux<B>,

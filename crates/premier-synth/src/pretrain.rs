@@ -7,6 +7,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use premier_losses::TimestepSampler;
+use premier_mmdit::FluxOps;
 use premier_text::PromptTokenizer;
 use premier_train::parallel::split_gradients;
 use premier_train::params::{assign_flat, flat_values, gradients_params, scalar};
@@ -68,7 +69,7 @@ impl PretrainConfig {
 }
 
 /// Trains a fresh base model; `observer(step, loss)` is called after every step.
-pub fn pretrain<B: AutodiffBackend>(
+pub fn pretrain<B: AutodiffBackend + FluxOps>(
     base_config: &SynthBaseConfig,
     config: &PretrainConfig,
     tokenizer: &PromptTokenizer,
@@ -83,7 +84,7 @@ pub fn pretrain<B: AutodiffBackend>(
 /// Trains `model` further on the world's pretraining stream for `config.seed` (a fresh
 /// optimizer state and learning-rate schedule); `observer(step, loss)` is called after every
 /// step. Use another seed than the run that made `model` so the images are new.
-pub fn continue_pretraining<B: AutodiffBackend>(
+pub fn continue_pretraining<B: AutodiffBackend + FluxOps>(
     mut model: SynthBase<B>,
     config: &PretrainConfig,
     tokenizer: &PromptTokenizer,

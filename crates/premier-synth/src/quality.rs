@@ -1,7 +1,7 @@
 //! What the base model can draw: given the style in words, how well each factor comes out, and
 //! how well the prompts' contents are drawn with and without style words.
 
-use burn::prelude::*;
+use premier_mmdit::FluxOps;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +34,7 @@ pub struct BaseQuality {
 
 /// Samples every content with `seeds` random styles named in words, and the plain prompts with
 /// the same noise; `seed` draws the styles and the noise.
-pub fn base_quality<B: Backend>(
+pub fn base_quality<B: FluxOps>(
     base: &SynthBase<B>,
     tokenizer: &PromptTokenizer,
     seeds: usize,

@@ -1,8 +1,7 @@
 //! Drawing images from the base model, with or without Premier's Δ.
 
-use burn::prelude::*;
 use image::RgbImage;
-use premier_mmdit::{img_ids, txt_ids, Flux, ForwardError, TextModulation};
+use premier_mmdit::{img_ids, txt_ids, Flux, FluxOps, ForwardError, TextModulation};
 use premier_pipeline::{denoise, schedule, seeded_noise};
 use premier_text::TextConditioning;
 
@@ -13,7 +12,7 @@ pub const SAMPLING_STEPS: usize = 12;
 
 /// One image per row of `text` (and of `delta`), starting from the noise of `seeds[i]`, in
 /// `steps` Euler steps on the unshifted schedule.
-pub fn sample<B: Backend>(
+pub fn sample<B: FluxOps>(
     flux: &Flux<B>,
     text: &TextConditioning<B>,
     delta: Option<&TextModulation<B>>,

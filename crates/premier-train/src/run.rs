@@ -16,7 +16,7 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::{AdapterConfig, AdapterInit, PreferenceAdapter};
 use premier_mmdit::load::{write_via_temp, SaveDtype};
-use premier_mmdit::Flux;
+use premier_mmdit::{Flux, FluxAutodiffBackend};
 use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
 use serde::{Deserialize, Serialize};
 
@@ -299,7 +299,7 @@ fn posterior_seed(seed: u64, index: u64) -> u64 {
 
 /// Trains stage 1 on `data` into `out`: fresh or resumed (`start`), `config.steps` steps in all.
 /// Returns the trainer at the last step and the summary.
-pub fn train_stage1<B: AutodiffBackend>(
+pub fn train_stage1<B: FluxAutodiffBackend>(
     flux: Flux<B>,
     data: &mut CachedUsers,
     config: &TrainConfig,
@@ -602,7 +602,7 @@ pub fn user_file_name(kind: ColdStartKind, id: &str) -> String {
 /// where `start` may resume. `step(report)`
 /// is called after every step.
 #[allow(clippy::too_many_arguments)]
-pub fn cold_start<B: AutodiffBackend>(
+pub fn cold_start<B: FluxAutodiffBackend>(
     flux: Flux<B>,
     adapter: PreferenceAdapter<B>,
     table: UserTable<B>,

@@ -7,7 +7,7 @@ use premier_adapter::PreferenceAdapter;
 use premier_losses::{
     dispersion_loss_with_tau, flow_matching_loss, interpolate, DispersionVariant, TimestepSampler,
 };
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, ForwardError, TextModulation};
+use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, FluxOps, ForwardError, TextModulation};
 use premier_users::{UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
@@ -185,7 +185,7 @@ pub struct FlowBatch<'a, B: Backend> {
 /// `[batch, img_tokens, in_channels]` at times `t` `[batch]`, with a constant guidance (`None`
 /// for models without guidance embedding): `[1]`. Shared by both training stages (and by
 /// backbone pretraining, without Δ).
-pub fn modulated_flow_loss<B: Backend>(
+pub fn modulated_flow_loss<B: FluxOps>(
     flux: &Flux<B>,
     batch: FlowBatch<'_, B>,
     noise: Tensor<B, 3>,
@@ -340,7 +340,7 @@ fn dispersion_terms<B: Backend>(
 
 /// The stage-1 objective for one batch with given noise `[batch, img_tokens, in_channels]` and
 /// times `[batch]`.
-pub fn stage1_loss<B: Backend>(
+pub fn stage1_loss<B: FluxOps>(
     flux: &Flux<B>,
     model: &Stage1Model<B>,
     batch: &Stage1Batch<B>,
@@ -436,7 +436,9 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
         self.workers = workers.max(1);
         self
     }
+}
 
+impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
     /// One step with the noise and times of this step (derived from the seed and step number).
     pub fn step(&mut self, batch: &Stage1Batch<B>) -> Result<StepReport, TrainError> {
         self.step_accumulated(std::slice::from_ref(batch))

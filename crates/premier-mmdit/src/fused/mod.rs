@@ -6,6 +6,7 @@
 //! O(T) memory per attention call instead of the `[B, H, T, T]` softmax.
 
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorPrimitive;
 
@@ -56,6 +57,12 @@ pub trait FluxOps: Backend {
         composite::attention_backward::<Self>(q, k, v, out, lse, grad_out, scale)
     }
 }
+
+/// An autodiff backend that runs FLUX both tracked and untracked (training that also samples on
+/// the inner backend, e.g. validation grids): `Autodiff<Flex>`, `Autodiff<Cuda>`, …
+pub trait FluxAutodiffBackend: AutodiffBackend<InnerBackend: FluxOps> + FluxOps {}
+
+impl<B> FluxAutodiffBackend for B where B: AutodiffBackend<InnerBackend: FluxOps> + FluxOps {}
 
 /// FLUX's attention, scale 1/√D. q, k, v: `[B, H, T, D]` → `[B, T, H·D]`.
 pub fn flux_attention<B: FluxOps>(
