@@ -48,13 +48,14 @@ pub struct GenerateArgs {
     /// Sampling steps (default: 28 for dev, 4 for schnell; the synthetic world: 12).
     #[arg(long)]
     pub steps: Option<usize>,
-    #[arg(long, default_value_t = 3.5)]
+    #[arg(long, default_value_t = 3.5, value_parser = super::finite::<f32>)]
     pub guidance: f32,
-    /// Seed of the first column; column c uses seed + c, the same for every user.
+    /// Seed of the first column; column c uses seed + c (wrapping past 2⁶⁴ − 1), the same for
+    /// every user.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Preference strength: 0 = plain FLUX, 1 = as trained.
-    #[arg(long, default_value_t = 1.0)]
+    /// Preference strength: 0 = plain FLUX, 1 = as trained (negative: away from the taste).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = super::finite::<f64>)]
     pub alpha: f64,
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -245,7 +246,7 @@ fn generate_synth<B: FluxOps>(
     let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
     let text = base.text.encode(&tokenizer, &prompts)?;
     let n = prompts.len();
-    let seeds: Vec<u64> = (0..n as u64).map(|c| args.seed + c).collect();
+    let seeds: Vec<u64> = (0..n as u64).map(|c| args.seed.wrapping_add(c)).collect();
     let steps = args.steps.unwrap_or(crate::synth::sample::SAMPLING_STEPS);
     let mut rows = Vec::new();
     for user in &users {
@@ -312,7 +313,9 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         let request = GenerateRequest {
             prompts: args.prompts.clone(),
             users: vec![user.clone(); columns],
-            seeds: (0..columns as u64).map(|c| args.seed + c).collect(),
+            seeds: (0..columns as u64)
+                .map(|c| args.seed.wrapping_add(c))
+                .collect(),
             width: args.width,
             height: args.height,
             steps,

@@ -10,6 +10,21 @@ mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// A clap value parser for float flags: a finite number (NaN and ±inf would end in NaN weights
+/// or black images much later).
+pub(crate) fn finite<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Into<f64> + Copy,
+    T::Err: std::fmt::Display,
+{
+    let value: T = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if value.into().is_finite() {
+        Ok(value)
+    } else {
+        Err(format!("{text} is not a finite number"))
+    }
+}
+
 pub use cold_start::{ColdStartArgs, KindArg, OptimizerKind};
 pub use dataset::DataArgs;
 pub use encode::{EncodeArgs, EncodeConfig};

@@ -5,6 +5,7 @@ use burn::tensor::Distribution;
 
 /// How training draws the flow time `t ∈ (0, 1)` (1 = pure noise).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum TimestepSampler {
     /// `t = sigmoid(N(mean, std))`; the released training uses mean 1.0, std 1.0.
     LogitNormal { mean: f64, std: f64 },

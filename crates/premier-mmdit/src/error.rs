@@ -70,4 +70,10 @@ pub enum ForwardError {
     MissingGuidance,
     #[error("{0}")]
     Modulation(String),
+    /// A sampler asked to run no step (it would return its noise as the image).
+    #[error("sampling needs at least 1 step (got a schedule of {timesteps} time(s))")]
+    NoSteps { timesteps: usize },
+    /// The sampler's result holds NaN or infinite values: nothing may be decoded or written.
+    #[error("the sampled latents hold NaN or infinite values after {steps} steps (diverged: check the weights, α and the guidance); nothing was decoded")]
+    NonFiniteSample { steps: usize },
 }

@@ -38,7 +38,12 @@ pub fn denoise<B: FluxOps>(
 ) -> Result<Tensor<B, 3>, ForwardError> {
     let batch = img.dims()[0];
     let device = img.device();
-    let total = timesteps.len().saturating_sub(1);
+    if timesteps.len() < 2 {
+        return Err(ForwardError::NoSteps {
+            timesteps: timesteps.len(),
+        });
+    }
+    let total = timesteps.len() - 1;
     for (i, pair) in timesteps.windows(2).enumerate() {
         let (t_curr, t_prev) = (pair[0], pair[1]);
         let input = FluxInput {
@@ -53,6 +58,18 @@ pub fn denoise<B: FluxOps>(
         let pred = flux.try_forward(input, modulation)?;
         img = img + pred * (t_prev as f64 - t_curr as f64);
         observer.step(i + 1, total);
+    }
+    // NaN propagates, so one check of the result covers every step.
+    let finite = img
+        .clone()
+        .is_finite()
+        .int()
+        .min()
+        .into_scalar()
+        .elem::<i64>()
+        == 1;
+    if !finite {
+        return Err(ForwardError::NonFiniteSample { steps: total });
     }
     Ok(img)
 }

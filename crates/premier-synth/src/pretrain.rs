@@ -136,6 +136,12 @@ pub fn continue_pretraining<B: AutodiffBackend + FluxOps>(
             let value = split.blocks.iter().map(|(share, v)| share * v).sum();
             (gradients_params(&model, split.grads), value)
         };
+        if !f64::is_finite(value) {
+            return Err(BaseError::Pretrain(format!(
+                "step {}: the loss is {value}; stopped before applying the step",
+                step + 1
+            )));
+        }
         model = optimizer.step(config.lr_at(step), model, grads);
         if let (Some(average), Some(decay)) = (ema.as_mut(), config.ema_decay) {
             for (a, v) in average.iter_mut().zip(flat_values(&model.valid())) {

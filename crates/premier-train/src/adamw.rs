@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// `torch.optim.AdamW` arguments with its defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     pub lr: f64,
     pub betas: (f64, f64),

@@ -154,8 +154,8 @@ impl EncodedCache {
         }
         let file = &self.shards[&name];
         Ok([
-            file.read_finite(&format!("{hash}.{}", parts[0]))?,
-            file.read_finite(&format!("{hash}.{}", parts[1]))?,
+            file.read(&format!("{hash}.{}", parts[0]))?,
+            file.read(&format!("{hash}.{}", parts[1]))?,
         ])
     }
 

@@ -236,11 +236,11 @@ fn read_prodigy_params(
                     p0: if p0_zero {
                         None
                     } else {
-                        Some(file.read_finite(&format!("{i}.p0"))?)
+                        Some(file.read(&format!("{i}.p0"))?)
                     },
-                    s: file.read_finite(&format!("{i}.s"))?,
-                    exp_avg: file.read_finite(&format!("{i}.exp_avg"))?,
-                    exp_avg_sq: file.read_finite(&format!("{i}.exp_avg_sq"))?,
+                    s: file.read(&format!("{i}.s"))?,
+                    exp_avg: file.read(&format!("{i}.exp_avg"))?,
+                    exp_avg_sq: file.read(&format!("{i}.exp_avg_sq"))?,
                 })
             })
             .transpose()
@@ -414,8 +414,8 @@ pub fn load_stage2<B: AutodiffBackend>(
                         return Ok(None);
                     }
                     Ok(Some((
-                        file.read_finite(&format!("{i}.exp_avg"))?,
-                        file.read_finite(&format!("{i}.exp_avg_sq"))?,
+                        file.read(&format!("{i}.exp_avg"))?,
+                        file.read(&format!("{i}.exp_avg_sq"))?,
                     )))
                 })
                 .collect::<Result<Vec<_>, _>>()?;

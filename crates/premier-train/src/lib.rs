@@ -22,6 +22,7 @@
 //! - [`batches`]: training batches read from a cache (posterior samples, text features);
 //! - [`run`]: whole runs as `premier train` / `premier cold-start` do them (TOML config,
 //!   checkpoints every N steps, resume, metrics, validation hook, final files);
+//! - [`validate`]: every number of a run's config checked (finite, in range) before it starts;
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
 
@@ -41,3 +42,4 @@ pub mod sampler;
 pub mod schedule;
 pub mod stage1;
 pub mod stage2;
+pub mod validate;

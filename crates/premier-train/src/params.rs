@@ -140,7 +140,8 @@ pub fn gradients<B: AutodiffBackend, M: Module<B>>(
 
 /// One optimizer update of `module` with flat `grads`: optional global-norm clipping, the
 /// optimizer's `step` on flat values, and the new values assigned back.
-/// Returns the updated module and the gradient norm before clipping.
+/// Returns the updated module and the gradient norm before clipping, or — when that norm is NaN
+/// or infinite — the norm as the error, before the optimizer has seen anything.
 pub fn apply<B: AutodiffBackend, M: Module<B>>(
     module: M,
     grads: Vec<Tensor<B::InnerBackend, 1>>,
@@ -149,19 +150,22 @@ pub fn apply<B: AutodiffBackend, M: Module<B>>(
         Vec<Tensor<B::InnerBackend, 1>>,
         Vec<Tensor<B::InnerBackend, 1>>,
     ) -> Vec<Tensor<B::InnerBackend, 1>>,
-) -> (M, f64) {
+) -> Result<(M, f64), f64> {
     // With no limit the coefficient clamps to 1: only the norm is computed.
     let (grads, norm) = crate::clip::clip_grad_norm(grads, clip_norm.unwrap_or(f64::INFINITY));
+    if !norm.is_finite() {
+        return Err(norm);
+    }
     let values = flat_values(&module)
         .into_iter()
         .map(|p| p.inner())
         .collect();
     let updated = step(values, grads);
-    (
+    Ok((
         assign_flat(
             module,
             updated.into_iter().map(Tensor::from_inner).collect(),
         ),
         norm,
-    )
+    ))
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// prodigyopt's arguments, with its defaults (`ProdigyConfig::default()`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProdigyConfig {
     pub lr: f64,
     pub betas: (f64, f64),

@@ -147,23 +147,69 @@ impl TrainConfig {
 }
 
 /// A config from TOML `text` over `defaults`: keys the file names replace the defaults', tables
-/// merge key by key, and unknown keys are errors (with `deny_unknown_fields` on `T`).
+/// merge key by key, and unknown keys are errors at every depth (`deny_unknown_fields` on every
+/// table of `T`), named with their table path (`stage1.optimizer.d00`).
 pub fn config_from_toml<T: Serialize + serde::de::DeserializeOwned>(
     text: &str,
     defaults: &T,
 ) -> Result<T, String> {
     let given: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut base = toml::Table::try_from(defaults).map_err(|e| e.to_string())?;
-    merge(&mut base, given);
+    let defaults_table = base.clone();
+    merge(&mut base, given.clone());
     toml::Value::Table(base)
         .try_into()
-        .map_err(|e: toml::de::Error| e.to_string())
+        .map_err(|e: toml::de::Error| {
+            let message = e.message().to_string();
+            // serde names an unknown field without its table; find where the file wrote it.
+            let path = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .and_then(|name| key_path(&given, Some(&defaults_table), name, ""));
+            match path {
+                Some(path) => format!("unknown key `{path}`: {message}"),
+                None => e.to_string(),
+            }
+        })
+}
+
+/// The path of the first key `name` in `given` that the defaults `base` do not have at that
+/// place (an enum variant the defaults do not hold counts as having no defaults).
+fn key_path(
+    given: &toml::Table,
+    base: Option<&toml::Table>,
+    name: &str,
+    path: &str,
+) -> Option<String> {
+    given.iter().find_map(|(key, value)| {
+        let full = format!("{path}{key}");
+        let default = base.and_then(|b| b.get(key));
+        match value {
+            _ if key == name && default.is_none() => Some(full),
+            toml::Value::Table(g) => {
+                let b = match default {
+                    Some(toml::Value::Table(b)) => Some(b),
+                    _ => None,
+                };
+                key_path(g, b, name, &format!("{full}."))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// `given` names another variant of the enum whose default is `base` (`[stage1.timesteps.
+/// FluxShifted]` over the default `LogitNormal`): it replaces the default instead of merging.
+fn names_other_variant(base: &toml::Table, given: &toml::Table) -> bool {
+    base.len() == 1 && given.len() == 1 && given.keys().all(|k| !base.contains_key(k))
 }
 
 fn merge(base: &mut toml::Table, given: toml::Table) {
     for (key, value) in given {
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(g)) => merge(b, g),
+            (Some(toml::Value::Table(b)), toml::Value::Table(g)) if !names_other_variant(b, &g) => {
+                merge(b, g)
+            }
             (_, value) => {
                 base.insert(key, value);
             }
@@ -221,6 +267,8 @@ pub enum RunError {
     Io { path: PathBuf, reason: String },
     #[error("{0}")]
     Config(String),
+    #[error("config: {0}")]
+    Invalid(#[from] crate::validate::InvalidValue),
     #[error("validation: {0}")]
     Validation(String),
 }
@@ -309,11 +357,7 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Stage1Trainer<B>, RunSummary), RunError> {
     let started = Instant::now();
-    if config.batch_size == 0 || config.grad_accum == 0 {
-        return Err(RunError::Config(
-            "batch_size and grad_accum must be at least 1".into(),
-        ));
-    }
+    config.validate()?;
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let checkpoints = out.join("checkpoints");
     let resume_from = resume_point(&checkpoints, start)?;
@@ -621,10 +665,11 @@ pub fn cold_start<B: FluxAutodiffBackend>(
             data.ids.len()
         )));
     };
-    if count == 0 || config.batch_size == 0 {
+    config.validate()?;
+    if count == 0 {
         return Err(RunError::Config(format!(
-            "user {} has {count} images and the batch size is {}",
-            data.ids[user], config.batch_size
+            "user {} has no images",
+            data.ids[user]
         )));
     }
     let id = file_safe(&data.ids[user])?.to_string();
@@ -736,5 +781,52 @@ mod tests {
         let cold = ColdStartConfig::from_toml("kind = \"direct\"\nsteps = 9", &Default::default())
             .unwrap();
         assert_eq!((cold.kind, cold.steps), (ColdStartKind::Direct, 9));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_at_every_depth_named_with_their_path() {
+        let defaults = TrainConfig::synth();
+        for (text, key) in [
+            ("stepz = 3", "stepz"),
+            ("[stage1]\nlamda_shared = 0.1", "stage1.lamda_shared"),
+            ("[stage1.optimizer]\nd00 = 1e-4", "stage1.optimizer.d00"),
+            (
+                "[stage1.timesteps.LogitNormal]\nmean = 1.0\nstd = 1.0\nsdt = 2.0",
+                "stage1.timesteps.LogitNormal.sdt",
+            ),
+            (
+                "[stage1.timesteps.FluxShifted]\nmu = 0.5\nmuu = 1.0",
+                "stage1.timesteps.FluxShifted.muu",
+            ),
+        ] {
+            let err = TrainConfig::from_toml(text, &defaults).unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{text:?}: {err}");
+        }
+        let err =
+            ColdStartConfig::from_toml("[stage2.optimizer.AdamW]\nlr2 = 1", &Default::default())
+                .unwrap_err();
+        assert!(err.contains("`stage2.optimizer.AdamW.lr2`"), "{err}");
+    }
+
+    #[test]
+    fn a_table_naming_another_enum_variant_replaces_the_default() {
+        let c = TrainConfig::from_toml(
+            "[stage1.timesteps.FluxShifted]\nmu = 0.5",
+            &TrainConfig::synth(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.stage1.timesteps,
+            premier_losses::TimestepSampler::FluxShifted { mu: 0.5 }
+        );
+        let cold = ColdStartConfig::from_toml(
+            "[stage2.optimizer.Prodigy]\nd0 = 1e-4",
+            &ColdStartConfig::default(),
+        )
+        .unwrap();
+        match cold.stage2.optimizer {
+            crate::stage2::ColdStartOptimizer::Prodigy(p) => assert_eq!(p.d0, 1e-4),
+            other => panic!("{other:?}"),
+        }
     }
 }

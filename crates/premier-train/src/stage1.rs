@@ -29,7 +29,7 @@ pub enum DispersionPrompt {
 /// Stage-1 settings; defaults are the released run's, except the dispersion: a hinge whose margin
 /// is relative to the modulation vector y (the paper's L2 runs away; docs/synth.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Stage1Config {
     /// `None` is the paper's "w/o dispersion" ablation (written `"None"` in config files).
     #[serde(with = "dispersion_or_none")]
@@ -166,6 +166,29 @@ pub enum TrainError {
     Forward(#[from] ForwardError),
     #[error("{0}")]
     Batch(String),
+    /// A NaN or infinite loss, gradient or optimizer state: the step was not applied, so the
+    /// parameters (and the last checkpoint on disk) are those of the step before.
+    #[error("step {step}: the {quantity} is {value}; training stopped without applying the step (the last checkpoint holds the last good state)")]
+    NonFinite {
+        step: u64,
+        quantity: &'static str,
+        value: f64,
+    },
+}
+
+impl TrainError {
+    /// `Err(NonFinite)` unless `value` is finite.
+    pub(crate) fn check_finite(step: u64, quantity: &'static str, value: f64) -> Result<(), Self> {
+        if value.is_finite() {
+            Ok(())
+        } else {
+            Err(Self::NonFinite {
+                step,
+                quantity,
+                value,
+            })
+        }
+    }
 }
 
 /// The encoded images and captions a flow loss is computed on.
@@ -482,13 +505,21 @@ impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
             parts,
             delta_to_y,
         } = self.gradients_accumulated_with(micro_batches)?;
+        let step = self.step + 1;
+        TrainError::check_finite(step, "loss", parts[0])?;
         let optimizer = &mut self.optimizer;
         optimizer.set_lr(self.config.optimizer.lr * self.config.lr_schedule.factor(self.step));
         let (model, grad_norm) = apply(self.model.clone(), grads, self.config.clip_norm, |p, g| {
             optimizer.step(p, g)
-        });
+        })
+        .map_err(|norm| TrainError::NonFinite {
+            step,
+            quantity: "gradient norm",
+            value: norm,
+        })?;
+        TrainError::check_finite(step, "optimizer's step size d", self.optimizer.d())?;
         self.model = model;
-        self.step += 1;
+        self.step = step;
         Ok(StepReport {
             step: self.step,
             loss: parts[0],

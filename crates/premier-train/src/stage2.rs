@@ -43,7 +43,7 @@ pub enum Stage2Optimizer<B: Backend> {
 
 /// Stage-2 settings; defaults are the released linear cold start (AdamW lr 0.01, wd 1e-4, clip 0.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Stage2Config {
     pub timesteps: TimestepSampler,
     pub guidance: f32,
@@ -219,9 +219,12 @@ impl<B: AutodiffBackend + FluxOps> Stage2Trainer<B> {
         t: Tensor<B, 1>,
     ) -> Result<StepReport, TrainError> {
         let loss = self.loss(batch, noise, t)?;
+        let step = self.step + 1;
+        let loss_value = scalar(loss.clone());
+        TrainError::check_finite(step, "loss", loss_value)?;
         let mut d = 0.0;
         let optimizer = &mut self.optimizer;
-        let grads = gradients(&self.users, loss.clone());
+        let grads = gradients(&self.users, loss);
         let (users, grad_norm) =
             apply(
                 self.users.clone(),
@@ -235,10 +238,16 @@ impl<B: AutodiffBackend + FluxOps> Stage2Trainer<B> {
                         updated
                     }
                 },
-            );
+            )
+            .map_err(|norm| TrainError::NonFinite {
+                step,
+                quantity: "gradient norm",
+                value: norm,
+            })?;
+        TrainError::check_finite(step, "optimizer's step size d", d)?;
         self.users = users;
-        self.step += 1;
-        let loss = scalar(loss);
+        self.step = step;
+        let loss = loss_value;
         Ok(StepReport {
             step: self.step,
             loss,

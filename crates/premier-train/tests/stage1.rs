@@ -391,3 +391,48 @@ fn a_cosine_tail_follows_the_constant_run_then_stops_moving_at_its_end() {
         "a step past the schedule's end moved the parameters"
     );
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_step_before_it_changes_anything() {
+    let s = setup();
+    let mut trainer = Stage1Trainer::new(s.flux, s.model, config(true));
+    trainer
+        .step_with(&s.batch, s.noise.clone(), s.t.clone())
+        .unwrap();
+    let before = bits(flat_values(&trainer.model));
+    let (step, d) = (trainer.step, trainer.optimizer.d());
+    // One NaN pixel in the batch makes the loss NaN.
+    let mut poisoned = s.batch.clone();
+    let mut x0 = poisoned.x0.into_data().to_vec::<f32>().unwrap();
+    x0[5] = f32::NAN;
+    poisoned.x0 = Tensor::from_data(TensorData::new(x0, [4, 4, 8]), &Default::default());
+    let err = trainer
+        .step_with(&poisoned, s.noise.clone(), s.t.clone())
+        .unwrap_err();
+    match &err {
+        premier_train::stage1::TrainError::NonFinite {
+            step: 2,
+            quantity,
+            value,
+        } => {
+            assert_eq!(*quantity, "loss");
+            assert!(value.is_nan());
+        }
+        other => panic!("expected NonFinite at step 2, got {other}"),
+    }
+    assert!(
+        err.to_string().starts_with("step 2: the loss is NaN"),
+        "{err}"
+    );
+    assert_eq!(trainer.step, step, "the step counter moved");
+    assert_eq!(trainer.optimizer.d(), d, "the optimizer moved");
+    assert_eq!(
+        bits(flat_values(&trainer.model)),
+        before,
+        "parameters moved"
+    );
+    // The trainer goes on from where it was.
+    trainer
+        .step_with(&s.batch, s.noise.clone(), s.t.clone())
+        .unwrap();
+}

@@ -80,9 +80,7 @@ impl<B: Backend> LinearCombination<B> {
                 found,
             });
         }
-        Ok(Self::from_tensor(
-            file.read_finite(KEY)?.into_tensor(device),
-        ))
+        Ok(Self::from_tensor(file.read(KEY)?.into_tensor(device)))
     }
 
     /// Saves as the official file (key `combination_weights`), atomically.

@@ -73,7 +73,7 @@ impl<B: Backend> UserEmbedding<B> {
                 found,
             });
         }
-        let host = file.read_finite(&key)?;
+        let host = file.read(&key)?;
         let host = HostTensor {
             shape: vec![tokens, dim],
             data: host.data,

@@ -140,7 +140,7 @@ impl<B: Backend> UserTable<B> {
                 })
             }
         };
-        let weight = file.read_finite(key)?.into_tensor(device);
+        let weight = file.read(key)?.into_tensor(device);
         Ok(Self::from_weight(weight, shape, rows))
     }
 

@@ -468,7 +468,7 @@ impl TensorReader for TensorFile {
                 found,
             });
         }
-        let tensor = self.file.read_finite(key)?;
+        let tensor = self.file.read(key)?;
         self.used.insert(key.to_string());
         Ok(tensor)
     }

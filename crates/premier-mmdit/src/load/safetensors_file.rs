@@ -139,19 +139,6 @@ impl SafetensorsFile {
         self.tensors.get(key).map(|i| i.shape.as_slice())
     }
 
-    /// Reads `key` as f32 and refuses NaN or infinite values (for files users train and share:
-    /// embeddings, adapters, optimizer state).
-    pub fn read_finite(&self, key: &str) -> Result<HostTensor, LoadError> {
-        let tensor = self.read(key)?;
-        if tensor.data.iter().any(|v| !v.is_finite()) {
-            return Err(LoadError::NonFinite {
-                path: self.path.clone(),
-                key: key.to_string(),
-            });
-        }
-        Ok(tensor)
-    }
-
     /// Reads `key` widened to f64 without rounding through f32 (F64 tensors keep every bit).
     pub fn read_f64(&self, key: &str) -> Result<(Vec<usize>, Vec<f64>), LoadError> {
         let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {
@@ -167,7 +154,10 @@ impl SafetensorsFile {
         let data = bytes
             .chunks_exact(8)
             .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .collect();
+            .collect::<Vec<f64>>();
+        if data.iter().any(|v| !v.is_finite()) {
+            return Err(self.non_finite(key));
+        }
         Ok((info.shape.clone(), data))
     }
 
@@ -200,7 +190,15 @@ impl SafetensorsFile {
         Ok((info.shape.clone(), data))
     }
 
-    /// Reads `key` and converts it to f32.
+    fn non_finite(&self, key: &str) -> LoadError {
+        LoadError::NonFinite {
+            path: self.path.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Reads `key` and converts it to f32. NaN or infinite values (or an f64 too large for f32)
+    /// are refused here, where every weight enters, so no model runs on a corrupt file.
     pub fn read(&self, key: &str) -> Result<HostTensor, LoadError> {
         let info = self.tensors.get(key).ok_or_else(|| LoadError::MissingKey {
             path: self.path.clone(),
@@ -252,6 +250,10 @@ impl SafetensorsFile {
                 })
                 .collect(),
         };
+        let data: Vec<f32> = data;
+        if data.iter().any(|v| !v.is_finite()) {
+            return Err(self.non_finite(key));
+        }
         Ok(HostTensor {
             shape: info.shape.clone(),
             data,
@@ -280,6 +282,15 @@ pub fn write_safetensors(
         path: path.to_path_buf(),
         reason,
     };
+    // Nothing non-finite is ever written: a NaN saved is a run lost when it is loaded.
+    if let Some((name, _)) = tensors
+        .iter()
+        .find(|(_, t)| t.data.iter().any(|v| !v.is_finite()))
+    {
+        return Err(fail(format!(
+            "tensor `{name}` holds NaN or infinite values; nothing was written"
+        )));
+    }
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, t)| match dtype {
