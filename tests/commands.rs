@@ -118,6 +118,52 @@ fn the_synthetic_world_runs_through_every_command() {
         written.contains("batch_size = 3") && written.contains("seed = 5"),
         "{written}"
     );
+    // A resume with another model size is refused by name, and the run's config is kept.
+    let run_config = std::fs::read_to_string(resumed.join("config.toml")).unwrap();
+    std::fs::write(
+        &config,
+        "batch_size = 3\nvalidation_users = 2\nuser_tokens = 7\n[stage1]\nseed = 5\n",
+    )
+    .unwrap();
+    let other_size = train_run(&resumed, "6", &["--resume", "latest"]);
+    let msg = format!("{:#}", other_size.unwrap_err());
+    assert!(msg.contains("user_tokens"), "{msg}");
+    std::fs::write(
+        &config,
+        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n[stage1.optimizer]\nd0 = 2e-6\n",
+    )
+    .unwrap();
+    let other_optimizer = train_run(&resumed, "6", &["--resume", "latest"]);
+    let msg = format!("{:#}", other_optimizer.unwrap_err());
+    assert!(msg.contains("stage1"), "{msg}");
+    assert_eq!(
+        std::fs::read_to_string(resumed.join("config.toml")).unwrap(),
+        run_config
+    );
+    std::fs::write(
+        &config,
+        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n",
+    )
+    .unwrap();
+    // A fresh run into a finished run whose checkpoints are gone is refused; nothing is lost.
+    let weights = sha(&straight.join("mod_adapter.safetensors"));
+    std::fs::remove_dir_all(straight.join("checkpoints")).unwrap();
+    let msg = format!("{:#}", train_run(&straight, "4", &[]).unwrap_err());
+    assert!(msg.contains("earlier run"), "{msg}");
+    assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
+    // A config key that does not exist, at any depth, is named with its table.
+    std::fs::write(&config, "[stage1.optimizer]\nd00 = 1e-4\n").unwrap();
+    let fresh = dir.path().join("fresh");
+    let msg = format!("{:#}", train_run(&fresh, "4", &[]).unwrap_err());
+    assert!(msg.contains("`stage1.optimizer.d00`"), "{msg}");
+    std::fs::write(&config, "[stage1.optimizer]\nd0 = 0.0\n").unwrap();
+    let msg = format!("{:#}", train_run(&fresh, "4", &[]).unwrap_err());
+    assert!(msg.contains("`stage1.optimizer.d0` = 0"), "{msg}");
+    std::fs::write(
+        &config,
+        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n",
+    )
+    .unwrap();
     assert!(straight.join("validation/step-00000004.png").is_file());
     assert!(straight.join("loss.png").is_file());
     let metrics = premier::train::metrics::read_metrics(&resumed.join("metrics.jsonl")).unwrap();

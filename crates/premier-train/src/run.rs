@@ -360,6 +360,9 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     config.validate()?;
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let checkpoints = out.join("checkpoints");
+    if start == Start::Fresh {
+        refuse_earlier_results(out)?;
+    }
     let resume_from = resume_point(&checkpoints, start)?;
     if let Some(u) = data.counts().iter().position(|&c| c == 0) {
         return Err(RunError::Config(format!(
@@ -380,6 +383,9 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
         Some(path) => {
             let meta = read_stage1_state(path)?;
             check_resume(path, &meta, config, &settings, data.ids.len())?;
+            let expected = config.adapter(text_dim, flux.hidden_size(), flux.depth());
+            check_resumed_sizes(path, &meta, config, &expected)?;
+            check_run_config(out, config)?;
             drop_checkpoints_after(&checkpoints, meta.step)?;
             (load_stage1(path, flux, device)?, meta.adapter)
         }
@@ -550,6 +556,130 @@ fn check_resume(
             differs("dataset (users, images or captions, or held-out split)")
         }
         _ => Ok(()),
+    }
+}
+
+/// Files a finished (or running) stage-1 run leaves in its folder.
+const RUN_RESULTS: [&str; 5] = [
+    "config.toml",
+    "metrics.jsonl",
+    "mod_adapter.safetensors",
+    "user_embedding.safetensors",
+    TRAINED_MODEL_FILE,
+];
+
+/// A fresh run never writes over an earlier run's results, checkpoints or not.
+fn refuse_earlier_results(out: &Path) -> Result<(), RunError> {
+    match RUN_RESULTS.iter().map(|f| out.join(f)).find(|p| p.exists()) {
+        Some(found) => Err(RunError::Config(format!(
+            "{} is from an earlier run in {}: resume it (`--resume latest`), train into another \
+             folder, or remove that run's files",
+            found.display(),
+            out.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The fields of [`TrainConfig`] a resume may change: how long, how often, on how many threads.
+/// Every other field shapes the model or its batches.
+const RESUMABLE_FIELDS: [&str; 7] = [
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "validate_every",
+    "validation_users",
+    "validation_prompts",
+    "workers",
+];
+
+/// The first key (as a TOML path) whose value differs between `a` and `b`, with both values;
+/// top-level keys in `skip` are not compared.
+fn first_difference<T: Serialize>(a: &T, b: &T, skip: &[&str]) -> Option<(String, String, String)> {
+    fn walk(
+        a: &toml::Table,
+        b: &toml::Table,
+        path: &str,
+        skip: &[&str],
+    ) -> Option<(String, String, String)> {
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| !(path.is_empty() && skip.contains(&k.as_str())))
+            .find_map(|key| {
+                let full = format!("{path}{key}");
+                match (a.get(key), b.get(key)) {
+                    (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                        walk(x, y, &format!("{full}."), &[])
+                    }
+                    (x, y) if x == y => None,
+                    (x, y) => {
+                        let show = |v: Option<&toml::Value>| {
+                            v.map_or("(none)".to_string(), |v| v.to_string())
+                        };
+                        Some((full, show(x), show(y)))
+                    }
+                }
+            })
+    }
+    let a = toml::Table::try_from(a).ok()?;
+    let b = toml::Table::try_from(b).ok()?;
+    walk(&a, &b, "", skip)
+}
+
+/// The checkpoint's adapter and table sizes must be the ones `config` asks for: a resume trains
+/// the checkpoint's model, and the run's config.toml must not say otherwise.
+fn check_resumed_sizes(
+    path: &Path,
+    meta: &CheckpointState,
+    config: &TrainConfig,
+    expected: &AdapterConfig,
+) -> Result<(), RunError> {
+    let differ = |key: String, in_checkpoint: String, in_config: String| {
+        Err(RunError::Config(format!(
+            "{}: the checkpoint has {key} = {in_checkpoint}, this run's config says \
+             {in_config}; resume with the settings it was trained with (its config.toml) or \
+             start a new run",
+            path.display()
+        )))
+    };
+    if meta.users.tokens != config.user_tokens {
+        return differ(
+            "user_tokens".into(),
+            meta.users.tokens.to_string(),
+            config.user_tokens.to_string(),
+        );
+    }
+    if meta.users.dim != config.user_dim {
+        return differ(
+            "user_dim".into(),
+            meta.users.dim.to_string(),
+            config.user_dim.to_string(),
+        );
+    }
+    match first_difference(&meta.adapter, expected, &[]) {
+        Some((key, a, b)) => differ(format!("adapter {key}"), a, b),
+        None => Ok(()),
+    }
+}
+
+/// A resume must use the run's own config (`<out>/config.toml`) except for [`RESUMABLE_FIELDS`].
+fn check_run_config(out: &Path, config: &TrainConfig) -> Result<(), RunError> {
+    let path = out.join("config.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let run = TrainConfig::from_toml(&text, &TrainConfig::default())
+        .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
+    match first_difference(&run, config, &RESUMABLE_FIELDS) {
+        Some((key, was, now)) => Err(RunError::Config(format!(
+            "{}: the run was trained with {key} = {was}, this resume asks {now}; only {} may \
+             change on a resume",
+            path.display(),
+            RESUMABLE_FIELDS.join(", ")
+        ))),
+        None => Ok(()),
     }
 }
 
