@@ -145,6 +145,19 @@ fn the_synthetic_world_runs_through_every_command() {
         "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n",
     )
     .unwrap();
+    // `--resume latest` with nothing to resume says so; `--resume-or-start` starts fresh.
+    let empty = dir.path().join("empty");
+    let msg = format!(
+        "{:#}",
+        train_run(&empty, "2", &["--resume", "latest"]).unwrap_err()
+    );
+    assert!(msg.contains("nothing to resume"), "{msg}");
+    train_run(&empty, "2", &["--resume-or-start"]).unwrap();
+    train_run(&empty, "4", &["--resume-or-start"]).unwrap();
+    assert_eq!(
+        sha(&empty.join("mod_adapter.safetensors")),
+        sha(&straight.join("mod_adapter.safetensors"))
+    );
     // A fresh run into a finished run whose checkpoints are gone is refused; nothing is lost.
     let weights = sha(&straight.join("mod_adapter.safetensors"));
     std::fs::remove_dir_all(straight.join("checkpoints")).unwrap();

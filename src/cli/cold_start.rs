@@ -72,9 +72,13 @@ pub struct ColdStartArgs {
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// `latest`: continue each user from its newest checkpoint (under
-    /// `<out>/checkpoints/user_combination_<id>/` or `user_embedding_<id>/`), if it has one.
-    #[arg(long)]
+    /// `<out>/checkpoints/user_combination_<id>/` or `user_embedding_<id>/`), if it has one;
+    /// an error when no user has one.
+    #[arg(long, conflicts_with = "resume_or_start")]
     pub resume: Option<String>,
+    /// As `--resume latest`, but a fresh start when there is no checkpoint at all.
+    #[arg(long)]
+    pub resume_or_start: bool,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
     /// Float type of the frozen backbone's weights (default: bf16 on CUDA, f32 elsewhere). The
@@ -134,8 +138,26 @@ pub fn run(args: ColdStartArgs) -> anyhow::Result<()> {
 fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
     let start = match args.resume.as_deref() {
+        None if args.resume_or_start => Start::LatestOrFresh,
         None => Start::Fresh,
-        Some("latest") => Start::Latest,
+        Some("latest") => {
+            // Users not reached before the interruption have no checkpoint yet; some user must.
+            let out = args.out.clone().unwrap_or_else(|| args.run.join("users"));
+            let checkpoints = out.join("checkpoints");
+            let any = std::fs::read_dir(&checkpoints)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|user| crate::train::checkpoint::latest_checkpoint(&user.path()).is_some());
+            if !any {
+                bail!(
+                    "--resume latest: nothing to resume, {} holds no checkpoint (start without \
+                     --resume, or pass --resume-or-start)",
+                    checkpoints.display()
+                );
+            }
+            Start::LatestOrFresh
+        }
         Some(other) => bail!(
             "--resume takes `latest` (each user resumes from its own checkpoints), not {other:?}"
         ),

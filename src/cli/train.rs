@@ -33,9 +33,13 @@ pub struct TrainArgs {
     /// A TOML file of [`TrainConfig`] fields; the options below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// `latest` (the newest checkpoint in `<out>/checkpoints`) or a checkpoint folder.
-    #[arg(long)]
+    /// `latest` (the newest checkpoint in `<out>/checkpoints`; an error if there is none) or a
+    /// checkpoint folder.
+    #[arg(long, conflicts_with = "resume_or_start")]
     pub resume: Option<String>,
+    /// Resume from the newest checkpoint if there is one, else start fresh.
+    #[arg(long)]
+    pub resume_or_start: bool,
     #[arg(long)]
     pub steps: Option<u64>,
     #[arg(long)]
@@ -127,6 +131,7 @@ impl TrainArgs {
 
     fn start(&self) -> Start {
         match self.resume.as_deref() {
+            None if self.resume_or_start => Start::LatestOrFresh,
             None => Start::Fresh,
             Some("latest") => Start::Latest,
             Some(path) => Start::From(PathBuf::from(path)),

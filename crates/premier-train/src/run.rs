@@ -316,9 +316,12 @@ pub enum Start {
     /// run's seed (for a new user: the seed and its id). Refused when the folder already holds
     /// checkpoints.
     Fresh,
-    /// The newest checkpoint under `<out>/checkpoints` (fresh when there is none). The run's
+    /// The newest checkpoint under `<out>/checkpoints`; an error when there is none. The run's
     /// settings must be the checkpoint's.
     Latest,
+    /// As [`Start::Latest`], but a fresh start when there is no checkpoint yet (a job that may
+    /// or may not have run before).
+    LatestOrFresh,
     /// A checkpoint folder; checkpoints after it in the run's folder are dropped.
     From(PathBuf),
 }
@@ -518,7 +521,15 @@ fn resume_point(checkpoints: &Path, start: Start) -> Result<Option<PathBuf>, Run
             ))),
             None => Ok(None),
         },
-        Start::Latest => Ok(latest_checkpoint(checkpoints)),
+        Start::Latest => match latest_checkpoint(checkpoints) {
+            Some(latest) => Ok(Some(latest)),
+            None => Err(RunError::Config(format!(
+                "nothing to resume: {} holds no checkpoint (start without `--resume`, or pass \
+                 `--resume-or-start` to resume when there is one)",
+                checkpoints.display()
+            ))),
+        },
+        Start::LatestOrFresh => Ok(latest_checkpoint(checkpoints)),
         Start::From(p) => Ok(Some(p)),
     }
 }
