@@ -175,12 +175,37 @@ fn commit<T: Serialize>(
 
 /// The `state.json` of the stage-1 checkpoint folder `path`.
 pub fn read_stage1_state(path: &Path) -> Result<CheckpointState, CheckpointError> {
-    read_state(path)
+    let state: CheckpointState = read_state(path)?;
+    check_folder_step(path, state.step)?;
+    Ok(state)
 }
 
 /// The `state.json` of the cold-start checkpoint folder `path`.
 pub fn read_stage2_state(path: &Path) -> Result<Stage2CheckpointState, CheckpointError> {
-    read_state(path)
+    let state: Stage2CheckpointState = read_state(path)?;
+    check_folder_step(path, state.step)?;
+    Ok(state)
+}
+
+/// A folder named `step-N` must hold the state of step N: resuming trusts the name to find the
+/// newest checkpoint and to drop the ones after it, and the state for everything else, so a
+/// disagreement (a renamed or copied folder) could delete the checkpoint being loaded.
+fn check_folder_step(path: &Path, step: u64) -> Result<(), CheckpointError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+    let named = name
+        .as_deref()
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse::<u64>().ok());
+    match named {
+        Some(named) if named != step => Err(CheckpointError::State {
+            path: path.join("state.json"),
+            reason: format!(
+                "the folder is named for step {named} but its state is step {step}; refusing \
+                 to resume from it (nothing was deleted)"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Deletes the checkpoints under `dir` after `step`: a run resumed from an older checkpoint
@@ -255,7 +280,7 @@ pub fn load_stage1<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Stage1Trainer<B>, CheckpointError> {
     let state_path = path.join("state.json");
-    let meta: CheckpointState = read_state(path)?;
+    let meta = read_stage1_state(path)?;
     let adapter =
         PreferenceAdapter::<B>::load(path.join("mod_adapter.safetensors"), &meta.adapter, device)?;
     let users = UserTable::<B>::load(path.join("user_embedding.safetensors"), meta.users, device)?;
@@ -377,7 +402,7 @@ pub fn load_stage2<B: AutodiffBackend>(
     table: UserTable<B>,
     device: &B::Device,
 ) -> Result<Stage2Trainer<B>, CheckpointError> {
-    let meta: Stage2CheckpointState = read_state(path)?;
+    let meta = read_stage2_state(path)?;
     if meta.users != table.shape() {
         return Err(CheckpointError::State {
             path: path.join("state.json"),

@@ -6,7 +6,9 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxConfig};
-use premier_train::checkpoint::{checkpoints, latest_checkpoint, load_stage1, save_stage1};
+use premier_train::checkpoint::{
+    checkpoints, latest_checkpoint, load_stage1, read_stage1_state, save_stage1,
+};
 use premier_train::prodigy::ProdigyConfig;
 use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier_users::{UserShape, UserTable};
@@ -130,4 +132,34 @@ fn interrupted_writes_are_ignored_and_old_checkpoints_pruned() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_whose_folder_disagrees_with_its_state_is_refused_and_nothing_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut trainer, batch) = fresh();
+    for _ in 0..2 {
+        trainer.step(&batch).unwrap();
+        save_stage1(&trainer, &adapter_config(), None, dir.path(), 3).unwrap();
+    }
+    // Step 1's checkpoint renamed as if it were step 9: the name says newest, the state step 1.
+    let renamed = dir.path().join("step-00000009");
+    std::fs::rename(dir.path().join("step-00000001"), &renamed).unwrap();
+    let latest = latest_checkpoint(dir.path()).unwrap();
+    assert_eq!(latest, renamed);
+    let err = read_stage1_state(&latest).unwrap_err().to_string();
+    assert!(
+        err.contains("named for step 9") && err.contains("step 1"),
+        "{err}"
+    );
+    let err = load_stage1::<AB>(&latest, trainer.flux.clone(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("named for step 9"), "{err}");
+    let steps: Vec<u64> = checkpoints(dir.path())
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps, vec![2, 9], "nothing deleted");
 }
