@@ -8,7 +8,7 @@ use image::RgbImage;
 
 use crate::pipeline::image_io::rgb_to_tensor;
 use crate::text::{ids_tensor, ClipTextEncoder, PromptTokenizer, T5Encoder};
-use crate::train::cache::{CachedLatent, CachedText};
+use crate::train::cache::{CachedLatent, CachedText, EncoderIdentity};
 use crate::train::encode::{split_rows, Encoders};
 use crate::vae::{Autoencoder, AutoencoderConfig};
 
@@ -22,6 +22,10 @@ pub struct FluxEncoders<B: Backend> {
     pub clip_tokenizer: PromptTokenizer,
     /// Side of the square training images (a multiple of 16).
     pub resolution: u32,
+    /// [`weights_fingerprint`](crate::train::cache::weights_fingerprint)s of the autoencoder's
+    /// file and of the text encoders' and tokenizers' files, in the cache's identity.
+    pub vae_fingerprint: String,
+    pub text_fingerprint: String,
     pub device: B::Device,
 }
 
@@ -85,5 +89,21 @@ impl<B: Backend> Encoders for FluxEncoders<B> {
             .zip(split_rows(pooled))
             .map(|(tokens, pooled)| CachedText { tokens, pooled })
             .collect())
+    }
+
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity {
+            images: format!(
+                "the FLUX autoencoder {} ({:?}) at {}×{} px, shorter side resized (Lanczos3) and \
+                 centre-cropped",
+                self.vae_fingerprint, self.vae_config, self.resolution, self.resolution
+            ),
+            text: format!(
+                "T5 + CLIP {} ({} and {} tokens)",
+                self.text_fingerprint,
+                self.t5_tokenizer.max_length(),
+                self.clip_tokenizer.max_length()
+            ),
+        }
     }
 }

@@ -9,13 +9,13 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{progress_bar, DataArgs};
-use super::models::ModelArgs;
+use super::models::{ModelArgs, ModelFiles};
 use super::BackendKind;
 use crate::encoders::FluxEncoders;
 use crate::synth::base::SynthBase;
 use crate::synth::encoders::SynthEncoders;
 use crate::synth::text::load_tokenizer;
-use crate::train::cache::EncodedCache;
+use crate::train::cache::{weights_fingerprint, EncodedCache};
 use crate::train::encode::{encode_dataset, EncodeOptions, Encoders};
 
 /// `premier encode`'s settings (its TOML file; the options override it).
@@ -105,6 +105,7 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
             Box::new(SynthEncoders {
                 text: base.text,
                 tokenizer: load_tokenizer(dir)?,
+                base_fingerprint: weights_fingerprint(dir)?,
                 device,
             })
         }
@@ -112,7 +113,18 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
             eprintln!("loading the autoencoder, T5 and CLIP…");
             let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
             let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
+            let files = ModelFiles::resolve(&args.model)?;
+            let mut text_fingerprint = Vec::new();
+            for path in [Some(&files.t5), Some(&files.clip)]
+                .into_iter()
+                .chain([files.t5_tokenizer.as_ref(), files.clip_tokenizer.as_ref()])
+                .flatten()
+            {
+                text_fingerprint.push(weights_fingerprint(path)?);
+            }
             Box::new(FluxEncoders {
+                vae_fingerprint: weights_fingerprint(&files.ae)?,
+                text_fingerprint: text_fingerprint.join("+"),
                 vae,
                 vae_config,
                 t5,

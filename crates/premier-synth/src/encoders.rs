@@ -6,7 +6,7 @@ use image::RgbImage;
 use premier_mmdit::load::HostTensor;
 use premier_mmdit::unpack;
 use premier_text::PromptTokenizer;
-use premier_train::cache::{CachedLatent, CachedText};
+use premier_train::cache::{CachedLatent, CachedText, EncoderIdentity};
 use premier_train::encode::{split_rows, Encoders};
 
 use crate::codec::{encode, LATENT_HW};
@@ -21,6 +21,9 @@ pub const DETERMINISTIC_LOGVAR: f32 = -1e4;
 pub struct SynthEncoders<B: Backend> {
     pub text: SynthTextEncoder<B>,
     pub tokenizer: PromptTokenizer,
+    /// [`weights_fingerprint`](premier_train::cache::weights_fingerprint) of the base's folder
+    /// (its text encoder and tokenizer are what encode the captions).
+    pub base_fingerprint: String,
     pub device: B::Device,
 }
 
@@ -64,5 +67,18 @@ impl<B: Backend> Encoders for SynthEncoders<B> {
             .zip(split_rows(text.pooled))
             .map(|(tokens, pooled)| CachedText { tokens, pooled })
             .collect())
+    }
+
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity {
+            images: format!(
+                "the synthetic world's lossless patch codec ({IMAGE_SIZE}×{IMAGE_SIZE} images, \
+                 no resizing)"
+            ),
+            text: format!(
+                "the synthetic base's text encoder (base {})",
+                self.base_fingerprint
+            ),
+        }
     }
 }

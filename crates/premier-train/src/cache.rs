@@ -11,7 +11,9 @@
 //!
 //! Keys are content hashes (SHA-256 of the image file's bytes, of the caption's UTF-8), so the
 //! same image or caption is encoded once however many users share it, and a cache stays valid
-//! when files move.
+//! when files move. What encoded them — the encoders' weights, configs, resolution and
+//! preprocessing — is recorded once per cache ([`EncoderIdentity`] in `index.json`): a cache
+//! holds one such identity and refuses to mix in entries of another.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,73 @@ pub enum CacheError {
         what: &'static str,
         hash: String,
     },
+    #[error("{cache}: its {part} were encoded by {cached}, not by {asked}; encode into another cache folder (entries of two encoders are never mixed)")]
+    OtherEncoders {
+        cache: PathBuf,
+        part: &'static str,
+        cached: String,
+        asked: String,
+    },
+    #[error("{cache}: this cache does not record which encoders made it (written by an older premier); encode into a new cache folder")]
+    UnknownEncoders { cache: PathBuf },
+}
+
+/// What made a cache's entries: the same image encoded by another autoencoder, at another
+/// resolution or with other preprocessing (or a caption by other text encoders) is another
+/// value, so a cache is only valid for the encoders that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncoderIdentity {
+    /// The image encoder: weights fingerprint, config, resolution, preprocessing.
+    pub images: String,
+    /// The text encoders: weights fingerprints, tokenizers, lengths.
+    pub text: String,
+}
+
+/// A fingerprint of a weights file or folder that reads a few MiB, not the whole file: per
+/// file (a folder's files in name order), its name, size, and SHA-256 of its first and last MiB
+/// (which hold a safetensors header and data from both ends).
+pub fn weights_fingerprint(path: &Path) -> Result<String, CacheError> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PART: u64 = 1 << 20;
+    let mut files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .is_some_and(|e| e == "safetensors" || e == "json")
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut hasher = Sha256::new();
+    for file in files.drain(..) {
+        let mut f = std::fs::File::open(&file).map_err(|e| io(&file, e))?;
+        let size = f.metadata().map_err(|e| io(&file, e))?.len();
+        hasher.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+        hasher.update(size.to_le_bytes());
+        let mut buf = Vec::new();
+        (&mut f)
+            .take(PART)
+            .read_to_end(&mut buf)
+            .map_err(|e| io(&file, e))?;
+        if size > PART {
+            f.seek(SeekFrom::Start(size.saturating_sub(PART).max(PART)))
+                .map_err(|e| io(&file, e))?;
+            f.read_to_end(&mut buf).map_err(|e| io(&file, e))?;
+        }
+        hasher.update(&buf);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> CacheError {
@@ -69,6 +138,9 @@ pub fn caption_hash(caption: &str) -> String {
 pub struct CacheIndex {
     pub images: BTreeMap<String, String>,
     pub captions: BTreeMap<String, String>,
+    /// What encoded the entries; `None` only for an empty cache (or one of an older premier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoders: Option<EncoderIdentity>,
 }
 
 /// A VAE posterior: mean and log-variance `[channels, h, w]`.
@@ -210,6 +282,34 @@ impl EncodedCache {
             .collect();
         write_safetensors(&self.dir.join(&name), &tensors, SaveDtype::F32)?;
         Ok(name)
+    }
+
+    /// Makes `identity` this cache's encoders: recorded in an empty cache, accepted when equal,
+    /// refused (naming the part that differs) when the entries were made by other encoders.
+    pub fn claim(&mut self, identity: &EncoderIdentity) -> Result<(), CacheError> {
+        match &self.index.encoders {
+            Some(cached) if cached == identity => Ok(()),
+            Some(cached) => {
+                let (part, cached, asked) = if cached.images != identity.images {
+                    ("images", &cached.images, &identity.images)
+                } else {
+                    ("captions", &cached.text, &identity.text)
+                };
+                Err(CacheError::OtherEncoders {
+                    cache: self.dir.clone(),
+                    part,
+                    cached: cached.clone(),
+                    asked: asked.clone(),
+                })
+            }
+            None if self.index.images.is_empty() && self.index.captions.is_empty() => {
+                self.index.encoders = Some(identity.clone());
+                self.commit_index()
+            }
+            None => Err(CacheError::UnknownEncoders {
+                cache: self.dir.clone(),
+            }),
+        }
     }
 
     /// Writes a shard of image posteriors and records them in the index.

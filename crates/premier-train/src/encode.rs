@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use image::RgbImage;
 use premier_mmdit::load::HostTensor;
 
-use crate::cache::{caption_hash, image_hash, CacheError, CachedLatent, CachedText, EncodedCache};
+use crate::cache::{
+    caption_hash, image_hash, CacheError, CachedLatent, CachedText, EncodedCache, EncoderIdentity,
+};
 use crate::data::Dataset;
 
 /// Turns images and captions into what training reads.
@@ -21,6 +23,9 @@ pub trait Encoders {
     fn encode_images(&mut self, images: &[RgbImage]) -> Result<Vec<CachedLatent>, String>;
     /// T5 tokens `[txt_tokens, text_dim]` and CLIP pooled `[vec_dim]` of each caption.
     fn encode_captions(&mut self, captions: &[String]) -> Result<Vec<CachedText>, String>;
+    /// What these encoders are (weights, configs, resolution, preprocessing), recorded in the
+    /// cache so that a cache is never extended by other encoders.
+    fn identity(&self) -> EncoderIdentity;
 }
 
 /// How the loop runs.
@@ -114,6 +119,7 @@ pub fn encode_dataset(
     options: &EncodeOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EncodeReport, EncodeError> {
+    cache.claim(&encoders.identity())?;
     let mut report = EncodeReport::default();
     let batch = options.batch_size.max(1);
     let per_shard = batch * options.batches_per_shard.max(1);

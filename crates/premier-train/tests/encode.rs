@@ -10,7 +10,7 @@ use burn::prelude::*;
 use image::RgbImage;
 use premier_mmdit::load::HostTensor;
 use premier_train::batches::CachedUsers;
-use premier_train::cache::{CachedLatent, CachedText, EncodedCache};
+use premier_train::cache::{CachedLatent, CachedText, EncodedCache, EncoderIdentity};
 use premier_train::data::{Dataset, ReadOptions};
 use premier_train::encode::{encode_dataset, EncodeOptions, Encoders};
 
@@ -33,6 +33,13 @@ impl Stand {
 }
 
 impl Encoders for Stand {
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity {
+            images: format!("stand, logvar {}", self.logvar),
+            text: "stand".into(),
+        }
+    }
+
     fn encode_images(&mut self, images: &[RgbImage]) -> Result<Vec<CachedLatent>, String> {
         if self.calls_left.get() == 0 {
             return Err("out of calls".into());
@@ -278,4 +285,82 @@ fn batches_sample_the_cached_posteriors() {
         err.to_string().contains("bob/1.png") && err.to_string().contains("premier encode"),
         "{err}"
     );
+}
+
+#[test]
+fn a_cache_refuses_entries_of_other_encoders_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Dataset::from_folder(&folder(dir.path()), &ReadOptions::default()).unwrap();
+    let path = dir.path().join("cache");
+    let mut cache = EncodedCache::open(&path, true).unwrap();
+    encode_dataset(
+        &data,
+        &[],
+        &mut cache,
+        &mut Stand::new(-2.0),
+        &options(false),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let index = std::fs::read_to_string(path.join("index.json")).unwrap();
+    assert!(index.contains("stand, logvar -2"), "{index}");
+
+    // The same encoders again: everything is cached.
+    let mut cache = EncodedCache::open(&path, false).unwrap();
+    let again = encode_dataset(
+        &data,
+        &[],
+        &mut cache,
+        &mut Stand::new(-2.0),
+        &options(false),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(again.images_encoded, 0);
+
+    // Another image encoder (here: another posterior variance) is refused, and nothing changes.
+    let mut cache = EncodedCache::open(&path, false).unwrap();
+    let mut other = Stand::new(0.0);
+    let err = encode_dataset(
+        &data,
+        &[],
+        &mut cache,
+        &mut other,
+        &options(false),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("its images were encoded by stand, logvar -2")
+            && err.contains("not by stand, logvar 0"),
+        "{err}"
+    );
+    assert!(other.image_batches.is_empty(), "nothing was encoded");
+    assert_eq!(
+        std::fs::read_to_string(path.join("index.json")).unwrap(),
+        index
+    );
+
+    // A cache with entries but no record of its encoders (an older premier's) is refused.
+    let stripped: serde_json::Value = serde_json::from_str(&index).unwrap();
+    let mut stripped = stripped.as_object().unwrap().clone();
+    stripped.remove("encoders");
+    std::fs::write(
+        path.join("index.json"),
+        serde_json::to_string(&stripped).unwrap(),
+    )
+    .unwrap();
+    let mut cache = EncodedCache::open(&path, false).unwrap();
+    let err = encode_dataset(
+        &data,
+        &[],
+        &mut cache,
+        &mut Stand::new(-2.0),
+        &options(false),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("does not record which encoders"), "{err}");
 }
