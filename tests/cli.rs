@@ -40,8 +40,23 @@ fn model_dir_gives_every_part_and_flags_override() {
     assert_eq!(args.prompts, vec!["a", "b"]);
     assert_eq!(
         (args.width, args.height, args.steps, args.alpha),
-        (512, 512, None, 1.0)
+        (None, None, None, 1.0)
     );
+    // α may be negative without `=`; NaN and infinities are refused by name.
+    assert_eq!(parse(&["--prompt", "a", "--alpha", "-1"]).alpha, -1.0);
+    for bad in ["NaN", "inf", "-inf"] {
+        let err = Cli::try_parse_from(["premier", "generate", "--prompt", "a", "--alpha", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--alpha") && err.contains("not a finite number"),
+            "{err}"
+        );
+    }
+    let err = Cli::try_parse_from(["premier", "generate", "--prompt", "a", "--guidance", "nan"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--guidance"), "{err}");
 
     let err = ModelFiles::resolve(&parse(&["--prompt", "a"]).model).unwrap_err();
     assert!(err.to_string().contains("--model-dir"), "{err}");

@@ -261,6 +261,27 @@ fn the_synthetic_world_runs_through_every_command() {
     .unwrap();
     let grid = image::open(gen.join("grid.png")).unwrap();
     assert!(grid.height() > 3 * 32, "three rows");
+    // Zero steps (noise as an image) and a size the world's base cannot draw are refused, and
+    // the grid already there is kept.
+    let bad_gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--synth-base",
+            s(&base),
+            "--prompt",
+            "a small circle on the left",
+            "--out",
+            s(&gen),
+        ];
+        args.extend_from_slice(extra);
+        format!("{:#}", premier(&args).unwrap_err())
+    };
+    let before = sha(&gen.join("grid.png"));
+    let msg = bad_gen(&["--steps", "0"]);
+    assert!(msg.contains("at least 1 step"), "{msg}");
+    let msg = bad_gen(&["--width", "64"]);
+    assert!(msg.contains("--width 64"), "{msg}");
+    assert_eq!(sha(&gen.join("grid.png")), before);
 
     // A dataset whose images were never encoded says which file is missing.
     let other = dir.path().join("other");

@@ -41,10 +41,12 @@ pub struct GenerateArgs {
     /// A grid column per prompt.
     #[arg(long = "prompt", required = true)]
     pub prompts: Vec<String>,
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
+    /// Image width in pixels (default 512; the synthetic world draws only its own size).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height in pixels (default 512; the synthetic world draws only its own size).
+    #[arg(long)]
+    pub height: Option<usize>,
     /// Sampling steps (default: 28 for dev, 4 for schnell; the synthetic world: 12).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -229,6 +231,12 @@ fn generate_synth<B: FluxOps>(
     device: B::Device,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    let side = crate::synth::world::IMAGE_SIZE;
+    for (flag, value) in [("--width", args.width), ("--height", args.height)] {
+        if let Some(v) = value.filter(|&v| v != side) {
+            bail!("{flag} {v}: the synthetic world's base draws only {side}×{side} images");
+        }
+    }
     let trained = trained_beside(&args)?;
     let users = users_of(&args, trained.as_ref())?;
     let (base, config) = SynthBase::<B>::load(dir, &device)
@@ -316,8 +324,8 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
             seeds: (0..columns as u64)
                 .map(|c| args.seed.wrapping_add(c))
                 .collect(),
-            width: args.width,
-            height: args.height,
+            width: args.width.unwrap_or(512),
+            height: args.height.unwrap_or(512),
             steps,
             guidance: args.guidance,
             shift: args.model.variant == Variant::Dev,

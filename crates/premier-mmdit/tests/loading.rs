@@ -320,6 +320,21 @@ fn truncated_and_garbage_files_are_corrupt() {
         "{err}"
     );
 
+    // Bytes after the data are not called a truncation.
+    let appended = dir.path().join("appended.safetensors");
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0u8; 7]);
+    std::fs::write(&appended, &longer).unwrap();
+    let err = load(&appended).unwrap_err();
+    assert!(
+        matches!(err, LoadError::Corrupt { ref reason, .. }
+            if reason.starts_with("7 bytes after the last tensor's data")),
+        "{err}"
+    );
+    // A folder where a file was expected says so.
+    let err = SafetensorsFile::open(dir.path()).err().unwrap();
+    assert!(err.to_string().contains("is a folder"), "{err}");
+
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"definitely not a checkpoint").unwrap();
     assert!(matches!(load(&garbage), Err(LoadError::Corrupt { .. })));

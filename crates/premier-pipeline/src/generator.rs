@@ -15,6 +15,9 @@ use crate::noise::seeded_noise;
 use crate::sampler::{denoise, StepObserver};
 use crate::schedule::schedule;
 
+/// The largest image side a request may ask for: beyond it the activations alone outgrow any
+/// machine, and allocating them would abort the process instead of returning an error.
+pub const MAX_SIDE: usize = 4096;
 /// Whose taste an image follows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UserChoice {
@@ -104,6 +107,15 @@ impl<B: FluxOps> Generator<B> {
                 height: r.height,
             });
         }
+        if r.width > MAX_SIDE || r.height > MAX_SIDE {
+            return Err(PipelineError::Request(format!(
+                "image size {}×{}: at most {MAX_SIDE} pixels a side (FLUX.1 was trained up to \
+                 about 2 megapixels; a {MAX_SIDE}² image already needs {} image tokens)",
+                r.width,
+                r.height,
+                (MAX_SIDE / 16) * (MAX_SIDE / 16)
+            )));
+        }
         let n = r.prompts.len();
         if n == 0 || r.seeds.len() != n || !(r.users.is_empty() || r.users.len() == n) {
             return Err(PipelineError::Request(format!(
@@ -115,6 +127,12 @@ impl<B: FluxOps> Generator<B> {
         }
         if r.steps == 0 {
             return Err(PipelineError::Request("steps must be at least 1".into()));
+        }
+        if !r.alpha.is_finite() || !r.guidance.is_finite() {
+            return Err(PipelineError::Request(format!(
+                "alpha {} and guidance {} must be finite numbers",
+                r.alpha, r.guidance
+            )));
         }
         let personal = r.users.iter().any(|u| *u != UserChoice::Base);
         if personal && (self.adapter.is_none() || self.users.is_none()) {

@@ -183,4 +183,15 @@ fn bad_requests_are_errors() {
     );
     let err = generator.generate(&r, &mut ()).unwrap_err();
     assert!(err.to_string().contains("unknown user 9"), "{err}");
+    // Sizes no machine holds are refused before anything is allocated.
+    let mut r = request(vec![], 1.0);
+    (r.width, r.height) = (100_000, 100_000);
+    let err = generator.generate(&r, &mut ()).unwrap_err();
+    assert!(err.to_string().contains("at most 4096"), "{err}");
+    for alpha in [f64::NAN, f64::INFINITY] {
+        let err = generator
+            .generate(&request(vec![], alpha), &mut ())
+            .unwrap_err();
+        assert!(err.to_string().contains("must be finite"), "{err}");
+    }
 }

@@ -94,6 +94,12 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             source,
         };
+        if path.is_dir() {
+            return Err(LoadError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "is a folder, not a .safetensors file".into(),
+            });
+        }
         let file = File::open(path).map_err(io)?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on nobody
         // truncating a checkpoint while it is being read.
@@ -103,10 +109,7 @@ impl SafetensorsFile {
             reason,
         };
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
-            SafeTensorError::MetadataIncompleteBuffer => corrupt(format!(
-                "the header promises more data than the file's {} bytes (truncated file?)",
-                mmap.len()
-            )),
+            SafeTensorError::MetadataIncompleteBuffer => corrupt(size_mismatch(&mmap)),
             e => corrupt(e.to_string()),
         })?;
         let data_start = 8 + header_len;
@@ -258,6 +261,42 @@ impl SafetensorsFile {
             shape: info.shape.clone(),
             data,
         })
+    }
+}
+
+/// Why a file's length disagrees with its header: the safetensors crate reports both a
+/// truncated file and bytes appended after the data as an incomplete buffer.
+fn size_mismatch(bytes: &[u8]) -> String {
+    let header_end = bytes
+        .get(..8)
+        .map(|n| 8 + u64::from_le_bytes(n.try_into().unwrap_or_default()) as usize);
+    let data_end = header_end.and_then(|end| {
+        let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
+        let ends = header
+            .as_object()?
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__");
+        let max = ends
+            .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+            .max()
+            .unwrap_or(0);
+        Some(end + max as usize)
+    });
+    match data_end {
+        Some(expected) if bytes.len() > expected => format!(
+            "{} bytes after the last tensor's data (the header accounts for {expected} of the \
+             file's {} bytes: appended or corrupt data)",
+            bytes.len() - expected,
+            bytes.len()
+        ),
+        Some(expected) => format!(
+            "the header needs {expected} bytes but the file has {} (truncated file?)",
+            bytes.len()
+        ),
+        None => format!(
+            "the header promises more data than the file's {} bytes (truncated file?)",
+            bytes.len()
+        ),
     }
 }
 
