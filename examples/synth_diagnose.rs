@@ -342,7 +342,9 @@ fn main() -> anyhow::Result<()> {
                 Some(&free.of(&batch.users)),
             )?;
             let grads = gradients(&free, loss);
-            free = apply(free, grads, None, |p, g| adam.step(p, g)).0;
+            free = apply(free, grads, None, |p, g| adam.step(p, g))
+                .map_err(|norm| anyhow::anyhow!("step {}: gradient norm {norm}", step + 1))?
+                .0;
             if (step as u64 + 1) % args.every == 0 || step + 1 == args.free_steps {
                 let f = free.valid();
                 let l = val_losses(&inner.flux, &v, false, &|tokens, u| {
