@@ -170,7 +170,24 @@ fn commit<T: Serialize>(
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
         std::fs::remove_dir_all(old).map_err(io(old))?;
     }
+    remove_abandoned_writes(dir)?;
     Ok(final_dir.to_path_buf())
+}
+
+/// Temporary folders of checkpoint writes that died (`.step-N.tmp-PID`): once a checkpoint has
+/// been committed they can never become one. A checkpoints folder has one writer, the run.
+fn remove_abandoned_writes(dir: &Path) -> Result<(), CheckpointError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(".step-") && name.contains(".tmp-") {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// The `state.json` of the stage-1 checkpoint folder `path`.

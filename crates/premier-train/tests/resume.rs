@@ -132,6 +132,11 @@ fn interrupted_writes_are_ignored_and_old_checkpoints_pruned() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
+
+    // The next checkpoint written removes the dead write's folder.
+    trainer.step(&batch).unwrap();
+    save_stage1(&trainer, &adapter_config(), None, dir.path(), 2).unwrap();
+    assert!(!partial.exists(), "the abandoned temporary folder is left");
 }
 
 #[test]
