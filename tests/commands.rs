@@ -217,6 +217,33 @@ fn the_synthetic_world_runs_through_every_command() {
     cold(&dir.path().join("cold"), "2", &[]);
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
     assert_eq!(sha(&user_file), sha(&resumed_user));
+    // A fresh cold start over a finished one whose checkpoints are gone is refused.
+    let again = dir.path().join("again");
+    cold(&again, "2", &[]);
+    std::fs::remove_dir_all(again.join("checkpoints")).unwrap();
+    let before = sha(&again.join("user_combination_new004.safetensors"));
+    let err = premier(&[
+        "cold-start",
+        "--synth-base",
+        s(&base),
+        "--data",
+        s(&new_users),
+        "--cache",
+        s(&cache),
+        "--run",
+        s(&straight),
+        "--steps",
+        "1",
+        "--out",
+        s(&again),
+    ])
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("earlier cold start"), "{msg}");
+    assert_eq!(
+        sha(&again.join("user_combination_new004.safetensors")),
+        before
+    );
     // A direct cold start of the same user in the same folder keeps its own checkpoints.
     cold(&dir.path().join("cold"), "2", &["--kind", "direct"]);
     assert!(dir

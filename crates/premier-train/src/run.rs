@@ -833,6 +833,14 @@ pub fn cold_start<B: FluxAutodiffBackend>(
             load_stage2(&path, flux, adapter, table, device)?
         }
         None => {
+            let earlier = out.join(&file_name);
+            if earlier.exists() {
+                return Err(RunError::Config(format!(
+                    "{} is the result of an earlier cold start of {id}: write into another \
+                     folder (`--out`) or remove it first",
+                    earlier.display()
+                )));
+            }
             B::seed(device, config.stage2.seed ^ id_seed(&id));
             let shape = table.shape();
             let new_user = match config.kind {
