@@ -101,20 +101,25 @@ impl Checker<'_> {
             ),
         }
     }
+
+    /// The fields Adam-style optimizers share: lr, betas, ε, weight decay.
+    fn adam(&self, lr: f64, betas: (f64, f64), eps: f64, decay: f64) -> Result<(), InvalidValue> {
+        self.positive("lr", lr)?;
+        self.beta("betas[0]", betas.0)?;
+        self.beta("betas[1]", betas.1)?;
+        self.positive("eps", eps)?;
+        self.non_negative("weight_decay", decay)
+    }
 }
 
 impl ProdigyConfig {
     /// Checks every field; `prefix` is the table's path with a trailing dot.
     pub fn validate(&self, prefix: &str) -> Result<(), InvalidValue> {
         let c = Checker { prefix };
-        c.positive("lr", self.lr)?;
-        c.beta("betas[0]", self.betas.0)?;
-        c.beta("betas[1]", self.betas.1)?;
+        c.adam(self.lr, self.betas, self.eps, self.weight_decay)?;
         if let Some(beta3) = self.beta3 {
             c.beta("beta3", beta3)?;
         }
-        c.positive("eps", self.eps)?;
-        c.non_negative("weight_decay", self.weight_decay)?;
         c.positive("d0", self.d0)?;
         c.positive("d_coef", self.d_coef)?;
         // ∞ (the default) means no limit; below 1 d could only shrink.
@@ -130,12 +135,7 @@ impl ProdigyConfig {
 impl AdamWConfig {
     /// Checks every field; `prefix` is the table's path with a trailing dot.
     pub fn validate(&self, prefix: &str) -> Result<(), InvalidValue> {
-        let c = Checker { prefix };
-        c.positive("lr", self.lr)?;
-        c.beta("betas[0]", self.betas.0)?;
-        c.beta("betas[1]", self.betas.1)?;
-        c.positive("eps", self.eps)?;
-        c.non_negative("weight_decay", self.weight_decay)
+        Checker { prefix }.adam(self.lr, self.betas, self.eps, self.weight_decay)
     }
 }
 

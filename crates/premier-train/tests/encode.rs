@@ -292,45 +292,28 @@ fn a_cache_refuses_entries_of_other_encoders_and_says_which() {
     let dir = tempfile::tempdir().unwrap();
     let data = Dataset::from_folder(&folder(dir.path()), &ReadOptions::default()).unwrap();
     let path = dir.path().join("cache");
-    let mut cache = EncodedCache::open(&path, true).unwrap();
-    encode_dataset(
-        &data,
-        &[],
-        &mut cache,
-        &mut Stand::new(-2.0),
-        &options(false),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    // Encodes `data` into the cache at `path` (created on the first call) with `stand`.
+    let encode = |stand: &mut Stand| {
+        let mut cache = EncodedCache::open(&path, true).unwrap();
+        encode_dataset(
+            &data,
+            &[],
+            &mut cache,
+            stand,
+            &options(false),
+            &mut |_, _| {},
+        )
+    };
+    encode(&mut Stand::new(-2.0)).unwrap();
     let index = std::fs::read_to_string(path.join("index.json")).unwrap();
     assert!(index.contains("stand, logvar -2"), "{index}");
 
     // The same encoders again: everything is cached.
-    let mut cache = EncodedCache::open(&path, false).unwrap();
-    let again = encode_dataset(
-        &data,
-        &[],
-        &mut cache,
-        &mut Stand::new(-2.0),
-        &options(false),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    assert_eq!(again.images_encoded, 0);
+    assert_eq!(encode(&mut Stand::new(-2.0)).unwrap().images_encoded, 0);
 
     // Another image encoder (here: another posterior variance) is refused, and nothing changes.
-    let mut cache = EncodedCache::open(&path, false).unwrap();
     let mut other = Stand::new(0.0);
-    let err = encode_dataset(
-        &data,
-        &[],
-        &mut cache,
-        &mut other,
-        &options(false),
-        &mut |_, _| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = encode(&mut other).unwrap_err().to_string();
     assert!(
         err.contains("its images were encoded by stand, logvar -2")
             && err.contains("not by stand, logvar 0"),
@@ -343,24 +326,14 @@ fn a_cache_refuses_entries_of_other_encoders_and_says_which() {
     );
 
     // A cache with entries but no record of its encoders (an older premier's) is refused.
-    let stripped: serde_json::Value = serde_json::from_str(&index).unwrap();
-    let mut stripped = stripped.as_object().unwrap().clone();
+    let mut stripped: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&index).unwrap();
     stripped.remove("encoders");
     std::fs::write(
         path.join("index.json"),
         serde_json::to_string(&stripped).unwrap(),
     )
     .unwrap();
-    let mut cache = EncodedCache::open(&path, false).unwrap();
-    let err = encode_dataset(
-        &data,
-        &[],
-        &mut cache,
-        &mut Stand::new(-2.0),
-        &options(false),
-        &mut |_, _| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = encode(&mut Stand::new(-2.0)).unwrap_err().to_string();
     assert!(err.contains("does not record which encoders"), "{err}");
 }
