@@ -189,7 +189,7 @@ fn the_synthetic_world_runs_through_every_command() {
     // table is untouched.
     let table_before = sha(&straight.join("user_embedding.safetensors"));
     let new_users = world.join("new_users.jsonl");
-    let cold = |out: &Path, steps: &str, extra: &[&str]| {
+    let try_cold = |out: &Path, steps: &str, extra: &[&str]| {
         let mut args = vec![
             "cold-start",
             "--synth-base",
@@ -210,9 +210,9 @@ fn the_synthetic_world_runs_through_every_command() {
             s(out),
         ];
         args.extend_from_slice(extra);
-        premier(&args).unwrap();
-        out.join("user_combination_new004.safetensors")
+        premier(&args).map(|_| out.join("user_combination_new004.safetensors"))
     };
+    let cold = |out: &Path, steps: &str, extra: &[&str]| try_cold(out, steps, extra).unwrap();
     let user_file = cold(&straight.join("users"), "3", &[]);
     cold(&dir.path().join("cold"), "2", &[]);
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
@@ -222,23 +222,7 @@ fn the_synthetic_world_runs_through_every_command() {
     cold(&again, "2", &[]);
     std::fs::remove_dir_all(again.join("checkpoints")).unwrap();
     let before = sha(&again.join("user_combination_new004.safetensors"));
-    let err = premier(&[
-        "cold-start",
-        "--synth-base",
-        s(&base),
-        "--data",
-        s(&new_users),
-        "--cache",
-        s(&cache),
-        "--run",
-        s(&straight),
-        "--steps",
-        "1",
-        "--out",
-        s(&again),
-    ])
-    .unwrap_err();
-    let msg = format!("{err:#}");
+    let msg = format!("{:#}", try_cold(&again, "1", &[]).unwrap_err());
     assert!(msg.contains("earlier cold start"), "{msg}");
     assert_eq!(
         sha(&again.join("user_combination_new004.safetensors")),
