@@ -74,6 +74,34 @@ fn err(file: &Path, line: Option<usize>, reason: impl Into<String>) -> DataError
     }
 }
 
+/// A manifest's text: a UTF-8 byte-order mark (as some editors write) is dropped, and a byte
+/// that is not UTF-8 is an error naming its line and column.
+fn read_text(path: &Path) -> Result<String, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| err(path, None, e.to_string()))?;
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(e) => {
+            let before = &bytes[..e.valid_up_to()];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.len()
+                - before
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
+            Err(err(
+                path,
+                Some(line),
+                format!(
+                    "byte 0x{:02x} at column {column} is not UTF-8 (save the file as UTF-8)",
+                    bytes[e.valid_up_to()]
+                ),
+            ))
+        }
+    }
+}
+
 /// Collects users entry by entry, applying [`ReadOptions`].
 struct Builder<'a> {
     options: &'a ReadOptions,
@@ -196,7 +224,7 @@ impl Dataset {
     /// A JSONL manifest: one `{"user": …, "image": …, "caption": …}` per line (user may be a
     /// string or a number); users in order of first appearance.
     pub fn from_jsonl(path: &Path, options: &ReadOptions) -> Result<Self, DataError> {
-        let text = std::fs::read_to_string(path).map_err(|e| err(path, None, e.to_string()))?;
+        let text = read_text(path)?;
         let mut b = Builder::new(options);
         for (i, line) in text.lines().enumerate() {
             let n = Some(i + 1);
@@ -274,8 +302,8 @@ impl Dataset {
             let Some(user) = b.user(&id, path, None)? else {
                 continue;
             };
-            let mut reader =
-                csv::Reader::from_path(path).map_err(|e| err(path, None, e.to_string()))?;
+            let text = read_text(path)?;
+            let mut reader = csv::Reader::from_reader(text.as_bytes());
             let headers = reader
                 .headers()
                 .map_err(|e| err(path, Some(1), e.to_string()))?

@@ -189,6 +189,29 @@ fn bad_data_names_file_and_line_or_is_skipped() {
     );
     assert!(err.to_string().contains("missing.png"), "{err}");
 
+    // A byte-order mark is dropped; a byte that is not UTF-8 is named by line and column.
+    let bom = dir.path().join("bom.jsonl");
+    std::fs::write(&bom, format!("\u{feff}{}\n{}", good(0), good(4))).unwrap();
+    assert_eq!(
+        Dataset::from_jsonl(&bom, &ReadOptions::default())
+            .unwrap()
+            .users
+            .len(),
+        2
+    );
+    let latin1 = dir.path().join("latin1.jsonl");
+    let mut bytes = format!("{}\n{{\"user\": \"b", good(0)).into_bytes();
+    bytes.push(0xe9);
+    bytes.extend_from_slice(b"b\", \"image\": \"x.png\"}");
+    std::fs::write(&latin1, bytes).unwrap();
+    let err = Dataset::from_jsonl(&latin1, &ReadOptions::default()).unwrap_err();
+    assert_eq!(err.line, Some(2), "{err}");
+    assert!(
+        err.to_string()
+            .contains("byte 0xe9 at column 12 is not UTF-8"),
+        "{err}"
+    );
+
     let lenient = ReadOptions {
         skip_bad: true,
         min_images: 1,
