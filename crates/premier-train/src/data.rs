@@ -203,6 +203,18 @@ impl<'a> Builder<'a> {
                 kept.push(user);
             }
         }
+        if kept.is_empty() {
+            let why = if self.skipped.is_empty() {
+                "no users with images in it".to_string()
+            } else {
+                format!(
+                    "no users with images left after skipping {} bad entries (the last: {})",
+                    self.skipped.len(),
+                    self.skipped[self.skipped.len() - 1]
+                )
+            };
+            return Err(err(file, None, why));
+        }
         Ok(Dataset {
             users: kept,
             skipped: self.skipped,

@@ -189,6 +189,13 @@ fn bad_data_names_file_and_line_or_is_skipped() {
     );
     assert!(err.to_string().contains("missing.png"), "{err}");
 
+    // A manifest with no entries is an error naming it.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let err = Dataset::from_jsonl(&empty, &ReadOptions::default()).unwrap_err();
+    assert_eq!(err.file, empty);
+    assert!(err.to_string().contains("no users with images"), "{err}");
+
     // A byte-order mark is dropped; a byte that is not UTF-8 is named by line and column.
     let bom = dir.path().join("bom.jsonl");
     std::fs::write(&bom, format!("\u{feff}{}\n{}", good(0), good(4))).unwrap();
@@ -243,18 +250,19 @@ fn bad_data_names_file_and_line_or_is_skipped() {
         err.to_string().contains("missing.png"),
         "line errors come first: {err}"
     );
-    let d = Dataset::from_jsonl(
+    // Skipping every user leaves nothing to train on: an error that says why.
+    let err = Dataset::from_jsonl(
         &jsonl,
         &ReadOptions {
             skip_bad: true,
             ..strict_min
         },
     )
-    .unwrap();
+    .unwrap_err();
     assert!(
-        d.users.is_empty() && d.skipped.iter().any(|s| s.contains("fewer than 2")),
-        "{:?}",
-        d.skipped
+        err.to_string().contains("no users with images left")
+            && err.to_string().contains("fewer than 2"),
+        "{err}"
     );
 
     // The same user id twice (two CSVs with one stem).
