@@ -292,6 +292,8 @@ fn the_synthetic_world_runs_through_every_command() {
     assert!(msg.contains("at least 1 step"), "{msg}");
     let msg = bad_gen(&["--width", "64"]);
     assert!(msg.contains("--width 64"), "{msg}");
+    let msg = bad_gen(&["--user", "user001"]);
+    assert!(msg.contains("--user user001 needs --adapter"), "{msg}");
     assert_eq!(sha(&gen.join("grid.png")), before);
 
     // A dataset whose images were never encoded says which file is missing.

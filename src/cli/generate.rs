@@ -193,6 +193,14 @@ fn users_of(
     if args.users.is_empty() {
         return Ok(vec![UserChoice::Base]);
     }
+    if let Some(user) = args.users.iter().find(|u| *u != "base") {
+        if args.adapter.is_none() {
+            bail!(
+                "--user {user} needs --adapter (a run's mod_adapter.safetensors; the released \
+                 file for the released users)"
+            );
+        }
+    }
     args.users
         .iter()
         .map(|u| match trained.and_then(|t| t.row(u)) {
