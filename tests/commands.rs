@@ -164,6 +164,9 @@ fn the_synthetic_world_runs_through_every_command() {
     let msg = format!("{:#}", train_run(&straight, "4", &[]).unwrap_err());
     assert!(msg.contains("earlier run"), "{msg}");
     assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
+    // Unless asked: `--overwrite` clears the earlier run and trains the same run again.
+    train_run(&straight, "4", &["--overwrite"]).unwrap();
+    assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
     // A config key that does not exist, at any depth, is named with its table.
     std::fs::write(&config, "[stage1.optimizer]\nd00 = 1e-4\n").unwrap();
     let fresh = dir.path().join("fresh");

@@ -40,6 +40,10 @@ pub struct TrainArgs {
     /// Resume from the newest checkpoint if there is one, else start fresh.
     #[arg(long)]
     pub resume_or_start: bool,
+    /// Start fresh even if `--out` holds an earlier run: its checkpoints, weights, metrics and
+    /// validation images are deleted first.
+    #[arg(long, conflicts_with_all = ["resume", "resume_or_start"])]
+    pub overwrite: bool,
     #[arg(long)]
     pub steps: Option<u64>,
     #[arg(long)]
@@ -132,6 +136,7 @@ impl TrainArgs {
     fn start(&self) -> Start {
         match self.resume.as_deref() {
             None if self.resume_or_start => Start::LatestOrFresh,
+            None if self.overwrite => Start::Replace,
             None => Start::Fresh,
             Some("latest") => Start::Latest,
             Some(path) => Start::From(PathBuf::from(path)),

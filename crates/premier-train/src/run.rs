@@ -322,6 +322,9 @@ pub enum Start {
     /// As [`Start::Latest`], but a fresh start when there is no checkpoint yet (a job that may
     /// or may not have run before).
     LatestOrFresh,
+    /// A fresh start into a folder that may hold an earlier run: its checkpoints, results,
+    /// metrics, loss curve and validation images are deleted first (`--overwrite`).
+    Replace,
     /// A checkpoint folder; checkpoints after it in the run's folder are dropped.
     From(PathBuf),
 }
@@ -363,8 +366,10 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     config.validate()?;
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let checkpoints = out.join("checkpoints");
-    if start == Start::Fresh {
-        refuse_earlier_results(out)?;
+    match start {
+        Start::Fresh => refuse_earlier_results(out)?,
+        Start::Replace => remove_earlier_run(out)?,
+        _ => {}
     }
     let resume_from = resume_point(&checkpoints, start)?;
     if let Some(u) = data.counts().iter().position(|&c| c == 0) {
@@ -530,6 +535,7 @@ fn resume_point(checkpoints: &Path, start: Start) -> Result<Option<PathBuf>, Run
             ))),
         },
         Start::LatestOrFresh => Ok(latest_checkpoint(checkpoints)),
+        Start::Replace => Ok(None),
         Start::From(p) => Ok(Some(p)),
     }
 }
@@ -584,12 +590,39 @@ fn refuse_earlier_results(out: &Path) -> Result<(), RunError> {
     match RUN_RESULTS.iter().map(|f| out.join(f)).find(|p| p.exists()) {
         Some(found) => Err(RunError::Config(format!(
             "{} is from an earlier run in {}: resume it (`--resume latest`), train into another \
-             folder, or remove that run's files",
+             folder, or replace it (`--overwrite`)",
             found.display(),
             out.display()
         ))),
         None => Ok(()),
     }
+}
+
+/// What [`Start::Replace`] deletes: an earlier run's files and folders in `out`, nothing else.
+fn remove_earlier_run(out: &Path) -> Result<(), RunError> {
+    for file in RUN_RESULTS.iter().chain(&["loss.png"]) {
+        let path = out.join(file);
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    let checkpoints = out.join("checkpoints");
+    if checkpoints.is_dir() {
+        std::fs::remove_dir_all(&checkpoints).map_err(|e| io(&checkpoints, e))?;
+    }
+    // The folder stays (an observer may have made it for this run); its images go.
+    let validation = out.join("validation");
+    for entry in std::fs::read_dir(&validation)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The fields of [`TrainConfig`] a resume may change: how long, how often, on how many threads.
