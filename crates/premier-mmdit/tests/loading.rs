@@ -432,6 +432,25 @@ fn loads_straight_into_bf16() {
     assert!(err > 0.0 && err < 0.1, "{err}");
 }
 
+#[test]
+fn overlapping_offsets_name_both_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overlap.safetensors");
+    // `a` claims 12 bytes for a 2-float tensor (its end is wrong), so it overlaps `b`.
+    let header = br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = SafetensorsFile::open(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("`b` spans bytes 8..16")
+            && err.contains("`a` before it spans 0..12")
+            && err.contains("overlap"),
+        "{err}"
+    );
+}
+
 /// Random byte mutations of a valid file (mostly in its header, where the offsets and shapes
 /// are) and random truncations: opening and reading every tensor must always end in `Ok` or a
 /// typed error, never a panic. A fixed-seed xorshift keeps the cases reproducible.

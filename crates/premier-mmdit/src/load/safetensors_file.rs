@@ -110,6 +110,7 @@ impl SafetensorsFile {
         };
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
             SafeTensorError::MetadataIncompleteBuffer => corrupt(size_mismatch(&mmap)),
+            SafeTensorError::InvalidOffset(name) => corrupt(bad_offsets(&mmap, &name)),
             e => corrupt(e.to_string()),
         })?;
         let data_start = 8 + header_len;
@@ -270,18 +271,9 @@ fn size_mismatch(bytes: &[u8]) -> String {
     let header_end = bytes
         .get(..8)
         .map(|n| 8 + u64::from_le_bytes(n.try_into().unwrap_or_default()) as usize);
-    let data_end = header_end.and_then(|end| {
-        let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
-        let ends = header
-            .as_object()?
-            .iter()
-            .filter(|(k, _)| *k != "__metadata__");
-        let max = ends
-            .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
-            .max()
-            .unwrap_or(0);
-        Some(end + max as usize)
-    });
+    let data_end = header_end
+        .zip(header_ranges(bytes))
+        .map(|(end, ranges)| end + ranges.iter().map(|&(_, _, e)| e).max().unwrap_or(0) as usize);
     match data_end {
         Some(expected) if bytes.len() > expected => format!(
             "{} bytes after the last tensor's data (the header accounts for {expected} of the \
@@ -297,6 +289,48 @@ fn size_mismatch(bytes: &[u8]) -> String {
             "the header promises more data than the file's {} bytes (truncated file?)",
             bytes.len()
         ),
+    }
+}
+
+/// Tensors `(name, start, end)` of a header, in file order (by offsets), if it parses.
+fn header_ranges(bytes: &[u8]) -> Option<Vec<(String, u64, u64)>> {
+    let end = 8 + u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let mut ranges: Vec<(String, u64, u64)> = header
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(k, v)| {
+            let o = v.get("data_offsets")?;
+            Some((k.clone(), o.get(0)?.as_u64()?, o.get(1)?.as_u64()?))
+        })
+        .collect();
+    ranges.sort_by_key(|&(_, s, e)| (s, e));
+    Some(ranges)
+}
+
+/// Names both tensors of an overlap or gap: the safetensors crate names only the second, whose
+/// offsets may be the right ones.
+fn bad_offsets(bytes: &[u8], name: &str) -> String {
+    let ranges = header_ranges(bytes).unwrap_or_default();
+    let Some(i) = ranges.iter().position(|(n, _, _)| n == name) else {
+        return format!("invalid data offsets for tensor `{name}`");
+    };
+    let (_, start, end) = ranges[i];
+    match i.checked_sub(1).map(|p| &ranges[p]) {
+        Some((prev, prev_start, prev_end)) => format!(
+            "tensor `{name}` spans bytes {start}..{end} but `{prev}` before it spans \
+             {prev_start}..{prev_end}: the two {} (one of their offsets is wrong)",
+            if *prev_end > start {
+                "overlap"
+            } else {
+                "leave a gap"
+            }
+        ),
+        None if end < start => {
+            format!("tensor `{name}` spans bytes {start}..{end}: its end is before its start")
+        }
+        None => format!("tensor `{name}`, the first in the file, starts at byte {start}, not 0"),
     }
 }
 
