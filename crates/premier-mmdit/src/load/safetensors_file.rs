@@ -268,12 +268,12 @@ impl SafetensorsFile {
 /// Why a file's length disagrees with its header: the safetensors crate reports both a
 /// truncated file and bytes appended after the data as an incomplete buffer.
 fn size_mismatch(bytes: &[u8]) -> String {
-    let header_end = bytes
-        .get(..8)
-        .map(|n| 8 + u64::from_le_bytes(n.try_into().unwrap_or_default()) as usize);
-    let data_end = header_end
-        .zip(header_ranges(bytes))
-        .map(|(end, ranges)| end + ranges.iter().map(|&(_, _, e)| e).max().unwrap_or(0) as usize);
+    let header_end = bytes.get(..8).map(|n| {
+        8usize.saturating_add(u64::from_le_bytes(n.try_into().unwrap_or_default()) as usize)
+    });
+    let data_end = header_end.zip(header_ranges(bytes)).map(|(end, ranges)| {
+        end.saturating_add(ranges.iter().map(|&(_, _, e)| e).max().unwrap_or(0) as usize)
+    });
     match data_end {
         Some(expected) if bytes.len() > expected => format!(
             "{} bytes after the last tensor's data (the header accounts for {expected} of the \
@@ -294,7 +294,7 @@ fn size_mismatch(bytes: &[u8]) -> String {
 
 /// Tensors `(name, start, end)` of a header, in file order (by offsets), if it parses.
 fn header_ranges(bytes: &[u8]) -> Option<Vec<(String, u64, u64)>> {
-    let end = 8 + u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let end = 8usize.checked_add(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize)?;
     let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
     let mut ranges: Vec<(String, u64, u64)> = header
         .as_object()?
