@@ -89,16 +89,8 @@ fn non_finite_weights_are_refused_by_every_model_loader() {
             );
         }
 
-        let vae_config = AutoencoderConfig {
-            in_channels: 3,
-            out_channels: 3,
-            latent_channels: 16,
-            block_out_channels: vec![24, 48],
-            layers_per_block: 1,
-            norm_num_groups: 8,
-            scaling_factor: 0.3611,
-            shift_factor: 0.1159,
-        };
+        let vae_config: AutoencoderConfig =
+            serde_json::from_value(json("vae_tiny.json")["diffusers_config"].clone()).unwrap();
         for name in [
             "vae_tiny_weights_bfl.safetensors",
             "vae_tiny_weights_diffusers.safetensors",

@@ -59,11 +59,9 @@ fn the_synthetic_world_runs_through_every_command() {
 
     // Stage 1: 4 steps straight, and 2 + resume 2; a TOML file sets what the flags do not.
     let config = dir.path().join("train.toml");
-    std::fs::write(
-        &config,
-        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n",
-    )
-    .unwrap();
+    let run_toml = "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n";
+    let write_config = |text: &str| std::fs::write(&config, text).unwrap();
+    write_config(run_toml);
     let train = world.join("train.jsonl");
     let train_run = |out: &Path, steps: &str, extra: &[&str]| {
         let mut args = vec![
@@ -120,19 +118,11 @@ fn the_synthetic_world_runs_through_every_command() {
     );
     // A resume with another model size is refused by name, and the run's config is kept.
     let run_config = std::fs::read_to_string(resumed.join("config.toml")).unwrap();
-    std::fs::write(
-        &config,
-        "batch_size = 3\nvalidation_users = 2\nuser_tokens = 7\n[stage1]\nseed = 5\n",
-    )
-    .unwrap();
+    write_config(&format!("user_tokens = 7\n{run_toml}"));
     let other_size = train_run(&resumed, "6", &["--resume", "latest"]);
     let msg = format!("{:#}", other_size.unwrap_err());
     assert!(msg.contains("user_tokens"), "{msg}");
-    std::fs::write(
-        &config,
-        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n[stage1.optimizer]\nd0 = 2e-6\n",
-    )
-    .unwrap();
+    write_config(&format!("{run_toml}[stage1.optimizer]\nd0 = 2e-6\n"));
     let other_optimizer = train_run(&resumed, "6", &["--resume", "latest"]);
     let msg = format!("{:#}", other_optimizer.unwrap_err());
     assert!(msg.contains("stage1"), "{msg}");
@@ -140,11 +130,7 @@ fn the_synthetic_world_runs_through_every_command() {
         std::fs::read_to_string(resumed.join("config.toml")).unwrap(),
         run_config
     );
-    std::fs::write(
-        &config,
-        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n",
-    )
-    .unwrap();
+    write_config(run_toml);
     // `--resume latest` with nothing to resume says so; `--resume-or-start` starts fresh.
     let empty = dir.path().join("empty");
     let msg = format!(
@@ -168,18 +154,14 @@ fn the_synthetic_world_runs_through_every_command() {
     train_run(&straight, "4", &["--overwrite"]).unwrap();
     assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
     // A config key that does not exist, at any depth, is named with its table.
-    std::fs::write(&config, "[stage1.optimizer]\nd00 = 1e-4\n").unwrap();
+    write_config("[stage1.optimizer]\nd00 = 1e-4\n");
     let fresh = dir.path().join("fresh");
     let msg = format!("{:#}", train_run(&fresh, "4", &[]).unwrap_err());
     assert!(msg.contains("`stage1.optimizer.d00`"), "{msg}");
-    std::fs::write(&config, "[stage1.optimizer]\nd0 = 0.0\n").unwrap();
+    write_config("[stage1.optimizer]\nd0 = 0.0\n");
     let msg = format!("{:#}", train_run(&fresh, "4", &[]).unwrap_err());
     assert!(msg.contains("`stage1.optimizer.d0` = 0"), "{msg}");
-    std::fs::write(
-        &config,
-        "batch_size = 3\nvalidation_users = 2\n[stage1]\nseed = 5\n",
-    )
-    .unwrap();
+    write_config(run_toml);
     assert!(straight.join("validation/step-00000004.png").is_file());
     assert!(straight.join("loss.png").is_file());
     let metrics = premier::train::metrics::read_metrics(&resumed.join("metrics.jsonl")).unwrap();

@@ -31,6 +31,7 @@ pub mod batches;
 pub mod cache;
 pub mod checkpoint;
 pub mod clip;
+mod config_file;
 pub mod data;
 pub mod encode;
 pub mod metrics;
