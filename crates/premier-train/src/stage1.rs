@@ -166,8 +166,9 @@ pub enum TrainError {
     Forward(#[from] ForwardError),
     #[error("{0}")]
     Batch(String),
-    /// A NaN or infinite loss, gradient or optimizer state: the step was not applied, so the
-    /// parameters (and the last checkpoint on disk) are those of the step before.
+    /// A NaN or infinite loss, gradient norm or Prodigy step size d: the parameters (and the
+    /// last checkpoint on disk) are those of the step before. A non-finite d is only known after
+    /// the optimizer ran, so its own state has moved; the run stops either way.
     #[error("step {step}: the {quantity} is {value}; training stopped without applying the step (the last checkpoint holds the last good state)")]
     NonFinite {
         step: u64,
