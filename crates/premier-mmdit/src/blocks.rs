@@ -6,8 +6,8 @@ use burn::tensor::activation::{sigmoid, silu};
 
 use crate::embed::Rope;
 use crate::error::LoadError;
-use crate::fused::{flux_attention, FluxOps};
-use crate::norm::{layer_norm_no_affine, QkNorm};
+use crate::fused::{flux_attention, flux_modulate, FluxOps};
+use crate::norm::QkNorm;
 use crate::params::ParamSource;
 
 /// FLUX's LayerNorm eps.
@@ -23,10 +23,10 @@ pub struct ModulationOut<B: Backend> {
     pub gate: Tensor<B, 3>,
 }
 
-impl<B: Backend> ModulationOut<B> {
+impl<B: FluxOps> ModulationOut<B> {
     /// `(1 + scale) · LN(x) + shift`; x: `[batch, tokens, hidden]`.
     pub fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        (self.scale.clone() + 1.0) * layer_norm_no_affine(x, LN_EPS) + self.shift.clone()
+        flux_modulate(x, self.shift.clone(), self.scale.clone(), LN_EPS)
     }
 }
 
@@ -141,7 +141,9 @@ impl<B: Backend> SelfAttention<B> {
             heads,
         })
     }
+}
 
+impl<B: FluxOps> SelfAttention<B> {
     /// Normalised q, k and v of x: `[batch, tokens, hidden]` → 3 × `[batch, heads, tokens, head_dim]`.
     pub fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let (q, k, v) = split_qkv(self.qkv.forward(x), self.heads);
@@ -357,7 +359,9 @@ impl<B: Backend> LastLayer<B> {
             )?,
         })
     }
+}
 
+impl<B: FluxOps> LastLayer<B> {
     /// x: `[batch, img_tokens, hidden]`, vec: `[batch, hidden]` → `[batch, img_tokens, out_channels]`.
     pub fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>) -> Tensor<B, 3> {
         let ada = self
@@ -366,7 +370,6 @@ impl<B: Backend> LastLayer<B> {
             .unsqueeze_dim::<3>(1)
             .chunk(2, 2);
         let (shift, scale) = (ada[0].clone(), ada[1].clone());
-        self.linear
-            .forward((scale + 1.0) * layer_norm_no_affine(x, LN_EPS) + shift)
+        self.linear.forward(flux_modulate(x, shift, scale, LN_EPS))
     }
 }

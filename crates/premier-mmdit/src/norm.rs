@@ -4,16 +4,26 @@ use burn::module::Param;
 use burn::prelude::*;
 
 use crate::error::LoadError;
+use crate::fused::{flux_rms_norm, FluxOps};
 use crate::params::ParamSource;
+
+/// FLUX's RMSNorm eps.
+const RMS_EPS: f64 = 1e-6;
 
 /// LayerNorm over the last dim without affine parameters, eps 1e-6 (FLUX `norm1`, `norm2`, `pre_norm`).
 ///
 /// x: `[batch, tokens, hidden]` → same shape.
 pub fn layer_norm_no_affine<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    layer_norm_with_rstd(x, eps).0
+}
+
+/// [`layer_norm_no_affine`] and its `1 / √(var + eps)`: `[B, T, D]` → (`[B, T, D]`, `[B, T, 1]`).
+pub fn layer_norm_with_rstd<B: Backend>(x: Tensor<B, 3>, eps: f64) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let mean = x.clone().mean_dim(2);
     let centered = x - mean;
     let var = centered.clone().powi_scalar(2).mean_dim(2);
-    centered * (var + eps).sqrt().recip()
+    let rstd = (var + eps).sqrt().recip();
+    (centered * rstd.clone(), rstd)
 }
 
 /// RMSNorm with a learned scale (BFL `RMSNorm`): `x · rsqrt(mean(x²) + 1e-6) · scale`.
@@ -33,12 +43,12 @@ impl<B: Backend> RmsNorm<B> {
             scale: src.vector(&format!("{key}.scale"), dim, 1.0)?,
         })
     }
+}
 
+impl<B: FluxOps> RmsNorm<B> {
     /// x: `[batch, heads, tokens, head_dim]` → same shape, normalised over `head_dim`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let rrms = (x.clone().powi_scalar(2).mean_dim(3) + 1e-6).sqrt().recip();
-        let scale = self.scale.val().reshape([1, 1, 1, -1]);
-        x * rrms * scale
+        flux_rms_norm(x, self.scale.val(), RMS_EPS)
     }
 }
 
@@ -60,7 +70,9 @@ impl<B: Backend> QkNorm<B> {
             key_norm: RmsNorm::build(src, &format!("{key}.key_norm"), head_dim)?,
         })
     }
+}
 
+impl<B: FluxOps> QkNorm<B> {
     /// q, k: `[batch, heads, tokens, head_dim]`.
     pub fn forward(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         (self.query_norm.forward(q), self.key_norm.forward(k))

@@ -1,6 +1,8 @@
 //! `FluxOps` under `Autodiff`: a fused attention is one graph node whose backward calls the inner
 //! backend's `flux_attention_bwd`; it stores the output and the row log-sum-exp, O(T) per row,
-//! where differentiating the composite keeps the `[B, H, T, T]` softmax.
+//! where differentiating the composite keeps the `[B, H, T, T]` softmax. The fused modulation
+//! and RMSNorm are one node each too, whose backward recomputes the row statistics from the
+//! input: one pass, instead of the composite's chain of broadcasting nodes.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -40,8 +42,114 @@ impl<B: FluxOps> Backward<B, 3> for FusedAttentionBackward {
     }
 }
 
+#[derive(Debug)]
+struct FusedModulateBackward;
+
+impl<B: FluxOps> Backward<B, 3> for FusedModulateBackward {
+    /// x and scale as checkpoints; the LayerNorm eps.
+    type State = (NodeId, NodeId, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_shift, node_scale] = ops.parents;
+        let grad_out = grads.consume::<B>(&ops.node);
+        let (x, scale, eps) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
+        let scale: FloatTensor<B> = checkpointer.retrieve_node_output(scale);
+        let (dx, dshift, dscale) = B::flux_modulate_bwd(x, scale, grad_out, eps);
+        for (node, grad) in [(node_x, dx), (node_shift, dshift), (node_scale, dscale)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FusedRmsNormBackward;
+
+impl<B: FluxOps> Backward<B, 2> for FusedRmsNormBackward {
+    /// x and weight as checkpoints; the eps.
+    type State = (NodeId, NodeId, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let grad_out = grads.consume::<B>(&ops.node);
+        let (x, weight, eps) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight);
+        let (dx, dweight) = B::flux_rms_norm_bwd(x, weight, grad_out, eps);
+        for (node, grad) in [(node_x, dx), (node_weight, dweight)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
     const FUSED_ATTENTION: bool = B::FUSED_ATTENTION;
+    const FUSED_NORMS: bool = B::FUSED_NORMS;
+
+    fn flux_modulate(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        if !B::FUSED_NORMS {
+            return composite::modulate::<Self>(x, shift, scale, eps);
+        }
+        match FusedModulateBackward
+            .prepare::<C>([x.node.clone(), shift.node.clone(), scale.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&scale), eps);
+                let out = B::flux_modulate(x.primitive, shift.primitive, scale.primitive, eps);
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::flux_modulate(
+                x.primitive,
+                shift.primitive,
+                scale.primitive,
+                eps,
+            )),
+        }
+    }
+
+    fn flux_rms_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        if !B::FUSED_NORMS {
+            return composite::rms_norm::<Self>(x, weight, eps);
+        }
+        match FusedRmsNormBackward
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), eps);
+                prep.finish(state, B::flux_rms_norm(x.primitive, weight.primitive, eps))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::flux_rms_norm(x.primitive, weight.primitive, eps))
+            }
+        }
+    }
 
     fn flux_attention(
         q: FloatTensor<Self>,

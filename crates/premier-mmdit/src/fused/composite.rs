@@ -6,6 +6,8 @@ use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use burn::tensor::TensorPrimitive;
 
+use crate::norm::{layer_norm_no_affine, layer_norm_with_rstd};
+
 fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
 }
@@ -82,4 +84,70 @@ pub fn attention_backward<B: Backend>(
     let dq = ds.clone().matmul(k) * scale;
     let dk = ds.swap_dims(2, 3).matmul(q) * scale;
     (primitive(dq), primitive(dk), primitive(dv))
+}
+
+/// `(1 + scale) · LN(x) + shift`. x: `[B, T, D]`; shift, scale: `[B, 1 or T, D]` → `[B, T, D]`.
+pub fn modulate<B: Backend>(
+    x: FloatTensor<B>,
+    shift: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    eps: f64,
+) -> FloatTensor<B> {
+    let normed = layer_norm_no_affine(tensor::<B, 3>(x), eps);
+    primitive((tensor::<B, 3>(scale) + 1.0) * normed + tensor::<B, 3>(shift))
+}
+
+/// (dx, dshift, dscale) of [`modulate`] from x, scale and the output gradient: with x̂ = LN(x),
+/// g = dy ∘ (1 + scale), dx = rstd · (g − mean(g) − x̂ ∘ mean(g ∘ x̂)); dshift = Σ dy and
+/// dscale = Σ dy ∘ x̂ over the tokens a broadcast scale shares.
+pub fn modulate_backward<B: Backend>(
+    x: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    grad_out: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (scale, grad_out) = (tensor::<B, 3>(scale), tensor::<B, 3>(grad_out));
+    let (normed, rstd) = layer_norm_with_rstd(tensor::<B, 3>(x), eps);
+    let g = grad_out.clone() * (scale.clone() + 1.0);
+    let dx = rstd
+        * (g.clone() - g.clone().mean_dim(2) - normed.clone() * (g * normed.clone()).mean_dim(2));
+    let (dshift, dscale) = (grad_out.clone(), grad_out * normed);
+    let shared = |d: Tensor<B, 3>| {
+        if scale.dims()[1] == 1 {
+            d.sum_dim(1)
+        } else {
+            d
+        }
+    };
+    (
+        primitive(dx),
+        primitive(shared(dshift)),
+        primitive(shared(dscale)),
+    )
+}
+
+/// RMSNorm over the last dim with a learned scale: `x · rsqrt(mean(x²) + eps) · weight`.
+/// x: `[B, H, T, D]`, weight: `[D]` → `[B, H, T, D]`.
+pub fn rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    let x = tensor::<B, 4>(x);
+    let rrms = (x.clone().powi_scalar(2).mean_dim(3) + eps).sqrt().recip();
+    primitive(x * rrms * tensor::<B, 1>(weight).reshape([1, 1, 1, -1]))
+}
+
+/// (dx, dweight) of [`rms_norm`]: with r = rsqrt(mean(x²) + eps) and gw = dy ∘ weight,
+/// dx = r · (gw − x · r² · mean(gw ∘ x)), dweight = Σ dy ∘ x · r over every row.
+pub fn rms_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    grad_out: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (x, grad_out) = (tensor::<B, 4>(x), tensor::<B, 4>(grad_out));
+    let width = x.dims()[3];
+    let rrms = (x.clone().powi_scalar(2).mean_dim(3) + eps).sqrt().recip();
+    let gw = grad_out.clone() * tensor::<B, 1>(weight).reshape([1, 1, 1, -1]);
+    let inner = (gw.clone() * x.clone()).mean_dim(3);
+    let dx = rrms.clone() * (gw - x.clone() * rrms.clone().powi_scalar(2) * inner);
+    let dweight = (grad_out * x * rrms).reshape([-1, width as i32]).sum_dim(0);
+    (primitive(dx), primitive(dweight.reshape([width])))
 }

@@ -2,7 +2,7 @@
 //! that keeps the row log-sum-exp, and a FlashAttention-2 backward parallel over (batch, head)
 //! that recomputes the probabilities a block at a time. Each task writes its own rows, so the
 //! results are bit-deterministic whatever the thread count. f32 and f64 natively; half types
-//! are computed in f32, as burn-flex's own attention does.
+//! are computed in f32, as burn-flex's own attention does. The norms are in `flex/norms.rs`.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
@@ -11,6 +11,8 @@ use burn::tensor::{DType, FloatDType, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use super::FluxOps;
+
+mod norms;
 
 /// Query and key rows per block.
 const BLOCK: usize = 64;
@@ -57,6 +59,65 @@ impl FluxOps for Flex {
             }
         }
     }
+
+    const FUSED_NORMS: bool = true;
+
+    fn flux_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor, eps: f64) -> FlexTensor {
+        match x.dtype() {
+            DType::F64 => norms::modulate::<f64>([&x, &shift, &scale], eps),
+            DType::F32 => norms::modulate::<f32>([&x, &shift, &scale], eps),
+            dtype => {
+                let [x, shift, scale] = [x, shift, scale].map(up);
+                down(norms::modulate::<f32>([&x, &shift, &scale], eps), dtype)
+            }
+        }
+    }
+
+    fn flux_modulate_bwd(
+        x: FlexTensor,
+        scale: FlexTensor,
+        grad_out: FlexTensor,
+        eps: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        match x.dtype() {
+            DType::F64 => norms::modulate_backward::<f64>([&x, &scale, &grad_out], eps),
+            DType::F32 => norms::modulate_backward::<f32>([&x, &scale, &grad_out], eps),
+            dtype => {
+                let [x, scale, grad_out] = [x, scale, grad_out].map(up);
+                let (dx, dshift, dscale) =
+                    norms::modulate_backward::<f32>([&x, &scale, &grad_out], eps);
+                (down(dx, dtype), down(dshift, dtype), down(dscale, dtype))
+            }
+        }
+    }
+
+    fn flux_rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+        match x.dtype() {
+            DType::F64 => norms::rms_norm::<f64>([&x, &weight], eps),
+            DType::F32 => norms::rms_norm::<f32>([&x, &weight], eps),
+            dtype => {
+                let [x, weight] = [x, weight].map(up);
+                down(norms::rms_norm::<f32>([&x, &weight], eps), dtype)
+            }
+        }
+    }
+
+    fn flux_rms_norm_bwd(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad_out: FlexTensor,
+        eps: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        match x.dtype() {
+            DType::F64 => norms::rms_norm_backward::<f64>([&x, &weight, &grad_out], eps),
+            DType::F32 => norms::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps),
+            dtype => {
+                let [x, weight, grad_out] = [x, weight, grad_out].map(up);
+                let (dx, dweight) = norms::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps);
+                (down(dx, dtype), down(dweight, dtype))
+            }
+        }
+    }
 }
 
 fn up(x: FlexTensor) -> FlexTensor {
@@ -91,6 +152,7 @@ trait Real:
     fn of(x: f64) -> Self;
     fn exp(self) -> Self;
     fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
     /// `x ← exp(x − shift)` over a slice, in a loop the compiler vectorises (f32: Cephes'
     /// polynomial, within 7.8e-8 relative (< 1 ulp) on [−87, 0.5], tested; f64: std).
     fn exp_shifted(xs: &mut [Self], shift: Self);
@@ -112,6 +174,9 @@ macro_rules! impl_real {
             }
             fn ln(self) -> Self {
                 <$t>::ln(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
             }
             fn exp_shifted(xs: &mut [Self], shift: Self) {
                 for x in xs.iter_mut() {
@@ -152,11 +217,7 @@ fn dims4(x: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-fn tensor<T: Real>(values: Vec<T>, shape: [usize; 3]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
-fn tensor4<T: Real>(values: Vec<T>, shape: [usize; 4]) -> FlexTensor {
+fn tensor<T: Real, const N: usize>(values: Vec<T>, shape: [usize; N]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
@@ -442,7 +503,7 @@ fn backward<T: Real>(
             });
     }
     let shape = [b, h, n, d];
-    (tensor4(dq, shape), tensor4(dk, shape), tensor4(dv, shape))
+    (tensor(dq, shape), tensor(dk, shape), tensor(dv, shape))
 }
 
 #[cfg(test)]

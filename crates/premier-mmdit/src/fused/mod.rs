@@ -15,7 +15,8 @@ pub mod composite;
 #[cfg(feature = "flex")]
 mod flex;
 
-/// FLUX's attention and its backward as backend ops; the defaults are composites.
+/// FLUX's attention, modulation and RMSNorm, and their backwards, as backend ops; the defaults
+/// are composites.
 pub trait FluxOps: Backend {
     /// True when [`FluxOps::flux_attention_fwd`] and [`FluxOps::flux_attention_bwd`] are native
     /// kernels: the autodiff decorator then records one fused node instead of differentiating
@@ -56,6 +57,52 @@ pub trait FluxOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composite::attention_backward::<Self>(q, k, v, out, lse, grad_out, scale)
     }
+
+    /// True when the norm methods below are native kernels: the autodiff decorator then
+    /// records each as one node with its own backward.
+    const FUSED_NORMS: bool = false;
+
+    /// `(1 + scale) · LN(x) + shift`, LayerNorm without affine over the last dim.
+    /// x: `[B, T, D]`; shift, scale: `[B, 1 or T, D]` (1: shared by every token) → `[B, T, D]`.
+    fn flux_modulate(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        composite::modulate::<Self>(x, shift, scale, eps)
+    }
+
+    /// (dx `[B, T, D]`, dshift and dscale `[B, 1 or T, D]`, the shape of scale) of
+    /// [`FluxOps::flux_modulate`], from x, scale and the output gradient.
+    fn flux_modulate_bwd(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composite::modulate_backward::<Self>(x, scale, grad_out, eps)
+    }
+
+    /// RMSNorm with a learned scale, `x · rsqrt(mean(x²) + eps) · weight`.
+    /// x: `[B, H, T, D]`, weight: `[D]` → `[B, H, T, D]`.
+    fn flux_rms_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        composite::rms_norm::<Self>(x, weight, eps)
+    }
+
+    /// (dx `[B, H, T, D]`, dweight `[D]`) of [`FluxOps::flux_rms_norm`].
+    fn flux_rms_norm_bwd(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composite::rms_norm_backward::<Self>(x, weight, grad_out, eps)
+    }
 }
 
 /// An autodiff backend that runs FLUX both tracked and untracked (training that also samples on
@@ -76,6 +123,32 @@ pub fn flux_attention<B: FluxOps>(
         k.into_primitive().tensor(),
         v.into_primitive().tensor(),
         scale,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `(1 + scale) · LN(x) + shift`. x: `[B, T, D]`; shift, scale: `[B, 1 or T, D]` → `[B, T, D]`.
+pub fn flux_modulate<B: FluxOps>(
+    x: Tensor<B, 3>,
+    shift: Tensor<B, 3>,
+    scale: Tensor<B, 3>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    let out = B::flux_modulate(
+        x.into_primitive().tensor(),
+        shift.into_primitive().tensor(),
+        scale.into_primitive().tensor(),
+        eps,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `x · rsqrt(mean(x²) + eps) · weight`. x: `[B, H, T, D]`, weight: `[D]` → `[B, H, T, D]`.
+pub fn flux_rms_norm<B: FluxOps>(x: Tensor<B, 4>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 4> {
+    let out = B::flux_rms_norm(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        eps,
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }

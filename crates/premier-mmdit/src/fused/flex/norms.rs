@@ -1,0 +1,231 @@
+//! Fused LayerNorm-modulation and RMSNorm for `Flex`, forward and backward: one pass over each
+//! row where the composites broadcast `[B, T, 1]` and `[B, 1, D]` operands through burn-flex's
+//! strided element path, and their autodiff chains reduce every broadcast again. Each task
+//! writes its own rows and partial sums are added in a fixed order, so results do not depend
+//! on the thread count.
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::TensorMetadata;
+use rayon::prelude::*;
+
+use super::{tensor, Real};
+
+/// Rows per parallel task (FLUX rows are 64–3072 wide).
+const ROWS: usize = 64;
+
+fn dims<const N: usize>(x: &FlexTensor) -> [usize; N] {
+    let shape = x.shape();
+    assert_eq!(shape.num_dims(), N, "fused norm: rank {N} expected");
+    std::array::from_fn(|i| shape[i])
+}
+
+/// The row's mean and `1 / √(mean((x − μ)²) + eps)`, in the composite's order.
+fn layer_norm_stats<T: Real>(row: &[T], eps: T) -> (T, T) {
+    let n = T::of(row.len() as f64);
+    let mut sum = T::ZERO;
+    for &v in row {
+        sum += v;
+    }
+    let mean = sum / n;
+    let mut squares = T::ZERO;
+    for &v in row {
+        let c = v - mean;
+        squares += c * c;
+    }
+    (mean, T::ONE / (squares / n + eps).sqrt())
+}
+
+/// `1 / √(mean(x²) + eps)`.
+fn rms_rstd<T: Real>(row: &[T], eps: T) -> T {
+    let mut squares = T::ZERO;
+    for &v in row {
+        squares += v * v;
+    }
+    T::ONE / (squares / T::of(row.len() as f64) + eps).sqrt()
+}
+
+/// Checks that shift/scale is `[B, 1 or T, D]` for x `[B, T, D]` and returns its middle dim.
+fn modulation_rows(x: [usize; 3], m: [usize; 3]) -> usize {
+    assert!(
+        m[0] == x[0] && m[2] == x[2] && (m[1] == 1 || m[1] == x[1]),
+        "fused modulate: shift/scale {m:?} do not fit x {x:?}"
+    );
+    m[1]
+}
+
+/// `(1 + scale) · LN(x) + shift`. x `[B, T, D]`, shift and scale `[B, 1 or T, D]` → `[B, T, D]`.
+pub(super) fn modulate<T: Real>([x, shift, scale]: [&FlexTensor; 3], eps: f64) -> FlexTensor {
+    let [b, t, d] = dims::<3>(x);
+    let s = modulation_rows([b, t, d], dims::<3>(scale));
+    assert_eq!(
+        dims::<3>(shift),
+        dims::<3>(scale),
+        "fused modulate: shift vs scale"
+    );
+    let (x, shift, scale) = (
+        x.to_contiguous(),
+        shift.to_contiguous(),
+        scale.to_contiguous(),
+    );
+    let (xs, shifts, scales) = (T::view(&x), T::view(&shift), T::view(&scale));
+    let eps = T::of(eps);
+    let mut out = vec![T::ZERO; b * t * d];
+    if d > 0 {
+        out.par_chunks_mut(ROWS * d)
+            .enumerate()
+            .for_each(|(chunk, rows)| {
+                for (i, o) in rows.chunks_mut(d).enumerate() {
+                    let row = chunk * ROWS + i;
+                    let m = (row / t) * s + if s == 1 { 0 } else { row % t };
+                    let xr = &xs[row * d..(row + 1) * d];
+                    let (sh, sc) = (&shifts[m * d..(m + 1) * d], &scales[m * d..(m + 1) * d]);
+                    let (mean, rstd) = layer_norm_stats(xr, eps);
+                    for j in 0..d {
+                        o[j] = (sc[j] + T::ONE) * ((xr[j] - mean) * rstd) + sh[j];
+                    }
+                }
+            });
+    }
+    tensor(out, [b, t, d])
+}
+
+/// (dx `[B, T, D]`, dshift, dscale `[B, 1 or T, D]`) of [`modulate`]; a task per batch element
+/// owns its rows of all three (composite formulas in `fused::composite::modulate_backward`).
+pub(super) fn modulate_backward<T: Real>(
+    [x, scale, grad_out]: [&FlexTensor; 3],
+    eps: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let [b, t, d] = dims::<3>(x);
+    let s = modulation_rows([b, t, d], dims::<3>(scale));
+    assert_eq!(dims::<3>(grad_out), [b, t, d], "fused modulate: grad vs x");
+    let (x, scale, grad_out) = (
+        x.to_contiguous(),
+        scale.to_contiguous(),
+        grad_out.to_contiguous(),
+    );
+    let (xs, scales, grads) = (T::view(&x), T::view(&scale), T::view(&grad_out));
+    let eps = T::of(eps);
+    let n = T::of(d as f64);
+    let mut dx = vec![T::ZERO; b * t * d];
+    let mut dshift = vec![T::ZERO; b * s * d];
+    let mut dscale = vec![T::ZERO; b * s * d];
+    if t * d > 0 {
+        dx.par_chunks_mut(t * d)
+            .zip(dshift.par_chunks_mut(s * d))
+            .zip(dscale.par_chunks_mut(s * d))
+            .enumerate()
+            .for_each(|(bi, ((dx_b, dshift_b), dscale_b))| {
+                let mut normed = vec![T::ZERO; d];
+                let mut g = vec![T::ZERO; d];
+                for ti in 0..t {
+                    let row = bi * t + ti;
+                    let m = if s == 1 { 0 } else { ti };
+                    let xr = &xs[row * d..(row + 1) * d];
+                    let gr = &grads[row * d..(row + 1) * d];
+                    let sc = &scales[(bi * s + m) * d..(bi * s + m + 1) * d];
+                    let (mean, rstd) = layer_norm_stats(xr, eps);
+                    let (mut g_sum, mut gn_sum) = (T::ZERO, T::ZERO);
+                    for j in 0..d {
+                        normed[j] = (xr[j] - mean) * rstd;
+                        g[j] = gr[j] * (sc[j] + T::ONE);
+                        g_sum += g[j];
+                        gn_sum += g[j] * normed[j];
+                    }
+                    let (g_mean, gn_mean) = (g_sum / n, gn_sum / n);
+                    for (j, dxj) in dx_b[ti * d..(ti + 1) * d].iter_mut().enumerate() {
+                        *dxj = rstd * (g[j] - g_mean - normed[j] * gn_mean);
+                    }
+                    let dsh = &mut dshift_b[m * d..(m + 1) * d];
+                    let dsc = &mut dscale_b[m * d..(m + 1) * d];
+                    for j in 0..d {
+                        dsh[j] += gr[j];
+                        dsc[j] += gr[j] * normed[j];
+                    }
+                }
+            });
+    }
+    (
+        tensor(dx, [b, t, d]),
+        tensor(dshift, [b, s, d]),
+        tensor(dscale, [b, s, d]),
+    )
+}
+
+/// `x · rsqrt(mean(x²) + eps) · weight`. x `[B, H, T, D]`, weight `[D]` → `[B, H, T, D]`.
+pub(super) fn rms_norm<T: Real>([x, weight]: [&FlexTensor; 2], eps: f64) -> FlexTensor {
+    let shape = dims::<4>(x);
+    let d = shape[3];
+    assert_eq!(dims::<1>(weight), [d], "fused RMSNorm: weight vs x");
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let (xs, w) = (T::view(&x), T::view(&weight));
+    let eps = T::of(eps);
+    let mut out = vec![T::ZERO; xs.len()];
+    if d > 0 {
+        out.par_chunks_mut(ROWS * d)
+            .enumerate()
+            .for_each(|(chunk, rows)| {
+                for (i, o) in rows.chunks_mut(d).enumerate() {
+                    let row = chunk * ROWS + i;
+                    let xr = &xs[row * d..(row + 1) * d];
+                    let rstd = rms_rstd(xr, eps);
+                    for j in 0..d {
+                        o[j] = xr[j] * rstd * w[j];
+                    }
+                }
+            });
+    }
+    tensor(out, shape)
+}
+
+/// (dx `[B, H, T, D]`, dweight `[D]`) of [`rms_norm`]: dx a row at a time, dweight as partial
+/// sums per task of [`ROWS`] rows, added in task order.
+pub(super) fn rms_norm_backward<T: Real>(
+    [x, weight, grad_out]: [&FlexTensor; 3],
+    eps: f64,
+) -> (FlexTensor, FlexTensor) {
+    let shape = dims::<4>(x);
+    let d = shape[3];
+    assert_eq!(dims::<1>(weight), [d], "fused RMSNorm: weight vs x");
+    assert_eq!(dims::<4>(grad_out), shape, "fused RMSNorm: grad vs x");
+    let (x, weight, grad_out) = (
+        x.to_contiguous(),
+        weight.to_contiguous(),
+        grad_out.to_contiguous(),
+    );
+    let (xs, w, grads) = (T::view(&x), T::view(&weight), T::view(&grad_out));
+    let eps = T::of(eps);
+    let n = T::of(d as f64);
+    let mut dx = vec![T::ZERO; xs.len()];
+    let mut dweight = vec![T::ZERO; d];
+    if d > 0 {
+        let partials: Vec<Vec<T>> = dx
+            .par_chunks_mut(ROWS * d)
+            .enumerate()
+            .map(|(chunk, rows)| {
+                let mut dw = vec![T::ZERO; d];
+                for (i, dxr) in rows.chunks_mut(d).enumerate() {
+                    let row = chunk * ROWS + i;
+                    let xr = &xs[row * d..(row + 1) * d];
+                    let gr = &grads[row * d..(row + 1) * d];
+                    let rstd = rms_rstd(xr, eps);
+                    let mut inner = T::ZERO;
+                    for j in 0..d {
+                        inner += gr[j] * w[j] * xr[j];
+                    }
+                    let inner = inner / n;
+                    for j in 0..d {
+                        dxr[j] = rstd * (gr[j] * w[j] - xr[j] * (rstd * rstd) * inner);
+                        dw[j] += gr[j] * xr[j] * rstd;
+                    }
+                }
+                dw
+            })
+            .collect();
+        for partial in partials {
+            for (total, p) in dweight.iter_mut().zip(partial) {
+                *total += p;
+            }
+        }
+    }
+    (tensor(dx, shape), tensor(dweight, [d]))
+}
