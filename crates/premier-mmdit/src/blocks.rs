@@ -6,7 +6,7 @@ use burn::tensor::activation::{sigmoid, silu};
 
 use crate::embed::Rope;
 use crate::error::LoadError;
-use crate::fused::{flux_attention, flux_modulate, FluxOps};
+use crate::fused::{flux_attention, flux_gated_residual, flux_modulate, FluxOps};
 use crate::norm::QkNorm;
 use crate::params::ParamSource;
 
@@ -265,12 +265,26 @@ impl<B: FluxOps> DoubleStreamBlock<B> {
         let txt_attn = attn.clone().narrow(1, 0, txt_tokens);
         let img_attn = attn.narrow(1, txt_tokens, img_tokens);
 
-        let img = img + img_mod1.gate.clone() * self.img_attn.proj.forward(img_attn);
-        let img =
-            img.clone() + img_mod2.gate.clone() * self.img_mlp.forward(img_mod2.modulate(img));
-        let txt = txt + txt_mod1.gate.clone() * self.txt_attn.proj.forward(txt_attn);
-        let txt =
-            txt.clone() + txt_mod2.gate.clone() * self.txt_mlp.forward(txt_mod2.modulate(txt));
+        let img = flux_gated_residual(
+            img,
+            img_mod1.gate.clone(),
+            self.img_attn.proj.forward(img_attn),
+        );
+        let img = flux_gated_residual(
+            img.clone(),
+            img_mod2.gate.clone(),
+            self.img_mlp.forward(img_mod2.modulate(img)),
+        );
+        let txt = flux_gated_residual(
+            txt,
+            txt_mod1.gate.clone(),
+            self.txt_attn.proj.forward(txt_attn),
+        );
+        let txt = flux_gated_residual(
+            txt.clone(),
+            txt_mod2.gate.clone(),
+            self.txt_mlp.forward(txt_mod2.modulate(txt)),
+        );
         (img, txt)
     }
 }
@@ -330,7 +344,7 @@ impl<B: FluxOps> SingleStreamBlock<B> {
         let (q, k) = self.norm.forward(q, k);
         let attn = rope_attention(q, k, v, rope);
         let out = self.linear2.forward(Tensor::cat(vec![attn, mlp], 2));
-        x + modulation.gate * out
+        flux_gated_residual(x, modulation.gate, out)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `FluxOps` under `Autodiff`: a fused attention is one graph node whose backward calls the inner
 //! backend's `flux_attention_bwd`; it stores the output and the row log-sum-exp, O(T) per row,
-//! where differentiating the composite keeps the `[B, H, T, T]` softmax. The fused modulation
-//! and RMSNorm are one node each too, whose backward recomputes the row statistics from the
+//! where differentiating the composite keeps the `[B, H, T, T]` softmax. The fused modulation,
+//! gated residual and RMSNorm are one node each too, whose backward recomputes the row statistics from the
 //! input: one pass, instead of the composite's chain of broadcasting nodes.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -70,6 +70,33 @@ impl<B: FluxOps> Backward<B, 3> for FusedModulateBackward {
 }
 
 #[derive(Debug)]
+struct FusedGatedResidualBackward;
+
+impl<B: FluxOps> Backward<B, 3> for FusedGatedResidualBackward {
+    /// gate and y as checkpoints.
+    type State = (NodeId, NodeId);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gate, node_y] = ops.parents;
+        let grad_out = grads.consume::<B>(&ops.node);
+        let (gate, y) = ops.state;
+        let gate: FloatTensor<B> = checkpointer.retrieve_node_output(gate);
+        let y: FloatTensor<B> = checkpointer.retrieve_node_output(y);
+        let (dx, dgate, dy) = B::flux_gated_residual_bwd(gate, y, grad_out);
+        for (node, grad) in [(node_x, dx), (node_gate, dgate), (node_y, dy)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 struct FusedRmsNormBackward;
 
 impl<B: FluxOps> Backward<B, 2> for FusedRmsNormBackward {
@@ -124,6 +151,34 @@ impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
                 shift.primitive,
                 scale.primitive,
                 eps,
+            )),
+        }
+    }
+
+    fn flux_gated_residual(
+        x: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !B::FUSED_NORMS {
+            return composite::gated_residual::<Self>(x, gate, y);
+        }
+        match FusedGatedResidualBackward
+            .prepare::<C>([x.node.clone(), gate.node.clone(), y.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&gate), prep.checkpoint(&y));
+                prep.finish(
+                    state,
+                    B::flux_gated_residual(x.primitive, gate.primitive, y.primitive),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::flux_gated_residual(
+                x.primitive,
+                gate.primitive,
+                y.primitive,
             )),
         }
     }

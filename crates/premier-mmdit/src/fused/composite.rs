@@ -151,3 +151,31 @@ pub fn rms_norm_backward<B: Backend>(
     let dweight = (grad_out * x * rrms).reshape([-1, width as i32]).sum_dim(0);
     (primitive(dx), primitive(dweight.reshape([width])))
 }
+
+/// `x + gate · y`. x, y: `[B, T, D]`; gate: `[B, 1 or T, D]` → `[B, T, D]`.
+pub fn gated_residual<B: Backend>(
+    x: FloatTensor<B>,
+    gate: FloatTensor<B>,
+    y: FloatTensor<B>,
+) -> FloatTensor<B> {
+    primitive(tensor::<B, 3>(x) + tensor::<B, 3>(gate) * tensor::<B, 3>(y))
+}
+
+/// (dx, dgate, dy) of [`gated_residual`]: dx = dout, dy = dout ∘ gate, dgate = Σ dout ∘ y over
+/// the tokens a broadcast gate shares.
+pub fn gated_residual_backward<B: Backend>(
+    gate: FloatTensor<B>,
+    y: FloatTensor<B>,
+    grad_out: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (gate, y, grad_out) = (
+        tensor::<B, 3>(gate),
+        tensor::<B, 3>(y),
+        tensor::<B, 3>(grad_out),
+    );
+    let shared = gate.dims()[1] == 1;
+    let dy = grad_out.clone() * gate;
+    let dgate = grad_out.clone() * y;
+    let dgate = if shared { dgate.sum_dim(1) } else { dgate };
+    (primitive(grad_out), primitive(dgate), primitive(dy))
+}

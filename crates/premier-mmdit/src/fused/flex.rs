@@ -2,7 +2,7 @@
 //! that keeps the row log-sum-exp, and a FlashAttention-2 backward parallel over (batch, head)
 //! that recomputes the probabilities a block at a time. Each task writes its own rows, so the
 //! results are bit-deterministic whatever the thread count. f32 and f64 natively; half types
-//! are computed in f32, as burn-flex's own attention does. The norms are in `flex/norms.rs`.
+//! are computed in f32, as burn-flex's own attention does. The row-wise ops (norms, modulation, gated residual) are in `flex/rowwise.rs`.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::FluxOps;
 
-mod norms;
+mod rowwise;
 
 /// Query and key rows per block.
 const BLOCK: usize = 64;
@@ -64,11 +64,11 @@ impl FluxOps for Flex {
 
     fn flux_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor, eps: f64) -> FlexTensor {
         match x.dtype() {
-            DType::F64 => norms::modulate::<f64>([&x, &shift, &scale], eps),
-            DType::F32 => norms::modulate::<f32>([&x, &shift, &scale], eps),
+            DType::F64 => rowwise::modulate::<f64>([&x, &shift, &scale], eps),
+            DType::F32 => rowwise::modulate::<f32>([&x, &shift, &scale], eps),
             dtype => {
                 let [x, shift, scale] = [x, shift, scale].map(up);
-                down(norms::modulate::<f32>([&x, &shift, &scale], eps), dtype)
+                down(rowwise::modulate::<f32>([&x, &shift, &scale], eps), dtype)
             }
         }
     }
@@ -80,24 +80,52 @@ impl FluxOps for Flex {
         eps: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         match x.dtype() {
-            DType::F64 => norms::modulate_backward::<f64>([&x, &scale, &grad_out], eps),
-            DType::F32 => norms::modulate_backward::<f32>([&x, &scale, &grad_out], eps),
+            DType::F64 => rowwise::modulate_backward::<f64>([&x, &scale, &grad_out], eps),
+            DType::F32 => rowwise::modulate_backward::<f32>([&x, &scale, &grad_out], eps),
             dtype => {
                 let [x, scale, grad_out] = [x, scale, grad_out].map(up);
                 let (dx, dshift, dscale) =
-                    norms::modulate_backward::<f32>([&x, &scale, &grad_out], eps);
+                    rowwise::modulate_backward::<f32>([&x, &scale, &grad_out], eps);
                 (down(dx, dtype), down(dshift, dtype), down(dscale, dtype))
+            }
+        }
+    }
+
+    fn flux_gated_residual(x: FlexTensor, gate: FlexTensor, y: FlexTensor) -> FlexTensor {
+        match x.dtype() {
+            DType::F64 => rowwise::gated_residual::<f64>([&x, &gate, &y]),
+            DType::F32 => rowwise::gated_residual::<f32>([&x, &gate, &y]),
+            dtype => {
+                let [x, gate, y] = [x, gate, y].map(up);
+                down(rowwise::gated_residual::<f32>([&x, &gate, &y]), dtype)
+            }
+        }
+    }
+
+    fn flux_gated_residual_bwd(
+        gate: FlexTensor,
+        y: FlexTensor,
+        grad_out: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        match y.dtype() {
+            DType::F64 => rowwise::gated_residual_backward::<f64>([&gate, &y, &grad_out]),
+            DType::F32 => rowwise::gated_residual_backward::<f32>([&gate, &y, &grad_out]),
+            dtype => {
+                let [gate, y, grad_out] = [gate, y, grad_out].map(up);
+                let (dx, dgate, dy) =
+                    rowwise::gated_residual_backward::<f32>([&gate, &y, &grad_out]);
+                (down(dx, dtype), down(dgate, dtype), down(dy, dtype))
             }
         }
     }
 
     fn flux_rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
         match x.dtype() {
-            DType::F64 => norms::rms_norm::<f64>([&x, &weight], eps),
-            DType::F32 => norms::rms_norm::<f32>([&x, &weight], eps),
+            DType::F64 => rowwise::rms_norm::<f64>([&x, &weight], eps),
+            DType::F32 => rowwise::rms_norm::<f32>([&x, &weight], eps),
             dtype => {
                 let [x, weight] = [x, weight].map(up);
-                down(norms::rms_norm::<f32>([&x, &weight], eps), dtype)
+                down(rowwise::rms_norm::<f32>([&x, &weight], eps), dtype)
             }
         }
     }
@@ -109,11 +137,12 @@ impl FluxOps for Flex {
         eps: f64,
     ) -> (FlexTensor, FlexTensor) {
         match x.dtype() {
-            DType::F64 => norms::rms_norm_backward::<f64>([&x, &weight, &grad_out], eps),
-            DType::F32 => norms::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps),
+            DType::F64 => rowwise::rms_norm_backward::<f64>([&x, &weight, &grad_out], eps),
+            DType::F32 => rowwise::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps),
             dtype => {
                 let [x, weight, grad_out] = [x, weight, grad_out].map(up);
-                let (dx, dweight) = norms::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps);
+                let (dx, dweight) =
+                    rowwise::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps);
                 (down(dx, dtype), down(dweight, dtype))
             }
         }

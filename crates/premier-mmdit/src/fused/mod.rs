@@ -15,7 +15,7 @@ pub mod composite;
 #[cfg(feature = "flex")]
 mod flex;
 
-/// FLUX's attention, modulation and RMSNorm, and their backwards, as backend ops; the defaults
+/// FLUX's attention, modulation, gated residual and RMSNorm, and their backwards, as backend ops; the defaults
 /// are composites.
 pub trait FluxOps: Backend {
     /// True when [`FluxOps::flux_attention_fwd`] and [`FluxOps::flux_attention_bwd`] are native
@@ -84,6 +84,24 @@ pub trait FluxOps: Backend {
         composite::modulate_backward::<Self>(x, scale, grad_out, eps)
     }
 
+    /// `x + gate · y`, a gated residual. x, y: `[B, T, D]`; gate: `[B, 1 or T, D]` → `[B, T, D]`.
+    fn flux_gated_residual(
+        x: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composite::gated_residual::<Self>(x, gate, y)
+    }
+
+    /// (dx, dgate `[B, 1 or T, D]`, dy) of [`FluxOps::flux_gated_residual`].
+    fn flux_gated_residual_bwd(
+        gate: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composite::gated_residual_backward::<Self>(gate, y, grad_out)
+    }
+
     /// RMSNorm with a learned scale, `x · rsqrt(mean(x²) + eps) · weight`.
     /// x: `[B, H, T, D]`, weight: `[D]` → `[B, H, T, D]`.
     fn flux_rms_norm(
@@ -139,6 +157,20 @@ pub fn flux_modulate<B: FluxOps>(
         shift.into_primitive().tensor(),
         scale.into_primitive().tensor(),
         eps,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `x + gate · y`. x, y: `[B, T, D]`; gate: `[B, 1 or T, D]` → `[B, T, D]`.
+pub fn flux_gated_residual<B: FluxOps>(
+    x: Tensor<B, 3>,
+    gate: Tensor<B, 3>,
+    y: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let out = B::flux_gated_residual(
+        x.into_primitive().tensor(),
+        gate.into_primitive().tensor(),
+        y.into_primitive().tensor(),
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }

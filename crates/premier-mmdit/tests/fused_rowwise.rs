@@ -1,4 +1,4 @@
-//! The fused LayerNorm-modulation and RMSNorm of `FluxOps` on Flex against their composites
+//! The fused LayerNorm-modulation, gated residual and RMSNorm of `FluxOps` on Flex against their composites
 //! (forward, the backward kernels, gradients under Autodiff against the differentiated
 //! composite) and against finite differences in f64. Shapes cover a shared (`[B, 1, D]`) and a
 //! per-token (`[B, T, D]`) modulation, T past one 64-row task, odd D.
@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Distribution, TensorPrimitive};
-use premier_mmdit::fused::{composite, flux_modulate, flux_rms_norm};
+use premier_mmdit::fused::{composite, flux_gated_residual, flux_modulate, flux_rms_norm};
 use premier_mmdit::FluxOps;
 
 type AB = Autodiff<Flex>;
@@ -402,4 +402,102 @@ fn untracked_and_half_inputs_run_the_plain_kernels() {
         EPS,
     ));
     check("bf16", values(half), reference, 1e-2);
+}
+
+/// L = Σ (x + gate · y) ∘ w, and the gradients of x, gate and y where tracked.
+fn gated_loss_and_grads<B: AutodiffBackend + FluxOps>(
+    inputs: [Tensor<B::InnerBackend, 3>; 3],
+    w: Tensor<B::InnerBackend, 3>,
+    tracked: [bool; 3],
+    fused: bool,
+) -> [Option<Vec<f64>>; 3] {
+    let [x, gate, y] = inputs.map(Tensor::<B, 3>::from_inner);
+    let track = |x: Tensor<B, 3>, t: bool| if t { x.require_grad() } else { x };
+    let (x, gate, y) = (
+        track(x, tracked[0]),
+        track(gate, tracked[1]),
+        track(y, tracked[2]),
+    );
+    let out = if fused {
+        flux_gated_residual(x.clone(), gate.clone(), y.clone())
+    } else {
+        tensor::<B, 3>(composite::gated_residual::<B>(
+            prim(x.clone()),
+            prim(gate.clone()),
+            prim(y.clone()),
+        ))
+    };
+    let grads = (out * Tensor::from_inner(w)).sum().backward();
+    let grad = |x: &Tensor<B, 3>| x.grad(&grads).map(values);
+    [grad(&x), grad(&gate), grad(&y)]
+}
+
+#[test]
+fn gated_residual_matches_its_composite_and_finite_differences() {
+    for (shape, s) in MODULATE {
+        for (dtype, tol) in DTYPES {
+            let what = format!("{shape:?} S={s} {dtype:?}");
+            let x = random::<Flex, 3>(shape, dtype, 21);
+            let [gate, _] = modulation::<Flex>(shape, s, dtype, 22);
+            let y = random::<Flex, 3>(shape, dtype, 23);
+            let fused = flux_gated_residual(x.clone(), gate.clone(), y.clone());
+            let reference = composite::gated_residual::<Flex>(
+                prim(x.clone()),
+                prim(gate.clone()),
+                prim(y.clone()),
+            );
+            check(
+                &what,
+                values(fused),
+                values(tensor::<Flex, 3>(reference)),
+                tol,
+            );
+
+            let grad = random::<Flex, 3>(shape, dtype, 24);
+            let kernel = <Flex as FluxOps>::flux_gated_residual_bwd(
+                prim(gate.clone()),
+                prim(y.clone()),
+                prim(grad.clone()),
+            );
+            let composite = composite::gated_residual_backward::<Flex>(
+                prim(gate.clone()),
+                prim(y.clone()),
+                prim(grad),
+            );
+            for (name, a, b) in [
+                ("dx", kernel.0, composite.0),
+                ("dgate", kernel.1, composite.1),
+                ("dy", kernel.2, composite.2),
+            ] {
+                let (a, b) = (tensor::<Flex, 3>(a), tensor::<Flex, 3>(b));
+                assert_eq!(a.dims(), b.dims(), "{what} {name}");
+                check(&format!("{what} {name}"), values(a), values(b), tol);
+            }
+
+            let w = random::<Flex, 3>(shape, dtype, 25);
+            let inputs = [x, gate, y];
+            for tracked in [[true; 3], [false, true, false], [true, false, true]] {
+                let fused = gated_loss_and_grads::<AB>(inputs.clone(), w.clone(), tracked, true);
+                let reference =
+                    gated_loss_and_grads::<AB>(inputs.clone(), w.clone(), tracked, false);
+                for (i, (a, b)) in fused.into_iter().zip(reference).enumerate() {
+                    assert_eq!(a.is_some(), tracked[i], "{what} input {i}");
+                    if let (Some(a), Some(b)) = (a, b) {
+                        check(&format!("{what} {tracked:?} input {i}"), a, b, tol);
+                    }
+                }
+            }
+            if dtype == DType::F64 {
+                let grads = gated_loss_and_grads::<AB>(inputs.clone(), w.clone(), [true; 3], true);
+                let grads: Vec<Vec<f64>> = grads.into_iter().map(Option::unwrap).collect();
+                let loss = |v: &[Tensor<Flex, 3>]| {
+                    let out = flux_gated_residual(v[0].clone(), v[1].clone(), v[2].clone());
+                    values((out * w.clone()).sum())[0]
+                };
+                let (numeric, analytic) = directional(&inputs, &grads, loss, 90);
+                let r = (numeric - analytic).abs() / analytic.abs().max(1e-12);
+                assert!(r <= 1e-6, "{what}: {numeric} vs {analytic}, rel {r:e}");
+            }
+        }
+    }
 }

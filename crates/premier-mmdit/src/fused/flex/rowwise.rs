@@ -1,6 +1,7 @@
-//! Fused LayerNorm-modulation and RMSNorm for `Flex`, forward and backward: one pass over each
-//! row where the composites broadcast `[B, T, 1]` and `[B, 1, D]` operands through burn-flex's
-//! strided element path, and their autodiff chains reduce every broadcast again. Each task
+//! Fused row-wise ops for `Flex`, forward and backward: LayerNorm-modulation, the gated
+//! residual and RMSNorm, one pass over each row where the composites broadcast `[B, T, 1]` and
+//! `[B, 1, D]` operands through burn-flex's strided element path, and their autodiff chains
+//! reduce every broadcast again. Each task
 //! writes its own rows and partial sums are added in a fixed order, so results do not depend
 //! on the thread count.
 
@@ -44,11 +45,12 @@ fn rms_rstd<T: Real>(row: &[T], eps: T) -> T {
     T::ONE / (squares / T::of(row.len() as f64) + eps).sqrt()
 }
 
-/// Checks that shift/scale is `[B, 1 or T, D]` for x `[B, T, D]` and returns its middle dim.
+/// Checks that a modulation (shift, scale, gate) is `[B, 1 or T, D]` for x `[B, T, D]` and
+/// returns its middle dim.
 fn modulation_rows(x: [usize; 3], m: [usize; 3]) -> usize {
     assert!(
         m[0] == x[0] && m[2] == x[2] && (m[1] == 1 || m[1] == x[1]),
-        "fused modulate: shift/scale {m:?} do not fit x {x:?}"
+        "fused row op: modulation {m:?} does not fit x {x:?}"
     );
     m[1]
 }
@@ -149,6 +151,74 @@ pub(super) fn modulate_backward<T: Real>(
         tensor(dshift, [b, s, d]),
         tensor(dscale, [b, s, d]),
     )
+}
+
+/// `x + gate · y`. x, y `[B, T, D]`, gate `[B, 1 or T, D]` → `[B, T, D]`.
+pub(super) fn gated_residual<T: Real>([x, gate, y]: [&FlexTensor; 3]) -> FlexTensor {
+    let [b, t, d] = dims::<3>(x);
+    let s = modulation_rows([b, t, d], dims::<3>(gate));
+    assert_eq!(dims::<3>(y), [b, t, d], "fused gated residual: y vs x");
+    let (x, gate, y) = (x.to_contiguous(), gate.to_contiguous(), y.to_contiguous());
+    let (xs, gates, ys) = (T::view(&x), T::view(&gate), T::view(&y));
+    let mut out = vec![T::ZERO; b * t * d];
+    if d > 0 {
+        out.par_chunks_mut(ROWS * d)
+            .enumerate()
+            .for_each(|(chunk, rows)| {
+                for (i, o) in rows.chunks_mut(d).enumerate() {
+                    let row = chunk * ROWS + i;
+                    let m = (row / t) * s + if s == 1 { 0 } else { row % t };
+                    let (xr, yr) = (&xs[row * d..(row + 1) * d], &ys[row * d..(row + 1) * d]);
+                    let g = &gates[m * d..(m + 1) * d];
+                    for j in 0..d {
+                        o[j] = xr[j] + g[j] * yr[j];
+                    }
+                }
+            });
+    }
+    tensor(out, [b, t, d])
+}
+
+/// (dx = dout, dgate `[B, 1 or T, D]`, dy `[B, T, D]`) of [`gated_residual`]; a task per batch
+/// element owns its rows of dgate and dy.
+pub(super) fn gated_residual_backward<T: Real>(
+    [gate, y, grad_out]: [&FlexTensor; 3],
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let [b, t, d] = dims::<3>(y);
+    let s = modulation_rows([b, t, d], dims::<3>(gate));
+    assert_eq!(
+        dims::<3>(grad_out),
+        [b, t, d],
+        "fused gated residual: grad vs y"
+    );
+    let (gate, y, grad_out) = (
+        gate.to_contiguous(),
+        y.to_contiguous(),
+        grad_out.to_contiguous(),
+    );
+    let (gates, ys, grads) = (T::view(&gate), T::view(&y), T::view(&grad_out));
+    let mut dy = vec![T::ZERO; b * t * d];
+    let mut dgate = vec![T::ZERO; b * s * d];
+    if t * d > 0 {
+        dy.par_chunks_mut(t * d)
+            .zip(dgate.par_chunks_mut(s * d))
+            .enumerate()
+            .for_each(|(bi, (dy_b, dgate_b))| {
+                for ti in 0..t {
+                    let row = bi * t + ti;
+                    let m = if s == 1 { 0 } else { ti };
+                    let (yr, gr) = (&ys[row * d..(row + 1) * d], &grads[row * d..(row + 1) * d]);
+                    let g = &gates[(bi * s + m) * d..(bi * s + m + 1) * d];
+                    let dyr = &mut dy_b[ti * d..(ti + 1) * d];
+                    let dg = &mut dgate_b[m * d..(m + 1) * d];
+                    for j in 0..d {
+                        dyr[j] = gr[j] * g[j];
+                        dg[j] += gr[j] * yr[j];
+                    }
+                }
+            });
+    }
+    (grad_out, tensor(dgate, [b, s, d]), tensor(dy, [b, t, d]))
 }
 
 /// `x · rsqrt(mean(x²) + eps) · weight`. x `[B, H, T, D]`, weight `[D]` → `[B, H, T, D]`.
