@@ -5,10 +5,12 @@
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Distribution, TensorPrimitive};
+use burn::tensor::{DType, Distribution};
 use premier_mmdit::fused::{composite, flux_attention};
 use premier_mmdit::FluxOps;
+
+mod common;
+use common::{prim, rel, tensor, values};
 
 type AB = Autodiff<Flex>;
 
@@ -30,30 +32,6 @@ fn random<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> Tensor<B, 4
 
 fn qkv<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> [Tensor<B, 4>; 3] {
     [0, 1, 2].map(|i| random::<B>(shape, dtype, seed * 3 + i))
-}
-
-fn prim<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
-    x.into_primitive().tensor()
-}
-
-fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(x))
-}
-
-fn values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f64> {
-    x.cast(DType::F64).into_data().to_vec::<f64>().unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    diff / scale.max(f64::MIN_POSITIVE)
 }
 
 fn scale_of(shape: [usize; 4]) -> f64 {

@@ -6,10 +6,12 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Distribution, TensorPrimitive};
+use burn::tensor::{DType, Distribution};
 use premier_mmdit::fused::{composite, flux_gated_residual, flux_modulate, flux_rms_norm};
 use premier_mmdit::FluxOps;
+
+mod common;
+use common::{prim, rel, tensor, values};
 
 type AB = Autodiff<Flex>;
 
@@ -47,30 +49,6 @@ fn modulation<B: Backend>(
     seed: u64,
 ) -> [Tensor<B, 3>; 2] {
     [0, 1].map(|i| random::<B, 3>([b, s, d], dtype, seed * 2 + i) * 0.5)
-}
-
-fn prim<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
-    x.into_primitive().tensor()
-}
-
-fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(x))
-}
-
-fn values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f64> {
-    x.cast(DType::F64).into_data().to_vec::<f64>().unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    diff / scale.max(f64::MIN_POSITIVE)
 }
 
 fn check(what: &str, a: Vec<f64>, b: Vec<f64>, tol: f64) {

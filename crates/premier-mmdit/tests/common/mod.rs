@@ -1,10 +1,12 @@
-//! Shared test helpers: fixture paths, reading reference tensors, comparing with a tolerance.
+//! Shared test helpers: fixture paths, reading reference tensors, comparing with a tolerance,
+//! moving between tensors and the float primitives `FluxOps` takes.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Distribution, TensorPrimitive};
 use premier_mmdit::load::SafetensorsFile;
 use premier_mmdit::{img_ids, txt_ids, FluxConfig, FluxInput};
 
@@ -91,4 +93,31 @@ pub fn random_input<Bk: Backend>(
         y: Tensor::random([batch, config.vec_in_dim], normal, device),
         guidance: Some(Tensor::full([batch], 3.5, device)),
     }
+}
+
+/// A tensor's float primitive (for calling `FluxOps` methods directly).
+pub fn prim<Bk: Backend, const D: usize>(x: Tensor<Bk, D>) -> FloatTensor<Bk> {
+    x.into_primitive().tensor()
+}
+
+/// A float primitive as a tensor.
+pub fn tensor<Bk: Backend, const D: usize>(x: FloatTensor<Bk>) -> Tensor<Bk, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// The elements as f64, whatever the float type.
+pub fn values<Bk: Backend, const D: usize>(x: Tensor<Bk, D>) -> Vec<f64> {
+    x.cast(DType::F64).into_data().to_vec::<f64>().unwrap()
+}
+
+/// max |a − b| / max |b|.
+pub fn rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    diff / scale.max(f64::MIN_POSITIVE)
 }

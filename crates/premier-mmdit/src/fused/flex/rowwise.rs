@@ -45,6 +45,25 @@ fn rms_rstd<T: Real>(row: &[T], eps: T) -> T {
     T::ONE / (squares / T::of(row.len() as f64) + eps).sqrt()
 }
 
+/// Fills `out`, rows of width `d`, in tasks of [`ROWS`] rows: `row_op(row index, its slice)`.
+fn par_rows<T: Real>(out: &mut [T], d: usize, row_op: impl Fn(usize, &mut [T]) + Sync) {
+    if d == 0 {
+        return;
+    }
+    out.par_chunks_mut(ROWS * d)
+        .enumerate()
+        .for_each(|(chunk, rows)| {
+            for (i, o) in rows.chunks_mut(d).enumerate() {
+                row_op(chunk * ROWS + i, o);
+            }
+        });
+}
+
+/// The row of a `[B, S, D]` modulation (S = 1 or T) that row `row` of x `[B, T, D]` uses.
+fn modulation_row(row: usize, t: usize, s: usize) -> usize {
+    (row / t) * s + if s == 1 { 0 } else { row % t }
+}
+
 /// Checks that a modulation (shift, scale, gate) is `[B, 1 or T, D]` for x `[B, T, D]` and
 /// returns its middle dim.
 fn modulation_rows(x: [usize; 3], m: [usize; 3]) -> usize {
@@ -72,22 +91,15 @@ pub(super) fn modulate<T: Real>([x, shift, scale]: [&FlexTensor; 3], eps: f64) -
     let (xs, shifts, scales) = (T::view(&x), T::view(&shift), T::view(&scale));
     let eps = T::of(eps);
     let mut out = vec![T::ZERO; b * t * d];
-    if d > 0 {
-        out.par_chunks_mut(ROWS * d)
-            .enumerate()
-            .for_each(|(chunk, rows)| {
-                for (i, o) in rows.chunks_mut(d).enumerate() {
-                    let row = chunk * ROWS + i;
-                    let m = (row / t) * s + if s == 1 { 0 } else { row % t };
-                    let xr = &xs[row * d..(row + 1) * d];
-                    let (sh, sc) = (&shifts[m * d..(m + 1) * d], &scales[m * d..(m + 1) * d]);
-                    let (mean, rstd) = layer_norm_stats(xr, eps);
-                    for j in 0..d {
-                        o[j] = (sc[j] + T::ONE) * ((xr[j] - mean) * rstd) + sh[j];
-                    }
-                }
-            });
-    }
+    par_rows(&mut out, d, |row, o| {
+        let m = modulation_row(row, t, s);
+        let xr = &xs[row * d..(row + 1) * d];
+        let (sh, sc) = (&shifts[m * d..(m + 1) * d], &scales[m * d..(m + 1) * d]);
+        let (mean, rstd) = layer_norm_stats(xr, eps);
+        for j in 0..d {
+            o[j] = (sc[j] + T::ONE) * ((xr[j] - mean) * rstd) + sh[j];
+        }
+    });
     tensor(out, [b, t, d])
 }
 
@@ -161,21 +173,14 @@ pub(super) fn gated_residual<T: Real>([x, gate, y]: [&FlexTensor; 3]) -> FlexTen
     let (x, gate, y) = (x.to_contiguous(), gate.to_contiguous(), y.to_contiguous());
     let (xs, gates, ys) = (T::view(&x), T::view(&gate), T::view(&y));
     let mut out = vec![T::ZERO; b * t * d];
-    if d > 0 {
-        out.par_chunks_mut(ROWS * d)
-            .enumerate()
-            .for_each(|(chunk, rows)| {
-                for (i, o) in rows.chunks_mut(d).enumerate() {
-                    let row = chunk * ROWS + i;
-                    let m = (row / t) * s + if s == 1 { 0 } else { row % t };
-                    let (xr, yr) = (&xs[row * d..(row + 1) * d], &ys[row * d..(row + 1) * d]);
-                    let g = &gates[m * d..(m + 1) * d];
-                    for j in 0..d {
-                        o[j] = xr[j] + g[j] * yr[j];
-                    }
-                }
-            });
-    }
+    par_rows(&mut out, d, |row, o| {
+        let m = modulation_row(row, t, s);
+        let (xr, yr) = (&xs[row * d..(row + 1) * d], &ys[row * d..(row + 1) * d]);
+        let g = &gates[m * d..(m + 1) * d];
+        for j in 0..d {
+            o[j] = xr[j] + g[j] * yr[j];
+        }
+    });
     tensor(out, [b, t, d])
 }
 
@@ -230,20 +235,13 @@ pub(super) fn rms_norm<T: Real>([x, weight]: [&FlexTensor; 2], eps: f64) -> Flex
     let (xs, w) = (T::view(&x), T::view(&weight));
     let eps = T::of(eps);
     let mut out = vec![T::ZERO; xs.len()];
-    if d > 0 {
-        out.par_chunks_mut(ROWS * d)
-            .enumerate()
-            .for_each(|(chunk, rows)| {
-                for (i, o) in rows.chunks_mut(d).enumerate() {
-                    let row = chunk * ROWS + i;
-                    let xr = &xs[row * d..(row + 1) * d];
-                    let rstd = rms_rstd(xr, eps);
-                    for j in 0..d {
-                        o[j] = xr[j] * rstd * w[j];
-                    }
-                }
-            });
-    }
+    par_rows(&mut out, d, |row, o| {
+        let xr = &xs[row * d..(row + 1) * d];
+        let rstd = rms_rstd(xr, eps);
+        for j in 0..d {
+            o[j] = xr[j] * rstd * w[j];
+        }
+    });
     tensor(out, shape)
 }
 
