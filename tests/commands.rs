@@ -105,6 +105,18 @@ fn the_synthetic_world_runs_through_every_command() {
             "{file}"
         );
     }
+    // Resuming from a damaged older checkpoint fails before anything is deleted.
+    let older = resumed.join("checkpoints/step-00000002");
+    let newer = resumed.join("checkpoints/step-00000004");
+    let optimizer = older.join("optimizer.safetensors");
+    let intact = std::fs::read(&optimizer).unwrap();
+    std::fs::write(&optimizer, &intact[..16]).unwrap();
+    assert!(train_run(&resumed, "4", &["--resume", s(&older)]).is_err());
+    assert!(
+        newer.join("state.json").is_file(),
+        "the newer checkpoint was deleted"
+    );
+    std::fs::write(&optimizer, &intact).unwrap();
     // A fresh run into a folder with checkpoints, or a resume with other batches, is refused.
     let again = format!("{:#}", train_run(&straight, "4", &[]).unwrap_err());
     assert!(again.contains("--resume latest"), "{again}");

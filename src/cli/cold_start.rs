@@ -194,6 +194,10 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
     )?;
     let out = args.out.clone().unwrap_or_else(|| args.run.join("users"));
     for user in 0..data.ids.len() {
+        let images = data.samples[user].len();
+        if let Some(warning) = config.batch_warning(&data.ids[user], images) {
+            eprintln!("warning: {warning}");
+        }
         let bar = progress_bar(config.steps, "steps");
         bar.set_message(data.ids[user].clone());
         let mut last = None;

@@ -181,6 +181,10 @@ struct CliObserver<B: AutodiffBackend> {
 }
 
 impl<B: FluxAutodiffBackend> RunObserver<B> for CliObserver<B> {
+    fn warn(&mut self, message: &str) {
+        self.bar.println(format!("warning: {message}"));
+    }
+
     fn started(&mut self, from: u64, to: u64) {
         self.bar.set_length(to);
         self.bar.set_position(from);

@@ -220,6 +220,8 @@ fn write_text(path: &Path, text: &str) -> Result<(), RunError> {
 
 /// What a run reports as it goes (progress bars, validation images).
 pub trait RunObserver<B: AutodiffBackend> {
+    /// Something the run does that the user may not expect (it goes on).
+    fn warn(&mut self, _message: &str) {}
     /// Before the first step: the step it starts from and the last step.
     fn started(&mut self, _from: u64, _to: u64) {}
     /// After each step.
@@ -312,6 +314,9 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     let Some(first_caption) = data.captions.iter().flatten().next().cloned() else {
         return Err(RunError::Config("the dataset has no images".into()));
     };
+    if let Some(warning) = config.batch_warning(data.ids.len()) {
+        observer.warn(&warning);
+    }
     let settings = RunSettings {
         batch_size: config.batch_size,
         grad_accum: config.grad_accum,
@@ -325,8 +330,10 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
             let expected = config.adapter(text_dim, flux.hidden_size(), flux.depth());
             check_resumed_sizes(path, &meta, config, &expected)?;
             check_run_config(out, config)?;
+            // Load before deleting anything: a checkpoint that fails to load keeps the newer ones.
+            let trainer = load_stage1(path, flux, device)?;
             drop_checkpoints_after(&checkpoints, meta.step)?;
-            (load_stage1(path, flux, device)?, meta.adapter)
+            (trainer, meta.adapter)
         }
         None => {
             // A fresh run's initialisation depends on its seed alone.
@@ -758,8 +765,9 @@ pub fn cold_start<B: FluxAutodiffBackend>(
                     path.display()
                 )));
             }
+            let trainer = load_stage2(&path, flux, adapter, table, device)?;
             drop_checkpoints_after(&checkpoints, meta.step)?;
-            load_stage2(&path, flux, adapter, table, device)?
+            trainer
         }
         None => {
             let earlier = out.join(&file_name);

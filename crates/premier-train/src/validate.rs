@@ -190,7 +190,35 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// A warning when a batch holds more rows than the dataset has users: the sampler then
+    /// repeats users within a batch, and the dispersion loss contrasts a user with itself.
+    pub fn batch_warning(&self, users: usize) -> Option<String> {
+        (self.batch_size > users).then(|| {
+            format!(
+                "batch_size = {} (`--batch-size`, or `batch_size` in the config) is more than the \
+                 dataset's {users} users: users repeat within a batch and the dispersion loss \
+                 contrasts a user with itself; use --batch-size {users} or less (and --grad-accum \
+                 to keep the samples per step)",
+                self.batch_size
+            )
+        })
+    }
+}
+
 impl ColdStartConfig {
+    /// A warning when a batch holds more rows than the new user has images: the cold start
+    /// then uses `images` per step.
+    pub fn batch_warning(&self, user: &str, images: usize) -> Option<String> {
+        (self.batch_size > images).then(|| {
+            format!(
+                "batch_size = {} (`--batch-size`, or `batch_size` in the config) is more than \
+                 user {user:?}'s {images} images: each step uses {images}",
+                self.batch_size
+            )
+        })
+    }
+
     /// Checks every size and number of a cold start (`premier cold-start`'s TOML keys).
     pub fn validate(&self) -> Result<(), InvalidValue> {
         let c = Checker { prefix: "" };
@@ -212,6 +240,29 @@ mod tests {
         let mut direct = ColdStartConfig::default();
         direct.stage2.optimizer = ColdStartOptimizer::Prodigy(ProdigyConfig::default());
         direct.validate().unwrap();
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_users_or_images_is_warned_about() {
+        let mut c = TrainConfig::default();
+        c.batch_size = 8;
+        let w = c.batch_warning(4).expect("a warning");
+        for part in [
+            "batch_size = 8",
+            "--batch-size",
+            "4 users",
+            "--batch-size 4",
+        ] {
+            assert!(w.contains(part), "{part:?} not in {w}");
+        }
+        assert_eq!(c.batch_warning(8), None);
+        let mut cold = ColdStartConfig::default();
+        cold.batch_size = 6;
+        let w = cold.batch_warning("ann", 2).expect("a warning");
+        for part in ["batch_size = 6", "--batch-size", "\"ann\"", "2 images"] {
+            assert!(w.contains(part), "{part:?} not in {w}");
+        }
+        assert_eq!(cold.batch_warning("ann", 6), None);
     }
 
     #[test]
