@@ -292,6 +292,23 @@ fn the_synthetic_world_runs_through_every_command() {
     let msg = bad_gen(&["--user", "user001"]);
     assert!(msg.contains("--user user001 needs --adapter"), "{msg}");
     assert_eq!(sha(&gen.join("grid.png")), before);
+    // The largest seed with two prompts: per-image seeds wrap instead of overflowing.
+    let wrapped = dir.path().join("wrapped");
+    premier(&[
+        "generate",
+        "--synth-base",
+        s(&base),
+        "--prompt",
+        "a small circle on the left",
+        "--prompt",
+        "a big square",
+        "--seed",
+        "18446744073709551615",
+        "--out",
+        s(&wrapped),
+    ])
+    .unwrap();
+    assert!(wrapped.join("grid.png").is_file());
 
     // A dataset whose images were never encoded says which file is missing.
     let other = dir.path().join("other");

@@ -194,4 +194,9 @@ fn bad_requests_are_errors() {
             .unwrap_err();
         assert!(err.to_string().contains("must be finite"), "{err}");
     }
+    // A finite α so large that the sample overflows is an error, not a black image.
+    let user = UserChoice::User(UserRef::Index(0));
+    let huge = request(vec![user.clone(), user], 1e30);
+    let err = generator.generate(&huge, &mut ()).unwrap_err();
+    assert!(err.to_string().contains("NaN or infinite"), "{err}");
 }
