@@ -377,21 +377,21 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     let mut last = None;
     while trainer.step < config.steps {
         let tick = Instant::now();
-        let mut micro = Vec::with_capacity(config.grad_accum);
-        for i in 0..config.grad_accum {
-            let index = batch_index(trainer.step, i, config.grad_accum);
+        // One micro-batch at a time: memory does not grow with `grad_accum`.
+        let step = trainer.step;
+        let report = trainer.step_streamed(config.grad_accum, |i| {
+            let index = batch_index(step, i, config.grad_accum);
             let picks = sampler.batch(index);
             let encoded = data.batch::<B>(&picks, posterior_seed(seed, index), device)?;
-            micro.push(Stage1Batch {
+            Ok::<_, RunError>(Stage1Batch {
                 x0: encoded.x0,
                 latent_hw: encoded.latent_hw,
                 text: encoded.text,
                 pooled: encoded.pooled,
                 users: picks.iter().map(|p| p.0).collect(),
                 null_text: null_text.clone(),
-            });
-        }
-        let report = trainer.step_accumulated(&micro)?;
+            })
+        })?;
         let record = MetricRecord {
             report,
             it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),

@@ -419,6 +419,34 @@ pub struct Stage1Trainer<B: AutodiffBackend> {
     pub workers: usize,
 }
 
+/// A running sum of micro-batches' gradients and reported parts (each already divided by the
+/// number of micro-batches).
+struct Accumulated<B: AutodiffBackend> {
+    grads: Option<Vec<Tensor<B::InnerBackend, 1>>>,
+    parts: [f64; 4],
+    delta_to_y: f64,
+}
+
+impl<B: AutodiffBackend> Default for Accumulated<B> {
+    fn default() -> Self {
+        Self {
+            grads: None,
+            parts: [0.0; 4],
+            delta_to_y: 0.0,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Accumulated<B> {
+    fn finish(self) -> BatchGradients<B> {
+        BatchGradients {
+            grads: self.grads.unwrap_or_default(),
+            parts: self.parts,
+            delta_to_y: self.delta_to_y,
+        }
+    }
+}
+
 /// The gradients of one step's loss before the optimizer sees them, and the parts reported.
 pub struct BatchGradients<B: AutodiffBackend> {
     /// Flat gradients `[n_i]`, in [`crate::params::flat_values`] order.
@@ -496,16 +524,49 @@ impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
         self.step_accumulated_with(with_noise)
     }
 
+    /// [`Self::step_accumulated`] with the micro-batches made one at a time by `next(i)`, for
+    /// `i` in `0..count`, and dropped after their backward pass: memory stays that of one
+    /// micro-batch however many are accumulated. The same step, bit for bit, as
+    /// [`Self::step_accumulated`] over the same batches.
+    pub fn step_streamed<E: From<TrainError>>(
+        &mut self,
+        count: usize,
+        mut next: impl FnMut(usize) -> Result<Stage1Batch<B>, E>,
+    ) -> Result<StepReport, E> {
+        if count == 0 {
+            return Err(TrainError::Batch("no micro-batches to accumulate".into()).into());
+        }
+        let mut sum = Accumulated::default();
+        for i in 0..count {
+            let batch = next(i)?;
+            let (noise, t) = step_noise(
+                self.config.seed.wrapping_add(i as u64),
+                self.step,
+                &self.config.timesteps,
+                batch.x0.dims(),
+                &batch.x0.device(),
+            );
+            sum = self.accumulate(sum, &batch, noise, t, count as f64)?;
+        }
+        Ok(self.apply_gradients(sum.finish())?)
+    }
+
     /// [`Self::step_accumulated`] with given noise and times for each micro-batch.
     pub fn step_accumulated_with(
         &mut self,
         micro_batches: Vec<(&Stage1Batch<B>, Tensor<B, 3>, Tensor<B, 1>)>,
     ) -> Result<StepReport, TrainError> {
+        let gradients = self.gradients_accumulated_with(micro_batches)?;
+        self.apply_gradients(gradients)
+    }
+
+    /// Clips the gradients, takes the optimizer step and reports it.
+    fn apply_gradients(&mut self, gradients: BatchGradients<B>) -> Result<StepReport, TrainError> {
         let BatchGradients {
             grads,
             parts,
             delta_to_y,
-        } = self.gradients_accumulated_with(micro_batches)?;
+        } = gradients;
         let step = self.step + 1;
         TrainError::check_finite(step, "loss", parts[0])?;
         let optimizer = &mut self.optimizer;
@@ -533,6 +594,31 @@ impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
         })
     }
 
+    /// Adds one micro-batch's gradients (its loss divided by `k`) to `sum`.
+    fn accumulate(
+        &self,
+        sum: Accumulated<B>,
+        batch: &Stage1Batch<B>,
+        noise: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        k: f64,
+    ) -> Result<Accumulated<B>, TrainError> {
+        let micro = if self.workers > 1 && batch.users.len() > 1 {
+            self.split_gradients(batch, noise, t, k)?
+        } else {
+            self.batch_gradients(batch, noise, t, k)?
+        };
+        let mut parts = sum.parts;
+        for (acc, part) in parts.iter_mut().zip(micro.parts) {
+            *acc += part / k;
+        }
+        Ok(Accumulated {
+            grads: add_grads(sum.grads, micro.grads),
+            parts,
+            delta_to_y: sum.delta_to_y + micro.delta_to_y / k,
+        })
+    }
+
     /// The gradients [`Self::step_accumulated_with`] hands the optimizer (the mean of the
     /// micro-batches' losses), computed on [`Self::workers`] threads; the parameters are not
     /// changed.
@@ -541,26 +627,11 @@ impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
         micro_batches: Vec<(&Stage1Batch<B>, Tensor<B, 3>, Tensor<B, 1>)>,
     ) -> Result<BatchGradients<B>, TrainError> {
         let k = micro_batches.len() as f64;
-        let mut sum = None;
-        let mut parts = [0.0f64; 4];
-        let mut delta_to_y = 0.0;
+        let mut sum = Accumulated::default();
         for (batch, noise, t) in micro_batches {
-            let micro = if self.workers > 1 && batch.users.len() > 1 {
-                self.split_gradients(batch, noise, t, k)?
-            } else {
-                self.batch_gradients(batch, noise, t, k)?
-            };
-            delta_to_y += micro.delta_to_y / k;
-            for (acc, part) in parts.iter_mut().zip(micro.parts) {
-                *acc += part / k;
-            }
-            sum = add_grads(sum, micro.grads);
+            sum = self.accumulate(sum, batch, noise, t, k)?;
         }
-        Ok(BatchGradients {
-            grads: sum.unwrap_or_default(),
-            parts,
-            delta_to_y,
-        })
+        Ok(sum.finish())
     }
 
     /// The gradients of the batch's loss divided by `k`, on this thread.

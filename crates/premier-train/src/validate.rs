@@ -175,6 +175,12 @@ impl TrainConfig {
         c.at_least_one("steps", self.steps)?;
         c.at_least_one("batch_size", self.batch_size as u64)?;
         c.at_least_one("grad_accum", self.grad_accum as u64)?;
+        c.check(
+            self.steps.checked_mul(self.grad_accum as u64).is_some(),
+            "grad_accum",
+            self.grad_accum,
+            "small enough that steps × grad_accum micro-batches can be counted (64 bits)",
+        )?;
         c.at_least_one("user_tokens", self.user_tokens as u64)?;
         c.at_least_one("user_dim", self.user_dim as u64)?;
         c.at_least_one("adapter_heads", self.adapter_heads as u64)?;
@@ -271,6 +277,10 @@ mod tests {
             ("steps", Box::new(|c| c.steps = 0)),
             ("user_tokens", Box::new(|c| c.user_tokens = 0)),
             ("grad_accum", Box::new(|c| c.grad_accum = 0)),
+            (
+                "grad_accum",
+                Box::new(|c| (c.steps, c.grad_accum) = (u64::MAX / 2, 3)),
+            ),
             (
                 "stage1.optimizer.d0",
                 Box::new(|c| c.stage1.optimizer.d0 = 0.0),

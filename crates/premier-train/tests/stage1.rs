@@ -8,7 +8,7 @@ use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::params::{assign_flat, flat_values};
 use premier_train::prodigy::ProdigyConfig;
-use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
+use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, TrainError};
 use premier_users::{UserShape, UserTable};
 
 type AB = Autodiff<Flex>;
@@ -214,6 +214,41 @@ fn accumulating_two_halves_equals_one_full_batch() {
         );
     }
     assert_same_parameters(&full.model, &accumulated.model);
+}
+
+#[test]
+fn streamed_micro_batches_are_the_accumulated_step_bit_for_bit() {
+    let s = setup();
+    let rows: Vec<Stage1Batch<AB>> = (0..4).map(|i| s.batch.rows(i..i + 1)).collect();
+    let mut accumulated = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config(true));
+    let mut streamed = Stage1Trainer::new(s.flux, s.model, config(true));
+    for _ in 0..2 {
+        let a = accumulated.step_accumulated(&rows).unwrap();
+        let mut asked = Vec::new();
+        let b = streamed
+            .step_streamed(rows.len(), |i| {
+                asked.push(i);
+                Ok::<_, TrainError>(rows[i].clone())
+            })
+            .unwrap();
+        assert_eq!(asked, vec![0, 1, 2, 3]);
+        assert_eq!(a, b);
+    }
+    assert_eq!(
+        bits(flat_values(&accumulated.model)),
+        bits(flat_values(&streamed.model))
+    );
+    // A micro-batch that cannot be made stops the step before it changes anything.
+    let before = bits(flat_values(&streamed.model));
+    let err = streamed
+        .step_streamed(4, |i| match i {
+            2 => Err(TrainError::Batch("micro-batch 2 is unreadable".into())),
+            _ => Ok(rows[i].clone()),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("micro-batch 2"), "{err}");
+    assert_eq!(streamed.step, 2);
+    assert_eq!(bits(flat_values(&streamed.model)), before);
 }
 
 /// Every parameter of `a` and `b` agrees to 1e-5 of its largest magnitude (f32 sums in another
