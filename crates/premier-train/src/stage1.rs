@@ -504,30 +504,13 @@ impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
         &mut self,
         micro_batches: &[Stage1Batch<B>],
     ) -> Result<StepReport, TrainError> {
-        if micro_batches.is_empty() {
-            return Err(TrainError::Batch("no micro-batches to accumulate".into()));
-        }
-        let with_noise = micro_batches
-            .iter()
-            .enumerate()
-            .map(|(i, batch)| {
-                let (noise, t) = step_noise(
-                    self.config.seed.wrapping_add(i as u64),
-                    self.step,
-                    &self.config.timesteps,
-                    batch.x0.dims(),
-                    &batch.x0.device(),
-                );
-                (batch, noise, t)
-            })
-            .collect();
-        self.step_accumulated_with(with_noise)
+        // Tensors are shared, not copied, by the clone.
+        self.step_streamed(micro_batches.len(), |i| Ok(micro_batches[i].clone()))
     }
 
     /// [`Self::step_accumulated`] with the micro-batches made one at a time by `next(i)`, for
     /// `i` in `0..count`, and dropped after their backward pass: memory stays that of one
-    /// micro-batch however many are accumulated. The same step, bit for bit, as
-    /// [`Self::step_accumulated`] over the same batches.
+    /// micro-batch however many are accumulated.
     pub fn step_streamed<E: From<TrainError>>(
         &mut self,
         count: usize,

@@ -8,7 +8,9 @@ use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::params::{assign_flat, flat_values};
 use premier_train::prodigy::ProdigyConfig;
-use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, TrainError};
+use premier_train::stage1::{
+    step_noise, Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, TrainError,
+};
 use premier_users::{UserShape, UserTable};
 
 type AB = Autodiff<Flex>;
@@ -223,7 +225,23 @@ fn streamed_micro_batches_are_the_accumulated_step_bit_for_bit() {
     let mut accumulated = Stage1Trainer::new(s.flux.clone(), s.model.clone(), config(true));
     let mut streamed = Stage1Trainer::new(s.flux, s.model, config(true));
     for _ in 0..2 {
-        let a = accumulated.step_accumulated(&rows).unwrap();
+        // The reference: all micro-batches and their noise made up front (micro-batch i draws
+        // the noise of (seed + i, step)), then accumulated.
+        let with_noise = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let (noise, t) = step_noise::<AB>(
+                    accumulated.config.seed + i as u64,
+                    accumulated.step,
+                    &accumulated.config.timesteps,
+                    row.x0.dims(),
+                    &row.x0.device(),
+                );
+                (row, noise, t)
+            })
+            .collect();
+        let a = accumulated.step_accumulated_with(with_noise).unwrap();
         let mut asked = Vec::new();
         let b = streamed
             .step_streamed(rows.len(), |i| {
