@@ -17,6 +17,7 @@ use premier_users::{LinearCombination, TableRows, UserEmbedding, UserError, User
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWState};
+use crate::params::flat_values;
 use crate::prodigy::{ParamHostState, Prodigy, ProdigyScalars, ProdigyState};
 use crate::stage1::{Stage1Config, Stage1Model, Stage1Trainer};
 use crate::stage2::{ColdStartOptimizer, NewUser, Stage2Config, Stage2Optimizer, Stage2Trainer};
@@ -28,6 +29,9 @@ pub enum CheckpointError {
     Io { path: PathBuf, reason: String },
     #[error("{path}: bad state.json: {reason}")]
     State { path: PathBuf, reason: String },
+    /// The optimizer file does not fit the checkpoint's model.
+    #[error("{path}: {reason}")]
+    Optimizer { path: PathBuf, reason: String },
     #[error(transparent)]
     File(#[from] LoadError),
     #[error(transparent)]
@@ -290,6 +294,47 @@ fn read_prodigy_params(
         .collect()
 }
 
+/// Each parameter's optimizer state must be as long as the parameter (`sizes`, in
+/// [`flat_values`] order): a file from another run would otherwise fail inside the first step.
+fn check_prodigy_state(
+    path: &Path,
+    params: &[Option<ParamHostState>],
+    sizes: &[usize],
+) -> Result<(), CheckpointError> {
+    if params.len() > sizes.len() {
+        return Err(CheckpointError::Optimizer {
+            path: path.to_path_buf(),
+            reason: format!(
+                "optimizer state for {} parameters, but the model has {}",
+                params.len(),
+                sizes.len()
+            ),
+        });
+    }
+    for (i, (state, &n)) in params.iter().zip(sizes).enumerate() {
+        let Some(state) = state else { continue };
+        let tensors = [
+            ("p0", state.p0.as_ref()),
+            ("s", Some(&state.s)),
+            ("exp_avg", Some(&state.exp_avg)),
+            ("exp_avg_sq", Some(&state.exp_avg_sq)),
+        ];
+        for (name, tensor) in tensors {
+            if let Some(t) = tensor.filter(|t| t.shape != [n]) {
+                return Err(CheckpointError::Optimizer {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "`{i}.{name}` has shape {:?} but parameter {i} has {n} values: the \
+                         optimizer state is from another run",
+                        t.shape
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A trainer continuing from the checkpoint folder `path`, around the frozen `flux`.
 pub fn load_stage1<B: AutodiffBackend>(
     path: &Path,
@@ -311,8 +356,22 @@ pub fn load_stage1<B: AutodiffBackend>(
             ),
         });
     }
-    let file = SafetensorsFile::open(&path.join("optimizer.safetensors"))?;
+    let optimizer_path = path.join("optimizer.safetensors");
+    let file = SafetensorsFile::open(&optimizer_path)?;
     let params = read_prodigy_params(&file, &meta.params)?;
+    let model = Stage1Model { adapter, users };
+    let sizes: Vec<usize> = flat_values(&model).iter().map(|t| t.dims()[0]).collect();
+    check_prodigy_state(&optimizer_path, &params, &sizes)?;
+    if meta.prodigy.k > meta.step {
+        // k can lag the step (Prodigy skips a step whose learning rate is 0), never lead it.
+        return Err(CheckpointError::State {
+            path: state_path,
+            reason: format!(
+                "the optimizer has taken {} steps but the checkpoint is step {}",
+                meta.prodigy.k, meta.step
+            ),
+        });
+    }
     let optimizer = Prodigy::from_state(
         meta.config.optimizer.clone(),
         ProdigyState {
@@ -321,7 +380,7 @@ pub fn load_stage1<B: AutodiffBackend>(
         },
         device,
     );
-    let mut trainer = Stage1Trainer::new(flux, Stage1Model { adapter, users }, meta.config);
+    let mut trainer = Stage1Trainer::new(flux, model, meta.config);
     trainer.optimizer = optimizer;
     trainer.step = meta.step;
     Ok(trainer)

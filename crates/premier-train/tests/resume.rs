@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
+use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::checkpoint::{
     checkpoints, latest_checkpoint, load_stage1, read_stage1_state, save_stage1,
@@ -167,4 +168,50 @@ fn a_checkpoint_whose_folder_disagrees_with_its_state_is_refused_and_nothing_del
         .map(|(s, _)| s)
         .collect();
     assert_eq!(steps, vec![2, 9], "nothing deleted");
+}
+
+#[test]
+fn an_optimizer_state_that_does_not_fit_the_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut trainer, batch) = fresh();
+    trainer.step(&batch).unwrap();
+    save_stage1(&trainer, &adapter_config(), None, dir.path(), 3).unwrap();
+    let checkpoint = dir.path().join("step-00000001");
+    let flux = trainer.flux.clone();
+    let load = || {
+        load_stage1::<AB>(&checkpoint, flux.clone(), &Default::default())
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(load(), None);
+    // An optimizer that has taken more steps than the checkpoint.
+    let state_path = checkpoint.join("state.json");
+    let state = std::fs::read_to_string(&state_path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&state).unwrap();
+    json["prodigy"]["k"] = serde_json::json!(5);
+    std::fs::write(&state_path, json.to_string()).unwrap();
+    let err = load().expect("refused");
+    assert!(
+        err.contains("taken 5 steps") && err.contains("step 1"),
+        "{err}"
+    );
+    std::fs::write(&state_path, &state).unwrap();
+    // A moment one value short, as a file from a differently sized run would be.
+    let optimizer = checkpoint.join("optimizer.safetensors");
+    let file = SafetensorsFile::open(&optimizer).unwrap();
+    let mut tensors: Vec<(String, HostTensor)> = file
+        .keys()
+        .map(|k| (k.to_string(), file.read(k).unwrap()))
+        .collect();
+    drop(file);
+    let (key, t) = tensors.iter_mut().find(|(k, _)| k == "0.exp_avg").unwrap();
+    t.data.pop();
+    t.shape[0] -= 1;
+    let key = key.clone();
+    write_safetensors(&optimizer, &tensors, SaveDtype::F32).unwrap();
+    let err = load().expect("refused");
+    assert!(
+        err.contains(&format!("`{key}`")) && err.contains("optimizer.safetensors"),
+        "{err}"
+    );
 }
