@@ -4,26 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
-use premier::cli::{run, Cli};
-
-fn premier(args: &[&str]) -> anyhow::Result<()> {
-    let mut full = vec!["premier"];
-    full.extend_from_slice(args);
-    run(Cli::try_parse_from(full)?)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn sha(path: &Path) -> String {
-    premier::train::cache::content_hash(&std::fs::read(path).unwrap())
-}
-
-fn synth_base() -> PathBuf {
-    premier::synth::base::shipped_base_dir()
-}
+mod common;
+use common::{premier, s, sha, synth_base};
 
 #[test]
 fn the_synthetic_world_runs_through_every_command() {

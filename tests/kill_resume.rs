@@ -1,0 +1,137 @@
+//! `premier train` killed with SIGKILL at several moments (during a checkpoint write, after 2 and
+//! after 5 steps) and resumed ends with the same weights, bit for bit, as a run never killed.
+#![cfg(unix)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{premier, s, sha, synth_base};
+
+/// Lines of `metrics.jsonl` (steps logged) in a run folder.
+fn logged_steps(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Whether a checkpoint is being written (its temporary folder exists).
+fn writing_checkpoint(run: &Path) -> bool {
+    std::fs::read_dir(run.join("checkpoints"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_weights_of_a_run_never_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (world, cache) = (dir.path().join("world"), dir.path().join("cache"));
+    let base = synth_base();
+    premier(&[
+        "synth",
+        "export",
+        "--out",
+        s(&world),
+        "--train-users",
+        "4",
+        "--new-users",
+        "1",
+        "--images-per-user",
+        "3",
+    ])
+    .unwrap();
+    let all = world.join("manifest.jsonl");
+    premier(&[
+        "encode",
+        "--synth-base",
+        s(&base),
+        "--data",
+        s(&all),
+        "--cache",
+        s(&cache),
+    ])
+    .unwrap();
+    let train = world.join("train.jsonl");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--synth-base",
+            s(&base),
+            "--data",
+            s(&train),
+            "--cache",
+            s(&cache),
+            "--out",
+            s(out),
+            "--steps",
+            "8",
+            "--checkpoint-every",
+            "1",
+            "--validate-every",
+            "0",
+            "--batch-size",
+            "2",
+            "--resume-or-start",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let straight = dir.path().join("straight");
+    let straight_args = args(&straight);
+    premier(&straight_args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+
+    type Moment = (&'static str, fn(&Path) -> bool);
+    let moments: [Moment; 3] = [
+        ("during a checkpoint write", writing_checkpoint),
+        ("after 2 steps", |run| logged_steps(run) >= 2),
+        ("after 5 steps", |run| logged_steps(run) >= 5),
+    ];
+    for (i, (moment, now)) in moments.into_iter().enumerate() {
+        let run = dir.path().join(format!("killed-{i}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_premier"))
+            .args(args(&run))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if now(&run) || Instant::now() > deadline {
+                child.kill().unwrap();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        // The step-counted moments come long before the run's end; a checkpoint write is brief
+        // and may be missed, then the run is killed or ends on its own.
+        eprintln!("{moment}: {status:?}");
+        if i > 0 {
+            assert_eq!(status.signal(), Some(9), "{moment}: {status:?}");
+        }
+        let resume = args(&run);
+        premier(&resume.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
+            assert_eq!(
+                sha(&run.join(file)),
+                sha(&straight.join(file)),
+                "{moment}: {file}"
+            );
+        }
+        let metrics = premier::train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = metrics.iter().map(|m| m.report.step).collect();
+        assert_eq!(steps, (1..=8).collect::<Vec<_>>(), "{moment}");
+        assert!(
+            !writing_checkpoint(&run),
+            "{moment}: a temporary folder is left"
+        );
+    }
+}
