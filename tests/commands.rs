@@ -5,37 +5,13 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{premier, s, sha, synth_base};
+use common::{encoded_synth_world, premier, s, sha, synth_base};
 
 #[test]
 fn the_synthetic_world_runs_through_every_command() {
     let dir = tempfile::tempdir().unwrap();
-    let (world, cache) = (dir.path().join("world"), dir.path().join("cache"));
+    let (world, cache) = encoded_synth_world(dir.path(), 4, 6);
     let base = synth_base();
-    premier(&[
-        "synth",
-        "export",
-        "--out",
-        s(&world),
-        "--train-users",
-        "4",
-        "--new-users",
-        "1",
-        "--images-per-user",
-        "6",
-    ])
-    .unwrap();
-    let all = world.join("manifest.jsonl");
-    premier(&[
-        "encode",
-        "--synth-base",
-        s(&base),
-        "--data",
-        s(&all),
-        "--cache",
-        s(&cache),
-    ])
-    .unwrap();
     let index = std::fs::read_to_string(cache.join("index.json")).unwrap();
     assert!(index.contains("images-00000.safetensors"));
 

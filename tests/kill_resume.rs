@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{premier, s, sha, synth_base};
+use common::{encoded_synth_world, premier, s, sha, synth_base};
 
 /// Lines of `metrics.jsonl` (steps logged) in a run folder.
 fn logged_steps(run: &Path) -> usize {
@@ -31,32 +31,8 @@ fn writing_checkpoint(run: &Path) -> bool {
 #[test]
 fn a_killed_run_resumes_to_the_weights_of_a_run_never_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let (world, cache) = (dir.path().join("world"), dir.path().join("cache"));
+    let (world, cache) = encoded_synth_world(dir.path(), 4, 3);
     let base = synth_base();
-    premier(&[
-        "synth",
-        "export",
-        "--out",
-        s(&world),
-        "--train-users",
-        "4",
-        "--new-users",
-        "1",
-        "--images-per-user",
-        "3",
-    ])
-    .unwrap();
-    let all = world.join("manifest.jsonl");
-    premier(&[
-        "encode",
-        "--synth-base",
-        s(&base),
-        "--data",
-        s(&all),
-        "--cache",
-        s(&cache),
-    ])
-    .unwrap();
     let train = world.join("train.jsonl");
     let args = |out: &Path| -> Vec<String> {
         [
