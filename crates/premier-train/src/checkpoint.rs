@@ -294,45 +294,60 @@ fn read_prodigy_params(
         .collect()
 }
 
-/// Each parameter's optimizer state must be as long as the parameter (`sizes`, in
-/// [`flat_values`] order): a file from another run would otherwise fail inside the first step.
+/// Each parameter's optimizer state (`states[i]`: its named tensors, `None` if it never took a
+/// step) must be as long as the parameter (`sizes`, in [`flat_values`] order): a file from
+/// another run would otherwise fail inside the first step.
+fn check_state_lengths(
+    path: &Path,
+    states: &[Option<Vec<(&str, &HostTensor)>>],
+    sizes: &[usize],
+) -> Result<(), CheckpointError> {
+    let wrong = |reason| CheckpointError::Optimizer {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if states.len() > sizes.len() {
+        return Err(wrong(format!(
+            "optimizer state for {} parameters, but the model has {}",
+            states.len(),
+            sizes.len()
+        )));
+    }
+    for (i, (state, &n)) in states.iter().zip(sizes).enumerate() {
+        for (name, t) in state.iter().flatten() {
+            if t.shape != [n] {
+                return Err(wrong(format!(
+                    "`{i}.{name}` has shape {:?} but parameter {i} has {n} values: the \
+                     optimizer state is from another run",
+                    t.shape
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`check_state_lengths`] for Prodigy's per-parameter state.
 fn check_prodigy_state(
     path: &Path,
     params: &[Option<ParamHostState>],
     sizes: &[usize],
 ) -> Result<(), CheckpointError> {
-    if params.len() > sizes.len() {
-        return Err(CheckpointError::Optimizer {
-            path: path.to_path_buf(),
-            reason: format!(
-                "optimizer state for {} parameters, but the model has {}",
-                params.len(),
-                sizes.len()
-            ),
-        });
-    }
-    for (i, (state, &n)) in params.iter().zip(sizes).enumerate() {
-        let Some(state) = state else { continue };
-        let tensors = [
-            ("p0", state.p0.as_ref()),
-            ("s", Some(&state.s)),
-            ("exp_avg", Some(&state.exp_avg)),
-            ("exp_avg_sq", Some(&state.exp_avg_sq)),
-        ];
-        for (name, tensor) in tensors {
-            if let Some(t) = tensor.filter(|t| t.shape != [n]) {
-                return Err(CheckpointError::Optimizer {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "`{i}.{name}` has shape {:?} but parameter {i} has {n} values: the \
-                         optimizer state is from another run",
-                        t.shape
-                    ),
-                });
-            }
-        }
-    }
-    Ok(())
+    let states: Vec<_> = params
+        .iter()
+        .map(|p| {
+            p.as_ref().map(|p| {
+                let mut named = vec![
+                    ("s", &p.s),
+                    ("exp_avg", &p.exp_avg),
+                    ("exp_avg_sq", &p.exp_avg_sq),
+                ];
+                named.extend(p.p0.as_ref().map(|t| ("p0", t)));
+                named
+            })
+        })
+        .collect();
+    check_state_lengths(path, &states, sizes)
 }
 
 /// A trainer continuing from the checkpoint folder `path`, around the frozen `flux`.
@@ -504,7 +519,15 @@ pub fn load_stage2<B: AutodiffBackend>(
             device,
         )?)
     };
-    let file = SafetensorsFile::open(&path.join("optimizer.safetensors"))?;
+    let optimizer_path = path.join("optimizer.safetensors");
+    let file = SafetensorsFile::open(&optimizer_path)?;
+    let sizes: Vec<usize> = match &user {
+        NewUser::Linear(u) => flat_values(u),
+        NewUser::Direct(u) => flat_values(u),
+    }
+    .iter()
+    .map(|t| t.dims()[0])
+    .collect();
     let optimizer = match (&meta.optimizer, &meta.config.optimizer) {
         (Stage2OptimizerState::AdamW { step, params }, ColdStartOptimizer::AdamW(c)) => {
             let moments = params
@@ -520,6 +543,14 @@ pub fn load_stage2<B: AutodiffBackend>(
                     )))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let named: Vec<_> = moments
+                .iter()
+                .map(|m| {
+                    m.as_ref()
+                        .map(|(a, b)| vec![("exp_avg", a), ("exp_avg_sq", b)])
+                })
+                .collect();
+            check_state_lengths(&optimizer_path, &named, &sizes)?;
             Stage2Optimizer::AdamW(AdamW::from_state(
                 c.clone(),
                 AdamWState {
@@ -530,11 +561,13 @@ pub fn load_stage2<B: AutodiffBackend>(
             ))
         }
         (Stage2OptimizerState::Prodigy { scalars, params }, ColdStartOptimizer::Prodigy(c)) => {
+            let params = read_prodigy_params(&file, params)?;
+            check_prodigy_state(&optimizer_path, &params, &sizes)?;
             Stage2Optimizer::Prodigy(Prodigy::from_state(
                 c.clone(),
                 ProdigyState {
                     scalars: *scalars,
-                    params: read_prodigy_params(&file, params)?,
+                    params,
                 },
                 device,
             ))

@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
+use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::adamw::AdamWConfig;
 use premier_train::checkpoint::{checkpoints, load_stage2, save_stage2};
@@ -119,5 +120,40 @@ fn cold_start_resumes_bit_for_bit() {
         .unwrap()
         .to_string();
         assert!(err.contains("state.json"), "{err}");
+    }
+}
+
+#[test]
+fn an_optimizer_state_of_another_length_is_refused_naming_the_key() {
+    let device = Default::default();
+    for linear in [true, false] {
+        let (mut trainer, batch) = fresh(linear);
+        trainer.step(&batch).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = save_stage2(&trainer, dir.path(), 2).unwrap();
+        let optimizer = path.join("optimizer.safetensors");
+        let file = SafetensorsFile::open(&optimizer).unwrap();
+        let mut tensors: Vec<(String, HostTensor)> = file
+            .keys()
+            .map(|k| (k.to_string(), file.read(k).unwrap()))
+            .collect();
+        drop(file);
+        let (_, t) = tensors.iter_mut().find(|(k, _)| k == "0.exp_avg").unwrap();
+        t.data.push(0.0);
+        t.shape[0] += 1;
+        write_safetensors(&optimizer, &tensors, SaveDtype::F32).unwrap();
+        let (flux, adapter, table) = (
+            trainer.flux.clone(),
+            trainer.adapter.clone(),
+            trainer.table.clone(),
+        );
+        let err = load_stage2(&path, flux, adapter, table, &device)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("`0.exp_avg`") && err.contains("optimizer.safetensors"),
+            "linear: {linear}: {err}"
+        );
     }
 }
