@@ -15,3 +15,22 @@ pub fn bits<M: burn::module::Module<AB>>(m: &M) -> Vec<u32> {
         .map(f32::to_bits)
         .collect()
 }
+
+/// Rewrites the f32 tensor `key` of the safetensors file at `path` with `edit`, the other
+/// tensors unchanged (to damage a checkpoint in a chosen way).
+pub fn edit_tensor(
+    path: &std::path::Path,
+    key: &str,
+    edit: impl FnOnce(&mut premier_mmdit::load::HostTensor),
+) {
+    use premier_mmdit::load::{write_safetensors, SafetensorsFile, SaveDtype};
+    let file = SafetensorsFile::open(path).unwrap();
+    let mut tensors: Vec<(String, _)> = file
+        .keys()
+        .map(|k| (k.to_string(), file.read(k).unwrap()))
+        .collect();
+    drop(file);
+    let (_, t) = tensors.iter_mut().find(|(k, _)| k == key).unwrap();
+    edit(t);
+    write_safetensors(path, &tensors, SaveDtype::F32).unwrap();
+}
