@@ -52,8 +52,8 @@ fn forward(c: &mut Criterion) {
 fn parts(c: &mut Criterion) {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
-    use premier::mmdit::blocks::gelu_tanh;
     use premier::mmdit::embed::Rope;
+    use premier::mmdit::fused::{composite::gelu_tanh, flux_gelu_tanh};
 
     let device = Default::default();
     let normal = Distribution::Normal(0.0, 1.0);
@@ -96,6 +96,9 @@ fn parts(c: &mut Criterion) {
     });
     group.bench_function("gelu_tanh_1088x2048", |b| {
         b.iter(|| gelu_tanh(mlp.clone()).into_data())
+    });
+    group.bench_function("fused_gelu_tanh_1088x2048", |b| {
+        b.iter(|| flux_gelu_tanh(mlp.clone()).into_data())
     });
     group.bench_function("rope_apply_8x1088x64", |b| {
         b.iter(|| rope.apply(q.clone()).into_data())

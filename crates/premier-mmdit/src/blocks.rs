@@ -2,11 +2,11 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::silu;
 
 use crate::embed::Rope;
 use crate::error::LoadError;
-use crate::fused::{flux_attention, flux_gated_residual, flux_modulate, FluxOps};
+use crate::fused::{flux_attention, flux_gated_residual, flux_gelu_tanh, flux_modulate, FluxOps};
 use crate::norm::QkNorm;
 use crate::params::ParamSource;
 
@@ -64,18 +64,6 @@ impl<B: Backend> Modulation<B> {
             })
             .collect()
     }
-}
-
-/// GELU with the tanh approximation (PyTorch `GELU(approximate="tanh")`), written as
-/// `x · σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, which equals `0.5x(1 + tanh(u))` and runs
-/// several times faster than a tanh on CPU backends. burn's sigmoid keeps the backward finite for
-/// large |u| (an `x / (1 + exp(-2u))` form would give inf/inf gradients).
-///
-/// x: any shape.
-pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let u2 = (x.clone() * x.clone() * x.clone() * 0.044715 + x.clone()) * TWO_SQRT_2_OVER_PI;
-    x * sigmoid(u2)
 }
 
 /// Copies a strided view into a buffer of its own. burn has no `contiguous()`; a reshape to 1-D
@@ -171,10 +159,12 @@ impl<B: Backend> Mlp<B> {
             fc2: src.linear(&format!("{key}.2"), mlp_hidden, hidden, true)?,
         })
     }
+}
 
+impl<B: FluxOps> Mlp<B> {
     /// x: `[batch, tokens, hidden]` → same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu_tanh(self.fc1.forward(x)))
+        self.fc2.forward(flux_gelu_tanh(self.fc1.forward(x)))
     }
 }
 
@@ -340,7 +330,7 @@ impl<B: FluxOps> SingleStreamBlock<B> {
         let modulation = self.modulation.forward(vec.unsqueeze_dim::<3>(1)).remove(0);
         let x_mod = modulation.modulate(x.clone());
         let (q, k, v) = split_qkv(self.linear1_qkv.forward(x_mod.clone()), self.heads);
-        let mlp = gelu_tanh(self.linear1_mlp.forward(x_mod));
+        let mlp = flux_gelu_tanh(self.linear1_mlp.forward(x_mod));
         let (q, k) = self.norm.forward(q, k);
         let attn = rope_attention(q, k, v, rope);
         let out = self.linear2.forward(Tensor::cat(vec![attn, mlp], 2));

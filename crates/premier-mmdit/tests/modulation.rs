@@ -172,7 +172,7 @@ fn bad_modulation_and_missing_guidance_are_errors() {
 #[test]
 fn gelu_tanh_matches_definition_and_has_finite_gradients() {
     use burn::backend::Autodiff;
-    use premier_mmdit::blocks::gelu_tanh;
+    use premier_mmdit::fused::composite::gelu_tanh;
     let device = Default::default();
     let values: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.05).collect();
     let n = values.len();

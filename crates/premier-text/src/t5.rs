@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use premier_mmdit::blocks::gelu_tanh;
+use premier_mmdit::fused::composite::gelu_tanh;
 use premier_mmdit::load::{Checkpoint, DeviceSource, ParamSource, TensorReader};
 use premier_mmdit::LoadError;
 use serde::Deserialize;

@@ -123,9 +123,50 @@ impl<B: FluxOps> Backward<B, 2> for FusedRmsNormBackward {
     }
 }
 
+#[derive(Debug)]
+struct FusedGeluBackward;
+
+impl<B: FluxOps> Backward<B, 1> for FusedGeluBackward {
+    /// x as a checkpoint.
+    type State = NodeId;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let grad_out = grads.consume::<B>(&ops.node);
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::flux_gelu_tanh_bwd(x, grad_out));
+        }
+    }
+}
+
 impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
     const FUSED_ATTENTION: bool = B::FUSED_ATTENTION;
     const FUSED_NORMS: bool = B::FUSED_NORMS;
+    const FUSED_GELU: bool = B::FUSED_GELU;
+
+    fn flux_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !B::FUSED_GELU {
+            return composite::gelu_tanh_primitive::<Self>(x);
+        }
+        match FusedGeluBackward
+            .prepare::<C>([x.node.clone()])
+            // The backward recomputes σ(2u) from x: one pass, and no second tensor kept.
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::flux_gelu_tanh(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::flux_gelu_tanh(x.primitive)),
+        }
+    }
 
     fn flux_modulate(
         x: FloatTensor<Self>,

@@ -2,9 +2,10 @@
 //! references of its kernels' parity tests.
 
 use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{TensorMetadata, TensorPrimitive};
 
 use crate::norm::{layer_norm_no_affine, layer_norm_with_rstd};
 
@@ -178,4 +179,49 @@ pub fn gated_residual_backward<B: Backend>(
     let dgate = grad_out.clone() * y;
     let dgate = if shared { dgate.sum_dim(1) } else { dgate };
     (primitive(grad_out), primitive(dgate), primitive(dy))
+}
+
+/// √(2/π), GELU(tanh)'s constant.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+/// GELU with the tanh approximation (PyTorch `GELU(approximate="tanh")`), written as
+/// `x · σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, which equals `0.5x(1 + tanh(u))` and runs
+/// several times faster than a tanh on CPU backends. burn's sigmoid keeps the backward finite for
+/// large |u| (an `x / (1 + exp(-2u))` form would give inf/inf gradients). The default of
+/// [`super::FluxOps::flux_gelu_tanh`], and what T5's gated GELU runs on any backend.
+///
+/// x: any shape.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let u2 = (x.clone() * x.clone() * x.clone() * 0.044715 + x.clone()) * (2.0 * SQRT_2_OVER_PI);
+    x * sigmoid(u2)
+}
+
+/// dx of [`gelu_tanh`] from x and the output gradient (any shape, the same for both): with
+/// s = σ(2u), dy/dx = s + 2x · s(1 − s) · √(2/π)(1 + 3 · 0.044715x²).
+pub fn gelu_tanh_backward<B: Backend>(
+    x: FloatTensor<B>,
+    grad_out: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let n = shape.num_elements();
+    let flat = |t: FloatTensor<B>| tensor::<B, 1>(t).reshape([n]);
+    let (x, grad_out) = (flat(x), flat(grad_out));
+    let x2 = x.clone() * x.clone();
+    let u2 = (x2.clone() * x.clone() * 0.044715 + x.clone()) * (2.0 * SQRT_2_OVER_PI);
+    let s = sigmoid(u2);
+    let du2 = (x2 * (3.0 * 0.044715) + 1.0) * (2.0 * SQRT_2_OVER_PI);
+    let slope = s.clone() + x * s.clone() * (s.neg() + 1.0) * du2;
+    B::float_reshape(primitive(grad_out * slope), shape)
+}
+
+/// [`gelu_tanh`] on a float primitive of any rank.
+pub fn gelu_tanh_primitive<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    B::float_reshape(primitive(gelu_tanh(flat::<B>(x))), shape)
+}
+
+/// x of any rank as `[n]`.
+fn flat<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
+    let n = x.shape().num_elements();
+    tensor(B::float_reshape(x, [n].into()))
 }

@@ -15,8 +15,8 @@ pub mod composite;
 #[cfg(feature = "flex")]
 mod flex;
 
-/// FLUX's attention, modulation, gated residual and RMSNorm, and their backwards, as backend ops; the defaults
-/// are composites.
+/// FLUX's attention, modulation, gated residual, RMSNorm and GELU, and their backwards, as backend
+/// ops; the defaults are composites.
 pub trait FluxOps: Backend {
     /// True when [`FluxOps::flux_attention_fwd`] and [`FluxOps::flux_attention_bwd`] are native
     /// kernels: the autodiff decorator then records one fused node instead of differentiating
@@ -121,6 +121,20 @@ pub trait FluxOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         composite::rms_norm_backward::<Self>(x, weight, grad_out, eps)
     }
+
+    /// True when [`FluxOps::flux_gelu_tanh`] and its backward are native kernels: the autodiff
+    /// decorator then records one node that keeps only x.
+    const FUSED_GELU: bool = false;
+
+    /// GELU with the tanh approximation, elementwise ([`composite::gelu_tanh`]). x: any shape.
+    fn flux_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composite::gelu_tanh_primitive::<Self>(x)
+    }
+
+    /// dx of [`FluxOps::flux_gelu_tanh`] from x and the output gradient (the same shape).
+    fn flux_gelu_tanh_bwd(x: FloatTensor<Self>, grad_out: FloatTensor<Self>) -> FloatTensor<Self> {
+        composite::gelu_tanh_backward::<Self>(x, grad_out)
+    }
 }
 
 /// An autodiff backend that runs FLUX both tracked and untracked (training that also samples on
@@ -182,6 +196,12 @@ pub fn flux_rms_norm<B: FluxOps>(x: Tensor<B, 4>, weight: Tensor<B, 1>, eps: f64
         weight.into_primitive().tensor(),
         eps,
     );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// GELU(tanh), `x · σ(2√(2/π)(x + 0.044715x³))`. x: any shape → the same shape.
+pub fn flux_gelu_tanh<B: FluxOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let out = B::flux_gelu_tanh(x.into_primitive().tensor());
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 

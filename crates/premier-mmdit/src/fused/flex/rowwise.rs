@@ -9,6 +9,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::TensorMetadata;
 use rayon::prelude::*;
 
+use super::simd::{dot, sum, sum_by, vectorized};
 use super::{tensor, Real};
 
 /// Rows per parallel task (FLUX rows are 64–3072 wide).
@@ -20,29 +21,22 @@ fn dims<const N: usize>(x: &FlexTensor) -> [usize; N] {
     std::array::from_fn(|i| shape[i])
 }
 
-/// The row's mean and `1 / √(mean((x − μ)²) + eps)`, in the composite's order.
+/// The row's mean and `1 / √(mean((x − μ)²) + eps)`, two passes as the composite.
+#[inline(always)]
 fn layer_norm_stats<T: Real>(row: &[T], eps: T) -> (T, T) {
     let n = T::of(row.len() as f64);
-    let mut sum = T::ZERO;
-    for &v in row {
-        sum += v;
-    }
-    let mean = sum / n;
-    let mut squares = T::ZERO;
-    for &v in row {
-        let c = v - mean;
-        squares += c * c;
-    }
+    let mean = sum(row) / n;
+    let squares = sum_by(row.len(), |i| {
+        let c = row[i] - mean;
+        c * c
+    });
     (mean, T::ONE / (squares / n + eps).sqrt())
 }
 
 /// `1 / √(mean(x²) + eps)`.
+#[inline(always)]
 fn rms_rstd<T: Real>(row: &[T], eps: T) -> T {
-    let mut squares = T::ZERO;
-    for &v in row {
-        squares += v * v;
-    }
-    T::ONE / (squares / T::of(row.len() as f64) + eps).sqrt()
+    T::ONE / (dot(row, row) / T::of(row.len() as f64) + eps).sqrt()
 }
 
 /// Fills `out`, rows of width `d`, in tasks of [`ROWS`] rows: `row_op(row index, its slice)`.
@@ -53,9 +47,14 @@ fn par_rows<T: Real>(out: &mut [T], d: usize, row_op: impl Fn(usize, &mut [T]) +
     out.par_chunks_mut(ROWS * d)
         .enumerate()
         .for_each(|(chunk, rows)| {
-            for (i, o) in rows.chunks_mut(d).enumerate() {
-                row_op(chunk * ROWS + i, o);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (i, o) in rows.chunks_mut(d).enumerate() {
+                        row_op(chunk * ROWS + i, o);
+                    }
+                },
+            )
         });
 }
 
@@ -91,15 +90,20 @@ pub(super) fn modulate<T: Real>([x, shift, scale]: [&FlexTensor; 3], eps: f64) -
     let (xs, shifts, scales) = (T::view(&x), T::view(&shift), T::view(&scale));
     let eps = T::of(eps);
     let mut out = vec![T::ZERO; b * t * d];
-    par_rows(&mut out, d, |row, o| {
-        let m = modulation_row(row, t, s);
-        let xr = &xs[row * d..(row + 1) * d];
-        let (sh, sc) = (&shifts[m * d..(m + 1) * d], &scales[m * d..(m + 1) * d]);
-        let (mean, rstd) = layer_norm_stats(xr, eps);
-        for j in 0..d {
-            o[j] = (sc[j] + T::ONE) * ((xr[j] - mean) * rstd) + sh[j];
-        }
-    });
+    par_rows(
+        &mut out,
+        d,
+        #[inline(always)]
+        |row, o| {
+            let m = modulation_row(row, t, s);
+            let xr = &xs[row * d..(row + 1) * d];
+            let (sh, sc) = (&shifts[m * d..(m + 1) * d], &scales[m * d..(m + 1) * d]);
+            let (mean, rstd) = layer_norm_stats(xr, eps);
+            for j in 0..d {
+                o[j] = (sc[j] + T::ONE) * ((xr[j] - mean) * rstd) + sh[j];
+            }
+        },
+    );
     tensor(out, [b, t, d])
 }
 
@@ -129,33 +133,35 @@ pub(super) fn modulate_backward<T: Real>(
             .zip(dscale.par_chunks_mut(s * d))
             .enumerate()
             .for_each(|(bi, ((dx_b, dshift_b), dscale_b))| {
-                let mut normed = vec![T::ZERO; d];
-                let mut g = vec![T::ZERO; d];
-                for ti in 0..t {
-                    let row = bi * t + ti;
-                    let m = if s == 1 { 0 } else { ti };
-                    let xr = &xs[row * d..(row + 1) * d];
-                    let gr = &grads[row * d..(row + 1) * d];
-                    let sc = &scales[(bi * s + m) * d..(bi * s + m + 1) * d];
-                    let (mean, rstd) = layer_norm_stats(xr, eps);
-                    let (mut g_sum, mut gn_sum) = (T::ZERO, T::ZERO);
-                    for j in 0..d {
-                        normed[j] = (xr[j] - mean) * rstd;
-                        g[j] = gr[j] * (sc[j] + T::ONE);
-                        g_sum += g[j];
-                        gn_sum += g[j] * normed[j];
-                    }
-                    let (g_mean, gn_mean) = (g_sum / n, gn_sum / n);
-                    for (j, dxj) in dx_b[ti * d..(ti + 1) * d].iter_mut().enumerate() {
-                        *dxj = rstd * (g[j] - g_mean - normed[j] * gn_mean);
-                    }
-                    let dsh = &mut dshift_b[m * d..(m + 1) * d];
-                    let dsc = &mut dscale_b[m * d..(m + 1) * d];
-                    for j in 0..d {
-                        dsh[j] += gr[j];
-                        dsc[j] += gr[j] * normed[j];
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let mut normed = vec![T::ZERO; d];
+                        let mut g = vec![T::ZERO; d];
+                        for ti in 0..t {
+                            let row = bi * t + ti;
+                            let m = if s == 1 { 0 } else { ti };
+                            let xr = &xs[row * d..(row + 1) * d];
+                            let gr = &grads[row * d..(row + 1) * d];
+                            let sc = &scales[(bi * s + m) * d..(bi * s + m + 1) * d];
+                            let (mean, rstd) = layer_norm_stats(xr, eps);
+                            for j in 0..d {
+                                normed[j] = (xr[j] - mean) * rstd;
+                                g[j] = gr[j] * (sc[j] + T::ONE);
+                            }
+                            let (g_mean, gn_mean) = (sum(&g) / n, dot(&g, &normed) / n);
+                            for (j, dxj) in dx_b[ti * d..(ti + 1) * d].iter_mut().enumerate() {
+                                *dxj = rstd * (g[j] - g_mean - normed[j] * gn_mean);
+                            }
+                            let dsh = &mut dshift_b[m * d..(m + 1) * d];
+                            let dsc = &mut dscale_b[m * d..(m + 1) * d];
+                            for j in 0..d {
+                                dsh[j] += gr[j];
+                                dsc[j] += gr[j] * normed[j];
+                            }
+                        }
+                    },
+                )
             });
     }
     (
@@ -173,14 +179,19 @@ pub(super) fn gated_residual<T: Real>([x, gate, y]: [&FlexTensor; 3]) -> FlexTen
     let (x, gate, y) = (x.to_contiguous(), gate.to_contiguous(), y.to_contiguous());
     let (xs, gates, ys) = (T::view(&x), T::view(&gate), T::view(&y));
     let mut out = vec![T::ZERO; b * t * d];
-    par_rows(&mut out, d, |row, o| {
-        let m = modulation_row(row, t, s);
-        let (xr, yr) = (&xs[row * d..(row + 1) * d], &ys[row * d..(row + 1) * d]);
-        let g = &gates[m * d..(m + 1) * d];
-        for j in 0..d {
-            o[j] = xr[j] + g[j] * yr[j];
-        }
-    });
+    par_rows(
+        &mut out,
+        d,
+        #[inline(always)]
+        |row, o| {
+            let m = modulation_row(row, t, s);
+            let (xr, yr) = (&xs[row * d..(row + 1) * d], &ys[row * d..(row + 1) * d]);
+            let g = &gates[m * d..(m + 1) * d];
+            for j in 0..d {
+                o[j] = xr[j] + g[j] * yr[j];
+            }
+        },
+    );
     tensor(out, [b, t, d])
 }
 
@@ -209,18 +220,24 @@ pub(super) fn gated_residual_backward<T: Real>(
             .zip(dgate.par_chunks_mut(s * d))
             .enumerate()
             .for_each(|(bi, (dy_b, dgate_b))| {
-                for ti in 0..t {
-                    let row = bi * t + ti;
-                    let m = if s == 1 { 0 } else { ti };
-                    let (yr, gr) = (&ys[row * d..(row + 1) * d], &grads[row * d..(row + 1) * d]);
-                    let g = &gates[(bi * s + m) * d..(bi * s + m + 1) * d];
-                    let dyr = &mut dy_b[ti * d..(ti + 1) * d];
-                    let dg = &mut dgate_b[m * d..(m + 1) * d];
-                    for j in 0..d {
-                        dyr[j] = gr[j] * g[j];
-                        dg[j] += gr[j] * yr[j];
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ti in 0..t {
+                            let row = bi * t + ti;
+                            let m = if s == 1 { 0 } else { ti };
+                            let (yr, gr) =
+                                (&ys[row * d..(row + 1) * d], &grads[row * d..(row + 1) * d]);
+                            let g = &gates[(bi * s + m) * d..(bi * s + m + 1) * d];
+                            let dyr = &mut dy_b[ti * d..(ti + 1) * d];
+                            let dg = &mut dgate_b[m * d..(m + 1) * d];
+                            for j in 0..d {
+                                dyr[j] = gr[j] * g[j];
+                                dg[j] += gr[j] * yr[j];
+                            }
+                        }
+                    },
+                )
             });
     }
     (grad_out, tensor(dgate, [b, s, d]), tensor(dy, [b, t, d]))
@@ -235,13 +252,18 @@ pub(super) fn rms_norm<T: Real>([x, weight]: [&FlexTensor; 2], eps: f64) -> Flex
     let (xs, w) = (T::view(&x), T::view(&weight));
     let eps = T::of(eps);
     let mut out = vec![T::ZERO; xs.len()];
-    par_rows(&mut out, d, |row, o| {
-        let xr = &xs[row * d..(row + 1) * d];
-        let rstd = rms_rstd(xr, eps);
-        for j in 0..d {
-            o[j] = xr[j] * rstd * w[j];
-        }
-    });
+    par_rows(
+        &mut out,
+        d,
+        #[inline(always)]
+        |row, o| {
+            let xr = &xs[row * d..(row + 1) * d];
+            let rstd = rms_rstd(xr, eps);
+            for j in 0..d {
+                o[j] = xr[j] * rstd * w[j];
+            }
+        },
+    );
     tensor(out, shape)
 }
 
@@ -270,23 +292,24 @@ pub(super) fn rms_norm_backward<T: Real>(
             .par_chunks_mut(ROWS * d)
             .enumerate()
             .map(|(chunk, rows)| {
-                let mut dw = vec![T::ZERO; d];
-                for (i, dxr) in rows.chunks_mut(d).enumerate() {
-                    let row = chunk * ROWS + i;
-                    let xr = &xs[row * d..(row + 1) * d];
-                    let gr = &grads[row * d..(row + 1) * d];
-                    let rstd = rms_rstd(xr, eps);
-                    let mut inner = T::ZERO;
-                    for j in 0..d {
-                        inner += gr[j] * w[j] * xr[j];
-                    }
-                    let inner = inner / n;
-                    for j in 0..d {
-                        dxr[j] = rstd * (gr[j] * w[j] - xr[j] * (rstd * rstd) * inner);
-                        dw[j] += gr[j] * xr[j] * rstd;
-                    }
-                }
-                dw
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let mut dw = vec![T::ZERO; d];
+                        for (i, dxr) in rows.chunks_mut(d).enumerate() {
+                            let row = chunk * ROWS + i;
+                            let xr = &xs[row * d..(row + 1) * d];
+                            let gr = &grads[row * d..(row + 1) * d];
+                            let rstd = rms_rstd(xr, eps);
+                            let inner = sum_by(d, |j| gr[j] * w[j] * xr[j]) / n;
+                            for j in 0..d {
+                                dxr[j] = rstd * (gr[j] * w[j] - xr[j] * (rstd * rstd) * inner);
+                                dw[j] += gr[j] * xr[j] * rstd;
+                            }
+                        }
+                        dw
+                    },
+                )
             })
             .collect();
         for partial in partials {
