@@ -6,7 +6,9 @@ use burn::tensor::activation::silu;
 
 use crate::embed::Rope;
 use crate::error::LoadError;
-use crate::fused::{flux_attention, flux_gated_residual, flux_gelu_tanh, flux_modulate, FluxOps};
+use crate::fused::{
+    flux_attention, flux_gated_residual, flux_gelu_tanh, flux_modulate, flux_qkv_part, FluxOps,
+};
 use crate::norm::QkNorm;
 use crate::params::ParamSource;
 
@@ -66,30 +68,13 @@ impl<B: Backend> Modulation<B> {
     }
 }
 
-/// Copies a strided view into a buffer of its own. burn has no `contiguous()`; a reshape to 1-D
-/// copies a strided tensor and is free for a contiguous one. Worth it before a chain of
-/// elementwise ops, which run several times slower on strided inputs on CPU.
-fn materialize<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let dims = x.dims();
-    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
-}
-
 /// Splits fused qkv `[batch, tokens, 3·heads·head_dim]` into contiguous q, k, v of
 /// `[batch, heads, tokens, head_dim]` (BFL `rearrange(qkv, "B L (K H D) -> K B H L D", K=3)`).
-fn split_qkv<B: Backend>(
+fn split_qkv<B: FluxOps>(
     qkv: Tensor<B, 3>,
     heads: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-    let [batch, tokens, width] = qkv.dims();
-    let head_dim = width / (3 * heads);
-    let qkv = qkv.reshape([batch, tokens, 3, heads, head_dim]);
-    let part = |k: usize| {
-        qkv.clone()
-            .narrow(2, k, 1)
-            .reshape([batch, tokens, heads, head_dim])
-            .swap_dims(1, 2)
-    };
-    let part = |k: usize| materialize(part(k));
+    let part = |k: usize| flux_qkv_part(qkv.clone(), heads, k);
     (part(0), part(1), part(2))
 }
 

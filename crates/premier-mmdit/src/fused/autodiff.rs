@@ -124,6 +124,22 @@ impl<B: FluxOps> Backward<B, 2> for FusedRmsNormBackward {
 }
 
 #[derive(Debug)]
+struct QkvPartBackward;
+
+impl<B: FluxOps> Backward<B, 1> for QkvPartBackward {
+    /// The part (0: q, 1: k, 2: v).
+    type State = usize;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_qkv] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_qkv {
+            grads.register::<B>(node.id, B::flux_qkv_part_bwd(grad, ops.state));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct FusedGeluBackward;
 
 impl<B: FluxOps> Backward<B, 1> for FusedGeluBackward {
@@ -149,6 +165,20 @@ impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
     const FUSED_ATTENTION: bool = B::FUSED_ATTENTION;
     const FUSED_NORMS: bool = B::FUSED_NORMS;
     const FUSED_GELU: bool = B::FUSED_GELU;
+
+    fn flux_qkv_part(qkv: FloatTensor<Self>, heads: usize, part: usize) -> FloatTensor<Self> {
+        // A copy: one node for any inner backend, whose backward scatters the gradient back.
+        match QkvPartBackward
+            .prepare::<C>([qkv.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish(part, B::flux_qkv_part(qkv.primitive, heads, part))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::flux_qkv_part(qkv.primitive, heads, part)),
+        }
+    }
 
     fn flux_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         if !B::FUSED_GELU {

@@ -181,6 +181,39 @@ pub fn gated_residual_backward<B: Backend>(
     (primitive(grad_out), primitive(dgate), primitive(dy))
 }
 
+/// Part `part` (0: q, 1: k, 2: v) of qkv `[B, T, 3·H·D]` as heads `[B, H, T, D]`, copied out of
+/// the strided view (a reshape to 1-D copies it).
+pub fn qkv_part<B: Backend>(qkv: FloatTensor<B>, heads: usize, part: usize) -> FloatTensor<B> {
+    let qkv = tensor::<B, 3>(qkv);
+    let [b, t, width] = qkv.dims();
+    let d = width / (3 * heads);
+    let x = qkv
+        .reshape([b, t, 3, heads, d])
+        .narrow(2, part, 1)
+        .reshape([b, t, heads, d])
+        .swap_dims(1, 2);
+    primitive(x.reshape([b * heads * t * d]).reshape([b, heads, t, d]))
+}
+
+/// The gradient of qkv `[B, T, 3·H·D]` from part `part`'s gradient `[B, H, T, D]`, zero in the
+/// other parts.
+pub fn qkv_part_backward<B: Backend>(grad: FloatTensor<B>, part: usize) -> FloatTensor<B> {
+    let grad = tensor::<B, 4>(grad);
+    let [b, h, t, d] = grad.dims();
+    let grad = grad.swap_dims(1, 2).unsqueeze_dim::<5>(2); // [B, T, 1, H, D]
+    let zeros = grad.zeros_like();
+    let parts = (0..3)
+        .map(|i| {
+            if i == part {
+                grad.clone()
+            } else {
+                zeros.clone()
+            }
+        })
+        .collect();
+    primitive(Tensor::cat(parts, 2).reshape([b, t, 3 * h * d]))
+}
+
 /// √(2/π), GELU(tanh)'s constant.
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::FluxOps;
 
 mod elementwise;
+mod heads;
 mod rowwise;
 mod simd;
 
@@ -149,6 +150,22 @@ impl FluxOps for Flex {
                     rowwise::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps);
                 (down(dx, dtype), down(dweight, dtype))
             }
+        }
+    }
+
+    fn flux_qkv_part(qkv: FlexTensor, heads: usize, part: usize) -> FlexTensor {
+        match qkv.dtype() {
+            DType::F64 => heads::qkv_part::<f64>(&qkv, heads, part),
+            DType::F32 => heads::qkv_part::<f32>(&qkv, heads, part),
+            dtype => down(heads::qkv_part::<f32>(&up(qkv), heads, part), dtype),
+        }
+    }
+
+    fn flux_qkv_part_bwd(grad: FlexTensor, part: usize) -> FlexTensor {
+        match grad.dtype() {
+            DType::F64 => heads::qkv_part_backward::<f64>(&grad, part),
+            DType::F32 => heads::qkv_part_backward::<f32>(&grad, part),
+            dtype => down(heads::qkv_part_backward::<f32>(&up(grad), part), dtype),
         }
     }
 

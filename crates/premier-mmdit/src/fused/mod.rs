@@ -122,6 +122,19 @@ pub trait FluxOps: Backend {
         composite::rms_norm_backward::<Self>(x, weight, grad_out, eps)
     }
 
+    /// Part `part` (0: q, 1: k, 2: v) of a fused projection in BFL's `(K H D)` order, as heads:
+    /// qkv `[B, T, 3·H·D]` → `[B, H, T, D]`, in a buffer of its own. Under autodiff it is always
+    /// one node, whose backward is [`FluxOps::flux_qkv_part_bwd`].
+    fn flux_qkv_part(qkv: FloatTensor<Self>, heads: usize, part: usize) -> FloatTensor<Self> {
+        composite::qkv_part::<Self>(qkv, heads, part)
+    }
+
+    /// The gradient of qkv `[B, T, 3·H·D]` from the gradient `[B, H, T, D]` of its part `part`
+    /// (zero in the other two).
+    fn flux_qkv_part_bwd(grad: FloatTensor<Self>, part: usize) -> FloatTensor<Self> {
+        composite::qkv_part_backward::<Self>(grad, part)
+    }
+
     /// True when [`FluxOps::flux_gelu_tanh`] and its backward are native kernels: the autodiff
     /// decorator then records one node that keeps only x.
     const FUSED_GELU: bool = false;
@@ -196,6 +209,13 @@ pub fn flux_rms_norm<B: FluxOps>(x: Tensor<B, 4>, weight: Tensor<B, 1>, eps: f64
         weight.into_primitive().tensor(),
         eps,
     );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Part `part` (0: q, 1: k, 2: v) of qkv `[B, T, 3·H·D]` as heads `[B, H, T, D]` (BFL's
+/// `rearrange(qkv, "B L (K H D) -> K B H L D", K=3)[part]`), contiguous.
+pub fn flux_qkv_part<B: FluxOps>(qkv: Tensor<B, 3>, heads: usize, part: usize) -> Tensor<B, 4> {
+    let out = B::flux_qkv_part(qkv.into_primitive().tensor(), heads, part);
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
