@@ -390,60 +390,58 @@ fn forward<T: Real>(
                     .zip(lse_b.par_chunks_mut(BLOCK * h))
                     .enumerate()
                     .for_each(|(block, (out_rows, lse_rows))| {
-                        {
-                            let q0 = block * BLOCK;
-                            let rows = out_rows.len() / hd;
-                            let mut scores = vec![T::ZERO; rows * BLOCK];
-                            let mut acc = vec![T::ZERO; rows * d];
-                            let mut max = vec![T::NEG_INFINITY; rows];
-                            let mut sum = vec![T::ZERO; rows];
-                            for hi in 0..h {
-                                let base = (bi * h + hi) * n * d;
-                                let qh = &qs[base + q0 * d..base + (q0 + rows) * d];
-                                let (kh, vh) = (&ks[base..base + n * d], &vs[base..base + n * d]);
-                                acc.fill(T::ZERO);
-                                max.fill(T::NEG_INFINITY);
-                                sum.fill(T::ZERO);
-                                for k0 in (0..n).step_by(BLOCK) {
-                                    let cols = BLOCK.min(n - k0);
-                                    let s = &mut scores[..rows * cols];
-                                    // s = Q_i K_jᵀ
-                                    gemm(
-                                        [rows, cols, d],
-                                        s,
-                                        [1, cols],
-                                        false,
-                                        qh,
-                                        [1, d],
-                                        &kh[k0 * d..],
-                                        [d, 1],
-                                        T::ONE,
-                                    );
-                                    vectorized(
-                                        #[inline(always)]
-                                        || online_softmax(s, scale, &mut max, &mut sum, &mut acc),
-                                    );
-                                    // acc += P V_j
-                                    gemm(
-                                        [rows, d, cols],
-                                        &mut acc,
-                                        [1, d],
-                                        true,
-                                        s,
-                                        [1, cols],
-                                        &vh[k0 * d..],
-                                        [1, d],
-                                        T::ONE,
-                                    );
+                        let q0 = block * BLOCK;
+                        let rows = out_rows.len() / hd;
+                        let mut scores = vec![T::ZERO; rows * BLOCK];
+                        let mut acc = vec![T::ZERO; rows * d];
+                        let mut max = vec![T::NEG_INFINITY; rows];
+                        let mut sum = vec![T::ZERO; rows];
+                        for hi in 0..h {
+                            let base = (bi * h + hi) * n * d;
+                            let qh = &qs[base + q0 * d..base + (q0 + rows) * d];
+                            let (kh, vh) = (&ks[base..base + n * d], &vs[base..base + n * d]);
+                            acc.fill(T::ZERO);
+                            max.fill(T::NEG_INFINITY);
+                            sum.fill(T::ZERO);
+                            for k0 in (0..n).step_by(BLOCK) {
+                                let cols = BLOCK.min(n - k0);
+                                let s = &mut scores[..rows * cols];
+                                // s = Q_i K_jᵀ
+                                gemm(
+                                    [rows, cols, d],
+                                    s,
+                                    [1, cols],
+                                    false,
+                                    qh,
+                                    [1, d],
+                                    &kh[k0 * d..],
+                                    [d, 1],
+                                    T::ONE,
+                                );
+                                vectorized(
+                                    #[inline(always)]
+                                    || online_softmax(s, scale, &mut max, &mut sum, &mut acc),
+                                );
+                                // acc += P V_j
+                                gemm(
+                                    [rows, d, cols],
+                                    &mut acc,
+                                    [1, d],
+                                    true,
+                                    s,
+                                    [1, cols],
+                                    &vh[k0 * d..],
+                                    [1, d],
+                                    T::ONE,
+                                );
+                            }
+                            for r in 0..rows {
+                                let inv = T::ONE / sum[r];
+                                let dst = &mut out_rows[r * hd + hi * d..r * hd + (hi + 1) * d];
+                                for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                                    *o = *a * inv;
                                 }
-                                for r in 0..rows {
-                                    let inv = T::ONE / sum[r];
-                                    let dst = &mut out_rows[r * hd + hi * d..r * hd + (hi + 1) * d];
-                                    for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                                        *o = *a * inv;
-                                    }
-                                    lse_rows[r * h + hi] = max[r] + sum[r].ln();
-                                }
+                                lse_rows[r * h + hi] = max[r] + sum[r].ln();
                             }
                         }
                     });
@@ -525,105 +523,101 @@ fn backward<T: Real>(
             .zip(dv.par_chunks_mut(n * d))
             .enumerate()
             .for_each(|(task, ((dqh, dkh), dvh))| {
-                {
-                    let (bi, hi) = (task / h, task % h);
-                    let base = task * n * d;
-                    let (qh, kh, vh) = (
-                        &qs[base..base + n * d],
-                        &ks[base..base + n * d],
-                        &vs[base..base + n * d],
-                    );
-                    // Row t of this head in [B, T, H·D]: offset + t·hd.
-                    let offset = bi * n * hd + hi * d;
-                    let (oh, doh) = (&os[offset..], &dos[offset..]);
-                    let lse_at = |t: usize| ls[(bi * n + t) * h + hi];
-                    // rowsum(dO ∘ O)
-                    let delta: Vec<T> = vectorized(
-                        #[inline(always)]
-                        || {
-                            (0..n)
-                                .map(|t| {
-                                    simd::dot(&doh[t * hd..t * hd + d], &oh[t * hd..t * hd + d])
-                                })
-                                .collect()
-                        },
-                    );
-                    let mut p = vec![T::ZERO; BLOCK * BLOCK];
-                    let mut dp = vec![T::ZERO; BLOCK * BLOCK];
-                    for k0 in (0..n).step_by(BLOCK) {
-                        let cols = BLOCK.min(n - k0);
-                        for q0 in (0..n).step_by(BLOCK) {
-                            let rows = BLOCK.min(n - q0);
-                            let (p, dp) = (&mut p[..rows * cols], &mut dp[..rows * cols]);
-                            let qi = &qh[q0 * d..];
-                            // P = exp(scale · Q_i K_jᵀ − lse)
-                            gemm(
-                                [rows, cols, d],
-                                p,
-                                [1, cols],
-                                false,
-                                qi,
-                                [1, d],
-                                &kh[k0 * d..],
-                                [d, 1],
-                                T::ONE,
-                            );
-                            vectorized(
-                                #[inline(always)]
-                                || probabilities(p, cols, scale, |r| lse_at(q0 + r)),
-                            );
-                            // dV_j += Pᵀ dO_i
-                            gemm(
-                                [cols, d, rows],
-                                &mut dvh[k0 * d..],
-                                [1, d],
-                                true,
-                                p,
-                                [cols, 1],
-                                &doh[q0 * hd..],
-                                [1, hd],
-                                T::ONE,
-                            );
-                            // dP = dO_i V_jᵀ, then dS = P ∘ (dP − delta)
-                            gemm(
-                                [rows, cols, d],
-                                dp,
-                                [1, cols],
-                                false,
-                                &doh[q0 * hd..],
-                                [1, hd],
-                                &vh[k0 * d..],
-                                [d, 1],
-                                T::ONE,
-                            );
-                            vectorized(
-                                #[inline(always)]
-                                || score_gradient(dp, p, &delta[q0..q0 + rows]),
-                            );
-                            // dQ_i += scale · dS K_j; dK_j += scale · dSᵀ Q_i
-                            gemm(
-                                [rows, d, cols],
-                                &mut dqh[q0 * d..],
-                                [1, d],
-                                true,
-                                dp,
-                                [1, cols],
-                                &kh[k0 * d..],
-                                [1, d],
-                                scale,
-                            );
-                            gemm(
-                                [cols, d, rows],
-                                &mut dkh[k0 * d..],
-                                [1, d],
-                                true,
-                                dp,
-                                [cols, 1],
-                                qi,
-                                [1, d],
-                                scale,
-                            );
-                        }
+                let (bi, hi) = (task / h, task % h);
+                let base = task * n * d;
+                let (qh, kh, vh) = (
+                    &qs[base..base + n * d],
+                    &ks[base..base + n * d],
+                    &vs[base..base + n * d],
+                );
+                // Row t of this head in [B, T, H·D]: offset + t·hd.
+                let offset = bi * n * hd + hi * d;
+                let (oh, doh) = (&os[offset..], &dos[offset..]);
+                let lse_at = |t: usize| ls[(bi * n + t) * h + hi];
+                // rowsum(dO ∘ O)
+                let delta: Vec<T> = vectorized(
+                    #[inline(always)]
+                    || {
+                        (0..n)
+                            .map(|t| simd::dot(&doh[t * hd..t * hd + d], &oh[t * hd..t * hd + d]))
+                            .collect()
+                    },
+                );
+                let mut p = vec![T::ZERO; BLOCK * BLOCK];
+                let mut dp = vec![T::ZERO; BLOCK * BLOCK];
+                for k0 in (0..n).step_by(BLOCK) {
+                    let cols = BLOCK.min(n - k0);
+                    for q0 in (0..n).step_by(BLOCK) {
+                        let rows = BLOCK.min(n - q0);
+                        let (p, dp) = (&mut p[..rows * cols], &mut dp[..rows * cols]);
+                        let qi = &qh[q0 * d..];
+                        // P = exp(scale · Q_i K_jᵀ − lse)
+                        gemm(
+                            [rows, cols, d],
+                            p,
+                            [1, cols],
+                            false,
+                            qi,
+                            [1, d],
+                            &kh[k0 * d..],
+                            [d, 1],
+                            T::ONE,
+                        );
+                        vectorized(
+                            #[inline(always)]
+                            || probabilities(p, cols, scale, |r| lse_at(q0 + r)),
+                        );
+                        // dV_j += Pᵀ dO_i
+                        gemm(
+                            [cols, d, rows],
+                            &mut dvh[k0 * d..],
+                            [1, d],
+                            true,
+                            p,
+                            [cols, 1],
+                            &doh[q0 * hd..],
+                            [1, hd],
+                            T::ONE,
+                        );
+                        // dP = dO_i V_jᵀ, then dS = P ∘ (dP − delta)
+                        gemm(
+                            [rows, cols, d],
+                            dp,
+                            [1, cols],
+                            false,
+                            &doh[q0 * hd..],
+                            [1, hd],
+                            &vh[k0 * d..],
+                            [d, 1],
+                            T::ONE,
+                        );
+                        vectorized(
+                            #[inline(always)]
+                            || score_gradient(dp, p, &delta[q0..q0 + rows]),
+                        );
+                        // dQ_i += scale · dS K_j; dK_j += scale · dSᵀ Q_i
+                        gemm(
+                            [rows, d, cols],
+                            &mut dqh[q0 * d..],
+                            [1, d],
+                            true,
+                            dp,
+                            [1, cols],
+                            &kh[k0 * d..],
+                            [1, d],
+                            scale,
+                        );
+                        gemm(
+                            [cols, d, rows],
+                            &mut dkh[k0 * d..],
+                            [1, d],
+                            true,
+                            dp,
+                            [cols, 1],
+                            qi,
+                            [1, d],
+                            scale,
+                        );
                     }
                 }
             });
