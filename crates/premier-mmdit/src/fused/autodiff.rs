@@ -164,7 +164,6 @@ impl<B: FluxOps> Backward<B, 1> for FusedGeluBackward {
 impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
     const FUSED_ATTENTION: bool = B::FUSED_ATTENTION;
     const FUSED_NORMS: bool = B::FUSED_NORMS;
-    const FUSED_GELU: bool = B::FUSED_GELU;
 
     fn flux_qkv_part(qkv: FloatTensor<Self>, heads: usize, part: usize) -> FloatTensor<Self> {
         // A copy: one node for any inner backend, whose backward scatters the gradient back.
@@ -181,9 +180,8 @@ impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
     }
 
     fn flux_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !B::FUSED_GELU {
-            return composite::gelu_tanh_primitive::<Self>(x);
-        }
+        // One node for any inner backend: its backward (a kernel or the composite formula)
+        // needs only x, where differentiating the composite keeps three intermediates.
         match FusedGeluBackward
             .prepare::<C>([x.node.clone()])
             // The backward recomputes σ(2u) from x: one pass, and no second tensor kept.

@@ -214,8 +214,9 @@ pub fn qkv_part_backward<B: Backend>(grad: FloatTensor<B>, part: usize) -> Float
     primitive(Tensor::cat(parts, 2).reshape([b, t, 3 * h * d]))
 }
 
-/// √(2/π), GELU(tanh)'s constant.
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+/// GELU(tanh)'s constants: u = √(2/π)(x + 0.044715x³); the Flex kernel uses them too.
+pub(crate) const GELU_SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+pub(crate) const GELU_CUBIC: f64 = 0.044715;
 
 /// GELU with the tanh approximation (PyTorch `GELU(approximate="tanh")`), written as
 /// `x · σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, which equals `0.5x(1 + tanh(u))` and runs
@@ -225,7 +226,8 @@ const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 ///
 /// x: any shape.
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let u2 = (x.clone() * x.clone() * x.clone() * 0.044715 + x.clone()) * (2.0 * SQRT_2_OVER_PI);
+    let u2 =
+        (x.clone() * x.clone() * x.clone() * GELU_CUBIC + x.clone()) * (2.0 * GELU_SQRT_2_OVER_PI);
     x * sigmoid(u2)
 }
 
@@ -236,13 +238,11 @@ pub fn gelu_tanh_backward<B: Backend>(
     grad_out: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let shape = x.shape();
-    let n = shape.num_elements();
-    let flat = |t: FloatTensor<B>| tensor::<B, 1>(t).reshape([n]);
-    let (x, grad_out) = (flat(x), flat(grad_out));
-    let x2 = x.clone() * x.clone();
-    let u2 = (x2.clone() * x.clone() * 0.044715 + x.clone()) * (2.0 * SQRT_2_OVER_PI);
-    let s = sigmoid(u2);
-    let du2 = (x2 * (3.0 * 0.044715) + 1.0) * (2.0 * SQRT_2_OVER_PI);
+    let (x, grad_out) = (flat::<B>(x), flat::<B>(grad_out));
+    let s = sigmoid(
+        (x.clone() * x.clone() * x.clone() * GELU_CUBIC + x.clone()) * (2.0 * GELU_SQRT_2_OVER_PI),
+    );
+    let du2 = (x.clone() * x.clone() * (3.0 * GELU_CUBIC) + 1.0) * (2.0 * GELU_SQRT_2_OVER_PI);
     let slope = s.clone() + x * s.clone() * (s.neg() + 1.0) * du2;
     B::float_reshape(primitive(grad_out * slope), shape)
 }

@@ -169,13 +169,11 @@ impl FluxOps for Flex {
         }
     }
 
-    const FUSED_GELU: bool = true;
-
     fn flux_gelu_tanh(x: FlexTensor) -> FlexTensor {
         match x.dtype() {
-            DType::F64 => elementwise::gelu_tanh::<f64>(&x),
-            DType::F32 => elementwise::gelu_tanh::<f32>(&x),
-            dtype => down(elementwise::gelu_tanh::<f32>(&up(x)), dtype),
+            DType::F64 => elementwise::gelu_tanh::<f64>(x),
+            DType::F32 => elementwise::gelu_tanh::<f32>(x),
+            dtype => down(elementwise::gelu_tanh::<f32>(up(x)), dtype),
         }
     }
 
@@ -234,6 +232,9 @@ trait Real:
     fn exp_shifted(xs: &mut [Self], shift: Self);
     /// The elements of a contiguous tensor (`to_contiguous` is an Arc clone when it already is), borrowed.
     fn view(x: &FlexTensor) -> &[Self];
+    /// The elements of a tensor that owns its whole buffer alone and is laid out in order, to
+    /// overwrite in place; `None` when it is shared, strided or a view into a larger buffer.
+    fn view_mut(x: &mut FlexTensor) -> Option<&mut [Self]>;
 }
 
 macro_rules! impl_real {
@@ -266,6 +267,13 @@ macro_rules! impl_real {
             }
             fn view(x: &FlexTensor) -> &[Self] {
                 x.as_slice::<$t>().expect("contiguous, dtype checked")
+            }
+            fn view_mut(x: &mut FlexTensor) -> Option<&mut [Self]> {
+                let n = x.shape().num_elements();
+                if !x.is_contiguous() || x.layout().start_offset() != 0 {
+                    return None;
+                }
+                x.try_storage_mut::<$t>().filter(|values| values.len() == n)
             }
         }
     };
@@ -310,7 +318,7 @@ fn dims4(x: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-fn tensor<T: Real, const N: usize>(values: Vec<T>, shape: [usize; N]) -> FlexTensor {
+fn tensor<T: Real>(values: Vec<T>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 

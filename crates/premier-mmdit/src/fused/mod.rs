@@ -135,11 +135,9 @@ pub trait FluxOps: Backend {
         composite::qkv_part_backward::<Self>(grad, part)
     }
 
-    /// True when [`FluxOps::flux_gelu_tanh`] and its backward are native kernels: the autodiff
-    /// decorator then records one node that keeps only x.
-    const FUSED_GELU: bool = false;
-
     /// GELU with the tanh approximation, elementwise ([`composite::gelu_tanh`]). x: any shape.
+    /// Under autodiff it is always one node that keeps only x, whose backward is
+    /// [`FluxOps::flux_gelu_tanh_bwd`].
     fn flux_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         composite::gelu_tanh_primitive::<Self>(x)
     }
