@@ -12,12 +12,14 @@
 //! - [`train`]: Prodigy, datasets, stage-1 and cold-start trainers, checkpoints;
 //! - [`synth`]: the synthetic preference world, its scorers and base model (the quickstart);
 //! - [`encoders`]: FLUX.1's VAE, T5 and CLIP as `premier encode`'s [`train::encode::Encoders`];
+//! - [`gpu_check`]: the prepared GPU check (parity on the device, timed FLUX.1-dev-size work);
 //! - [`cli`]: the `premier` command (`generate`, `encode`, `train`, `cold-start`, `synth export`).
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
 
 pub mod cli;
 pub mod encoders;
+pub mod gpu_check;
 
 pub use premier_adapter as adapter;
 pub use premier_losses as losses;
