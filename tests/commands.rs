@@ -49,6 +49,14 @@ fn the_synthetic_world_runs_through_every_command() {
     train_run(&resumed, "2", &[]).unwrap();
     train_run(&resumed, "4", &["--resume", "latest"]).unwrap();
     // Gradient checkpointing recomputes the same activations: the same weights.
+    // A step that cannot fit the memory given is refused before anything is loaded or written.
+    let refused = dir.path().join("refused");
+    let err = train_run(&refused, "4", &["--max-memory", "0.001"]).unwrap_err();
+    assert!(
+        err.to_string().contains("exceeds --max-memory 1.0 MiB"),
+        "{err}"
+    );
+    assert!(!refused.exists(), "a refused run writes nothing");
     let recomputed = dir.path().join("recomputed");
     train_run(&recomputed, "4", &["--gradient-checkpointing"]).unwrap();
     for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {

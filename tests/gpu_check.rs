@@ -53,6 +53,7 @@ fn dry_run_passes_every_fixture_and_runs_every_phase() {
             "{phase:?}"
         );
         assert!(phase.floor_s.unwrap() > 0.0, "{phase:?}");
+        assert!(phase.estimate_mib.unwrap() > 0.0, "{phase:?}");
     }
     assert!(report.skipped.is_empty() && report.stopped.is_none());
     let written = std::fs::read_to_string(&path).unwrap();

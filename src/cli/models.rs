@@ -142,6 +142,20 @@ impl ModelArgs {
         })
     }
 
+    /// The backbone's config without loading it: the synth base's `config.json`, else
+    /// [`Self::flux_config`].
+    pub fn backbone_config(&self) -> anyhow::Result<FluxConfig> {
+        if let Some(dir) = &self.synth_base {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("synth base config {}", path.display()))?;
+            let config: crate::synth::base::SynthBaseConfig = serde_json::from_str(&text)
+                .with_context(|| format!("synth base config {}", path.display()))?;
+            return Ok(config.flux);
+        }
+        self.flux_config(&ModelFiles::resolve(self)?)
+    }
+
     pub fn vae_config(&self, files: &ModelFiles) -> anyhow::Result<AutoencoderConfig> {
         Ok(match config_beside(&files.ae) {
             Some(c) if files.ae.is_dir() => AutoencoderConfig::from_json_file(c)?,

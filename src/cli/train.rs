@@ -12,14 +12,16 @@ use super::dataset::{progress_bar, DataArgs};
 use super::models::{ImageSampler, ModelArgs};
 use super::{BackendKind, Precision};
 use crate::losses::DispersionVariant;
-use crate::mmdit::{Flux, FluxAutodiffBackend};
+use crate::mmdit::{Flux, FluxAutodiffBackend, PassShape};
 use crate::pipeline::image_io::{grid, save_png};
 use crate::text::TextConditioning;
 use crate::train::batches::CachedUsers;
 use crate::train::cache::EncodedCache;
+use crate::train::memory::Stage1Memory;
 use crate::train::metrics::MetricRecord;
 use crate::train::run::{train_stage1, RunObserver, Start, TrainConfig};
 use crate::train::stage1::Stage1Model;
+use crate::users::UserShape;
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
@@ -92,6 +94,18 @@ pub struct TrainArgs {
     /// adapters, user embeddings and optimizer state stay f32.
     #[arg(long, value_enum)]
     pub backbone_dtype: Option<Precision>,
+    /// Refuse to start when the estimated device memory of a step (printed at the start)
+    /// exceeds this many GiB.
+    #[arg(long, value_parser = parse_gib)]
+    pub max_memory: Option<f64>,
+}
+
+/// A positive, finite number of GiB.
+fn parse_gib(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number of GiB, not {text:?}")),
+    }
 }
 
 impl TrainArgs {
@@ -243,6 +257,28 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
     let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
+    if let Some((img_tokens, txt_tokens)) = data.pass_dims()? {
+        let flux = args.model.backbone_config()?;
+        let estimate = Stage1Memory::estimate(
+            &flux,
+            if dtype.is_some() { 2 } else { 4 },
+            &config.adapter(flux.context_in_dim, flux.hidden_size, flux.depth),
+            UserShape {
+                users: data.ids.len(),
+                tokens: config.user_tokens,
+                dim: config.user_dim,
+            },
+            PassShape {
+                batch: config.batch_size,
+                img_tokens,
+                txt_tokens,
+                element_bytes: if dtype.is_some() { 2 } else { 4 },
+                fused_attention: B::FUSED_ATTENTION,
+            },
+        );
+        println!("estimated device memory of a step: {estimate}");
+        estimate.check(args.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64))?;
+    }
     let flux = args.model.load_flux::<B>(&device, dtype)?;
 
     let observer_dir = args.out.join("validation");

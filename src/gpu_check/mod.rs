@@ -289,6 +289,7 @@ pub fn run_check<B: FluxOps>(
         println!("{name} …");
         probe.reset();
         let enough = |last: Duration| left() > last * 2 + Duration::from_secs(1);
+        let estimate = size.estimate_bytes(&phase, B::FUSED_ATTENTION) as f64 / (1u64 << 20) as f64;
         let (timed, floor, note) = match phase {
             Phase::Generation => {
                 let floor = flop * size.generation_steps as f64 / rate;
@@ -336,12 +337,14 @@ pub fn run_check<B: FluxOps>(
                 timed,
                 floor_s: Some(floor),
                 peak_mib: peak,
+                estimate_mib: Some(estimate),
                 note,
                 ..PhaseResult::default()
             },
             Err(e) => PhaseResult {
                 name,
                 peak_mib: peak,
+                estimate_mib: Some(estimate),
                 error: Some(e),
                 ..PhaseResult::default()
             },
@@ -357,7 +360,8 @@ pub fn run_check<B: FluxOps>(
     Ok(report)
 }
 
-enum Phase {
+/// A timed phase.
+pub enum Phase {
     Generation,
     Stage1 { batch: usize, checkpointing: bool },
 }

@@ -9,8 +9,9 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::{Distribution, FloatDType};
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxOps};
+use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxOps, PassShape};
 use premier_pipeline::{denoise, schedule};
+use premier_train::memory::Stage1Memory;
 use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier_users::{UserShape, UserTable};
 
@@ -93,6 +94,44 @@ impl WorkloadSize {
         let blocks = (self.flux.depth + self.flux.depth_single_blocks) as f64;
         2.0 * flux_params as f64 * tokens
             + 4.0 * tokens * tokens * self.flux.hidden_size as f64 * blocks
+    }
+}
+
+impl WorkloadSize {
+    fn pass(&self, batch: usize, fused_attention: bool) -> PassShape {
+        PassShape {
+            batch,
+            img_tokens: self.img_tokens(),
+            txt_tokens: self.txt_tokens,
+            element_bytes: if self.bf16_backbone { 2 } else { 4 },
+            fused_attention,
+        }
+    }
+
+    /// Estimated device memory of a phase: for training `Stage1Memory`, for the generation the
+    /// weights (adapters and table in f32), Δ and one forward's activations.
+    pub fn estimate_bytes(&self, phase: &super::Phase, fused_attention: bool) -> u64 {
+        let element = if self.bf16_backbone { 2 } else { 4 };
+        match phase {
+            super::Phase::Stage1 { batch, .. } => Stage1Memory::estimate(
+                &self.flux,
+                element,
+                &self.adapter,
+                self.users,
+                self.pass(*batch, fused_attention),
+            )
+            .total(),
+            super::Phase::Generation => {
+                let users = (self.users.users * self.users.tokens * self.users.dim) as u64;
+                let delta =
+                    (self.txt_tokens * self.adapter.hidden * (1 + self.adapter.blocks)) as u64;
+                self.flux.weight_bytes(element)
+                    + 4 * (self.adapter.param_count() + users + delta)
+                    + self
+                        .flux
+                        .inference_activation_bytes(&self.pass(1, fused_attention))
+            }
+        }
     }
 }
 

@@ -63,6 +63,33 @@ impl AdapterConfig {
         }
     }
 
+    /// Parameters of the adapters this configuration builds (equal to
+    /// `PreferenceAdapter::num_params`): released: 907 M.
+    pub fn param_count(&self) -> u64 {
+        let linear = |i: usize, o: usize| (i * o + o) as u64;
+        let w = self.width;
+        // Attention in/out, the 4× MLP, three AdaLayerNorms fed by the 64-wide time embedding.
+        let block = linear(w, 3 * w)
+            + linear(w, w)
+            + linear(w, 4 * w)
+            + linear(4 * w, w)
+            + 3 * linear(crate::resampler::TIME_DIM, 2 * w);
+        let net = |out: usize| {
+            linear(self.text_dim, w)
+                + linear(self.user_dim, w)
+                + self.layers as u64 * block
+                + linear(w, out)
+                + 2 * out as u64
+        };
+        let shared = if self.shared { net(self.hidden) } else { 0 };
+        let distinct = if self.distinct {
+            net(self.hidden * self.blocks)
+        } else {
+            0
+        };
+        shared + distinct
+    }
+
     /// Checks that heads divide the width and that at least one net exists.
     pub fn validate(&self) -> Result<(), String> {
         if self.heads == 0 || self.width % self.heads != 0 {

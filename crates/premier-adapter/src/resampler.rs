@@ -10,7 +10,7 @@ use premier_mmdit::norm::layer_norm_no_affine;
 use premier_mmdit::{export_linear, LoadError};
 
 /// Width of the (always zero) timestep embedding the official AdaLN takes.
-const TIME_DIM: usize = 64;
+pub(crate) const TIME_DIM: usize = 64;
 
 /// `LN(x)·(1 + scale) + shift` with (shift, scale) = `linear(SiLU(temb))`. The official adapter
 /// always passes `temb = 0`, so (shift, scale) is the bias of `linear` (shift first); the weight is

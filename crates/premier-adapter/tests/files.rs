@@ -236,3 +236,30 @@ fn bad_files_name_file_and_key() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn param_count_matches_the_built_adapters() {
+    let device = Default::default();
+    for config in [
+        fixture_config(),
+        AdapterConfig::small(24, 6, 16, 3),
+        AdapterConfig {
+            shared: false,
+            ..AdapterConfig::small(24, 6, 16, 3)
+        },
+        AdapterConfig {
+            distinct: false,
+            layers: 1,
+            ..fixture_config()
+        },
+    ] {
+        let adapter = PreferenceAdapter::<B>::init(&config, &device).unwrap();
+        assert_eq!(
+            config.param_count(),
+            adapter.num_params() as u64,
+            "{config:?}"
+        );
+    }
+    // The released adapters (the count alone; building them would take 3.6 GB).
+    assert_eq!(AdapterConfig::released().param_count(), 907_229_184);
+}

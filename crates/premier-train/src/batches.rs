@@ -117,6 +117,18 @@ impl CachedUsers {
         })
     }
 
+    /// (image tokens, text tokens) of the first sample: the size of every training pass (the
+    /// cache holds one resolution and one prompt length); `None` for an empty dataset.
+    pub fn pass_dims(&mut self) -> Result<Option<(usize, usize)>, CacheError> {
+        let Some((image, caption)) = self.samples.iter().flatten().next().cloned() else {
+            return Ok(None);
+        };
+        let latent = self.cache.latent(&image)?;
+        let text = self.cache.text(&caption)?;
+        let (h, w) = (latent.mean.shape[1], latent.mean.shape[2]);
+        Ok(Some(((h / 2) * (w / 2), text.tokens.shape[0])))
+    }
+
     /// Images of each user.
     pub fn counts(&self) -> Vec<usize> {
         self.samples.iter().map(Vec::len).collect()

@@ -16,6 +16,7 @@
 //! - [`checkpoint`]: stage-1 checkpoints (atomic, keep the last K) that resume bit for bit;
 //! - [`sampler`]: batches of distinct users, reproducible per step;
 //! - [`schedule`]: the learning-rate multiplier by step (constant as released, or a cosine tail);
+//! - [`memory`]: the device memory of a stage-1 step, estimated before anything is loaded;
 //! - [`metrics`]: per-step JSONL metrics and the loss-curve PNG;
 //! - [`encode`]: the loop of `premier encode` (images and captions through any [`encode::Encoders`]
 //!   into a cache, resumable);
@@ -34,6 +35,7 @@ pub mod clip;
 mod config_file;
 pub mod data;
 pub mod encode;
+pub mod memory;
 pub mod metrics;
 pub mod parallel;
 pub mod params;

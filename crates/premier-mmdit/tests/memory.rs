@@ -1,0 +1,66 @@
+//! `FluxConfig::param_count` against the models it builds, and against FLUX.1-dev's published
+//! size; the activation model's monotonicity (its calibration against measured peaks is in
+//! premier-train's tests/memory.rs, which runs training steps).
+
+mod common;
+
+use burn::module::Module;
+use common::{small_config, B};
+use premier_mmdit::{Flux, FluxConfig, PassShape};
+
+#[test]
+fn param_count_matches_the_built_model() {
+    let device = Default::default();
+    for config in [
+        FluxConfig::tiny(),
+        small_config(),
+        FluxConfig {
+            qkv_bias: false,
+            guidance_embed: false,
+            mlp_ratio: 3.0,
+            depth: 3,
+            depth_single_blocks: 2,
+            ..small_config()
+        },
+    ] {
+        let flux = Flux::<B>::init(&config, &device).unwrap();
+        assert_eq!(config.param_count(), flux.num_params() as u64, "{config:?}");
+    }
+    // FLUX.1-dev's transformer: 11,901,408,320 parameters (diffusers `FluxTransformer2DModel`);
+    // schnell lacks the guidance embedder (256·3072 + 3072 + 3072² + 3072).
+    assert_eq!(FluxConfig::dev().param_count(), 11_901_408_320);
+    assert_eq!(
+        FluxConfig::dev().param_count() - FluxConfig::schnell().param_count(),
+        256 * 3072 + 3072 + 3072 * 3072 + 3072
+    );
+}
+
+#[test]
+fn activations_grow_with_tokens_and_batch_and_scores_only_without_fused_attention() {
+    let config = FluxConfig::dev();
+    let shape = PassShape {
+        batch: 1,
+        img_tokens: 1024,
+        txt_tokens: 512,
+        element_bytes: 2,
+        fused_attention: true,
+    };
+    let fused = config.training_activation_bytes(&shape);
+    let twice = config.training_activation_bytes(&PassShape { batch: 2, ..shape });
+    assert_eq!(twice, 2 * fused, "linear in the batch");
+    let unfused = PassShape {
+        fused_attention: false,
+        ..shape
+    };
+    // 57 blocks × 2 × 24 heads × 1536² scores × 2 bytes, plus one block's own.
+    let scores = 2 * 24 * 1536u64 * 1536 * 2;
+    assert_eq!(
+        config.training_activation_bytes(&unfused) - fused,
+        58 * scores
+    );
+    assert_eq!(
+        config.inference_activation_bytes(&unfused) - config.inference_activation_bytes(&shape),
+        scores
+    );
+    assert!(config.inference_activation_bytes(&shape) < fused / 10);
+}

@@ -1,0 +1,134 @@
+//! The stage-1 memory estimate against the memory a step really takes on Flex (the fused
+//! attention kernel, f32): the extra peak resident memory of four more samples in the batch,
+//! measured through `VmHWM` (reset with /proc/self/clear_refs), against the estimate's
+//! difference. The estimate counts every tensor a block keeps; the allocator reuses some, so it
+//! may overestimate, but by less than a factor of two. One test in this binary: resident memory
+//! is the whole process's.
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use premier_adapter::{AdapterConfig, PreferenceAdapter};
+use premier_mmdit::{Flux, FluxConfig, FluxOps, PassShape};
+use premier_train::memory::Stage1Memory;
+use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
+use premier_users::{UserShape, UserTable};
+
+type AB = Autodiff<Flex>;
+
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn batch<B: FluxOps>(config: &FluxConfig, n: usize, side: usize, txt: usize) -> Stage1Batch<B> {
+    let device = Default::default();
+    let normal = Distribution::Normal(0.0, 1.0);
+    Stage1Batch {
+        x0: Tensor::random([n, side * side, config.in_channels], normal, &device),
+        latent_hw: (2 * side, 2 * side),
+        text: Tensor::random([n, txt, config.context_in_dim], normal, &device),
+        pooled: Tensor::random([n, config.vec_in_dim], normal, &device),
+        users: (0..n).collect(),
+        null_text: Some(Tensor::random(
+            [1, txt, config.context_in_dim],
+            normal,
+            &device,
+        )),
+    }
+}
+
+#[test]
+fn estimate_bounds_the_measured_activation_memory_per_sample() {
+    if peak_rss().is_none() || !reset_peak() {
+        eprintln!("no /proc/self/status or clear_refs here: nothing to measure");
+        return;
+    }
+    let config = FluxConfig {
+        in_channels: 64,
+        out_channels: 64,
+        vec_in_dim: 64,
+        context_in_dim: 128,
+        hidden_size: 256,
+        mlp_ratio: 4.0,
+        num_heads: 4,
+        depth: 2,
+        depth_single_blocks: 2,
+        axes_dim: vec![8, 28, 28],
+        theta: 10_000,
+        qkv_bias: true,
+        guidance_embed: true,
+    };
+    let adapter_config = AdapterConfig {
+        text_dim: 128,
+        user_dim: 32,
+        width: 128,
+        heads: 4,
+        layers: 2,
+        hidden: 256,
+        blocks: 2,
+        shared: true,
+        distinct: true,
+    };
+    let users = UserShape {
+        users: 8,
+        tokens: 4,
+        dim: 32,
+    };
+    let (side, txt) = (16, 64); // 256² images: 256 image tokens.
+    let device = Default::default();
+    let flux = Flux::<AB>::init(&config, &device).unwrap();
+    let model = Stage1Model {
+        adapter: PreferenceAdapter::<AB>::init(&adapter_config, &device).unwrap(),
+        users: UserTable::<AB>::init(users, &device),
+    };
+    let mut trainer = Stage1Trainer::new(flux, model, Stage1Config::default());
+    let (small, large) = (1, 5);
+    let step_peak = |trainer: &mut Stage1Trainer<AB>, n: usize| {
+        let b = batch::<AB>(&config, n, side, txt);
+        reset_peak();
+        let before = peak_rss().unwrap();
+        trainer.step(&b).unwrap();
+        (before, peak_rss().unwrap())
+    };
+    step_peak(&mut trainer, small); // warm-up: the optimizer state, the allocator's pools
+    let (_, peak_small) = step_peak(&mut trainer, small);
+    let (_, peak_large) = step_peak(&mut trainer, large);
+    let measured = peak_large.saturating_sub(peak_small) as f64 / (large - small) as f64;
+
+    let estimate = |n: usize| {
+        Stage1Memory::estimate(
+            &config,
+            4,
+            &adapter_config,
+            users,
+            PassShape {
+                batch: n,
+                img_tokens: side * side,
+                txt_tokens: txt,
+                element_bytes: 4,
+                fused_attention: <Flex as FluxOps>::FUSED_ATTENTION,
+            },
+        )
+    };
+    let estimated =
+        (estimate(large).total() - estimate(small).total()) as f64 / (large - small) as f64;
+    let ratio = measured / estimated;
+    eprintln!(
+        "per sample: measured {:.1} MiB, estimated {:.1} MiB (ratio {ratio:.2}); peaks {:.0} / {:.0} MiB; estimate at batch {large}: {}",
+        measured / 1048576.0,
+        estimated / 1048576.0,
+        peak_small as f64 / 1048576.0,
+        peak_large as f64 / 1048576.0,
+        estimate(large)
+    );
+    assert!(
+        (0.5..=1.1).contains(&ratio),
+        "measured / estimated = {ratio:.2}"
+    );
+}
