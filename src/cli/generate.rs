@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use clap::Args;
 
 use super::models::{ModelArgs, ModelFiles, Variant};
@@ -13,7 +14,11 @@ use super::{BackendKind, Precision};
 use crate::adapter::{AdapterConfig, PreferenceAdapter};
 use crate::mmdit::{Flux, FluxOps};
 use crate::pipeline::image_io::{grid, save_png, tensor_to_rgb};
-use crate::pipeline::{GenerateRequest, Generator, UserChoice};
+use crate::pipeline::memory::{GenerationMemory, GenerationPlan};
+use crate::pipeline::{
+    check_request, decode_latents, denoise_request, request_modulation, DeltaCache,
+    GenerateRequest, Generator, UserChoice,
+};
 use crate::synth::base::SynthBase;
 use crate::text::TextEncoder;
 use crate::train::run::{TrainedModel, TRAINED_MODEL_FILE};
@@ -65,6 +70,16 @@ pub struct GenerateArgs {
     pub backend: BackendKind,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
+    /// Load one model at a time, each released before the next: T5 and CLIP encode the
+    /// prompts, the adapters compute Δ, FLUX denoises, the VAE decodes. The same images; the
+    /// device holds only the largest stage (FLUX.1-dev at 512² in bf16: about 22.6 GiB), at the
+    /// cost of loading every model once per run.
+    #[arg(long)]
+    pub low_memory: bool,
+    /// Float type of the adapters' weights (default: that of `--dtype`); bf16 halves their
+    /// memory (Δ stays within 3e-2 relative of f32's).
+    #[arg(long, value_enum)]
+    pub adapter_dtype: Option<Precision>,
 }
 
 /// Parses a `--user` value.
@@ -176,7 +191,12 @@ fn load_personalization<B: Backend>(
         .adapter
         .as_ref()
         .map(|p| PreferenceAdapter::<B>::load(p, &adapter_config, device))
-        .transpose()?;
+        .transpose()?
+        .map(|a| match args.adapter_dtype {
+            Some(Precision::Bf16) => a.with_weight_dtype(FloatDType::BF16),
+            Some(Precision::F32) => a.with_weight_dtype(FloatDType::F32),
+            None => a,
+        });
     let table = args
         .user_table
         .as_ref()
@@ -300,6 +320,18 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     let users = users_of(&args, trained.as_ref())?;
     let files = ModelFiles::resolve(&args.model)?;
     let flux_config = args.model.flux_config(&files)?;
+    let t5_config = args.model.t5_config(&files)?;
+    let estimate = memory_estimate::<B>(&args, trained.as_ref(), &files, &flux_config, &t5_config)?;
+    eprintln!("estimated device memory: {estimate}");
+    if args.low_memory {
+        return generate_one_model_at_a_time::<B>(
+            &args,
+            trained.as_ref(),
+            &users,
+            &flux_config,
+            device,
+        );
+    }
 
     eprintln!("loading models…");
     let load = Instant::now();
@@ -309,7 +341,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     let (adapter, table) = load_personalization::<B>(
         &args,
         trained.as_ref(),
-        args.model.t5_config(&files)?.d_model,
+        t5_config.d_model,
         (flux_config.hidden_size, flux_config.depth),
         &device,
     )?;
@@ -320,25 +352,12 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let steps = args.steps.unwrap_or(args.model.variant.steps());
-    let columns = args.prompts.len();
     let bar = super::dataset::progress_bar((users.len() * steps) as u64, "steps");
     let mut rows = Vec::new();
     let mut timings = Vec::new();
     for (r, user) in users.iter().enumerate() {
         bar.set_message(format!("row {}/{}", r + 1, users.len()));
-        let request = GenerateRequest {
-            prompts: args.prompts.clone(),
-            users: vec![user.clone(); columns],
-            seeds: (0..columns as u64)
-                .map(|c| args.seed.wrapping_add(c))
-                .collect(),
-            width: args.width.unwrap_or(512),
-            height: args.height.unwrap_or(512),
-            steps,
-            guidance: args.guidance,
-            shift: args.model.variant == Variant::Dev,
-            alpha: args.alpha,
-        };
+        let request = row_request(&args, user);
         let base = (r * steps) as u64;
         let out = generator.generate(&request, &mut |done: usize, _| {
             bar.set_position(base + done as u64)
@@ -358,4 +377,162 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         );
     }
     write_rows(&args, &rows, total)
+}
+
+/// The request of one grid row: every prompt for `user`.
+fn row_request(args: &GenerateArgs, user: &UserChoice) -> GenerateRequest {
+    let columns = args.prompts.len();
+    GenerateRequest {
+        prompts: args.prompts.clone(),
+        users: vec![user.clone(); columns],
+        seeds: (0..columns as u64)
+            .map(|c| args.seed.wrapping_add(c))
+            .collect(),
+        width: args.width.unwrap_or(512),
+        height: args.height.unwrap_or(512),
+        steps: args.steps.unwrap_or(args.model.variant.steps()),
+        guidance: args.guidance,
+        shift: args.model.variant == Variant::Dev,
+        alpha: args.alpha,
+    }
+}
+
+/// The device memory of this run, from the configs and the files' headers (nothing loaded).
+fn memory_estimate<B: FluxOps>(
+    args: &GenerateArgs,
+    trained: Option<&TrainedModel>,
+    files: &ModelFiles,
+    flux: &crate::mmdit::FluxConfig,
+    t5: &crate::text::T5Config,
+) -> anyhow::Result<GenerationMemory> {
+    let stored = |path: &Path| -> anyhow::Result<u64> {
+        Ok(crate::mmdit::load::Checkpoint::open_plain(path)?.stored_elements())
+    };
+    let adapter_params = match &args.adapter {
+        Some(_) => {
+            let (adapter, users) =
+                trained_sizes(args, trained, t5.d_model, (flux.hidden_size, flux.depth))?;
+            adapter.param_count() + (users.users * users.tokens * users.dim) as u64
+        }
+        None => 0,
+    };
+    let element_bytes = if args.dtype == Precision::Bf16 { 2 } else { 4 };
+    let vae = args.model.vae_config(files)?;
+    Ok(GenerationMemory::estimate(&GenerationPlan {
+        flux,
+        vae: &vae,
+        text_encoder_params: stored(&files.t5)? + stored(&files.clip)?,
+        vae_params: stored(&files.ae)?,
+        adapter_params,
+        text_width: t5.d_ff.max(t5.d_model),
+        images: args.prompts.len(),
+        width: args.width.unwrap_or(512),
+        height: args.height.unwrap_or(512),
+        txt_tokens: args.model.variant.t5_len(),
+        element_bytes,
+        adapter_bytes: match args.adapter_dtype {
+            Some(Precision::Bf16) => 2,
+            Some(Precision::F32) => 4,
+            None => element_bytes,
+        },
+        fused_attention: B::FUSED_ATTENTION,
+    }))
+}
+
+/// `--low-memory`: each model is loaded for its stage and released before the next, over all
+/// rows at once (prompts → Δ per row → latents per row → images), through the same stage
+/// functions as [`Generator::generate`].
+fn generate_one_model_at_a_time<B: FluxOps>(
+    args: &GenerateArgs,
+    trained: Option<&TrainedModel>,
+    users: &[UserChoice],
+    flux_config: &crate::mmdit::FluxConfig,
+    device: B::Device,
+) -> anyhow::Result<()> {
+    let total = Instant::now();
+    let requests: Vec<GenerateRequest> = users.iter().map(|u| row_request(args, u)).collect();
+    for request in &requests {
+        check_request(request, args.adapter.is_some() && args.user_table.is_some())?;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let release = |what: &str, started: Instant| {
+        B::memory_cleanup(&device);
+        eprintln!("{what}: {:.1?}", started.elapsed());
+    };
+
+    let stage = Instant::now();
+    let text = {
+        let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
+        let mut encoder = TextEncoder::new(t5, clip, t5_tokenizer, clip_tokenizer);
+        let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
+        encoder.encode(&prompts, &device)?
+    };
+    release("T5 and CLIP (loaded, encoded, released)", stage);
+
+    let stage = Instant::now();
+    let modulations = {
+        let (adapter, table) = load_personalization::<B>(
+            args,
+            trained,
+            text.tokens.dims()[2],
+            (flux_config.hidden_size, flux_config.depth),
+            &device,
+        )?;
+        let mut cache = DeltaCache::new();
+        requests
+            .iter()
+            .map(|request| match (&adapter, &table) {
+                (Some(adapter), Some(table)) => request_modulation(
+                    adapter,
+                    table,
+                    request,
+                    &text.tokens,
+                    (flux_config.hidden_size, flux_config.depth),
+                    &mut cache,
+                ),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    release("adapters (loaded, Δ computed, released)", stage);
+
+    let stage = Instant::now();
+    let files = ModelFiles::resolve(&args.model)?;
+    let vae_config = args.model.vae_config(&files)?;
+    let latents = {
+        let flux = Flux::<B>::load(&files.flux, flux_config, &device)?;
+        let steps = requests.first().map_or(0, |r| r.steps);
+        let bar = super::dataset::progress_bar((requests.len() * steps) as u64, "steps");
+        let latents = requests
+            .iter()
+            .zip(&modulations)
+            .enumerate()
+            .map(|(r, (request, modulation))| {
+                let base = (r * steps) as u64;
+                denoise_request(
+                    &flux,
+                    request,
+                    &text,
+                    modulation.as_ref(),
+                    &vae_config,
+                    &mut |done: usize, _| bar.set_position(base + done as u64),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        bar.finish_and_clear();
+        latents
+    };
+    release("FLUX (loaded, denoised, released)", stage);
+
+    let stage = Instant::now();
+    let rows = {
+        let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
+        latents
+            .into_iter()
+            .map(|latent| Ok(tensor_to_rgb(decode_latents(&vae, &vae_config, latent)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    release("VAE (loaded, decoded, released)", stage);
+    write_rows(args, &rows, total)
 }

@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::{Distribution, FloatDType};
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxOps, PassShape};
+use premier_pipeline::memory::{GenerationMemory, GenerationPlan};
 use premier_pipeline::{denoise, schedule};
 use premier_train::memory::Stage1Memory;
 use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
@@ -122,14 +123,26 @@ impl WorkloadSize {
             )
             .total(),
             super::Phase::Generation => {
-                let users = (self.users.users * self.users.tokens * self.users.dim) as u64;
-                let delta =
-                    (self.txt_tokens * self.adapter.hidden * (1 + self.adapter.blocks)) as u64;
-                self.flux.weight_bytes(element)
-                    + 4 * (self.adapter.param_count() + users + delta)
-                    + self
-                        .flux
-                        .inference_activation_bytes(&self.pass(1, fused_attention))
+                // FLUX, the f32 adapters and table, Δ and one forward: no text encoder or VAE
+                // is loaded in this phase.
+                let vae = premier_vae::AutoencoderConfig::flux();
+                let m = GenerationMemory::estimate(&GenerationPlan {
+                    flux: &self.flux,
+                    vae: &vae,
+                    text_encoder_params: 0,
+                    vae_params: 0,
+                    adapter_params: self.adapter.param_count()
+                        + (self.users.users * self.users.tokens * self.users.dim) as u64,
+                    text_width: 0,
+                    images: 1,
+                    width: self.resolution,
+                    height: self.resolution,
+                    txt_tokens: self.txt_tokens,
+                    element_bytes: element,
+                    adapter_bytes: 4,
+                    fused_attention,
+                });
+                m.backbone + m.adapters + m.deltas + m.denoise_activations
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
 use premier_mmdit::load::{write_safetensors, DeviceSource, HostTensor, SaveDtype, TensorFile};
 use premier_mmdit::{LoadError, TextModulation};
 
@@ -113,19 +114,45 @@ impl<B: Backend> PreferenceAdapter<B> {
         Ok(write_safetensors(path.as_ref(), &self.to_tensors(), dtype)?)
     }
 
+    /// Float type of the weights (f32 unless [`Self::with_weight_dtype`] changed it).
+    pub fn weight_dtype(&self) -> DType {
+        let net = self.net.as_ref().or(self.net2.as_ref());
+        net.map_or(DType::F32, |n| n.text_proj_in.weight.val().dtype())
+    }
+
+    /// The same adapters with their weights stored as `dtype` (bf16 halves their memory for
+    /// generation; training keeps f32). [`Self::forward`] then computes in `dtype` and returns Δ
+    /// in the type of its inputs.
+    pub fn with_weight_dtype(self, dtype: FloatDType) -> Self {
+        struct CastWeights(FloatDType);
+        impl<B: Backend> burn::module::ModuleMapper<B> for CastWeights {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: burn::module::Param<Tensor<B, D>>,
+            ) -> burn::module::Param<Tensor<B, D>> {
+                let (id, tensor, mapper) = param.consume();
+                burn::module::Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+            }
+        }
+        self.map(&mut CastWeights(dtype))
+    }
+
     /// Premier's Δ for each (prompt, user) pair of the batch.
     ///
     /// text: `[batch, txt_tokens, text_dim]` (T5 tokens, padding included), user:
     /// `[batch, user_tokens, user_dim]` → shared `[batch, txt_tokens, hidden]` and distinct
-    /// `[batch, txt_tokens, blocks, hidden]`. Independent of the timestep.
+    /// `[batch, txt_tokens, blocks, hidden]`, in the type of `text`. Independent of the timestep.
     pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> TextModulation<B> {
         let [batch, tokens, _] = text.dims();
+        let (out_dtype, dtype) = (text.dtype(), self.weight_dtype());
+        let (text, user) = (text.cast(dtype), user.cast(dtype));
         let shared = self
             .net
             .as_ref()
-            .map(|n| n.forward(text.clone(), user.clone()));
+            .map(|n| n.forward(text.clone(), user.clone()).cast(out_dtype));
         let distinct = self.net2.as_ref().map(|n| {
             n.forward(text, user)
+                .cast(out_dtype)
                 .reshape([batch, tokens, self.blocks, self.hidden])
         });
         TextModulation { shared, distinct }

@@ -108,3 +108,40 @@ fn intermediates_match_official_adapter() {
         );
     }
 }
+
+/// bf16 adapter weights (what generation on a small GPU keeps) give Δ in f32 within bf16's
+/// precision of the f32 adapter's: 3e-2 relative in the L2 norm (8 bits of mantissa, ~4e-3 per
+/// operation, over a few dozen sequential operations, as tests/precision.rs of premier-mmdit).
+#[test]
+fn bf16_weights_give_f32_deltas_close_to_f32() {
+    use burn::tensor::{DType, FloatDType};
+    let f = SafetensorsFile::open(&fixture("adapter_small.safetensors")).unwrap();
+    let adapter = PreferenceAdapter::<B>::load(
+        fixture("adapter_small_weights.safetensors"),
+        &fixture_config(),
+        &Default::default(),
+    )
+    .unwrap();
+    let bf16 = adapter.clone().with_weight_dtype(FloatDType::BF16);
+    assert_eq!(adapter.weight_dtype(), DType::F32);
+    assert_eq!(bf16.weight_dtype(), DType::BF16);
+    let (text, user) = (tensor::<3>(&f, "text"), tensor::<3>(&f, "user"));
+    let full = adapter.forward(text.clone(), user.clone());
+    let half = bf16.forward(text, user);
+    let rel = |a: Tensor<B, 3>, b: Tensor<B, 3>| {
+        assert_eq!(a.dtype(), DType::F32, "Δ comes back in f32");
+        let diff: f32 = (a - b.clone()).powf_scalar(2.0).sum().sqrt().into_scalar();
+        let norm: f32 = b.powf_scalar(2.0).sum().sqrt().into_scalar();
+        diff / norm
+    };
+    let shared = rel(half.shared.unwrap(), full.shared.unwrap());
+    let distinct = rel(
+        half.distinct.unwrap().flatten(2, 3),
+        full.distinct.unwrap().flatten(2, 3),
+    );
+    eprintln!(
+        "bf16 vs f32 adapters, relative L2: Δ_shared {shared:.2e}, Δ_distinct {distinct:.2e}"
+    );
+    assert!(shared < 3e-2 && distinct < 3e-2, "{shared} {distinct}");
+    assert!(shared > 0.0, "the bf16 adapter really computed in bf16");
+}

@@ -21,6 +21,15 @@
 
 use crate::FluxConfig;
 
+/// Bytes as GiB with one decimal, or MiB below 1 GiB (for the printed estimates).
+pub fn format_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
 /// The tokens and element size of one FLUX pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassShape {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use premier_adapter::PreferenceAdapter;
 use premier_mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxOps, TextModulation};
-use premier_text::TextEncoder;
+use premier_text::{TextConditioning, TextEncoder};
 use premier_users::{UserRef, UserTable};
 use premier_vae::{unscale_latent, Autoencoder, AutoencoderConfig};
 
@@ -74,7 +74,7 @@ pub struct Generator<B: Backend> {
     pub users: Option<UserTable<B>>,
     pub device: B::Device,
     /// Δ per (prompt, user), computed once and reused across requests.
-    delta_cache: HashMap<(String, UserChoice), TextModulation<B>>,
+    delta_cache: DeltaCache<B>,
 }
 
 impl<B: FluxOps> Generator<B> {
@@ -99,154 +99,190 @@ impl<B: FluxOps> Generator<B> {
         }
     }
 
-    fn check(&self, request: &GenerateRequest) -> Result<(), PipelineError> {
-        let r = request;
-        if r.width == 0 || r.height == 0 || r.width % 16 != 0 || r.height % 16 != 0 {
-            return Err(PipelineError::Size {
-                width: r.width,
-                height: r.height,
-            });
-        }
-        if r.width > MAX_SIDE || r.height > MAX_SIDE {
-            return Err(PipelineError::Request(format!(
-                "image size {}×{}: at most {MAX_SIDE} pixels a side (FLUX.1 was trained up to \
-                 about 2 megapixels; a {MAX_SIDE}² image already needs {} image tokens)",
-                r.width,
-                r.height,
-                (MAX_SIDE / 16) * (MAX_SIDE / 16)
-            )));
-        }
-        let n = r.prompts.len();
-        if n == 0 || r.seeds.len() != n || !(r.users.is_empty() || r.users.len() == n) {
-            return Err(PipelineError::Request(format!(
-                "{} prompts, {} seeds and {} users: give one seed per prompt and one user per prompt (or none)",
-                n,
-                r.seeds.len(),
-                r.users.len()
-            )));
-        }
-        if r.steps == 0 {
-            return Err(PipelineError::Request("steps must be at least 1".into()));
-        }
-        if !r.alpha.is_finite() || !r.guidance.is_finite() {
-            return Err(PipelineError::Request(format!(
-                "alpha {} and guidance {} must be finite numbers",
-                r.alpha, r.guidance
-            )));
-        }
-        let personal = r.users.iter().any(|u| *u != UserChoice::Base);
-        if personal && (self.adapter.is_none() || self.users.is_none()) {
-            return Err(PipelineError::Request(
-                "a user was asked for, but no adapter and user table are loaded".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Δ for each image (zeros for the base), scaled by α; `None` if no image is personalized.
-    fn modulation(
-        &mut self,
-        request: &GenerateRequest,
-        tokens: &Tensor<B, 3>,
-    ) -> Result<Option<TextModulation<B>>, PipelineError> {
-        let (Some(adapter), Some(table)) = (&self.adapter, &self.users) else {
-            return Ok(None);
-        };
-        if request.users.iter().all(|u| *u == UserChoice::Base) {
-            return Ok(None);
-        }
-        let [_, txt_tokens, _] = tokens.dims();
-        let (hidden, depth) = (self.flux.hidden_size(), self.flux.depth());
-        let mut shared = Vec::new();
-        let mut distinct = Vec::new();
-        for (i, user) in request.users.iter().enumerate() {
-            let key = (request.prompts[i].clone(), user.clone());
-            if !self.delta_cache.contains_key(&key) {
-                let delta = match user {
-                    UserChoice::Base => TextModulation::new(
-                        Tensor::zeros([1, txt_tokens, hidden], &self.device),
-                        Tensor::zeros([1, txt_tokens, depth, hidden], &self.device),
-                    ),
-                    UserChoice::User(user_ref) => {
-                        let embedding = user_ref.resolve(table)?;
-                        adapter.forward(tokens.clone().narrow(0, i, 1), embedding)
-                    }
-                };
-                self.delta_cache.insert(key.clone(), delta);
-            }
-            let delta = &self.delta_cache[&key];
-            shared.push(
-                delta
-                    .shared
-                    .clone()
-                    .unwrap_or_else(|| Tensor::zeros([1, txt_tokens, hidden], &self.device)),
-            );
-            distinct.push(
-                delta
-                    .distinct
-                    .clone()
-                    .unwrap_or_else(|| Tensor::zeros([1, txt_tokens, depth, hidden], &self.device)),
-            );
-        }
-        Ok(Some(
-            TextModulation::new(Tensor::cat(shared, 0), Tensor::cat(distinct, 0))
-                .scaled(request.alpha),
-        ))
-    }
-
     /// Generates one image per prompt; see [`GenerateRequest`].
     pub fn generate(
         &mut self,
         request: &GenerateRequest,
         observer: &mut impl StepObserver,
     ) -> Result<Generated<B>, PipelineError> {
-        self.check(request)?;
-        let n = request.prompts.len();
+        check_request(request, self.adapter.is_some() && self.users.is_some())?;
         let mut timings = Timings::default();
 
         let start = Instant::now();
         let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
-        let cond = self.text.encode(&prompts, &self.device)?;
+        let text = self.text.encode(&prompts, &self.device)?;
         timings.text = start.elapsed();
 
         let start = Instant::now();
-        let modulation = self.modulation(request, &cond.tokens)?;
+        let modulation = match (&self.adapter, &self.users) {
+            (Some(adapter), Some(table)) => request_modulation(
+                adapter,
+                table,
+                request,
+                &text.tokens,
+                (self.flux.hidden_size(), self.flux.depth()),
+                &mut self.delta_cache,
+            )?,
+            _ => None,
+        };
         timings.delta = start.elapsed();
 
         let start = Instant::now();
-        let factor = self.vae_config.downsampling();
-        let (h, w) = (request.height / factor, request.width / factor);
-        let noise = seeded_noise::<B>(
-            &request.seeds,
-            self.vae_config.latent_channels,
-            h,
-            w,
-            &self.device,
-        );
-        let img = pack(noise);
-        let txt_tokens = cond.tokens.dims()[1];
-        let timesteps = schedule(request.steps, (h / 2) * (w / 2), request.shift);
-        let guidance = Some(Tensor::full([n], request.guidance, &self.device));
-        let latent = denoise(
+        let latent = denoise_request(
             &self.flux,
-            img,
-            img_ids(n, h, w, &self.device),
-            cond.tokens,
-            txt_ids(n, txt_tokens, &self.device),
-            cond.pooled,
-            guidance,
-            &timesteps,
+            request,
+            &text,
             modulation.as_ref(),
+            &self.vae_config,
             observer,
         )?;
-        let latent = unpack(latent, h, w);
         timings.denoise = start.elapsed();
 
         let start = Instant::now();
-        let images = self
-            .vae
-            .try_decode(unscale_latent(latent, &self.vae_config))?;
+        let images = decode_latents(&self.vae, &self.vae_config, latent)?;
         timings.decode = start.elapsed();
         Ok(Generated { images, timings })
     }
+}
+
+/// Checks `request` before any work; `personalizable`: adapters and a user table are loaded.
+pub fn check_request(request: &GenerateRequest, personalizable: bool) -> Result<(), PipelineError> {
+    let r = request;
+    if r.width == 0 || r.height == 0 || r.width % 16 != 0 || r.height % 16 != 0 {
+        return Err(PipelineError::Size {
+            width: r.width,
+            height: r.height,
+        });
+    }
+    if r.width > MAX_SIDE || r.height > MAX_SIDE {
+        return Err(PipelineError::Request(format!(
+            "image size {}×{}: at most {MAX_SIDE} pixels a side (FLUX.1 was trained up to \
+             about 2 megapixels; a {MAX_SIDE}² image already needs {} image tokens)",
+            r.width,
+            r.height,
+            (MAX_SIDE / 16) * (MAX_SIDE / 16)
+        )));
+    }
+    let n = r.prompts.len();
+    if n == 0 || r.seeds.len() != n || !(r.users.is_empty() || r.users.len() == n) {
+        return Err(PipelineError::Request(format!(
+            "{} prompts, {} seeds and {} users: give one seed per prompt and one user per prompt (or none)",
+            n,
+            r.seeds.len(),
+            r.users.len()
+        )));
+    }
+    if r.steps == 0 {
+        return Err(PipelineError::Request("steps must be at least 1".into()));
+    }
+    if !r.alpha.is_finite() || !r.guidance.is_finite() {
+        return Err(PipelineError::Request(format!(
+            "alpha {} and guidance {} must be finite numbers",
+            r.alpha, r.guidance
+        )));
+    }
+    let personal = r.users.iter().any(|u| *u != UserChoice::Base);
+    if personal && !personalizable {
+        return Err(PipelineError::Request(
+            "a user was asked for, but no adapter and user table are loaded".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Δ per (prompt, user), computed once and reused across requests.
+pub type DeltaCache<B> = HashMap<(String, UserChoice), TextModulation<B>>;
+
+/// Δ for each image of `request` (zeros for the base), scaled by α; `None` if no image is
+/// personalized. tokens: `[images, txt_tokens, text_dim]`; `flux`: the backbone's (width, double
+/// blocks).
+pub fn request_modulation<B: Backend>(
+    adapter: &PreferenceAdapter<B>,
+    table: &UserTable<B>,
+    request: &GenerateRequest,
+    tokens: &Tensor<B, 3>,
+    flux: (usize, usize),
+    cache: &mut DeltaCache<B>,
+) -> Result<Option<TextModulation<B>>, PipelineError> {
+    if request.users.iter().all(|u| *u == UserChoice::Base) {
+        return Ok(None);
+    }
+    let [_, txt_tokens, _] = tokens.dims();
+    let (hidden, depth) = flux;
+    let device = tokens.device();
+    let mut shared = Vec::new();
+    let mut distinct = Vec::new();
+    for (i, user) in request.users.iter().enumerate() {
+        let key = (request.prompts[i].clone(), user.clone());
+        if !cache.contains_key(&key) {
+            let delta = match user {
+                UserChoice::Base => TextModulation::new(
+                    Tensor::zeros([1, txt_tokens, hidden], &device),
+                    Tensor::zeros([1, txt_tokens, depth, hidden], &device),
+                ),
+                UserChoice::User(user_ref) => {
+                    let embedding = user_ref.resolve(table)?;
+                    adapter.forward(tokens.clone().narrow(0, i, 1), embedding)
+                }
+            };
+            cache.insert(key.clone(), delta);
+        }
+        let delta = &cache[&key];
+        shared.push(
+            delta
+                .shared
+                .clone()
+                .unwrap_or_else(|| Tensor::zeros([1, txt_tokens, hidden], &device)),
+        );
+        distinct.push(
+            delta
+                .distinct
+                .clone()
+                .unwrap_or_else(|| Tensor::zeros([1, txt_tokens, depth, hidden], &device)),
+        );
+    }
+    Ok(Some(
+        TextModulation::new(Tensor::cat(shared, 0), Tensor::cat(distinct, 0)).scaled(request.alpha),
+    ))
+}
+
+/// The Euler loop of `request` from its seeded noise: the latents `[images, channels, h, w]`
+/// (unpacked, scaled as the VAE's latent space), for a VAE of `vae_config`.
+pub fn denoise_request<B: FluxOps>(
+    flux: &Flux<B>,
+    request: &GenerateRequest,
+    text: &TextConditioning<B>,
+    modulation: Option<&TextModulation<B>>,
+    vae_config: &AutoencoderConfig,
+    observer: &mut impl StepObserver,
+) -> Result<Tensor<B, 4>, PipelineError> {
+    let n = request.prompts.len();
+    let device = text.tokens.device();
+    let factor = vae_config.downsampling();
+    let (h, w) = (request.height / factor, request.width / factor);
+    let noise = seeded_noise::<B>(&request.seeds, vae_config.latent_channels, h, w, &device);
+    let txt_tokens = text.tokens.dims()[1];
+    let timesteps = schedule(request.steps, (h / 2) * (w / 2), request.shift);
+    let latent = denoise(
+        flux,
+        pack(noise),
+        img_ids(n, h, w, &device),
+        text.tokens.clone(),
+        txt_ids(n, txt_tokens, &device),
+        text.pooled.clone(),
+        Some(Tensor::full([n], request.guidance, &device)),
+        &timesteps,
+        modulation,
+        observer,
+    )?;
+    Ok(unpack(latent, h, w))
+}
+
+/// Images `[images, 3, height, width]` in [-1, 1] from [`denoise_request`]'s latents.
+pub fn decode_latents<B: Backend>(
+    vae: &Autoencoder<B>,
+    vae_config: &AutoencoderConfig,
+    latent: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, PipelineError> {
+    Ok(vae.try_decode(unscale_latent(latent, vae_config))?)
 }

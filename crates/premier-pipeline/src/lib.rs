@@ -11,12 +11,16 @@
 mod error;
 mod generator;
 pub mod image_io;
+pub mod memory;
 mod noise;
 mod sampler;
 mod schedule;
 
 pub use error::PipelineError;
-pub use generator::{GenerateRequest, Generated, Generator, Timings, UserChoice};
+pub use generator::{
+    check_request, decode_latents, denoise_request, request_modulation, DeltaCache,
+    GenerateRequest, Generated, Generator, Timings, UserChoice,
+};
 pub use noise::seeded_noise;
 pub use sampler::{denoise, StepObserver};
 pub use schedule::{schedule, time_shift_mu};

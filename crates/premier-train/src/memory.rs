@@ -6,6 +6,7 @@
 use std::fmt;
 
 use premier_adapter::AdapterConfig;
+use premier_mmdit::memory::format_bytes as gib;
 use premier_mmdit::{FluxConfig, PassShape};
 use premier_users::UserShape;
 
@@ -65,15 +66,6 @@ impl Stage1Memory {
             }),
             _ => Ok(()),
         }
-    }
-}
-
-/// Bytes as GiB with one decimal, or MiB below 1 GiB.
-pub fn gib(bytes: u64) -> String {
-    if bytes >= 1 << 30 {
-        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
     }
 }
 

@@ -105,6 +105,18 @@ impl Checkpoint {
         })
     }
 
+    /// Elements of every stored tensor: the parameter count of the model the files hold.
+    pub fn stored_elements(&self) -> u64 {
+        let numel = |file: &SafetensorsFile, key: &str| {
+            file.shape(key)
+                .map_or(0, |s| s.iter().product::<usize>() as u64)
+        };
+        self.index
+            .iter()
+            .map(|(key, &i)| numel(&self.files[i], key))
+            .sum()
+    }
+
     /// Whether the checkpoint stores `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
