@@ -130,7 +130,7 @@ impl Report {
                         .map(|m| m.to_string())
                         .unwrap_or_else(|| "–".into()),
                     p.estimate_mib
-                        .map(|m| format!("{m:.0}"))
+                        .map(|m| format!("{m:.1}"))
                         .unwrap_or_else(|| "–".into()),
                     note.replace('|', "/")
                 );

@@ -9,7 +9,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::{Distribution, FloatDType};
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxOps, PassShape};
+use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxOps, PassShape, TextModulation};
 use premier_pipeline::memory::{GenerationMemory, GenerationPlan};
 use premier_pipeline::{denoise, schedule};
 use premier_train::memory::Stage1Memory;
@@ -123,8 +123,8 @@ impl WorkloadSize {
             )
             .total(),
             super::Phase::Generation => {
-                // FLUX, the f32 adapters and table, Δ and one forward: no text encoder or VAE
-                // is loaded in this phase.
+                // The FLUX stage of `--low-memory`: FLUX, Δ and one forward (the adapters were
+                // released after computing Δ; no text encoder or VAE is loaded).
                 let vae = premier_vae::AutoencoderConfig::flux();
                 let m = GenerationMemory::estimate(&GenerationPlan {
                     flux: &self.flux,
@@ -139,10 +139,10 @@ impl WorkloadSize {
                     height: self.resolution,
                     txt_tokens: self.txt_tokens,
                     element_bytes: element,
-                    adapter_bytes: 4,
+                    adapter_bytes: element,
                     fused_attention,
                 });
-                m.backbone + m.adapters + m.deltas + m.denoise_activations
+                m.backbone + m.deltas + m.denoise_activations
             }
         }
     }
@@ -166,14 +166,11 @@ impl Timed {
     }
 }
 
-/// The frozen backbone at `size`, on `device`, in bf16 if asked.
+/// The frozen backbone at `size`, on `device`, in bf16 if asked (each weight cast as it is
+/// drawn).
 pub fn backbone<B: FluxOps>(size: &WorkloadSize, device: &B::Device) -> Result<Flux<B>, String> {
-    let flux = Flux::<B>::init(&size.flux, device).map_err(|e| e.to_string())?;
-    Ok(if size.bf16_backbone {
-        flux.with_weight_dtype(FloatDType::BF16)
-    } else {
-        flux
-    })
+    let dtype = size.bf16_backbone.then_some(FloatDType::BF16);
+    Flux::<B>::init_with_dtype(&size.flux, device, dtype).map_err(|e| e.to_string())
 }
 
 /// Stage-1 steps with `batch` samples through `flux`, on `Autodiff<B, C>` (C: the checkpointing
@@ -231,69 +228,87 @@ pub fn stage1_steps<B: FluxOps, C: CheckpointStrategy>(
     Ok(timed)
 }
 
-/// A personalized generation with Δ computed once (the cache `Generator` keeps): the time of Δ,
-/// of a one-step warm-up and of the `size.generation_steps`-step Euler loop.
-pub struct GenerationTimes {
-    pub delta: Duration,
-    pub denoise: Timed,
+/// What a personalized generation needs besides FLUX, made as `premier generate --low-memory`
+/// does: the adapters (bf16 with a bf16 backbone) and the table compute Δ and are released
+/// before FLUX is loaded.
+pub struct GenerationInputs<B: Backend> {
+    pub text: Tensor<B, 3>,
+    pub pooled: Tensor<B, 2>,
+    pub noise: Tensor<B, 3>,
+    pub delta: TextModulation<B>,
+    /// Building the adapters and computing Δ.
+    pub delta_time: Duration,
 }
 
-pub fn generation<B: FluxOps>(
+pub fn generation_inputs<B: Backend>(
     size: &WorkloadSize,
-    flux: &Flux<B>,
     device: &B::Device,
-    mut time_left: impl FnMut(Duration) -> bool,
-) -> Result<GenerationTimes, String> {
-    let adapter = PreferenceAdapter::<B>::init(&size.adapter, device).map_err(|e| e.to_string())?;
+) -> Result<GenerationInputs<B>, String> {
+    let tick = Instant::now();
+    let mut adapter =
+        PreferenceAdapter::<B>::init(&size.adapter, device).map_err(|e| e.to_string())?;
+    if size.bf16_backbone {
+        adapter = adapter.with_weight_dtype(FloatDType::BF16);
+    }
     let users = UserTable::<B>::init(size.users, device);
     let config = &size.flux;
     let normal = Distribution::Normal(0.0, 1.0);
     let side = size.resolution / 16;
-    let (h, w) = (2 * side, 2 * side);
     let text = Tensor::<B, 3>::random([1, size.txt_tokens, config.context_in_dim], normal, device);
-    let pooled = Tensor::<B, 2>::random([1, config.vec_in_dim], normal, device);
-    let noise = Tensor::<B, 3>::random([1, side * side, config.in_channels], normal, device);
-
-    let tick = Instant::now();
     let user = users.lookup(&[0]).map_err(|e| e.to_string())?;
     let delta = adapter.forward(text.clone(), user);
     // Reading one value waits for Δ on the device.
     let _ = delta_probe(&delta);
-    let delta_time = tick.elapsed();
+    Ok(GenerationInputs {
+        pooled: Tensor::random([1, config.vec_in_dim], normal, device),
+        noise: Tensor::random([1, side * side, config.in_channels], normal, device),
+        text,
+        delta,
+        delta_time: tick.elapsed(),
+    })
+}
 
+/// The Euler loop with Δ cached: a one-step warm-up, then `size.generation_steps` steps if
+/// `time_left` says there is time.
+pub fn generation<B: FluxOps>(
+    size: &WorkloadSize,
+    flux: &Flux<B>,
+    inputs: &GenerationInputs<B>,
+    device: &B::Device,
+    mut time_left: impl FnMut(Duration) -> bool,
+) -> Result<Timed, String> {
+    let side = size.resolution / 16;
+    let (h, w) = (2 * side, 2 * side);
     let timesteps = schedule(size.generation_steps, side * side, true);
     let run = |steps: &[f32]| -> Result<Duration, String> {
         let tick = Instant::now();
         // denoise reads the result back (its finiteness check), so the device has finished.
         denoise(
             flux,
-            noise.clone(),
+            inputs.noise.clone(),
             img_ids(1, h, w, device),
-            text.clone(),
+            inputs.text.clone(),
             txt_ids(1, size.txt_tokens, device),
-            pooled.clone(),
+            inputs.pooled.clone(),
             Some(Tensor::full([1], 3.5, device)),
             steps,
-            Some(&delta),
+            Some(&inputs.delta),
             &mut (),
         )
         .map_err(|e| e.to_string())?;
         Ok(tick.elapsed())
     };
-    let mut denoise_times = Timed {
+    let mut timed = Timed {
         warm_up: Some(run(&timesteps[..2])?),
         runs: Vec::new(),
     };
-    if time_left(denoise_times.warm_up.unwrap_or_default() * size.generation_steps as u32) {
-        denoise_times.runs.push(run(&timesteps)?);
+    if time_left(timed.warm_up.unwrap_or_default() * size.generation_steps as u32) {
+        timed.runs.push(run(&timesteps)?);
     }
-    Ok(GenerationTimes {
-        delta: delta_time,
-        denoise: denoise_times,
-    })
+    Ok(timed)
 }
 
-fn delta_probe<B: Backend>(delta: &premier_mmdit::TextModulation<B>) -> f32 {
+fn delta_probe<B: Backend>(delta: &TextModulation<B>) -> f32 {
     delta
         .shared
         .as_ref()

@@ -53,8 +53,18 @@ pub struct Flux<B: Backend> {
 impl<B: Backend> Flux<B> {
     /// A randomly initialised model (burn's default init; norm scales 1).
     pub fn init(config: &FluxConfig, device: &B::Device) -> Result<Self, ConfigError> {
+        Self::init_with_dtype(config, device, None)
+    }
+
+    /// [`Self::init`] with every weight stored as `dtype` (each cast as it is drawn: a bf16
+    /// FLUX.1-dev never holds its 48 GB f32 copy).
+    pub fn init_with_dtype(
+        config: &FluxConfig,
+        device: &B::Device,
+        dtype: Option<burn::tensor::FloatDType>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
-        Self::build(&mut RandomInit { device }, config).map_err(|e| ConfigError {
+        Self::build(&mut RandomInit { device, dtype }, config).map_err(|e| ConfigError {
             reason: e.to_string(),
         })
     }

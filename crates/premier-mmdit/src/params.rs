@@ -72,6 +72,9 @@ pub trait ParamSource<B: Backend> {
 /// lazy): clones of a fresh model are then the same model, and the draws follow the build order.
 pub struct RandomInit<'a, B: Backend> {
     pub device: &'a B::Device,
+    /// Store each parameter as this type, cast as soon as it is drawn (so a bf16 model never
+    /// holds its f32 copy whole); `None`: the backend's float type.
+    pub dtype: Option<burn::tensor::FloatDType>,
 }
 
 /// `linear` with its (possibly lazy) parameters drawn now.
@@ -90,11 +93,18 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Linear<B>, LoadError> {
-        Ok(materialized(
+        let linear = materialized(
             LinearConfig::new(d_in, d_out)
                 .with_bias(bias_key.is_some())
                 .init(self.device),
-        ))
+        );
+        Ok(match self.dtype {
+            Some(dtype) => Linear {
+                weight: Param::from_tensor(linear.weight.val().cast(dtype)),
+                bias: linear.bias.map(|b| Param::from_tensor(b.val().cast(dtype))),
+            },
+            None => linear,
+        })
     }
 
     fn vector(
@@ -103,6 +113,10 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
         len: usize,
         init: f32,
     ) -> Result<Param<Tensor<B, 1>>, LoadError> {
-        Ok(Param::from_tensor(Tensor::full([len], init, self.device)))
+        let vector = Tensor::<B, 1>::full([len], init, self.device);
+        Ok(Param::from_tensor(match self.dtype {
+            Some(dtype) => vector.cast(dtype),
+            None => vector,
+        }))
     }
 }

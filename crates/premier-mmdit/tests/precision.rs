@@ -13,6 +13,9 @@ use common::{random_input, small_config, TXT};
 
 type AB = Autodiff<Flex>;
 
+/// Flex's seeded generator is global: tests that seed and draw hold this while they do.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn relative_l2<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
     let diff: f32 = (a - b.clone()).powf_scalar(2.0).sum().sqrt().into_scalar();
     let norm: f32 = b.powf_scalar(2.0).sum().sqrt().into_scalar();
@@ -21,6 +24,7 @@ fn relative_l2<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
 
 #[test]
 fn bf16_backbone_with_f32_delta_matches_f32() {
+    let _seeded = SEEDED.lock().unwrap_or_else(|p| p.into_inner());
     let device = Default::default();
     <AB as Backend>::seed(&device, 17);
     let config = small_config();
@@ -62,4 +66,25 @@ fn bf16_backbone_with_f32_delta_matches_f32() {
         "{e_out} {e_s} {e_d}"
     );
     assert!(e_out > 0.0, "the bf16 model really ran in bf16");
+}
+
+#[test]
+fn init_with_a_dtype_draws_the_same_weights_as_casting_afterwards() {
+    let _seeded = SEEDED.lock().unwrap_or_else(|p| p.into_inner());
+    let device = Default::default();
+    let config = small_config();
+    <Flex as Backend>::seed(&device, 3);
+    let cast = Flux::<Flex>::init(&config, &device)
+        .unwrap()
+        .with_weight_dtype(FloatDType::BF16);
+    <Flex as Backend>::seed(&device, 3);
+    let direct = Flux::<Flex>::init_with_dtype(&config, &device, Some(FloatDType::BF16)).unwrap();
+    assert_eq!(direct.weight_dtype(), DType::BF16);
+    // Every parameter under its key, the same bits.
+    let (a, b) = (direct.to_tensors(), cast.to_tensors());
+    assert_eq!(a.len(), b.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(ta == tb, "{ka} differs");
+    }
 }
