@@ -320,3 +320,44 @@ fn delta_probe<B: Backend>(delta: &TextModulation<B>) -> f32 {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Phase;
+    use super::*;
+
+    /// The estimates the check prints beside its measurements at FLUX.1-dev size (CUDA: no
+    /// fused attention): the generation's FLUX stage fits 24 GiB, training at batch 1 does not.
+    #[test]
+    fn dev_estimates() {
+        let size = WorkloadSize::dev();
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let generation = size.estimate_bytes(&Phase::Generation, false);
+        let one = size.estimate_bytes(
+            &Phase::Stage1 {
+                batch: 1,
+                checkpointing: false,
+            },
+            false,
+        );
+        let two = size.estimate_bytes(
+            &Phase::Stage1 {
+                batch: 2,
+                checkpointing: false,
+            },
+            false,
+        );
+        eprintln!(
+            "FLUX.1-dev 512²: generation {:.1} GiB, stage-1 batch 1 {:.1} GiB, batch 2 {:.1} GiB",
+            gib(generation),
+            gib(one),
+            gib(two)
+        );
+        assert!(gib(generation) < 24.0 && gib(generation) > 22.0);
+        assert!(gib(one) > 24.0 && two > one);
+        assert!(
+            size.forward_flop(11_901_408_320) > 3.8e13,
+            "the issue's 38 TFLOP"
+        );
+    }
+}
