@@ -321,8 +321,12 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     let files = ModelFiles::resolve(&args.model)?;
     let flux_config = args.model.flux_config(&files)?;
     let t5_config = args.model.t5_config(&files)?;
-    let estimate = memory_estimate::<B>(&args, trained.as_ref(), &files, &flux_config, &t5_config)?;
-    eprintln!("estimated device memory: {estimate}");
+    // Advisory: a file it cannot read is named by the loading below, in load order.
+    if let Ok(estimate) =
+        memory_estimate::<B>(&args, trained.as_ref(), &files, &flux_config, &t5_config)
+    {
+        eprintln!("estimated device memory: {estimate}");
+    }
     if args.low_memory {
         return generate_one_model_at_a_time::<B>(
             &args,
