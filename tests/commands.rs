@@ -53,7 +53,7 @@ fn the_synthetic_world_runs_through_every_command() {
     let refused = dir.path().join("refused");
     let err = train_run(&refused, "4", &["--max-memory", "0.001"]).unwrap_err();
     assert!(
-        err.to_string().contains("exceeds --max-memory 1.0 MiB"),
+        err.to_string().contains("exceeds 1.0 MiB (--max-memory)"),
         "{err}"
     );
     assert!(!refused.exists(), "a refused run writes nothing");

@@ -17,7 +17,7 @@ use crate::pipeline::image_io::{grid, save_png};
 use crate::text::TextConditioning;
 use crate::train::batches::CachedUsers;
 use crate::train::cache::EncodedCache;
-use crate::train::memory::Stage1Memory;
+use crate::train::memory::{MemoryLimit, Stage1Memory};
 use crate::train::metrics::MetricRecord;
 use crate::train::run::{train_stage1, RunObserver, Start, TrainConfig};
 use crate::train::stage1::Stage1Model;
@@ -259,25 +259,52 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
     let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
     if let Some((img_tokens, txt_tokens)) = data.pass_dims()? {
         let flux = args.model.backbone_config()?;
-        let estimate = Stage1Memory::estimate(
-            &flux,
-            if dtype.is_some() { 2 } else { 4 },
-            &config.adapter(flux.context_in_dim, flux.hidden_size, flux.depth),
-            UserShape {
-                users: data.ids.len(),
-                tokens: config.user_tokens,
-                dim: config.user_dim,
-            },
-            PassShape {
-                batch: config.batch_size,
-                img_tokens,
-                txt_tokens,
-                element_bytes: if dtype.is_some() { 2 } else { 4 },
-                fused_attention: B::FUSED_ATTENTION,
-            },
-        );
-        println!("estimated device memory of a step: {estimate}");
-        estimate.check(args.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64))?;
+        let estimate = |batch: usize, bf16: bool| {
+            let bytes = if bf16 { 2 } else { 4 };
+            Stage1Memory::estimate(
+                &flux,
+                bytes,
+                &config.adapter(flux.context_in_dim, flux.hidden_size, flux.depth),
+                UserShape {
+                    users: data.ids.len(),
+                    tokens: config.user_tokens,
+                    dim: config.user_dim,
+                },
+                PassShape {
+                    batch,
+                    img_tokens,
+                    txt_tokens,
+                    element_bytes: bytes,
+                    fused_attention: B::FUSED_ATTENTION,
+                },
+            )
+        };
+        let bf16 = dtype.is_some();
+        let this = estimate(config.batch_size, bf16);
+        println!("estimated device memory of a step: {this}");
+        let limit = match (args.max_memory, args.backend) {
+            (Some(gib), _) => Some(MemoryLimit {
+                bytes: (gib * (1u64 << 30) as f64) as u64,
+                source: "--max-memory",
+            }),
+            (None, BackendKind::Flex) => MemoryLimit::host_available(),
+            (None, _) => None,
+        };
+        if let Some(limit) = limit {
+            let mut alternatives = Vec::new();
+            if config.batch_size > 1 {
+                alternatives.push(("--batch-size 1".to_string(), estimate(1, bf16)));
+            }
+            if !bf16 {
+                let b = config.batch_size;
+                alternatives.push(("--backbone-dtype bf16".to_string(), estimate(b, true)));
+                if b > 1 {
+                    let flags = "--batch-size 1 --backbone-dtype bf16".to_string();
+                    alternatives.push((flags, estimate(1, true)));
+                }
+            }
+            this.check(limit, &alternatives)?;
+        }
     }
     let flux = args.model.load_flux::<B>(&device, dtype)?;
 

@@ -57,15 +57,53 @@ impl Stage1Memory {
         self.backbone + self.trained + self.backbone_activations + self.adapter_activations
     }
 
-    /// `Err` naming the estimate when it exceeds `limit` bytes.
-    pub fn check(&self, limit: Option<u64>) -> Result<(), MemoryError> {
-        match limit {
-            Some(limit) if self.total() > limit => Err(MemoryError {
-                estimate: self.to_string(),
-                limit,
-            }),
-            _ => Ok(()),
+    /// `Err` naming the estimate when it exceeds `limit`, with the alternatives (flags, their
+    /// estimate) that would fit.
+    pub fn check(
+        &self,
+        limit: MemoryLimit,
+        alternatives: &[(String, Stage1Memory)],
+    ) -> Result<(), MemoryError> {
+        if self.total() <= limit.bytes {
+            return Ok(());
         }
+        let fits: Vec<String> = alternatives
+            .iter()
+            .filter(|(_, m)| m.total() <= limit.bytes)
+            .map(|(flags, m)| format!("{flags} ({})", gib(m.total())))
+            .collect();
+        Err(MemoryError {
+            estimate: self.to_string(),
+            limit,
+            fits: if fits.is_empty() {
+                "none of the usual flags fits; make the adapters or the user table smaller \
+                 (adapter_width, adapter_layers, user_tokens, user_dim)"
+                    .into()
+            } else {
+                format!("these would fit: {}", fits.join("; "))
+            },
+        })
+    }
+}
+
+/// The memory a run may use, and where that number came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    /// `--max-memory`, or the memory the host has available (the device of the CPU backend).
+    pub source: &'static str,
+}
+
+impl MemoryLimit {
+    /// `MemAvailable` of /proc/meminfo: what the CPU backend can still allocate.
+    pub fn host_available() -> Option<Self> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Self {
+            bytes: kib * 1024,
+            source: "the host's available memory",
+        })
     }
 }
 
@@ -86,10 +124,12 @@ impl fmt::Display for Stage1Memory {
 
 /// An estimate over the memory a run was given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("estimated device memory {estimate} exceeds --max-memory {}; lower the batch size or the resolution, store the backbone in bf16, or turn on gradient checkpointing", gib(*.limit))]
+#[error("estimated device memory {estimate} exceeds {} ({}); {fits}", gib(.limit.bytes), .limit.source)]
 pub struct MemoryError {
     pub estimate: String,
-    pub limit: u64,
+    pub limit: MemoryLimit,
+    /// The alternatives that fit, or what to change when none does.
+    pub fits: String,
 }
 
 #[cfg(test)]
@@ -128,11 +168,26 @@ mod tests {
             dev_shape(2, false),
         );
         assert_eq!(two.backbone_activations, 2 * m.backbone_activations);
-        assert!(m.check(Some(two.total())).is_ok());
-        let err = two.check(Some(m.total())).unwrap_err();
-        assert!(err.to_string().contains("exceeds --max-memory"), "{err}");
+        let limit = |bytes| MemoryLimit {
+            bytes,
+            source: "--max-memory",
+        };
+        assert!(m.check(limit(two.total()), &[]).is_ok());
+        let err = two
+            .check(limit(m.total()), &[("--batch-size 1".into(), m)])
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("exceeds 74.0 GiB (--max-memory)"), "{text}");
+        assert!(text.contains("backbone weights 22.2 GiB"), "{text}");
         assert!(
-            err.to_string().contains("backbone weights 22.2 GiB"),
+            text.contains("these would fit: --batch-size 1 (74.0 GiB)"),
+            "{text}"
+        );
+        let err = two
+            .check(limit(1 << 30), &[("--batch-size 1".into(), m)])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("none of the usual flags fits"),
             "{err}"
         );
     }
