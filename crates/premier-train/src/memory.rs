@@ -191,4 +191,12 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn the_host_reports_its_available_memory() {
+        if std::path::Path::new("/proc/meminfo").exists() {
+            let limit = MemoryLimit::host_available().expect("MemAvailable is read");
+            assert!(limit.bytes > 1 << 20, "{limit:?}");
+        }
+    }
 }

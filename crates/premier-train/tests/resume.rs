@@ -126,6 +126,24 @@ fn interrupted_writes_are_ignored_and_old_checkpoints_pruned() {
     let resumed = load_stage1::<AB>(&latest, trainer.flux.clone(), &Default::default()).unwrap();
     assert_eq!(bits(&resumed.model), bits(&trainer.model));
 
+    // An optimizer file copied in from another checkpoint (the same shapes) is refused, naming
+    // the file and both steps.
+    let step2 = dir.path().join("step-00000002");
+    std::fs::copy(
+        step2.join("optimizer.safetensors"),
+        latest.join("optimizer.safetensors"),
+    )
+    .unwrap();
+    let err = load_stage1::<AB>(&latest, trainer.flux.clone(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("step-00000003/optimizer.safetensors")
+            && err.contains("optimizer state of step 2, but this checkpoint is step 3"),
+        "{err}"
+    );
+
     // A damaged checkpoint is an error naming the file, not a panic.
     std::fs::write(latest.join("optimizer.safetensors"), b"garbage").unwrap();
     let err = load_stage1::<AB>(&latest, trainer.flux.clone(), &Default::default())

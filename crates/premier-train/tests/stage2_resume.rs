@@ -119,6 +119,29 @@ fn cold_start_resumes_bit_for_bit() {
         .unwrap()
         .to_string();
         assert!(err.contains("state.json"), "{err}");
+
+        // An optimizer file from another step of the same cold start is refused.
+        let dir6 = tempfile::tempdir().unwrap();
+        let later = save_stage2(&straight, dir6.path(), 2).unwrap();
+        std::fs::copy(
+            path.join("optimizer.safetensors"),
+            later.join("optimizer.safetensors"),
+        )
+        .unwrap();
+        let err = load_stage2(
+            &later,
+            straight.flux.clone(),
+            straight.adapter.clone(),
+            straight.table.clone(),
+            &device,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("optimizer state of step 3, but this checkpoint is step 6"),
+            "{err}"
+        );
     }
 }
 

@@ -85,6 +85,8 @@ pub struct SafetensorsFile {
     mmap: Mmap,
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
+    /// The header's `__metadata__` strings.
+    metadata: HashMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -125,12 +127,19 @@ impl SafetensorsFile {
             }
             tensors.insert(name, info.clone());
         }
+        let strings = metadata.metadata().clone().unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
             data_start,
             tensors,
+            metadata: strings,
         })
+    }
+
+    /// A string of the header's `__metadata__`, if present.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// Names of all tensors in the file.
@@ -350,6 +359,17 @@ pub fn write_safetensors(
     tensors: &[(String, HostTensor)],
     dtype: SaveDtype,
 ) -> Result<(), LoadError> {
+    write_safetensors_with_metadata(path, tensors, dtype, &[])
+}
+
+/// [`write_safetensors`] with extra `__metadata__` strings beside `format: pt` (a checkpoint's
+/// step, read back with [`SafetensorsFile::metadata`]).
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    dtype: SaveDtype,
+    extra: &[(&str, String)],
+) -> Result<(), LoadError> {
     use safetensors::tensor::TensorView;
     let fail = |reason: String| LoadError::Write {
         path: path.to_path_buf(),
@@ -388,10 +408,9 @@ pub fn write_safetensors(
                 .map_err(|e| fail(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
+    let mut metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let metadata = Some(metadata);
     super::write_via_temp(path, |tmp| {
         safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| e.to_string())
     })
