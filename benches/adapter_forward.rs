@@ -11,13 +11,12 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-mod common;
-use premier::adapter::PreferenceAdapter;
+use premier::adapter::{AdapterConfig, PreferenceAdapter};
 
 fn adapter(c: &mut Criterion) {
     let device = Default::default();
     Flex::seed(&device, 0);
-    let adapter = PreferenceAdapter::<Flex>::init(&common::scaled_adapter(), &device).unwrap();
+    let adapter = PreferenceAdapter::<Flex>::init(&AdapterConfig::medium(), &device).unwrap();
     let normal = Distribution::Normal(0.0, 1.0);
     let text = Tensor::<Flex, 3>::random([1, 64, 256], normal, &device);
     let user = Tensor::<Flex, 3>::random([1, 30, 128], normal, &device);

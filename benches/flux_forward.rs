@@ -10,13 +10,12 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-mod common;
-use premier::mmdit::{img_ids, txt_ids, Flux, FluxInput, TextModulation};
+use premier::mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput, TextModulation};
 
 fn forward(c: &mut Criterion) {
     let device = Default::default();
     Flex::seed(&device, 0);
-    let config = common::medium_flux();
+    let config = FluxConfig::medium();
     let flux = Flux::<Flex>::init(&config, &device).unwrap();
     assert_eq!(flux.num_params(), 36_497_472);
     let normal = Distribution::Normal(0.0, 1.0);

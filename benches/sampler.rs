@@ -11,17 +11,16 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-mod common;
-use premier::adapter::PreferenceAdapter;
-use premier::mmdit::{img_ids, txt_ids, Flux};
+use premier::adapter::{AdapterConfig, PreferenceAdapter};
+use premier::mmdit::{img_ids, txt_ids, Flux, FluxConfig};
 use premier::pipeline::{denoise, schedule};
 
 fn sampling(c: &mut Criterion) {
     let device = Default::default();
     Flex::seed(&device, 0);
-    let config = common::medium_flux();
+    let config = FluxConfig::medium();
     let flux = Flux::<Flex>::init(&config, &device).unwrap();
-    let adapter_config = common::scaled_adapter();
+    let adapter_config = AdapterConfig::medium();
     let adapter = PreferenceAdapter::<Flex>::init(&adapter_config, &device).unwrap();
     let normal = Distribution::Normal(0.0, 1.0);
     let img = Tensor::<Flex, 3>::random([1, 1024, 64], normal, &device);

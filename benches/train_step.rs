@@ -11,10 +11,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-mod common;
-
-use premier::adapter::PreferenceAdapter;
-use premier::mmdit::Flux;
+use premier::adapter::{AdapterConfig, PreferenceAdapter};
+use premier::mmdit::{Flux, FluxConfig};
 use premier::train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier::users::{UserShape, UserTable};
 
@@ -23,8 +21,8 @@ type AB = Autodiff<Flex>;
 fn train_step(c: &mut Criterion) {
     let device = Default::default();
     <AB as Backend>::seed(&device, 0);
-    let flux = Flux::<AB>::init(&common::medium_flux(), &device).unwrap();
-    let adapter = PreferenceAdapter::<AB>::init(&common::scaled_adapter(), &device).unwrap();
+    let flux = Flux::<AB>::init(&FluxConfig::medium(), &device).unwrap();
+    let adapter = PreferenceAdapter::<AB>::init(&AdapterConfig::medium(), &device).unwrap();
     let users = UserTable::<AB>::init(
         UserShape {
             users: 16,

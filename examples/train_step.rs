@@ -23,9 +23,6 @@ use premier::mmdit::{Flux, FluxConfig, FluxOps};
 use premier::train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier::users::{UserShape, UserTable};
 
-#[path = "../benches/common/mod.rs"]
-mod common;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Size {
     /// The shared benchmark's medium FLUX (36.5 M parameters) and scaled adapters, 64 text tokens.
@@ -75,8 +72,8 @@ fn run<B: AutodiffBackend + FluxOps>(args: &Args, device: B::Device) {
     B::seed(&device, 0);
     let (flux_config, adapter_config, users, txt) = match args.size {
         Size::Medium => (
-            common::medium_flux(),
-            common::scaled_adapter(),
+            FluxConfig::medium(),
+            AdapterConfig::medium(),
             UserShape {
                 users: 16,
                 tokens: 30,

@@ -338,15 +338,21 @@ fn modulation_gradient<B: FluxOps>(
 }
 
 fn adapter_small<B: Backend>(fx: &Fixtures<B>) -> Res<Vec<ParityRow>> {
-    // tests/fixtures/README.md §3 (the crate test's `fixture_config`).
+    // The official constructor's arguments (tests/fixtures/README.md §3): net2 has
+    // 19 + pblock_single_blocks blocks.
+    let c = &fx.json("adapter_small.json")?["constructor"];
+    let field = |k: &str| {
+        c[k].as_i64()
+            .ok_or(format!("adapter_small.json constructor.{k}"))
+    };
     let config = AdapterConfig {
-        text_dim: 32,
-        user_dim: 8,
-        width: 32,
-        heads: 8,
-        layers: 3,
-        hidden: 32,
-        blocks: 2,
+        text_dim: field("input_text_dim")? as usize,
+        user_dim: field("input_image_dim")? as usize,
+        width: field("width")? as usize,
+        heads: field("heads")? as usize,
+        layers: field("layers")? as usize,
+        hidden: field("out_dim")? as usize,
+        blocks: (19 + field("pblock_single_blocks")?) as usize,
         shared: true,
         distinct: true,
     };
@@ -553,17 +559,9 @@ fn clip_text_tiny<B: Backend>(fx: &Fixtures<B>) -> Res<Vec<ParityRow>> {
 }
 
 fn vae_tiny<B: Backend>(fx: &Fixtures<B>) -> Res<Vec<ParityRow>> {
-    // tests/fixtures/README.md §8 (the crate test's `tiny_config`).
-    let config = AutoencoderConfig {
-        in_channels: 3,
-        out_channels: 3,
-        latent_channels: 16,
-        block_out_channels: vec![24, 48],
-        layers_per_block: 1,
-        norm_num_groups: 8,
-        scaling_factor: 0.3611,
-        shift_factor: 0.1159,
-    };
+    let config: AutoencoderConfig =
+        serde_json::from_value(fx.json("vae_tiny.json")?["diffusers_config"].clone())
+            .map_err(|e| format!("vae_tiny.json diffusers_config: {e}"))?;
     let f = fx.open("vae_tiny.safetensors")?;
     let mut rows = Vec::new();
     for (label, file) in [

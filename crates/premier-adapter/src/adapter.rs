@@ -124,17 +124,7 @@ impl<B: Backend> PreferenceAdapter<B> {
     /// generation; training keeps f32). [`Self::forward`] then computes in `dtype` and returns Δ
     /// in the type of its inputs.
     pub fn with_weight_dtype(self, dtype: FloatDType) -> Self {
-        struct CastWeights(FloatDType);
-        impl<B: Backend> burn::module::ModuleMapper<B> for CastWeights {
-            fn map_float<const D: usize>(
-                &mut self,
-                param: burn::module::Param<Tensor<B, D>>,
-            ) -> burn::module::Param<Tensor<B, D>> {
-                let (id, tensor, mapper) = param.consume();
-                burn::module::Param::from_mapped_value(id, tensor.cast(self.0), mapper)
-            }
-        }
-        self.map(&mut CastWeights(dtype))
+        premier_mmdit::params::cast_float_params(self, dtype)
     }
 
     /// Premier's Δ for each (prompt, user) pair of the batch.

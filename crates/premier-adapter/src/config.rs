@@ -48,6 +48,23 @@ impl AdapterConfig {
         }
     }
 
+    /// The released adapters shrunk like `FluxConfig::medium` (the shared benchmarks): width 512
+    /// (released 3072), 8 heads, 3 layers, text 256 (4096), user tokens of 128 (1024), 2 double
+    /// blocks (19).
+    pub fn medium() -> Self {
+        Self {
+            text_dim: 256,
+            user_dim: 128,
+            width: 512,
+            heads: 8,
+            layers: 3,
+            hidden: 512,
+            blocks: 2,
+            shared: true,
+            distinct: true,
+        }
+    }
+
     /// Small adapters for tests and CPU experiments: width = `hidden`, 2 heads, 2 layers.
     pub fn small(text_dim: usize, user_dim: usize, hidden: usize, blocks: usize) -> Self {
         Self {

@@ -65,6 +65,26 @@ impl FluxConfig {
         }
     }
 
+    /// The medium configuration of the shared benchmarks (docs/benchmarks.md): 36,497,472
+    /// parameters, width 512, 8 heads, 2 double and 4 single blocks, text 256, pooled 128.
+    pub fn medium() -> Self {
+        Self {
+            in_channels: 64,
+            out_channels: 64,
+            vec_in_dim: 128,
+            context_in_dim: 256,
+            hidden_size: 512,
+            mlp_ratio: 4.0,
+            num_heads: 8,
+            depth: 2,
+            depth_single_blocks: 4,
+            axes_dim: vec![8, 28, 28],
+            theta: 10_000,
+            qkv_bias: true,
+            guidance_embed: true,
+        }
+    }
+
     /// A very small FLUX-shaped model for tests and CPU experiments: width 16, 2 heads, 2 double
     /// and 1 single block, 8 input channels (2 latent channels × 2 × 2), text width 16, pooled 12.
     pub fn tiny() -> Self {

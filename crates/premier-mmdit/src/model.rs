@@ -160,17 +160,7 @@ impl<B: Backend> Flux<B> {
     /// embeddings are cast to it on the way in, and the velocity is cast back to the input's
     /// float type, so gradients still reach an f32 Δ.
     pub fn with_weight_dtype(self, dtype: burn::tensor::FloatDType) -> Self {
-        struct CastWeights(burn::tensor::FloatDType);
-        impl<B: Backend> burn::module::ModuleMapper<B> for CastWeights {
-            fn map_float<const D: usize>(
-                &mut self,
-                param: burn::module::Param<Tensor<B, D>>,
-            ) -> burn::module::Param<Tensor<B, D>> {
-                let (id, tensor, mapper) = param.consume();
-                burn::module::Param::from_mapped_value(id, tensor.cast(self.0), mapper)
-            }
-        }
-        self.map(&mut CastWeights(dtype))
+        crate::params::cast_float_params(self, dtype)
     }
 }
 

@@ -120,3 +120,18 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
         }))
     }
 }
+
+/// `module` with every float parameter cast to `dtype` (a model's weights stored in bf16, say).
+pub fn cast_float_params<B: Backend, M: burn::module::Module<B>>(
+    module: M,
+    dtype: burn::tensor::FloatDType,
+) -> M {
+    struct CastWeights(burn::tensor::FloatDType);
+    impl<B: Backend> burn::module::ModuleMapper<B> for CastWeights {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+        }
+    }
+    module.map(&mut CastWeights(dtype))
+}

@@ -30,6 +30,11 @@ fn param_count_matches_the_built_model() {
     // schnell lacks the guidance embedder (256·3072 + 3072 + 3072² + 3072).
     assert_eq!(FluxConfig::dev().param_count(), 11_901_408_320);
     assert_eq!(
+        FluxConfig::medium().param_count(),
+        36_497_472,
+        "docs/benchmarks.md"
+    );
+    assert_eq!(
         FluxConfig::dev().param_count() - FluxConfig::schnell().param_count(),
         256 * 3072 + 3072 + 3072 * 3072 + 3072
     );

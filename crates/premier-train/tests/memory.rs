@@ -49,34 +49,8 @@ fn estimate_bounds_the_measured_activation_memory_per_sample() {
         eprintln!("no /proc/self/status or clear_refs here: nothing to measure");
         return;
     }
-    // The medium configuration of the shared benchmarks (docs/benchmarks.md, 36.5 M parameters)
-    // and its scaled adapters.
-    let config = FluxConfig {
-        in_channels: 64,
-        out_channels: 64,
-        vec_in_dim: 128,
-        context_in_dim: 256,
-        hidden_size: 512,
-        mlp_ratio: 4.0,
-        num_heads: 8,
-        depth: 2,
-        depth_single_blocks: 4,
-        axes_dim: vec![8, 28, 28],
-        theta: 10_000,
-        qkv_bias: true,
-        guidance_embed: true,
-    };
-    let adapter_config = AdapterConfig {
-        text_dim: 256,
-        user_dim: 128,
-        width: 512,
-        heads: 8,
-        layers: 3,
-        hidden: 512,
-        blocks: 2,
-        shared: true,
-        distinct: true,
-    };
+    // The medium configuration of the shared benchmarks and its scaled adapters.
+    let (config, adapter_config) = (FluxConfig::medium(), AdapterConfig::medium());
     let users = UserShape {
         users: 8,
         tokens: 30,
