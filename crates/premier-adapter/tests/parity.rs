@@ -44,15 +44,20 @@ pub fn fixture_config() -> AdapterConfig {
     }
 }
 
-#[test]
-fn deltas_match_official_adapter() {
-    let f = SafetensorsFile::open(&fixture("adapter_small.safetensors")).unwrap();
-    let adapter = PreferenceAdapter::<B>::load(
+/// The official adapter of the fixture, loaded.
+fn fixture_adapter() -> PreferenceAdapter<B> {
+    PreferenceAdapter::<B>::load(
         fixture("adapter_small_weights.safetensors"),
         &fixture_config(),
         &Default::default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn deltas_match_official_adapter() {
+    let f = SafetensorsFile::open(&fixture("adapter_small.safetensors")).unwrap();
+    let adapter = fixture_adapter();
     let delta = adapter.forward(tensor(&f, "text"), tensor(&f, "user"));
     assert_close(
         "delta_shared",
@@ -69,12 +74,7 @@ fn deltas_match_official_adapter() {
 #[test]
 fn intermediates_match_official_adapter() {
     let f = SafetensorsFile::open(&fixture("adapter_small.safetensors")).unwrap();
-    let adapter = PreferenceAdapter::<B>::load(
-        fixture("adapter_small_weights.safetensors"),
-        &fixture_config(),
-        &Default::default(),
-    )
-    .unwrap();
+    let adapter = fixture_adapter();
     for (name, net) in [
         ("net", adapter.net.as_ref().unwrap()),
         ("net2", adapter.net2.as_ref().unwrap()),
@@ -116,12 +116,7 @@ fn intermediates_match_official_adapter() {
 fn bf16_weights_give_f32_deltas_close_to_f32() {
     use burn::tensor::{DType, FloatDType};
     let f = SafetensorsFile::open(&fixture("adapter_small.safetensors")).unwrap();
-    let adapter = PreferenceAdapter::<B>::load(
-        fixture("adapter_small_weights.safetensors"),
-        &fixture_config(),
-        &Default::default(),
-    )
-    .unwrap();
+    let adapter = fixture_adapter();
     let bf16 = adapter.clone().with_weight_dtype(FloatDType::BF16);
     assert_eq!(adapter.weight_dtype(), DType::F32);
     assert_eq!(bf16.weight_dtype(), DType::BF16);
