@@ -128,6 +128,13 @@ fn the_synthetic_world_runs_through_every_command() {
     let msg = format!("{:#}", train_run(&straight, "4", &[]).unwrap_err());
     assert!(msg.contains("earlier run"), "{msg}");
     assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
+    // `--resume-or-start` finds nothing to resume there, and refuses to start over it too.
+    let msg = format!(
+        "{:#}",
+        train_run(&straight, "4", &["--resume-or-start"]).unwrap_err()
+    );
+    assert!(msg.contains("earlier run"), "{msg}");
+    assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
     // Unless asked: `--overwrite` clears the earlier run and trains the same run again.
     train_run(&straight, "4", &["--overwrite"]).unwrap();
     assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);

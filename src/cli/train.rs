@@ -251,6 +251,10 @@ impl<B: FluxAutodiffBackend> RunObserver<B> for CliObserver<B> {
 
 fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
+    // Before the dataset is hashed and the backbone loaded: a bad number fails at once.
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
     let dataset = args.data.read()?;
     let skipped = dataset.skipped.len();
     let (dataset, _held_out) = dataset.split(args.held_out, config.stage1.seed);

@@ -214,8 +214,9 @@ fn commit<T: Serialize>(
 }
 
 /// Temporary folders of checkpoint writes that died (`.step-N.tmp-PID`): once a checkpoint has
-/// been committed they can never become one. A checkpoints folder has one writer, the run.
-fn remove_abandoned_writes(dir: &Path) -> Result<(), CheckpointError> {
+/// been committed, or a run starts, they can never become one. A checkpoints folder has one
+/// writer, the run.
+pub(crate) fn remove_abandoned_writes(dir: &Path) -> Result<(), CheckpointError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };

@@ -299,12 +299,19 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     config.validate()?;
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let checkpoints = out.join("checkpoints");
+    let or_fresh = matches!(start, Start::LatestOrFresh);
     match start {
         Start::Fresh => refuse_earlier_results(out)?,
         Start::Replace => remove_earlier_run(out)?,
         _ => {}
     }
     let resume_from = resume_point(&checkpoints, start)?;
+    if or_fresh && resume_from.is_none() {
+        // Nothing to resume is a fresh start, with a fresh start's care for earlier results.
+        refuse_earlier_results(out)?;
+    }
+    // Writes that died before a checkpoint was committed are never resumed.
+    crate::checkpoint::remove_abandoned_writes(&checkpoints)?;
     if let Some(u) = data.counts().iter().position(|&c| c == 0) {
         return Err(RunError::Config(format!(
             "user {:?} has no images",
