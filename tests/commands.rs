@@ -525,7 +525,7 @@ fn flux_files_encode_train_and_cold_start() {
         run.join("mod_adapter.safetensors"),
         run.join("user_embedding.safetensors"),
     );
-    let generate = |out: &Path, extra: &[&str]| {
+    let try_generate = |out: &Path, extra: &[&str]| {
         let mut args = vec![
             "generate",
             "--model-dir",
@@ -552,8 +552,17 @@ fn flux_files_encode_train_and_cold_start() {
             s(out),
         ];
         args.extend_from_slice(extra);
-        premier(&args).unwrap();
+        premier(&args)
     };
+    let generate = |out: &Path, extra: &[&str]| try_generate(out, extra).unwrap();
+    // A memory limit below the estimate is refused before anything is loaded or written.
+    let refused = dir.path().join("refused");
+    let err = try_generate(&refused, &["--max-memory", "0.0001"]).unwrap_err();
+    assert!(
+        err.to_string().contains("exceeds --max-memory 0.0001 GiB"),
+        "{err}"
+    );
+    assert!(!refused.exists());
     let (resident, staged) = (dir.path().join("resident"), dir.path().join("staged"));
     generate(&resident, &[]);
     generate(&staged, &["--low-memory"]);

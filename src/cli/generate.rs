@@ -80,6 +80,9 @@ pub struct GenerateArgs {
     /// memory (Δ stays within 3e-2 relative of f32's).
     #[arg(long, value_enum)]
     pub adapter_dtype: Option<Precision>,
+    /// Refuse to start when the estimated device memory (printed first) exceeds this many GiB.
+    #[arg(long, value_parser = super::train::parse_gib)]
+    pub max_memory: Option<f64>,
 }
 
 /// Parses a `--user` value.
@@ -326,6 +329,26 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         memory_estimate::<B>(&args, trained.as_ref(), &files, &flux_config, &t5_config)
     {
         eprintln!("estimated device memory: {estimate}");
+        if let Some(gib) = args.max_memory {
+            let limit = (gib * (1u64 << 30) as f64) as u64;
+            let (staged, _) = estimate.staged_peak();
+            let needed = if args.low_memory {
+                staged
+            } else {
+                estimate.resident_peak()
+            };
+            if needed > limit {
+                let hint = if !args.low_memory && staged <= limit {
+                    "; --low-memory would fit"
+                } else {
+                    "; try --dtype bf16, --adapter-dtype bf16, fewer prompts or a smaller image"
+                };
+                bail!(
+                    "estimated device memory {} exceeds --max-memory {gib} GiB{hint}",
+                    crate::mmdit::memory::format_bytes(needed)
+                );
+            }
+        }
     }
     if args.low_memory {
         return generate_one_model_at_a_time::<B>(

@@ -101,7 +101,7 @@ pub struct TrainArgs {
 }
 
 /// A positive, finite number of GiB.
-fn parse_gib(text: &str) -> Result<f64, String> {
+pub(super) fn parse_gib(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("expected a positive number of GiB, not {text:?}")),
