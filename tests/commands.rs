@@ -465,6 +465,15 @@ fn flux_files_encode_train_and_cold_start() {
         &["--config", s(&encode_toml), "--batch-size", "2"],
     )
     .unwrap();
+    // Image sides the autoencoder and FLUX cannot take, or no machine could hold, are refused
+    // before anything is allocated.
+    for side in ["40", "0", "65536"] {
+        let err = format!("{:#}", with("encode", &["--resolution", side]).unwrap_err());
+        assert!(
+            err.contains(&format!("resolution {side}: the image side must be")),
+            "{err}"
+        );
+    }
     let mut opened = premier::train::cache::EncodedCache::open(&cache, false).unwrap();
     assert_eq!(opened.index.images.len(), 6);
     assert_eq!(

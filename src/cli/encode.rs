@@ -97,6 +97,9 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
 
 fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
+    if args.model.synth_base.is_none() {
+        super::check_side("resolution", config.resolution as usize)?;
+    }
     let dataset = args.data.read()?;
     let mut encoders: Box<dyn Encoders> = match &args.model.synth_base {
         Some(dir) => {

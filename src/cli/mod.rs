@@ -10,6 +10,18 @@ mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// An image side given by `what` (a flag or config key): a positive multiple of 16 (8 for the
+/// autoencoder, 2 for FLUX's packing) of at most [`crate::pipeline::MAX_SIDE`], checked before
+/// anything is allocated for it.
+pub(crate) fn check_side(what: &str, side: usize) -> anyhow::Result<()> {
+    let max = crate::pipeline::MAX_SIDE;
+    anyhow::ensure!(
+        side > 0 && side % 16 == 0 && side <= max,
+        "{what} {side}: the image side must be a positive multiple of 16, at most {max}"
+    );
+    Ok(())
+}
+
 /// A clap value parser for float flags: a finite number (NaN and ±inf would end in NaN weights
 /// or black images much later).
 pub(crate) fn finite<T>(text: &str) -> Result<T, String>

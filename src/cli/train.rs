@@ -255,6 +255,9 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    if !args.model.is_synth() && config.validate_every > 0 {
+        super::check_side("--resolution", args.resolution)?;
+    }
     let dataset = args.data.read()?;
     let skipped = dataset.skipped.len();
     let (dataset, _held_out) = dataset.split(args.held_out, config.stage1.seed);
