@@ -500,6 +500,28 @@ fn flux_files_encode_train_and_cold_start() {
             p
         }),
     ]).unwrap();
+    // The synth base cannot train on latents encoded for FLUX: refused, naming the cache.
+    let other_model = dir.path().join("other-model");
+    let err = premier(&[
+        "train",
+        "--synth-base",
+        s(&synth_base()),
+        "--data",
+        s(&data),
+        "--cache",
+        s(&cache),
+        "--skip-bad",
+        "--out",
+        s(&other_model),
+        "--steps",
+        "1",
+    ])
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("the cache was encoded for another model") && err.contains(s(&cache)),
+        "{err}"
+    );
     let checkpoints = premier::train::checkpoint::checkpoints(&run.join("checkpoints"));
     assert_eq!(checkpoints.len(), 1, "keep 1");
     assert_eq!(checkpoints[0].0, 2);

@@ -264,7 +264,8 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
     let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
-    if let Some((img_tokens, txt_tokens)) = data.pass_dims()? {
+    if let Some(dims) = data.sample_dims()? {
+        let (img_tokens, txt_tokens) = (dims.img_tokens, dims.txt_tokens);
         let flux = args.model.backbone_config()?;
         let estimate = |batch: usize, bf16: bool| {
             let bytes = if bf16 { 2 } else { 4 };

@@ -65,6 +65,19 @@ fn stack(
     Ok((dims, data))
 }
 
+/// What one training sample of a cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleDims {
+    /// Channels of the (unpacked) latent; a packed token holds 4 × as many.
+    pub latent_channels: usize,
+    /// Packed image tokens.
+    pub img_tokens: usize,
+    pub txt_tokens: usize,
+    /// Width of a T5 token, and of the pooled CLIP vector.
+    pub text_dim: usize,
+    pub pooled_dim: usize,
+}
+
 impl CachedUsers {
     /// Hashes every image of `dataset` and checks that it and its caption are in `cache`
     /// (an error names the first file or caption missing).
@@ -117,16 +130,31 @@ impl CachedUsers {
         })
     }
 
-    /// (image tokens, text tokens) of the first sample: the size of every training pass (the
-    /// cache holds one resolution and one prompt length); `None` for an empty dataset.
-    pub fn pass_dims(&mut self) -> Result<Option<(usize, usize)>, CacheError> {
+    /// The sizes of the first sample (every sample of a cache has the same: one resolution,
+    /// one prompt length, one set of encoders); `None` for an empty dataset.
+    pub fn sample_dims(&mut self) -> Result<Option<SampleDims>, CacheError> {
         let Some((image, caption)) = self.samples.iter().flatten().next().cloned() else {
             return Ok(None);
         };
         let latent = self.cache.latent(&image)?;
         let text = self.cache.text(&caption)?;
-        let (h, w) = (latent.mean.shape[1], latent.mean.shape[2]);
-        Ok(Some(((h / 2) * (w / 2), text.tokens.shape[0])))
+        let (c, h, w) = (
+            latent.mean.shape[0],
+            latent.mean.shape[1],
+            latent.mean.shape[2],
+        );
+        Ok(Some(SampleDims {
+            latent_channels: c,
+            img_tokens: (h / 2) * (w / 2),
+            txt_tokens: text.tokens.shape[0],
+            text_dim: text.tokens.shape[1],
+            pooled_dim: text.pooled.shape[0],
+        }))
+    }
+
+    /// The cache these samples are read from.
+    pub fn cache_dir(&self) -> &std::path::Path {
+        self.cache.dir()
     }
 
     /// Images of each user.

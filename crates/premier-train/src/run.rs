@@ -330,6 +330,7 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
         data: data.fingerprint(),
     };
     let text_dim = data.text::<B>(&first_caption, device)?.0.dims()[2];
+    check_cache_fits_backbone(&flux, data)?;
     let (mut trainer, adapter_config) = match &resume_from {
         Some(path) => {
             let meta = read_stage1_state(path)?;
@@ -457,6 +458,40 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((trainer, summary))
+}
+
+/// The cache's samples must be what the backbone reads: packed latent tokens of its input width,
+/// T5 tokens and pooled vectors of its widths (a cache encoded for another model — FLUX latents
+/// for the synth base, say — fails here, named, instead of deep inside the first step).
+fn check_cache_fits_backbone<B: FluxAutodiffBackend>(
+    flux: &Flux<B>,
+    data: &mut CachedUsers,
+) -> Result<(), RunError> {
+    let Some(dims) = data.sample_dims()? else {
+        return Ok(());
+    };
+    let wants = (
+        flux.img_in.weight.dims()[0],
+        flux.txt_in.weight.dims()[0],
+        flux.vector_in.in_layer.weight.dims()[0],
+    );
+    let has = (4 * dims.latent_channels, dims.text_dim, dims.pooled_dim);
+    if has != wants {
+        return Err(RunError::Config(format!(
+            "{}: its samples hold {} latent channels ({} per packed token), {}-wide text tokens \
+             and {}-wide pooled vectors, but the backbone reads {} per token, {}-wide text and \
+             {}-wide pooled vectors: the cache was encoded for another model",
+            data.cache_dir().display(),
+            dims.latent_channels,
+            has.0,
+            has.1,
+            has.2,
+            wants.0,
+            wants.1,
+            wants.2
+        )));
+    }
+    Ok(())
 }
 
 /// The checkpoint a run starts from. A fresh start refuses a folder that already holds
