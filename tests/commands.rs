@@ -465,6 +465,13 @@ fn flux_files_encode_train_and_cold_start() {
         &["--config", s(&encode_toml), "--batch-size", "2"],
     )
     .unwrap();
+    // Entries at another resolution are never mixed into this cache: refused, saying which part.
+    let err = format!("{:#}", with("encode", &["--resolution", "64"]).unwrap_err());
+    assert!(err.contains("its images were encoded by"), "{err}");
+    assert!(
+        err.contains("at 32×32 px") && err.contains("at 64×64 px"),
+        "{err}"
+    );
     // Image sides the autoencoder and FLUX cannot take, or no machine could hold, are refused
     // before anything is allocated.
     for side in ["40", "0", "65536"] {
@@ -594,6 +601,24 @@ fn flux_files_encode_train_and_cold_start() {
         "{err}"
     );
     assert!(!refused.exists());
+    // A trained user without the table to look it up in names the missing flag.
+    let mut no_table = vec![
+        "generate",
+        "--model-dir",
+        s(&model),
+        "--adapter",
+        s(&adapter),
+    ];
+    no_table.extend([
+        "--user",
+        "alice",
+        "--prompt",
+        "a red square",
+        "--out",
+        s(&refused),
+    ]);
+    let err = format!("{:#}", premier(&no_table).unwrap_err());
+    assert!(err.contains("--user alice needs --user-table"), "{err}");
     let (resident, staged) = (dir.path().join("resident"), dir.path().join("staged"));
     generate(&resident, &[]);
     generate(&staged, &["--low-memory"]);
@@ -607,6 +632,16 @@ fn flux_files_encode_train_and_cold_start() {
     );
     // bf16 adapters still draw (their Δ is within 3e-2 of f32's; the parity test checks that).
     let half = dir.path().join("half");
-    generate(&half, &["--low-memory", "--adapter-dtype", "bf16"]);
+    // The largest seed with two prompts: per-image seeds wrap instead of overflowing.
+    generate(
+        &half,
+        &[
+            "--low-memory",
+            "--adapter-dtype",
+            "bf16",
+            "--seed",
+            "18446744073709551615",
+        ],
+    );
     assert!(half.join("grid.png").is_file());
 }

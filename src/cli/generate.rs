@@ -223,6 +223,12 @@ fn users_of(
                  file for the released users)"
             );
         }
+        if args.user_table.is_none() {
+            bail!(
+                "--user {user} needs --user-table (a run's user_embedding.safetensors; the \
+                 released file for the released users)"
+            );
+        }
     }
     args.users
         .iter()
