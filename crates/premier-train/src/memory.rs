@@ -124,7 +124,7 @@ impl fmt::Display for Stage1Memory {
 
 /// An estimate over the memory a run was given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("estimated device memory {estimate} exceeds {} ({}); {fits}", gib(.limit.bytes), .limit.source)]
+#[error("estimated device memory {estimate} exceeds {} ({}); {fits} (the estimate is an upper bound, 1.3× the peak measured on the CPU; --max-memory GIB sets the limit)", gib(.limit.bytes), .limit.source)]
 pub struct MemoryError {
     pub estimate: String,
     pub limit: MemoryLimit,
