@@ -543,8 +543,14 @@ impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
         self.apply_gradients(gradients)
     }
 
-    /// Clips the gradients, takes the optimizer step and reports it.
-    fn apply_gradients(&mut self, gradients: BatchGradients<B>) -> Result<StepReport, TrainError> {
+    /// Clips the gradients, takes the optimizer step and reports it: the second half of a step,
+    /// for gradients computed elsewhere ([`Self::gradients_accumulated_with`], or summed over
+    /// devices). A non-finite loss or gradient norm changes nothing and is an error naming the
+    /// step.
+    pub fn apply_gradients(
+        &mut self,
+        gradients: BatchGradients<B>,
+    ) -> Result<StepReport, TrainError> {
         let BatchGradients {
             grads,
             parts,

@@ -489,3 +489,35 @@ fn a_non_finite_loss_stops_the_step_before_it_changes_anything() {
         .step_with(&s.batch, s.noise.clone(), s.t.clone())
         .unwrap();
 }
+
+#[test]
+fn a_non_finite_gradient_stops_the_step_before_it_changes_anything() {
+    let s = setup();
+    let mut trainer = Stage1Trainer::new(s.flux, s.model, config(true));
+    trainer
+        .step_with(&s.batch, s.noise.clone(), s.t.clone())
+        .unwrap();
+    let before = bits(flat_values(&trainer.model));
+    let (step, d) = (trainer.step, trainer.optimizer.d());
+    let mut gradients = trainer
+        .gradients_accumulated_with(vec![(&s.batch, s.noise.clone(), s.t.clone())])
+        .unwrap();
+    assert!(gradients.parts[0].is_finite(), "the loss itself is finite");
+    // One infinite element in one parameter's gradient.
+    let first = gradients.grads[0].clone();
+    let mut values = first.clone().into_data().to_vec::<f32>().unwrap();
+    values[0] = f32::INFINITY;
+    gradients.grads[0] = Tensor::from_data(TensorData::new(values, first.dims()), &first.device());
+    let err = trainer.apply_gradients(gradients).unwrap_err();
+    assert!(
+        err.to_string().starts_with("step 2: the gradient norm is"),
+        "{err}"
+    );
+    assert_eq!(trainer.step, step, "the step counter moved");
+    assert_eq!(trainer.optimizer.d(), d, "the optimizer moved");
+    assert_eq!(
+        bits(flat_values(&trainer.model)),
+        before,
+        "parameters moved"
+    );
+}
