@@ -7,6 +7,7 @@
 //! `{i}.exp_avg_sq`) and `state.json`. The noise and times of step k derive from (seed, k), so no
 //! RNG state is needed: N steps, a checkpoint and N more steps equal 2N steps straight.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
@@ -19,6 +20,7 @@ use premier_users::{LinearCombination, TableRows, UserEmbedding, UserError, User
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWState};
+use crate::cache::weights_fingerprint;
 use crate::params::flat_values;
 use crate::prodigy::{ParamHostState, Prodigy, ProdigyScalars, ProdigyState};
 use crate::stage1::{Stage1Config, Stage1Model, Stage1Trainer};
@@ -75,6 +77,53 @@ fn check_optimizer_step(file: &SafetensorsFile, step: u64) -> Result<(), Checkpo
     }
 }
 
+/// The weights files of a stage-1 and of a cold-start checkpoint.
+const STAGE1_FILES: [&str; 3] = [
+    "mod_adapter.safetensors",
+    "user_embedding.safetensors",
+    "optimizer.safetensors",
+];
+const STAGE2_FILES: [&str; 2] = ["user.safetensors", "optimizer.safetensors"];
+
+/// A fingerprint of each of `names` in `dir` (size and the first and last MiB, as the encoder
+/// cache keys weights): every step rewrites every value, so a file copied in from another
+/// checkpoint of the same run differs, at the cost of reading 2 MiB per file.
+fn fingerprint_files(
+    dir: &Path,
+    names: &[&str],
+) -> Result<BTreeMap<String, String>, CheckpointError> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            let print = weights_fingerprint(&path).map_err(|e| CheckpointError::Io {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok((name.to_string(), print))
+        })
+        .collect()
+}
+
+/// `Err` naming the first file whose fingerprint is not the one `state.json` recorded.
+fn check_fingerprints(
+    dir: &Path,
+    recorded: &BTreeMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let names: Vec<&str> = recorded.keys().map(String::as_str).collect();
+    for (name, now) in fingerprint_files(dir, &names)? {
+        if recorded.get(&name) != Some(&now) {
+            return Err(CheckpointError::State {
+                path: dir.join(&name),
+                reason: "not the file this checkpoint was written with (copied from another \
+                         checkpoint?)"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What `state.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointState {
@@ -89,6 +138,9 @@ pub struct CheckpointState {
     /// What else the run's batches depend on, when a whole run wrote the checkpoint.
     #[serde(default)]
     pub run: Option<RunSettings>,
+    /// Fingerprint of each weights file (see [`fingerprint_files`]); empty in older checkpoints.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// The settings besides [`Stage1Config`] that decide a run's batches: a resume must use the same
@@ -170,6 +222,7 @@ pub fn save_stage1<B: AutodiffBackend>(
         prodigy: state.scalars,
         params,
         run: run.cloned(),
+        files: fingerprint_files(&tmp, &STAGE1_FILES)?,
     };
     commit(dir, &tmp, &final_dir, &meta, keep)
 }
@@ -432,6 +485,8 @@ pub fn load_stage1<B: AutodiffBackend>(
         },
         device,
     );
+    // Last: the specific checks above name what is wrong inside a file.
+    check_fingerprints(path, &meta.files)?;
     let mut trainer = Stage1Trainer::new(flux, model, meta.config);
     trainer.optimizer = optimizer;
     trainer.step = meta.step;
@@ -460,6 +515,9 @@ pub struct Stage2CheckpointState {
     /// The frozen table's shape.
     pub users: UserShape,
     pub optimizer: Stage2OptimizerState,
+    /// Fingerprint of each weights file (see [`fingerprint_files`]); empty in older checkpoints.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// Writes a cold start's state to `<dir>/step-N/` atomically (`user.safetensors` in the official
@@ -517,6 +575,7 @@ pub fn save_stage2<B: AutodiffBackend>(
         linear: matches!(user, NewUser::Linear(_)),
         users: trainer.table.shape(),
         optimizer,
+        files: fingerprint_files(&tmp, &STAGE2_FILES)?,
     };
     commit(dir, &tmp, &final_dir, &meta, keep)
 }
@@ -617,6 +676,8 @@ pub fn load_stage2<B: AutodiffBackend>(
             })
         }
     };
+    // Last: the specific checks above name what is wrong inside a file.
+    check_fingerprints(path, &meta.files)?;
     let mut trainer = Stage2Trainer::new(flux, adapter, table, user, meta.config);
     trainer.optimizer = optimizer;
     trainer.step = meta.step;

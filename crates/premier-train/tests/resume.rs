@@ -129,6 +129,7 @@ fn interrupted_writes_are_ignored_and_old_checkpoints_pruned() {
     // An optimizer file copied in from another checkpoint (the same shapes) is refused, naming
     // the file and both steps.
     let step2 = dir.path().join("step-00000002");
+    let kept_optimizer = std::fs::read(latest.join("optimizer.safetensors")).unwrap();
     std::fs::copy(
         step2.join("optimizer.safetensors"),
         latest.join("optimizer.safetensors"),
@@ -143,6 +144,23 @@ fn interrupted_writes_are_ignored_and_old_checkpoints_pruned() {
             && err.contains("optimizer state of step 2, but this checkpoint is step 3"),
         "{err}"
     );
+
+    std::fs::write(latest.join("optimizer.safetensors"), kept_optimizer).unwrap();
+    // So is an adapter or a table copied in from another checkpoint, which no shape betrays.
+    for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
+        let kept = std::fs::read(latest.join(file)).unwrap();
+        std::fs::copy(step2.join(file), latest.join(file)).unwrap();
+        let err = load_stage1::<AB>(&latest, trainer.flux.clone(), &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!("step-00000003/{file}"))
+                && err.contains("not the file this checkpoint was written with"),
+            "{err}"
+        );
+        std::fs::write(latest.join(file), kept).unwrap();
+    }
 
     // A damaged checkpoint is an error naming the file, not a panic.
     std::fs::write(latest.join("optimizer.safetensors"), b"garbage").unwrap();
