@@ -307,8 +307,9 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     }
     let resume_from = resume_point(&checkpoints, start)?;
     if or_fresh && resume_from.is_none() {
-        // Nothing to resume is a fresh start, with a fresh start's care for earlier results.
-        refuse_earlier_results(out)?;
+        // Nothing to resume: a run killed before its first checkpoint starts again, but the
+        // weights of a finished run (whose checkpoints are gone) are never written over.
+        refuse_results(out, &FINISHED_RESULTS)?;
     }
     // Writes that died before a checkpoint was committed are never resumed.
     crate::checkpoint::remove_abandoned_writes(&checkpoints)?;
@@ -565,9 +566,21 @@ const RUN_RESULTS: [&str; 5] = [
     TRAINED_MODEL_FILE,
 ];
 
+/// What only a finished stage-1 run leaves: its weights.
+const FINISHED_RESULTS: [&str; 3] = [
+    "mod_adapter.safetensors",
+    "user_embedding.safetensors",
+    TRAINED_MODEL_FILE,
+];
+
 /// A fresh run never writes over an earlier run's results, checkpoints or not.
 fn refuse_earlier_results(out: &Path) -> Result<(), RunError> {
-    match RUN_RESULTS.iter().map(|f| out.join(f)).find(|p| p.exists()) {
+    refuse_results(out, &RUN_RESULTS)
+}
+
+/// `Err` naming the first of `files` that `out` holds.
+fn refuse_results(out: &Path, files: &[&str]) -> Result<(), RunError> {
+    match files.iter().map(|f| out.join(f)).find(|p| p.exists()) {
         Some(found) => Err(RunError::Config(format!(
             "{} is from an earlier run in {}: resume it (`--resume latest`), train into another \
              folder, or replace it (`--overwrite`)",
