@@ -61,13 +61,6 @@ struct Args {
     gradient_checkpointing: bool,
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn run<B: AutodiffBackend + FluxOps>(args: &Args, device: B::Device) {
     B::seed(&device, 0);
     let (flux_config, adapter_config, users, txt) = match args.size {
@@ -125,7 +118,7 @@ fn run<B: AutodiffBackend + FluxOps>(args: &Args, device: B::Device) {
         let label = if step == 0 { "warm-up" } else { "step" };
         println!("{label} {step}: {took:.2?} (loss {:.4})", report.loss);
     }
-    match peak_rss_mib() {
+    match premier::train::memory::host_peak_bytes().map(|b| b as f64 / 1048576.0) {
         Some(mib) => println!("peak host memory: {mib:.0} MiB"),
         None => println!("peak host memory: unknown (no /proc/self/status)"),
     }

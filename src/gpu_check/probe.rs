@@ -84,8 +84,9 @@ impl MemoryProbe {
         match self.kind {
             MemoryKind::Device => self.peak_mib.store(0, Ordering::Relaxed),
             // "5" resets VmHWM to the current resident size (proc(5)); harmless where refused.
+            // Harmless where refused: the peak then runs from the start.
             MemoryKind::Host => {
-                let _ = std::fs::write("/proc/self/clear_refs", "5");
+                let _ = premier_train::memory::reset_host_peak();
             }
         }
     }
@@ -98,7 +99,7 @@ impl MemoryProbe {
                 std::thread::sleep(Duration::from_millis(120));
                 Some(self.peak_mib.load(Ordering::Relaxed)).filter(|&m| m > 0)
             }
-            MemoryKind::Host => host_peak_mib(),
+            MemoryKind::Host => premier_train::memory::host_peak_bytes().map(|b| b >> 20),
         }
     }
 }
@@ -110,11 +111,4 @@ impl Drop for MemoryProbe {
             let _ = child.wait();
         }
     }
-}
-
-fn host_peak_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
 }

@@ -132,6 +132,21 @@ pub struct MemoryError {
     pub fits: String,
 }
 
+/// Peak resident memory of this process in bytes (`VmHWM`), where /proc is there: what the
+/// estimates are measured against on the CPU.
+pub fn host_peak_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets [`host_peak_bytes`] to the current resident size (`5` into /proc/self/clear_refs);
+/// `false` where that is refused.
+pub fn reset_host_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

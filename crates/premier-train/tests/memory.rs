@@ -10,21 +10,11 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxConfig, FluxOps, PassShape};
-use premier_train::memory::Stage1Memory;
+use premier_train::memory::{host_peak_bytes, reset_host_peak, Stage1Memory};
 use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier_users::{UserShape, UserTable};
 
 type AB = Autodiff<Flex>;
-
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
 
 fn batch<B: FluxOps>(config: &FluxConfig, n: usize, side: usize, txt: usize) -> Stage1Batch<B> {
     let device = Default::default();
@@ -45,7 +35,7 @@ fn batch<B: FluxOps>(config: &FluxConfig, n: usize, side: usize, txt: usize) -> 
 
 #[test]
 fn estimate_bounds_the_measured_activation_memory_per_sample() {
-    if peak_rss().is_none() || !reset_peak() {
+    if host_peak_bytes().is_none() || !reset_host_peak() {
         eprintln!("no /proc/self/status or clear_refs here: nothing to measure");
         return;
     }
@@ -67,10 +57,10 @@ fn estimate_bounds_the_measured_activation_memory_per_sample() {
     let (small, large) = (1, 3);
     let step_peak = |trainer: &mut Stage1Trainer<AB>, n: usize| {
         let b = batch::<AB>(&config, n, side, txt);
-        reset_peak();
-        let before = peak_rss().unwrap();
+        reset_host_peak();
+        let before = host_peak_bytes().unwrap();
         trainer.step(&b).unwrap();
-        (before, peak_rss().unwrap())
+        (before, host_peak_bytes().unwrap())
     };
     step_peak(&mut trainer, small); // warm-up: the optimizer state, the allocator's pools
     let (_, peak_small) = step_peak(&mut trainer, small);

@@ -477,13 +477,7 @@ fn a_non_finite_loss_stops_the_step_before_it_changes_anything() {
         err.to_string().starts_with("step 2: the loss is NaN"),
         "{err}"
     );
-    assert_eq!(trainer.step, step, "the step counter moved");
-    assert_eq!(trainer.optimizer.d(), d, "the optimizer moved");
-    assert_eq!(
-        bits(flat_values(&trainer.model)),
-        before,
-        "parameters moved"
-    );
+    assert_unchanged(&trainer, (step, d, &before));
     // The trainer goes on from where it was.
     trainer
         .step_with(&s.batch, s.noise.clone(), s.t.clone())
@@ -513,6 +507,11 @@ fn a_non_finite_gradient_stops_the_step_before_it_changes_anything() {
         err.to_string().starts_with("step 2: the gradient norm is"),
         "{err}"
     );
+    assert_unchanged(&trainer, (step, d, &before));
+}
+
+/// The step counter, Prodigy's d and every parameter are still `(step, d, bits)`.
+fn assert_unchanged(trainer: &Stage1Trainer<AB>, (step, d, before): (u64, f64, &[u32])) {
     assert_eq!(trainer.step, step, "the step counter moved");
     assert_eq!(trainer.optimizer.d(), d, "the optimizer moved");
     assert_eq!(
