@@ -644,4 +644,12 @@ fn flux_files_encode_train_and_cold_start() {
         ],
     );
     assert!(half.join("grid.png").is_file());
+    // The VAE decoding in tiles (2 × 2 here) draws images of the same size.
+    let tiled = dir.path().join("tiled");
+    generate(&tiled, &["--low-memory", "--vae-tile", "10"]);
+    let (a, b) = (
+        image::open(tiled.join("grid.png")).unwrap(),
+        image::open(staged.join("grid.png")).unwrap(),
+    );
+    assert_eq!((a.width(), a.height()), (b.width(), b.height()));
 }

@@ -80,6 +80,11 @@ pub struct GenerateArgs {
     /// memory (Δ stays within 3e-2 relative of f32's).
     #[arg(long, value_enum)]
     pub adapter_dtype: Option<Precision>,
+    /// Decode in tiles of this many latent pixels a side (8× as many image pixels), overlapping
+    /// by a quarter: the decoder's memory grows with the tile, not the image. Approximate near
+    /// the seams (the decoder sees one tile at a time); for images too large to decode whole.
+    #[arg(long)]
+    pub vae_tile: Option<usize>,
     /// Refuse to start when the estimated device memory (printed first) exceeds this many GiB.
     #[arg(long, value_parser = super::train::parse_gib)]
     pub max_memory: Option<f64>,
@@ -382,6 +387,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
 
     let text = TextEncoder::new(t5, clip, t5_tokenizer, clip_tokenizer);
     let mut generator = Generator::new(flux, vae, vae_config, text, adapter, table, device);
+    generator.vae_tiling = vae_tiling(&args);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let steps = args.steps.unwrap_or(args.model.variant.steps());
@@ -463,6 +469,7 @@ fn memory_estimate<B: FluxOps>(
         height: args.height.unwrap_or(512),
         txt_tokens: args.model.variant.t5_len(),
         element_bytes,
+        vae_tile: args.vae_tile,
         adapter_bytes: match args.adapter_dtype {
             Some(Precision::Bf16) => 2,
             Some(Precision::F32) => 4,
@@ -563,9 +570,20 @@ fn generate_one_model_at_a_time<B: FluxOps>(
         let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
         latents
             .into_iter()
-            .map(|latent| Ok(tensor_to_rgb(decode_latents(&vae, &vae_config, latent)?)))
+            .map(|latent| {
+                let images = decode_latents(&vae, &vae_config, latent, vae_tiling(args))?;
+                Ok(tensor_to_rgb(images))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     release("VAE (loaded, decoded, released)", stage);
     write_rows(args, &rows, total)
+}
+
+/// `--vae-tile`'s tiling: tiles of that side overlapping by a quarter.
+fn vae_tiling(args: &GenerateArgs) -> Option<crate::vae::Tiling> {
+    args.vae_tile.map(|tile| crate::vae::Tiling {
+        tile,
+        overlap: tile / 4,
+    })
 }

@@ -140,6 +140,7 @@ impl WorkloadSize {
                     txt_tokens: self.txt_tokens,
                     element_bytes: element,
                     adapter_bytes: element,
+                    vae_tile: None,
                     fused_attention,
                 });
                 m.backbone + m.deltas + m.denoise_activations

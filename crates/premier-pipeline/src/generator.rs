@@ -8,7 +8,7 @@ use premier_adapter::PreferenceAdapter;
 use premier_mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxOps, TextModulation};
 use premier_text::{TextConditioning, TextEncoder};
 use premier_users::{UserRef, UserTable};
-use premier_vae::{unscale_latent, Autoencoder, AutoencoderConfig};
+use premier_vae::{unscale_latent, Autoencoder, AutoencoderConfig, Tiling};
 
 use crate::error::PipelineError;
 use crate::noise::seeded_noise;
@@ -73,6 +73,9 @@ pub struct Generator<B: Backend> {
     pub adapter: Option<PreferenceAdapter<B>>,
     pub users: Option<UserTable<B>>,
     pub device: B::Device,
+    /// Decode in tiles (less memory for large images; approximate near the seams); `None`:
+    /// whole.
+    pub vae_tiling: Option<Tiling>,
     /// Δ per (prompt, user), computed once and reused across requests.
     delta_cache: DeltaCache<B>,
 }
@@ -95,6 +98,7 @@ impl<B: FluxOps> Generator<B> {
             adapter,
             users,
             device,
+            vae_tiling: None,
             delta_cache: HashMap::new(),
         }
     }
@@ -139,7 +143,7 @@ impl<B: FluxOps> Generator<B> {
         timings.denoise = start.elapsed();
 
         let start = Instant::now();
-        let images = decode_latents(&self.vae, &self.vae_config, latent)?;
+        let images = decode_latents(&self.vae, &self.vae_config, latent, self.vae_tiling)?;
         timings.decode = start.elapsed();
         Ok(Generated { images, timings })
     }
@@ -278,11 +282,17 @@ pub fn denoise_request<B: FluxOps>(
     Ok(unpack(latent, h, w))
 }
 
-/// Images `[images, 3, height, width]` in [-1, 1] from [`denoise_request`]'s latents.
+/// Images `[images, 3, height, width]` in [-1, 1] from [`denoise_request`]'s latents, decoded
+/// whole or in `tiling`'s tiles.
 pub fn decode_latents<B: Backend>(
     vae: &Autoencoder<B>,
     vae_config: &AutoencoderConfig,
     latent: Tensor<B, 4>,
+    tiling: Option<Tiling>,
 ) -> Result<Tensor<B, 4>, PipelineError> {
-    Ok(vae.try_decode(unscale_latent(latent, vae_config))?)
+    let z = unscale_latent(latent, vae_config);
+    Ok(match tiling {
+        Some(tiling) => vae.try_decode_tiled(z, tiling)?,
+        None => vae.try_decode(z)?,
+    })
 }

@@ -48,6 +48,8 @@ pub struct GenerationPlan<'a> {
     pub element_bytes: usize,
     /// Bytes per adapter weight.
     pub adapter_bytes: usize,
+    /// Side of the VAE's decoding tiles in latent pixels (`None`: the whole image at once).
+    pub vae_tile: Option<usize>,
     pub fused_attention: bool,
 }
 
@@ -71,7 +73,8 @@ impl GenerationMemory {
         // The decoder's second level upsampled to full resolution, its conv and norm outputs and
         // the residual: four tensors of that width at the image's size.
         let level = plan.vae.block_out_channels.get(1).copied().unwrap_or(0) as u64;
-        let pixels = (plan.images * plan.width * plan.height) as u64;
+        let tile_px = |side: usize| plan.vae_tile.map_or(side, |t| side.min(t * factor));
+        let pixels = (plan.images * tile_px(plan.width) * tile_px(plan.height)) as u64;
         Self {
             text_encoders: plan.text_encoder_params * e + 4 * tokens * plan.text_width as u64 * e,
             adapters: plan.adapter_params * plan.adapter_bytes as u64
@@ -155,6 +158,7 @@ mod tests {
             txt_tokens: 512,
             element_bytes: 2,
             adapter_bytes,
+            vae_tile: None,
             fused_attention: false,
         })
     }
@@ -193,9 +197,19 @@ mod tests {
             txt_tokens: 512,
             element_bytes: 2,
             adapter_bytes: 2,
+            vae_tile: None,
             fused_attention: false,
         };
         let base = GenerationMemory::estimate(&plan);
+        let tiled = GenerationMemory::estimate(&GenerationPlan {
+            vae_tile: Some(32),
+            ..plan.clone()
+        });
+        assert_eq!(
+            4 * tiled.decode_activations,
+            base.decode_activations,
+            "256² tiles of 512²"
+        );
         assert_eq!((base.adapters, base.deltas), (0, 0));
         plan.images = 1;
         let one = GenerationMemory::estimate(&plan);

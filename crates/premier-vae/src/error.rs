@@ -17,6 +17,8 @@ pub enum VaeError {
     Config { path: PathBuf, reason: String },
     #[error("{path}: neither the BFL (`encoder.down.0.block.0.conv1.weight`) nor the diffusers (`encoder.down_blocks.0.resnets.0.conv1.weight`) autoencoder layout")]
     UnknownLayout { path: PathBuf },
+    #[error("VAE tiles of {tile} latent pixels cannot overlap by {overlap}: the overlap must be smaller than the tile")]
+    Tiling { tile: usize, overlap: usize },
     #[error(transparent)]
     File(#[from] LoadError),
 }

@@ -11,7 +11,9 @@ mod config;
 mod error;
 mod layout;
 mod model;
+mod tiled;
 
 pub use config::AutoencoderConfig;
 pub use error::VaeError;
 pub use model::{scale_latent, unscale_latent, Autoencoder, LatentDistribution};
+pub use tiled::Tiling;
