@@ -184,6 +184,14 @@ fn the_synthetic_world_runs_through_every_command() {
     };
     let cold = |out: &Path, steps: &str, extra: &[&str]| try_cold(out, steps, extra).unwrap();
     let user_file = cold(&straight.join("users"), "3", &[]);
+    // A cold start over the memory given is refused before anything is loaded or written.
+    let refused_cold = dir.path().join("cold-refused");
+    let msg = format!(
+        "{:#}",
+        try_cold(&refused_cold, "1", &["--max-memory", "0.0001"]).unwrap_err()
+    );
+    assert!(msg.contains("exceeds 0.1 MiB (--max-memory)"), "{msg}");
+    assert!(!refused_cold.exists());
     cold(&dir.path().join("cold"), "2", &[]);
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
     assert_eq!(sha(&user_file), sha(&resumed_user));

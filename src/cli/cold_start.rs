@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::mmdit::FluxAutodiffBackend;
+use crate::mmdit::{FluxAutodiffBackend, PassShape};
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
@@ -14,6 +14,7 @@ use crate::adapter::PreferenceAdapter;
 use crate::train::adamw::AdamWConfig;
 use crate::train::batches::CachedUsers;
 use crate::train::cache::EncodedCache;
+use crate::train::memory::{MemoryLimit, TrainingMemory};
 use crate::train::prodigy::ProdigyConfig;
 use crate::train::run::{cold_start, ColdStartConfig, ColdStartKind, Start, TrainedModel};
 use crate::train::stage2::ColdStartOptimizer;
@@ -85,6 +86,10 @@ pub struct ColdStartArgs {
     /// adapters, user embeddings and optimizer state stay f32.
     #[arg(long, value_enum)]
     pub backbone_dtype: Option<Precision>,
+    /// Refuse to start when the estimated device memory of a step (printed first) exceeds this
+    /// many GiB (on the CPU, by default, the memory the host has available).
+    #[arg(long, value_parser = super::train::parse_gib)]
+    pub max_memory: Option<f64>,
 }
 
 impl ColdStartArgs {
@@ -181,6 +186,40 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
     let mut data = CachedUsers::new(&dataset, cache)?;
     let trained = TrainedModel::read(&args.run)?;
     let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
+    if let Some(dims) = data.sample_dims()? {
+        let flux = args.model.backbone_config()?;
+        let bytes = if dtype.is_some() { 2 } else { 4 };
+        let user_params = match config.kind {
+            ColdStartKind::Linear => trained.users.users,
+            ColdStartKind::Direct => trained.users.tokens * trained.users.dim,
+        };
+        let estimate = TrainingMemory::cold_start(
+            &flux,
+            bytes,
+            &trained.adapter,
+            trained.users,
+            user_params as u64,
+            PassShape {
+                batch: config.batch_size,
+                img_tokens: dims.img_tokens,
+                txt_tokens: dims.txt_tokens,
+                element_bytes: bytes,
+                fused_attention: B::FUSED_ATTENTION,
+            },
+        );
+        println!("estimated device memory of a step: {estimate}");
+        let limit = match (args.max_memory, args.backend) {
+            (Some(gib), _) => Some(MemoryLimit {
+                bytes: (gib * (1u64 << 30) as f64) as u64,
+                source: "--max-memory",
+            }),
+            (None, BackendKind::Flex) => MemoryLimit::host_available(),
+            (None, _) => None,
+        };
+        if let Some(limit) = limit {
+            estimate.check(limit, &[])?;
+        }
+    }
     let flux = args.model.load_flux::<B>(&device, dtype)?;
     let adapter = PreferenceAdapter::<B>::load(
         args.run.join("mod_adapter.safetensors"),

@@ -17,7 +17,7 @@ use crate::pipeline::image_io::{grid, save_png};
 use crate::text::TextConditioning;
 use crate::train::batches::CachedUsers;
 use crate::train::cache::EncodedCache;
-use crate::train::memory::{MemoryLimit, Stage1Memory};
+use crate::train::memory::{MemoryLimit, TrainingMemory};
 use crate::train::metrics::MetricRecord;
 use crate::train::run::{train_stage1, RunObserver, Start, TrainConfig};
 use crate::train::stage1::Stage1Model;
@@ -269,7 +269,7 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
         let flux = args.model.backbone_config()?;
         let estimate = |batch: usize, bf16: bool| {
             let bytes = if bf16 { 2 } else { 4 };
-            Stage1Memory::estimate(
+            TrainingMemory::estimate(
                 &flux,
                 bytes,
                 &config.adapter(flux.context_in_dim, flux.hidden_size, flux.depth),

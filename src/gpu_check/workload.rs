@@ -12,7 +12,7 @@ use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxOps, PassShape, TextModulation};
 use premier_pipeline::memory::{GenerationMemory, GenerationPlan};
 use premier_pipeline::{denoise, schedule};
-use premier_train::memory::Stage1Memory;
+use premier_train::memory::TrainingMemory;
 use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier_users::{UserShape, UserTable};
 
@@ -109,12 +109,12 @@ impl WorkloadSize {
         }
     }
 
-    /// Estimated device memory of a phase: for training `Stage1Memory`, for the generation the
+    /// Estimated device memory of a phase: for training `TrainingMemory`, for the generation the
     /// weights (adapters and table in f32), Δ and one forward's activations.
     pub fn estimate_bytes(&self, phase: &super::Phase, fused_attention: bool) -> u64 {
         let element = if self.bf16_backbone { 2 } else { 4 };
         match phase {
-            super::Phase::Stage1 { batch, .. } => Stage1Memory::estimate(
+            super::Phase::Stage1 { batch, .. } => TrainingMemory::estimate(
                 &self.flux,
                 element,
                 &self.adapter,

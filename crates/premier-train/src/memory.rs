@@ -1,7 +1,8 @@
-//! Device memory of a stage-1 run, estimated from the configurations before anything is loaded:
-//! what `premier train` prints and `--max-memory` checks. The backbone's activations follow
-//! `premier_mmdit::memory`; the trained side is the adapters and the user table with their
-//! gradients and Prodigy's state. tests/memory.rs compares the estimate with measured peaks.
+//! Device memory of a training step (stage 1 or a cold start), estimated from the configurations
+//! before anything is loaded: what `premier train` and `premier cold-start` print and
+//! `--max-memory` checks. The backbone's activations follow `premier_mmdit::memory`; the trained
+//! side is the parameters with their gradients and optimizer state. tests/memory.rs compares the
+//! estimate with measured peaks.
 
 use std::fmt;
 
@@ -14,20 +15,32 @@ use premier_users::UserShape;
 /// (p0, s, exp_avg, exp_avg_sq) and two flat temporaries of the update.
 const TRAINED_BYTES_PER_PARAM: u64 = 4 * (1 + 1 + 4 + 2);
 
-/// Device memory of one stage-1 step, in bytes, by what holds it.
+/// Device memory of one training step, in bytes, by what holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stage1Memory {
+pub struct TrainingMemory {
     /// The frozen backbone's weights.
     pub backbone: u64,
-    /// Adapters and user table (f32) with their gradients and optimizer state.
+    /// The trained parameters (f32) with their gradients and optimizer state, and any frozen
+    /// f32 weights besides the backbone (a cold start's adapters and table).
     pub trained: u64,
     /// The backbone's activations kept for the backward pass and its working set.
     pub backbone_activations: u64,
-    /// The adapters' activations: Δ of the batch's prompts and of the null prompt.
+    /// The adapters' activations: Δ of the batch's prompts (and, in stage 1, of the null
+    /// prompt for the dispersion).
     pub adapter_activations: u64,
 }
 
-impl Stage1Memory {
+/// Activation bytes of one adapter pass over `tokens` prompt tokens: per token and perceiver
+/// layer about 16 widths (attention, the 4× MLP, the AdaLayerNorms); the outputs and their norm,
+/// 2 × hidden per output block.
+fn adapter_pass_bytes(adapter: &AdapterConfig, tokens: usize) -> u64 {
+    let outputs = adapter.shared as u64 + adapter.distinct as u64 * adapter.blocks as u64;
+    let per_token =
+        adapter.layers as u64 * 16 * adapter.width as u64 + 2 * adapter.hidden as u64 * outputs;
+    tokens as u64 * per_token * 4
+}
+
+impl TrainingMemory {
     /// The estimate for `flux` stored with `backbone_bytes` per parameter (activations in the
     /// same type), the trained `adapter` and `users`, and one step's `shape`.
     pub fn estimate(
@@ -39,17 +52,32 @@ impl Stage1Memory {
     ) -> Self {
         let trained_params =
             adapter.param_count() + (users.users * users.tokens * users.dim) as u64;
-        // Per prompt token and perceiver layer, about 16 widths (attention, the 4× MLP, the
-        // AdaLayerNorms); the output and its norm, 2 × (hidden · (1 + blocks)) per token.
-        let mut per_token = adapter.layers as u64 * 16 * adapter.width as u64;
-        let outputs = adapter.shared as u64 + adapter.distinct as u64 * adapter.blocks as u64;
-        per_token += 2 * adapter.hidden as u64 * outputs;
         let passes = 2; // the batch's prompts and the null prompt of the dispersion
         Self {
             backbone: flux.weight_bytes(backbone_bytes),
             trained: trained_params * TRAINED_BYTES_PER_PARAM,
             backbone_activations: flux.training_activation_bytes(&shape),
-            adapter_activations: passes * (shape.batch * shape.txt_tokens) as u64 * per_token * 4,
+            adapter_activations: passes
+                * adapter_pass_bytes(adapter, shape.batch * shape.txt_tokens),
+        }
+    }
+
+    /// A cold start: only the new user's `user_params` train; the adapters and the table stay
+    /// frozen in f32, and Δ's gradient flows back through the adapters to the user.
+    pub fn cold_start(
+        flux: &FluxConfig,
+        backbone_bytes: usize,
+        adapter: &AdapterConfig,
+        table: UserShape,
+        user_params: u64,
+        shape: PassShape,
+    ) -> Self {
+        let frozen = adapter.param_count() + (table.users * table.tokens * table.dim) as u64;
+        Self {
+            backbone: flux.weight_bytes(backbone_bytes),
+            trained: user_params * TRAINED_BYTES_PER_PARAM + frozen * 4,
+            backbone_activations: flux.training_activation_bytes(&shape),
+            adapter_activations: adapter_pass_bytes(adapter, shape.batch * shape.txt_tokens),
         }
     }
 
@@ -62,7 +90,7 @@ impl Stage1Memory {
     pub fn check(
         &self,
         limit: MemoryLimit,
-        alternatives: &[(String, Stage1Memory)],
+        alternatives: &[(String, TrainingMemory)],
     ) -> Result<(), MemoryError> {
         if self.total() <= limit.bytes {
             return Ok(());
@@ -107,11 +135,11 @@ impl MemoryLimit {
     }
 }
 
-impl fmt::Display for Stage1Memory {
+impl fmt::Display for TrainingMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} = backbone weights {} + adapters and users with gradients and Prodigy state {} + \
+            "{} = backbone weights {} + trained parameters with gradients and optimizer state {} + \
              backbone activations {} + adapter activations {}",
             gib(self.total()),
             gib(self.backbone),
@@ -163,7 +191,7 @@ mod tests {
 
     #[test]
     fn released_stage1_at_512_is_dominated_by_weights_and_activations() {
-        let m = Stage1Memory::estimate(
+        let m = TrainingMemory::estimate(
             &FluxConfig::dev(),
             2,
             &AdapterConfig::released(),
@@ -175,7 +203,7 @@ mod tests {
         // 907 M adapter + 30.7 M table parameters at 32 bytes each.
         assert_eq!(m.trained, (907_229_184 + 30_720_000) * 32);
         assert!(m.total() > 24 << 30, "{m}");
-        let two = Stage1Memory::estimate(
+        let two = TrainingMemory::estimate(
             &FluxConfig::dev(),
             2,
             &AdapterConfig::released(),
@@ -205,6 +233,29 @@ mod tests {
             err.to_string().contains("none of the usual flags fits"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_cold_start_trains_one_user_through_frozen_adapters() {
+        let linear = TrainingMemory::cold_start(
+            &FluxConfig::dev(),
+            2,
+            &AdapterConfig::released(),
+            UserShape::released(),
+            1000,
+            dev_shape(1, false),
+        );
+        assert_eq!(linear.trained, 1000 * 32 + (907_229_184 + 30_720_000) * 4);
+        let stage1 = TrainingMemory::estimate(
+            &FluxConfig::dev(),
+            2,
+            &AdapterConfig::released(),
+            UserShape::released(),
+            dev_shape(1, false),
+        );
+        assert_eq!(linear.backbone_activations, stage1.backbone_activations);
+        assert_eq!(2 * linear.adapter_activations, stage1.adapter_activations);
+        assert!(linear.total() < stage1.total());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxConfig, FluxOps, PassShape};
-use premier_train::memory::{host_peak_bytes, reset_host_peak, Stage1Memory};
+use premier_train::memory::{host_peak_bytes, reset_host_peak, TrainingMemory};
 use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier_users::{UserShape, UserTable};
 
@@ -68,7 +68,7 @@ fn estimate_bounds_the_measured_activation_memory_per_sample() {
     let measured = peak_large.saturating_sub(peak_small) as f64 / (large - small) as f64;
 
     let estimate = |n: usize| {
-        Stage1Memory::estimate(
+        TrainingMemory::estimate(
             &config,
             4,
             &adapter_config,
