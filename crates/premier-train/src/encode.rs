@@ -49,6 +49,10 @@ impl Default for EncodeOptions {
     }
 }
 
+fn all_finite(t: &premier_mmdit::load::HostTensor) -> bool {
+    t.data.iter().all(|x| x.is_finite())
+}
+
 /// What an encode did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodeReport {
@@ -167,11 +171,13 @@ pub fn encode_dataset(
         for chunk in shard.chunks(batch) {
             let mut images = Vec::with_capacity(chunk.len());
             let mut hashes = Vec::with_capacity(chunk.len());
+            let mut paths = Vec::with_capacity(chunk.len());
             for (hash, path) in chunk {
                 match read_rgb(path) {
                     Ok(rgb) => {
                         images.push(rgb);
                         hashes.push(hash.clone());
+                        paths.push(path);
                     }
                     Err(e) if options.skip_bad => {
                         tracing::warn!("skipping: {e}");
@@ -185,6 +191,18 @@ pub fn encode_dataset(
                     .encode_images(&images)
                     .map_err(EncodeError::Encoder)?;
                 one_each(latents.len(), images.len(), "latents", "images")?;
+                // Caught here, where the image is known, not at the cache's writer.
+                if let Some(i) = latents
+                    .iter()
+                    .position(|l| !all_finite(&l.mean) || !all_finite(&l.logvar))
+                {
+                    return Err(EncodeError::Image {
+                        path: paths[i].clone(),
+                        reason: "its latent holds NaN or infinite values (the autoencoder's \
+                                 weights?); nothing of this shard was written"
+                            .into(),
+                    });
+                }
                 report.images_encoded += latents.len();
                 entries.extend(hashes.into_iter().zip(latents));
             }
@@ -201,6 +219,16 @@ pub fn encode_dataset(
                 .encode_captions(&captions)
                 .map_err(EncodeError::Encoder)?;
             one_each(texts.len(), captions.len(), "text features", "captions")?;
+            if let Some(i) = texts
+                .iter()
+                .position(|t| !all_finite(&t.tokens) || !all_finite(&t.pooled))
+            {
+                return Err(EncodeError::Encoder(format!(
+                    "caption {:?}: its text features hold NaN or infinite values (the text \
+                     encoders' weights?); nothing of this shard was written",
+                    captions[i]
+                )));
+            }
             report.captions_encoded += texts.len();
             entries.extend(chunk.iter().map(|(h, _)| h.clone()).zip(texts));
             done += chunk.len();

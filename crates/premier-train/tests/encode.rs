@@ -186,6 +186,33 @@ fn every_image_and_caption_once_and_resume_after_interruption() {
 }
 
 #[test]
+fn non_finite_latents_name_the_image_and_nothing_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = Dataset::from_folder(&folder(dir.path()), &ReadOptions::default()).unwrap();
+    let cache_dir = dir.path().join("cache");
+    let mut cache = EncodedCache::open(&cache_dir, true).unwrap();
+    let mut stand = Stand::new(f32::NAN);
+    let err = encode_dataset(
+        &dataset,
+        &[],
+        &mut cache,
+        &mut stand,
+        &options(false),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(".png: its latent holds NaN or infinite values"),
+        "{err}"
+    );
+    assert!(
+        cache.index.images.is_empty(),
+        "a non-finite latent was cached"
+    );
+}
+
+#[test]
 fn unreadable_images_name_the_file_or_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let root = folder(dir.path());
