@@ -193,6 +193,17 @@ fn the_synthetic_world_runs_through_every_command() {
     assert!(msg.contains("exceeds 0.1 MiB (--max-memory)"), "{msg}");
     assert!(!refused_cold.exists());
     cold(&dir.path().join("cold"), "2", &[]);
+    // A resume with another batch is refused, naming it.
+    let msg = format!(
+        "{:#}",
+        try_cold(
+            &dir.path().join("cold"),
+            "3",
+            &["--resume", "latest", "--batch-size", "1"]
+        )
+        .unwrap_err()
+    );
+    assert!(msg.contains("another batch_size"), "{msg}");
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
     assert_eq!(sha(&user_file), sha(&resumed_user));
     // A fresh cold start over a finished one whose checkpoints are gone is refused.

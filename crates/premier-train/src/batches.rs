@@ -176,6 +176,16 @@ impl CachedUsers {
         crate::cache::content_hash(text.as_bytes())
     }
 
+    /// A hash of one user's samples' cache keys, in order (what a cold start of the user
+    /// depends on).
+    pub fn user_fingerprint(&self, user: usize) -> String {
+        let mut text = String::new();
+        for (image, caption) in self.samples.get(user).into_iter().flatten() {
+            text.push_str(&format!("{image},{caption};"));
+        }
+        crate::cache::content_hash(text.as_bytes())
+    }
+
     /// The batch of `(user, sample)` picks, each latent drawn from its posterior with the noise
     /// of `seed` (so a step's batch is the same whenever it is replayed).
     pub fn batch<B: Backend>(

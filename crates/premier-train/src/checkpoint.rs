@@ -518,12 +518,25 @@ pub struct Stage2CheckpointState {
     /// Fingerprint of each weights file (see [`fingerprint_files`]); empty in older checkpoints.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// What the cold start's batches depend on, when a whole run wrote the checkpoint.
+    #[serde(default)]
+    pub run: Option<ColdStartSettings>,
+}
+
+/// The settings besides [`Stage2Config`] that decide a cold start's batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdStartSettings {
+    /// Images per step (the configured batch, at most the user's images).
+    pub batch: usize,
+    /// [`crate::batches::CachedUsers::user_fingerprint`] of the user's images and captions.
+    pub images: String,
 }
 
 /// Writes a cold start's state to `<dir>/step-N/` atomically (`user.safetensors` in the official
 /// user-file layout, `optimizer.safetensors`, `state.json`) and keeps the newest `keep`.
 pub fn save_stage2<B: AutodiffBackend>(
     trainer: &Stage2Trainer<B>,
+    run: Option<&ColdStartSettings>,
     dir: &Path,
     keep: usize,
 ) -> Result<PathBuf, CheckpointError> {
@@ -576,6 +589,7 @@ pub fn save_stage2<B: AutodiffBackend>(
         users: trainer.table.shape(),
         optimizer,
         files: fingerprint_files(&tmp, &STAGE2_FILES)?,
+        run: run.cloned(),
     };
     commit(dir, &tmp, &final_dir, &meta, keep)
 }

@@ -24,7 +24,8 @@ use crate::batches::CachedUsers;
 use crate::cache::CacheError;
 use crate::checkpoint::{
     drop_checkpoints_after, latest_checkpoint, load_stage1, load_stage2, read_stage1_state,
-    read_stage2_state, save_stage1, save_stage2, CheckpointError, CheckpointState, RunSettings,
+    read_stage2_state, save_stage1, save_stage2, CheckpointError, CheckpointState,
+    ColdStartSettings, RunSettings,
 };
 pub use crate::config_file::config_from_toml;
 use crate::config_file::first_difference;
@@ -809,14 +810,25 @@ pub fn cold_start<B: FluxAutodiffBackend>(
     let file_name = user_file_name(config.kind, &id);
     let stem = file_name.trim_end_matches(".safetensors");
     let checkpoints = out.join("checkpoints").join(stem);
+    let settings = ColdStartSettings {
+        batch: config.batch_size.min(count),
+        images: data.user_fingerprint(user),
+    };
     let mut trainer = match resume_point(&checkpoints, start)? {
         Some(path) => {
             let meta = read_stage2_state(&path)?;
             let linear = config.kind == ColdStartKind::Linear;
-            if meta.config != config.stage2 || meta.linear != linear {
+            let differs = match &meta.run {
+                _ if meta.linear != linear => Some("kind (linear or direct)"),
+                _ if meta.config != config.stage2 => Some("[stage2] config"),
+                Some(run) if run.batch != settings.batch => Some("batch_size"),
+                Some(run) if run.images != settings.images => Some("images (or --images)"),
+                _ => None,
+            };
+            if let Some(what) = differs {
                 return Err(RunError::Config(format!(
-                    "{}: the checkpoint's cold start had another kind or [stage2] config; \
-                     resume with the same settings or start afresh",
+                    "{}: the checkpoint's cold start had another {what}; resume with the \
+                     settings it was trained with or start afresh",
                     path.display()
                 )));
             }
@@ -872,7 +884,12 @@ pub fn cold_start<B: FluxAutodiffBackend>(
         step(&record);
         let every = config.checkpoint_every;
         if every > 0 && (trainer.step % every == 0 || trainer.step == config.steps) {
-            save_stage2(&trainer, &checkpoints, config.keep_checkpoints)?;
+            save_stage2(
+                &trainer,
+                Some(&settings),
+                &checkpoints,
+                config.keep_checkpoints,
+            )?;
         }
     }
     let path = out.join(&file_name);

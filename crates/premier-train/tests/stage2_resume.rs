@@ -80,7 +80,7 @@ fn cold_start_resumes_bit_for_bit() {
             first.step(&batch).unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
-        let path = save_stage2(&first, dir.path(), 2).unwrap();
+        let path = save_stage2(&first, None, dir.path(), 2).unwrap();
         assert_eq!(checkpoints(dir.path()).len(), 1);
         let (flux, adapter, table) = (
             first.flux.clone(),
@@ -122,7 +122,7 @@ fn cold_start_resumes_bit_for_bit() {
 
         // An optimizer file from another step of the same cold start is refused.
         let dir6 = tempfile::tempdir().unwrap();
-        let later = save_stage2(&straight, dir6.path(), 2).unwrap();
+        let later = save_stage2(&straight, None, dir6.path(), 2).unwrap();
         std::fs::copy(
             path.join("optimizer.safetensors"),
             later.join("optimizer.safetensors"),
@@ -152,7 +152,7 @@ fn an_optimizer_state_of_another_length_is_refused_naming_the_key() {
         let (mut trainer, batch) = fresh(linear);
         trainer.step(&batch).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = save_stage2(&trainer, dir.path(), 2).unwrap();
+        let path = save_stage2(&trainer, None, dir.path(), 2).unwrap();
         let optimizer = path.join("optimizer.safetensors");
         edit_tensor(&optimizer, "0.exp_avg", |t| {
             t.data.push(0.0);
