@@ -319,6 +319,12 @@ fn truncated_and_garbage_files_are_corrupt() {
         matches!(err, LoadError::Corrupt { ref reason, .. } if reason.contains("truncated")),
         "{err}"
     );
+    // The tensor that runs past the end is named, with its byte range.
+    let reason = err.to_string();
+    assert!(
+        reason.contains("tensor `") && reason.contains("of the data, but the file holds only"),
+        "{reason}"
+    );
 
     // Bytes after the data are not called a truncation.
     let appended = dir.path().join("appended.safetensors");

@@ -280,10 +280,29 @@ fn size_mismatch(bytes: &[u8]) -> String {
     let header_end = bytes.get(..8).map(|n| {
         8usize.saturating_add(u64::from_le_bytes(n.try_into().unwrap_or_default()) as usize)
     });
-    let data_end = header_end.zip(header_ranges(bytes)).map(|(end, ranges)| {
+    let ranges = header_ranges(bytes);
+    let data_end = header_end.zip(ranges.as_ref()).map(|(end, ranges)| {
         end.saturating_add(ranges.iter().map(|&(_, _, e)| e).max().unwrap_or(0) as usize)
     });
+    // The first tensor (in file order) that runs past the end of the file.
+    let past_end = header_end.zip(ranges.as_ref()).and_then(|(end, ranges)| {
+        let available = bytes.len().saturating_sub(end) as u64;
+        ranges
+            .iter()
+            .find(|&&(_, _, e)| e > available)
+            .map(|(name, start, e)| (name.clone(), *start, *e, available))
+    });
     match data_end {
+        Some(expected) if bytes.len() < expected => match past_end {
+            Some((name, start, end, available)) => format!(
+                "tensor `{name}` spans bytes {start}..{end} of the data, but the file holds only \
+                 {available} data bytes (truncated file, or a wrong offset?)"
+            ),
+            None => format!(
+                "the header needs {expected} bytes but the file has {} (truncated file?)",
+                bytes.len()
+            ),
+        },
         Some(expected) if bytes.len() > expected => format!(
             "{} bytes after the last tensor's data (the header accounts for {expected} of the \
              file's {} bytes: appended or corrupt data)",
