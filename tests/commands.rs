@@ -146,6 +146,39 @@ fn the_synthetic_world_runs_through_every_command() {
     write_config("[stage1.optimizer]\nd0 = 0.0\n");
     let msg = format!("{:#}", train_run(&fresh, "4", &[]).unwrap_err());
     assert!(msg.contains("`stage1.optimizer.d0` = 0"), "{msg}");
+    // A run that diverges stops at the first non-finite step, naming it; the checkpoints
+    // before it stay, and no final weights are written.
+    write_config("batch_size = 3\n[stage1.optimizer]\nlr = 1e30\n");
+    let diverged = dir.path().join("diverged");
+    let err = premier(&[
+        "train",
+        "--synth-base",
+        s(&base),
+        "--data",
+        s(&train),
+        "--cache",
+        s(&cache),
+        "--out",
+        s(&diverged),
+        "--config",
+        s(&config),
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "1",
+        "--validate-every",
+        "0",
+    ])
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(": the ") && msg.contains("training stopped"),
+        "{msg}"
+    );
+    let kept = premier::train::checkpoint::checkpoints(&diverged.join("checkpoints"));
+    eprintln!("diverged run: {msg}; checkpoints kept: {kept:?}");
+    assert!(!kept.is_empty(), "the last good checkpoint is kept");
+    assert!(!diverged.join("mod_adapter.safetensors").exists());
     write_config(run_toml);
     assert!(straight.join("validation/step-00000004.png").is_file());
     assert!(straight.join("loss.png").is_file());
