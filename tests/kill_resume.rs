@@ -1,5 +1,6 @@
 //! `premier train` killed with SIGKILL at several moments (during a checkpoint write, after 2 and
-//! after 5 steps) and resumed ends with the same weights, bit for bit, as a run never killed.
+//! after 5 steps), and `premier cold-start` killed after 3 steps, resumed end with the same
+//! weights, bit for bit, as runs never killed.
 #![cfg(unix)]
 
 use std::os::unix::process::ExitStatusExt;
@@ -26,6 +27,108 @@ fn writing_checkpoint(run: &Path) -> bool {
                 .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
         })
         .unwrap_or(false)
+}
+
+/// Runs `args` as a child process and kills it (SIGKILL) once `now` says so; its exit status.
+fn run_and_kill(args: &[String], now: impl Fn() -> bool) -> std::process::ExitStatus {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_premier"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if now() || Instant::now() > deadline {
+            child.kill().unwrap();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_killed_cold_start_resumes_to_the_user_of_one_never_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (world, cache) = encoded_synth_world(dir.path(), 4, 3);
+    let base = synth_base();
+    let run = dir.path().join("run");
+    let train = world.join("train.jsonl");
+    premier(&[
+        "train",
+        "--synth-base",
+        s(&base),
+        "--data",
+        s(&train),
+        "--cache",
+        s(&cache),
+        "--out",
+        s(&run),
+        "--steps",
+        "2",
+        "--validate-every",
+        "0",
+        "--batch-size",
+        "2",
+    ])
+    .unwrap();
+    let new_users = world.join("new_users.jsonl");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "cold-start",
+            "--synth-base",
+            s(&base),
+            "--data",
+            s(&new_users),
+            "--cache",
+            s(&cache),
+            "--run",
+            s(&run),
+            "--steps",
+            "30",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            s(out),
+            "--resume-or-start",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let straight = dir.path().join("straight");
+    premier(
+        &args(&straight)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let user_file = |out: &Path| {
+        std::fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .unwrap()
+    };
+    let metrics = |out: &Path| {
+        std::fs::read_dir(out)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("metrics_"))
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .map_or(0, |t| t.lines().count())
+    };
+    let killed = dir.path().join("killed");
+    let status = run_and_kill(&args(&killed), || metrics(&killed) >= 3);
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    premier(&args(&killed).iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert_eq!(sha(&user_file(&killed)), sha(&user_file(&straight)));
+    assert_eq!(metrics(&killed), 30, "every step logged once");
 }
 
 #[test]
@@ -70,23 +173,7 @@ fn a_killed_run_resumes_to_the_weights_of_a_run_never_killed() {
     ];
     for (i, (moment, now)) in moments.into_iter().enumerate() {
         let run = dir.path().join(format!("killed-{i}"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_premier"))
-            .args(args(&run))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if now(&run) || Instant::now() > deadline {
-                child.kill().unwrap();
-                break child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let status = run_and_kill(&args(&run), || now(&run));
         // The step-counted moments come long before the run's end; a checkpoint write is brief
         // and may be missed, then the run is killed or ends on its own.
         eprintln!("{moment}: {status:?}");
