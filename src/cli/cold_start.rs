@@ -14,7 +14,7 @@ use crate::adapter::PreferenceAdapter;
 use crate::train::adamw::AdamWConfig;
 use crate::train::batches::CachedUsers;
 use crate::train::cache::EncodedCache;
-use crate::train::memory::{MemoryLimit, TrainingMemory};
+use crate::train::memory::TrainingMemory;
 use crate::train::prodigy::ProdigyConfig;
 use crate::train::run::{cold_start, ColdStartConfig, ColdStartKind, Start, TrainedModel};
 use crate::train::stage2::ColdStartOptimizer;
@@ -208,15 +208,7 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
             },
         );
         println!("estimated device memory of a step: {estimate}");
-        let limit = match (args.max_memory, args.backend) {
-            (Some(gib), _) => Some(MemoryLimit {
-                bytes: (gib * (1u64 << 30) as f64) as u64,
-                source: "--max-memory",
-            }),
-            (None, BackendKind::Flex) => MemoryLimit::host_available(),
-            (None, _) => None,
-        };
-        if let Some(limit) = limit {
+        if let Some(limit) = super::memory_limit(args.max_memory, args.backend) {
             estimate.check(limit, &[])?;
         }
     }

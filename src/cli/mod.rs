@@ -22,6 +22,23 @@ pub(crate) fn check_side(what: &str, side: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The memory a training command may use: `--max-memory` GiB if given, else on the CPU backend
+/// the memory the host has available, else none known.
+pub(crate) fn memory_limit(
+    max_memory: Option<f64>,
+    backend: BackendKind,
+) -> Option<crate::train::memory::MemoryLimit> {
+    use crate::train::memory::MemoryLimit;
+    match (max_memory, backend) {
+        (Some(gib), _) => Some(MemoryLimit {
+            bytes: (gib * (1u64 << 30) as f64) as u64,
+            source: "--max-memory",
+        }),
+        (None, BackendKind::Flex) => MemoryLimit::host_available(),
+        (None, _) => None,
+    }
+}
+
 /// A clap value parser for float flags: a finite number (NaN and ±inf would end in NaN weights
 /// or black images much later).
 pub(crate) fn finite<T>(text: &str) -> Result<T, String>

@@ -17,7 +17,7 @@ use crate::pipeline::image_io::{grid, save_png};
 use crate::text::TextConditioning;
 use crate::train::batches::CachedUsers;
 use crate::train::cache::EncodedCache;
-use crate::train::memory::{MemoryLimit, TrainingMemory};
+use crate::train::memory::TrainingMemory;
 use crate::train::metrics::MetricRecord;
 use crate::train::run::{train_stage1, RunObserver, Start, TrainConfig};
 use crate::train::stage1::Stage1Model;
@@ -290,15 +290,7 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
         let bf16 = dtype.is_some();
         let this = estimate(config.batch_size, bf16);
         println!("estimated device memory of a step: {this}");
-        let limit = match (args.max_memory, args.backend) {
-            (Some(gib), _) => Some(MemoryLimit {
-                bytes: (gib * (1u64 << 30) as f64) as u64,
-                source: "--max-memory",
-            }),
-            (None, BackendKind::Flex) => MemoryLimit::host_available(),
-            (None, _) => None,
-        };
-        if let Some(limit) = limit {
+        if let Some(limit) = super::memory_limit(args.max_memory, args.backend) {
             let mut alternatives = Vec::new();
             if config.batch_size > 1 {
                 alternatives.push(("--batch-size 1".to_string(), estimate(1, bf16)));
