@@ -22,8 +22,8 @@ pub(crate) fn check_side(what: &str, side: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The memory a training command may use: `--max-memory` GiB if given, else on the CPU backend
-/// the memory the host has available, else none known.
+/// The memory a training command may use: `--max-memory` GiB if given, else what the device has
+/// free (the host's available memory on the CPU, GPU 0's free memory on CUDA), else none known.
 pub(crate) fn memory_limit(
     max_memory: Option<f64>,
     backend: BackendKind,
@@ -35,6 +35,7 @@ pub(crate) fn memory_limit(
             source: "--max-memory",
         }),
         (None, BackendKind::Flex) => MemoryLimit::host_available(),
+        (None, BackendKind::Cuda) => MemoryLimit::nvidia_free(0),
         (None, _) => None,
     }
 }

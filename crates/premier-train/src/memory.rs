@@ -123,6 +123,24 @@ pub struct MemoryLimit {
 }
 
 impl MemoryLimit {
+    /// The free memory of GPU `index` as `nvidia-smi` reports it (`None` without an NVIDIA
+    /// driver or tool).
+    pub fn nvidia_free(index: usize) -> Option<Self> {
+        let out = std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=memory.free",
+                "--format=csv,noheader,nounits",
+                &format!("--id={index}"),
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(Self {
+            bytes: parse_mib(&String::from_utf8_lossy(&out.stdout))?,
+            source: "the GPU's free memory (nvidia-smi)",
+        })
+    }
+
     /// `MemAvailable` of /proc/meminfo: what the CPU backend can still allocate.
     pub fn host_available() -> Option<Self> {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -158,6 +176,12 @@ pub struct MemoryError {
     pub limit: MemoryLimit,
     /// The alternatives that fit, or what to change when none does.
     pub fits: String,
+}
+
+/// `nvidia-smi`'s number of MiB (its first line) in bytes.
+fn parse_mib(text: &str) -> Option<u64> {
+    let mib: u64 = text.lines().next()?.trim().parse().ok()?;
+    Some(mib << 20)
 }
 
 /// Peak resident memory of this process in bytes (`VmHWM`), where /proc is there: what the
@@ -256,6 +280,14 @@ mod tests {
         assert_eq!(linear.backbone_activations, stage1.backbone_activations);
         assert_eq!(2 * linear.adapter_activations, stage1.adapter_activations);
         assert!(linear.total() < stage1.total());
+    }
+
+    #[test]
+    fn nvidia_smi_numbers_read_as_bytes() {
+        assert_eq!(parse_mib("81559\n"), Some(81_559 << 20));
+        assert_eq!(parse_mib(" 512 \n1024\n"), Some(512 << 20));
+        assert_eq!(parse_mib("[N/A]\n"), None);
+        assert_eq!(parse_mib(""), None);
     }
 
     #[test]
