@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{encoded_synth_world, premier, s, sha, synth_base};
 
+/// Both tests train in this process, and a fresh run seeds and draws from Flex's global
+/// generator: run at once, one test's draws would land inside the other's seeded init.
+static IN_PROCESS_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_synthetic_world_runs_through_every_command() {
+    let _alone = IN_PROCESS_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (world, cache) = encoded_synth_world(dir.path(), 4, 6);
     let base = synth_base();
@@ -455,6 +460,7 @@ fn tiny_model_dir(root: &Path) -> PathBuf {
 
 #[test]
 fn flux_files_encode_train_and_cold_start() {
+    let _alone = IN_PROCESS_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
     // A folder dataset: two users, photos of other sizes than the training resolution.

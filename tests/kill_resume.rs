@@ -29,6 +29,10 @@ fn writing_checkpoint(run: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Both tests run `premier` in this process too, and a fresh run seeds and draws from Flex's
+/// global generator: run at once, one test's draws would land inside the other's seeded init.
+static IN_PROCESS_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `args` as a child process and kills it (SIGKILL) once `now` says so; its exit status.
 fn run_and_kill(args: &[String], now: impl Fn() -> bool) -> std::process::ExitStatus {
     let mut child = Command::new(env!("CARGO_BIN_EXE_premier"))
@@ -52,6 +56,7 @@ fn run_and_kill(args: &[String], now: impl Fn() -> bool) -> std::process::ExitSt
 
 #[test]
 fn a_killed_cold_start_resumes_to_the_user_of_one_never_killed() {
+    let _alone = IN_PROCESS_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (world, cache) = encoded_synth_world(dir.path(), 4, 3);
     let base = synth_base();
@@ -133,6 +138,7 @@ fn a_killed_cold_start_resumes_to_the_user_of_one_never_killed() {
 
 #[test]
 fn a_killed_run_resumes_to_the_weights_of_a_run_never_killed() {
+    let _alone = IN_PROCESS_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (world, cache) = encoded_synth_world(dir.path(), 4, 3);
     let base = synth_base();
