@@ -3,7 +3,8 @@
 //! step's peak resident memory (`VmHWM`, reset with /proc/self/clear_refs) against the estimate's
 //! total, and the extra peak of two more samples against the estimate's difference. The estimate
 //! counts every tensor a block keeps; the allocator reuses some, so it may overestimate, but by
-//! less than a factor of two. One test in this binary: resident memory is the whole process's.
+//! less than a factor of two. Gradient accumulation must not grow with the micro-batches. One
+//! test in this binary: resident memory is the whole process's.
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
@@ -34,7 +35,7 @@ fn batch<B: FluxOps>(config: &FluxConfig, n: usize, side: usize, txt: usize) -> 
 }
 
 #[test]
-fn estimate_bounds_the_measured_activation_memory_per_sample() {
+fn estimate_bounds_measured_memory_and_accumulation_stays_flat() {
     if host_peak_bytes().is_none() || !reset_host_peak() {
         eprintln!("no /proc/self/status or clear_refs here: nothing to measure");
         return;
@@ -96,6 +97,29 @@ fn estimate_bounds_the_measured_activation_memory_per_sample() {
     assert!(
         (0.5..=1.1).contains(&ratio),
         "per sample: measured / estimated = {ratio:.2}"
+    );
+    // Gradient accumulation streams its micro-batches: past the running sum of the gradients,
+    // 6 micro-batches peak like 2 (memory does not grow with their number).
+    let micro = batch::<AB>(&config, small, side, txt);
+    let mut accumulated_peak = |k: usize| {
+        reset_host_peak();
+        trainer
+            .step_streamed(k, |_| {
+                Ok::<_, premier_train::stage1::TrainError>(micro.clone())
+            })
+            .unwrap();
+        host_peak_bytes().unwrap()
+    };
+    let (two, six) = (accumulated_peak(2), accumulated_peak(6));
+    eprintln!(
+        "accumulated micro-batches of {small}: 2 peak at {:.0} MiB, 6 at {:.0} MiB (one batch of {small}: {:.0} MiB)",
+        two as f64 / 1048576.0,
+        six as f64 / 1048576.0,
+        peak_small as f64 / 1048576.0
+    );
+    assert!(
+        six < two + (peak_large - peak_small) / 8,
+        "accumulation grows memory with the micro-batches: 2 → {two}, 6 → {six} bytes"
     );
     let whole = peak_large as f64 / estimate(large).total() as f64;
     eprintln!("whole step at batch {large}: measured / estimated = {whole:.2}");
