@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::{AdapterConfig, AdapterError, PreferenceAdapter};
-use premier_mmdit::load::{
-    write_safetensors_with_metadata, HostTensor, SafetensorsFile, SaveDtype,
-};
+use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 use premier_mmdit::{Flux, LoadError};
 use premier_users::{LinearCombination, TableRows, UserEmbedding, UserError, UserShape, UserTable};
 use serde::{Deserialize, Serialize};
@@ -42,39 +40,6 @@ pub enum CheckpointError {
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     User(#[from] UserError),
-}
-
-/// The header key of the step an optimizer file was written at: a file copied in from another
-/// checkpoint has the right shapes, so only this catches it.
-const STEP_KEY: &str = "premier.step";
-
-fn write_optimizer(
-    path: &Path,
-    tensors: &[(String, HostTensor)],
-    step: u64,
-) -> Result<(), LoadError> {
-    write_safetensors_with_metadata(
-        path,
-        tensors,
-        SaveDtype::F32,
-        &[(STEP_KEY, step.to_string())],
-    )
-}
-
-/// `Err` unless the optimizer file was written at `step` (files from before the record existed
-/// carry none and are accepted).
-fn check_optimizer_step(file: &SafetensorsFile, step: u64) -> Result<(), CheckpointError> {
-    match file.metadata(STEP_KEY) {
-        None => Ok(()),
-        Some(written) if written.parse::<u64>().ok() == Some(step) => Ok(()),
-        Some(written) => Err(CheckpointError::Optimizer {
-            path: file.path.clone(),
-            reason: format!(
-                "holds the optimizer state of step {written}, but this checkpoint is step {step} \
-                 (a file copied from another checkpoint?)"
-            ),
-        }),
-    }
 }
 
 /// The weights files of a stage-1 and of a cold-start checkpoint.
@@ -212,7 +177,7 @@ pub fn save_stage1<B: AutodiffBackend>(
         .save(tmp.join("user_embedding.safetensors"), SaveDtype::F32)?;
     let state = trainer.optimizer.state();
     let (tensors, params) = prodigy_tensors(&state);
-    write_optimizer(&tmp.join("optimizer.safetensors"), &tensors, trainer.step)?;
+    write_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32)?;
     let meta = CheckpointState {
         step: trainer.step,
         config: trainer.config.clone(),
@@ -462,7 +427,6 @@ pub fn load_stage1<B: AutodiffBackend>(
     }
     let optimizer_path = path.join("optimizer.safetensors");
     let file = SafetensorsFile::open(&optimizer_path)?;
-    check_optimizer_step(&file, meta.step)?;
     let params = read_prodigy_params(&file, &meta.params)?;
     let model = Stage1Model { adapter, users };
     let sizes: Vec<usize> = flat_values(&model).iter().map(|t| t.dims()[0]).collect();
@@ -581,7 +545,7 @@ pub fn save_stage2<B: AutodiffBackend>(
             )
         }
     };
-    write_optimizer(&tmp.join("optimizer.safetensors"), &tensors, trainer.step)?;
+    write_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32)?;
     let meta = Stage2CheckpointState {
         step: trainer.step,
         config: trainer.config.clone(),
@@ -631,7 +595,6 @@ pub fn load_stage2<B: AutodiffBackend>(
     };
     let optimizer_path = path.join("optimizer.safetensors");
     let file = SafetensorsFile::open(&optimizer_path)?;
-    check_optimizer_step(&file, meta.step)?;
     let sizes: Vec<usize> = match &user {
         NewUser::Linear(u) => flat_values(u),
         NewUser::Direct(u) => flat_values(u),

@@ -22,9 +22,7 @@ use burn::prelude::*;
 
 pub use atomic::write_via_temp;
 pub use layout::{diffusers_recipe, Recipe};
-pub use safetensors_file::{
-    write_safetensors, write_safetensors_with_metadata, HostTensor, SafetensorsFile, SaveDtype,
-};
+pub use safetensors_file::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 
 use crate::config::FluxConfig;
 use crate::error::LoadError;

@@ -85,8 +85,6 @@ pub struct SafetensorsFile {
     mmap: Mmap,
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
-    /// The header's `__metadata__` strings.
-    metadata: HashMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -127,19 +125,12 @@ impl SafetensorsFile {
             }
             tensors.insert(name, info.clone());
         }
-        let strings = metadata.metadata().clone().unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
             data_start,
             tensors,
-            metadata: strings,
         })
-    }
-
-    /// A string of the header's `__metadata__`, if present.
-    pub fn metadata(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).map(String::as_str)
     }
 
     /// Names of all tensors in the file.
@@ -292,28 +283,22 @@ fn size_mismatch(bytes: &[u8]) -> String {
             .find(|&&(_, _, e)| e > available)
             .map(|(name, start, e)| (name.clone(), *start, *e, available))
     });
-    match data_end {
-        Some(expected) if bytes.len() < expected => match past_end {
-            Some((name, start, end, available)) => format!(
-                "tensor `{name}` spans bytes {start}..{end} of the data, but the file holds only \
-                 {available} data bytes (truncated file, or a wrong offset?)"
-            ),
-            None => format!(
-                "the header needs {expected} bytes but the file has {} (truncated file?)",
-                bytes.len()
-            ),
-        },
-        Some(expected) if bytes.len() > expected => format!(
+    match (data_end, past_end) {
+        (Some(expected), _) if bytes.len() > expected => format!(
             "{} bytes after the last tensor's data (the header accounts for {expected} of the \
              file's {} bytes: appended or corrupt data)",
             bytes.len() - expected,
             bytes.len()
         ),
-        Some(expected) => format!(
+        (_, Some((name, start, end, available))) => format!(
+            "tensor `{name}` spans bytes {start}..{end} of the data, but the file holds only \
+             {available} data bytes (truncated file, or a wrong offset?)"
+        ),
+        (Some(expected), None) => format!(
             "the header needs {expected} bytes but the file has {} (truncated file?)",
             bytes.len()
         ),
-        None => format!(
+        (None, _) => format!(
             "the header promises more data than the file's {} bytes (truncated file?)",
             bytes.len()
         ),
@@ -378,17 +363,6 @@ pub fn write_safetensors(
     tensors: &[(String, HostTensor)],
     dtype: SaveDtype,
 ) -> Result<(), LoadError> {
-    write_safetensors_with_metadata(path, tensors, dtype, &[])
-}
-
-/// [`write_safetensors`] with extra `__metadata__` strings beside `format: pt` (a checkpoint's
-/// step, read back with [`SafetensorsFile::metadata`]).
-pub fn write_safetensors_with_metadata(
-    path: &Path,
-    tensors: &[(String, HostTensor)],
-    dtype: SaveDtype,
-    extra: &[(&str, String)],
-) -> Result<(), LoadError> {
     use safetensors::tensor::TensorView;
     let fail = |reason: String| LoadError::Write {
         path: path.to_path_buf(),
@@ -427,9 +401,10 @@ pub fn write_safetensors_with_metadata(
                 .map_err(|e| fail(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    let metadata = Some(metadata);
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
     super::write_via_temp(path, |tmp| {
         safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| e.to_string())
     })
