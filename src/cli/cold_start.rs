@@ -88,7 +88,7 @@ pub struct ColdStartArgs {
     pub backbone_dtype: Option<Precision>,
     /// Refuse to start when the estimated device memory of a step (printed first) exceeds this
     /// many GiB (on the CPU, by default, the memory the host has available).
-    #[arg(long, value_parser = super::train::parse_gib)]
+    #[arg(long, value_parser = super::parse_gib)]
     pub max_memory: Option<f64>,
 }
 

@@ -86,7 +86,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub vae_tile: Option<usize>,
     /// Refuse to start when the estimated device memory (printed first) exceeds this many GiB.
-    #[arg(long, value_parser = super::train::parse_gib)]
+    #[arg(long, value_parser = super::parse_gib)]
     pub max_memory: Option<f64>,
 }
 
@@ -341,7 +341,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     {
         eprintln!("estimated device memory: {estimate}");
         if let Some(gib) = args.max_memory {
-            let limit = (gib * (1u64 << 30) as f64) as u64;
+            let limit = crate::train::memory::MemoryLimit::from_gib(gib).bytes;
             let (staged, _) = estimate.staged_peak();
             let needed = if args.low_memory {
                 staged

@@ -30,13 +30,18 @@ pub(crate) fn memory_limit(
 ) -> Option<crate::train::memory::MemoryLimit> {
     use crate::train::memory::MemoryLimit;
     match (max_memory, backend) {
-        (Some(gib), _) => Some(MemoryLimit {
-            bytes: (gib * (1u64 << 30) as f64) as u64,
-            source: "--max-memory",
-        }),
+        (Some(gib), _) => Some(MemoryLimit::from_gib(gib)),
         (None, BackendKind::Flex) => MemoryLimit::host_available(),
         (None, BackendKind::Cuda) => MemoryLimit::nvidia_free(0),
         (None, _) => None,
+    }
+}
+
+/// A clap value parser for `--max-memory`: a positive, finite number of GiB.
+pub(crate) fn parse_gib(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number of GiB, not {text:?}")),
     }
 }
 

@@ -96,16 +96,8 @@ pub struct TrainArgs {
     pub backbone_dtype: Option<Precision>,
     /// Refuse to start when the estimated device memory of a step (printed at the start)
     /// exceeds this many GiB.
-    #[arg(long, value_parser = parse_gib)]
+    #[arg(long, value_parser = super::parse_gib)]
     pub max_memory: Option<f64>,
-}
-
-/// A positive, finite number of GiB.
-pub(super) fn parse_gib(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("expected a positive number of GiB, not {text:?}")),
-    }
 }
 
 impl TrainArgs {

@@ -123,6 +123,14 @@ pub struct MemoryLimit {
 }
 
 impl MemoryLimit {
+    /// `--max-memory`'s limit of `gib` GiB.
+    pub fn from_gib(gib: f64) -> Self {
+        Self {
+            bytes: (gib * (1u64 << 30) as f64) as u64,
+            source: "--max-memory",
+        }
+    }
+
     /// The free memory of GPU `index` as `nvidia-smi` reports it (`None` without an NVIDIA
     /// driver or tool).
     pub fn nvidia_free(index: usize) -> Option<Self> {

@@ -20,7 +20,7 @@ use premier_mmdit::{Flux, FluxAutodiffBackend};
 use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
 use serde::{Deserialize, Serialize};
 
-use crate::batches::CachedUsers;
+use crate::batches::{CachedUsers, SampleDims};
 use crate::cache::CacheError;
 use crate::checkpoint::{
     drop_checkpoints_after, latest_checkpoint, load_stage1, load_stage2, read_stage1_state,
@@ -320,7 +320,7 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
             data.ids[u]
         )));
     }
-    let Some(first_caption) = data.captions.iter().flatten().next().cloned() else {
+    let Some(dims) = data.sample_dims()? else {
         return Err(RunError::Config("the dataset has no images".into()));
     };
     if let Some(warning) = config.batch_warning(data.ids.len()) {
@@ -331,8 +331,8 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
         grad_accum: config.grad_accum,
         data: data.fingerprint(),
     };
-    let text_dim = data.text::<B>(&first_caption, device)?.0.dims()[2];
-    check_cache_fits_backbone(&flux, data)?;
+    check_cache_fits_backbone(&flux, data.cache_dir(), &dims)?;
+    let text_dim = dims.text_dim;
     let (mut trainer, adapter_config) = match &resume_from {
         Some(path) => {
             let meta = read_stage1_state(path)?;
@@ -467,11 +467,9 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
 /// for the synth base, say — fails here, named, instead of deep inside the first step).
 fn check_cache_fits_backbone<B: FluxAutodiffBackend>(
     flux: &Flux<B>,
-    data: &mut CachedUsers,
+    cache: &Path,
+    dims: &SampleDims,
 ) -> Result<(), RunError> {
-    let Some(dims) = data.sample_dims()? else {
-        return Ok(());
-    };
     let wants = (
         flux.img_in.weight.dims()[0],
         flux.txt_in.weight.dims()[0],
@@ -483,7 +481,7 @@ fn check_cache_fits_backbone<B: FluxAutodiffBackend>(
             "{}: its samples hold {} latent channels ({} per packed token), {}-wide text tokens \
              and {}-wide pooled vectors, but the backbone reads {} per token, {}-wide text and \
              {}-wide pooled vectors: the cache was encoded for another model",
-            data.cache_dir().display(),
+            cache.display(),
             dims.latent_channels,
             has.0,
             has.1,
