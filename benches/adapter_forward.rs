@@ -9,7 +9,7 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
 
@@ -35,4 +35,9 @@ fn adapter(c: &mut Criterion) {
 }
 
 criterion_group!(benches, adapter);
-criterion_main!(benches);
+// criterion_main!, after the allocator setting the premier command and examples use.
+fn main() {
+    premier::allocator::retain_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -8,7 +8,7 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 use premier::mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput, TextModulation};
 
@@ -150,4 +150,9 @@ fn attention_training(c: &mut Criterion) {
 }
 
 criterion_group!(benches, forward, parts, attention_training);
-criterion_main!(benches);
+// criterion_main!, after the allocator setting the premier command and examples use.
+fn main() {
+    premier::allocator::retain_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

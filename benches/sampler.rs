@@ -9,7 +9,7 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
 use premier::mmdit::{img_ids, txt_ids, Flux, FluxConfig};
@@ -81,4 +81,9 @@ fn sampling(c: &mut Criterion) {
 }
 
 criterion_group!(benches, sampling);
-criterion_main!(benches);
+// criterion_main!, after the allocator setting the premier command and examples use.
+fn main() {
+    premier::allocator::retain_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

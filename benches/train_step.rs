@@ -9,7 +9,7 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
 use premier::mmdit::{Flux, FluxConfig};
@@ -53,4 +53,9 @@ fn train_step(c: &mut Criterion) {
 }
 
 criterion_group!(benches, train_step);
-criterion_main!(benches);
+// criterion_main!, after the allocator setting the premier command and examples use.
+fn main() {
+    premier::allocator::retain_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

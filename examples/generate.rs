@@ -16,5 +16,6 @@ struct Example {
 }
 
 fn main() -> anyhow::Result<()> {
+    premier::allocator::retain_freed_memory();
     premier::cli::run_generate(Example::parse().args)
 }

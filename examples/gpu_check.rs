@@ -46,6 +46,7 @@ struct Args {
 }
 
 fn main() {
+    premier::allocator::retain_freed_memory();
     let args = Args::parse();
     let size = if args.dry_run {
         WorkloadSize::tiny()

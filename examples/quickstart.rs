@@ -121,6 +121,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    premier::allocator::retain_freed_memory();
     let args = Args::parse();
     let base = args.base.clone().unwrap_or_else(shipped_base_dir);
     let mut reports = Vec::new();

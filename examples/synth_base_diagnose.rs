@@ -64,6 +64,7 @@ fn scores(images: &[RgbImage], cases: &[(Content, Style)]) -> ([f64; FACTORS], f
 }
 
 fn main() -> anyhow::Result<()> {
+    premier::allocator::retain_freed_memory();
     let args = Args::parse();
     let dir = args.base.unwrap_or_else(shipped_base_dir);
     let device = Default::default();

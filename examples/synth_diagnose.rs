@@ -197,6 +197,7 @@ fn user_dependence(
 }
 
 fn main() -> anyhow::Result<()> {
+    premier::allocator::retain_freed_memory();
     let args = Args::parse();
     let device = Default::default();
     let dir = shipped_base_dir();

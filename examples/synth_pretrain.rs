@@ -67,6 +67,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    premier::allocator::retain_freed_memory();
     let args = Args::parse();
     let config = PretrainConfig {
         steps: args.steps,

@@ -125,6 +125,7 @@ fn run<B: AutodiffBackend + FluxOps>(args: &Args, device: B::Device) {
 }
 
 fn main() {
+    premier::allocator::retain_freed_memory();
     let args = Args::parse();
     println!("{args:?}");
     macro_rules! on {

@@ -13,10 +13,12 @@
 //! - [`synth`]: the synthetic preference world, its scorers and base model (the quickstart);
 //! - [`encoders`]: FLUX.1's VAE, T5 and CLIP as `premier encode`'s [`train::encode::Encoders`];
 //! - [`gpu_check`]: the prepared GPU check (parity on the device, timed FLUX.1-dev-size work);
+//! - [`allocator`]: keeps freed buffers in the process (glibc `mallopt`), for binaries to opt into;
 //! - [`cli`]: the `premier` command (`generate`, `encode`, `train`, `cold-start`, `synth export`).
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
 
+pub mod allocator;
 pub mod cli;
 pub mod encoders;
 pub mod gpu_check;

@@ -109,6 +109,7 @@ pub enum Precision {
 
 /// Parses the process arguments and runs the subcommand.
 pub fn main() -> anyhow::Result<()> {
+    crate::allocator::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
