@@ -7,7 +7,8 @@ use burn::tensor::activation::silu;
 use crate::embed::Rope;
 use crate::error::LoadError;
 use crate::fused::{
-    flux_attention, flux_gated_residual, flux_gelu_tanh, flux_modulate, flux_qkv_part, FluxOps,
+    flux_attention, flux_gated_residual, flux_gelu_tanh, flux_linear, flux_modulate, flux_qkv_part,
+    FluxOps,
 };
 use crate::norm::QkNorm;
 use crate::params::ParamSource;
@@ -119,7 +120,7 @@ impl<B: Backend> SelfAttention<B> {
 impl<B: FluxOps> SelfAttention<B> {
     /// Normalised q, k and v of x: `[batch, tokens, hidden]` → 3 × `[batch, heads, tokens, head_dim]`.
     pub fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let (q, k, v) = split_qkv(self.qkv.forward(x), self.heads);
+        let (q, k, v) = split_qkv(flux_linear(&self.qkv, x), self.heads);
         let (q, k) = self.norm.forward(q, k);
         (q, k, v)
     }
@@ -149,7 +150,7 @@ impl<B: Backend> Mlp<B> {
 impl<B: FluxOps> Mlp<B> {
     /// x: `[batch, tokens, hidden]` → same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(flux_gelu_tanh(self.fc1.forward(x)))
+        flux_linear(&self.fc2, flux_gelu_tanh(flux_linear(&self.fc1, x)))
     }
 }
 
@@ -243,7 +244,7 @@ impl<B: FluxOps> DoubleStreamBlock<B> {
         let img = flux_gated_residual(
             img,
             img_mod1.gate.clone(),
-            self.img_attn.proj.forward(img_attn),
+            flux_linear(&self.img_attn.proj, img_attn),
         );
         let img = flux_gated_residual(
             img.clone(),
@@ -253,7 +254,7 @@ impl<B: FluxOps> DoubleStreamBlock<B> {
         let txt = flux_gated_residual(
             txt,
             txt_mod1.gate.clone(),
-            self.txt_attn.proj.forward(txt_attn),
+            flux_linear(&self.txt_attn.proj, txt_attn),
         );
         let txt = flux_gated_residual(
             txt.clone(),
@@ -314,11 +315,11 @@ impl<B: FluxOps> SingleStreamBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>, rope: &Rope<B>) -> Tensor<B, 3> {
         let modulation = self.modulation.forward(vec.unsqueeze_dim::<3>(1)).remove(0);
         let x_mod = modulation.modulate(x.clone());
-        let (q, k, v) = split_qkv(self.linear1_qkv.forward(x_mod.clone()), self.heads);
-        let mlp = flux_gelu_tanh(self.linear1_mlp.forward(x_mod));
+        let (q, k, v) = split_qkv(flux_linear(&self.linear1_qkv, x_mod.clone()), self.heads);
+        let mlp = flux_gelu_tanh(flux_linear(&self.linear1_mlp, x_mod));
         let (q, k) = self.norm.forward(q, k);
         let attn = rope_attention(q, k, v, rope);
-        let out = self.linear2.forward(Tensor::cat(vec![attn, mlp], 2));
+        let out = flux_linear(&self.linear2, Tensor::cat(vec![attn, mlp], 2));
         flux_gated_residual(x, modulation.gate, out)
     }
 }
@@ -359,6 +360,6 @@ impl<B: FluxOps> LastLayer<B> {
             .unsqueeze_dim::<3>(1)
             .chunk(2, 2);
         let (shift, scale) = (ada[0].clone(), ada[1].clone());
-        self.linear.forward(flux_modulate(x, shift, scale, LN_EPS))
+        flux_linear(&self.linear, flux_modulate(x, shift, scale, LN_EPS))
     }
 }

@@ -7,7 +7,7 @@ use crate::blocks::{DoubleStreamBlock, LastLayer, SingleStreamBlock};
 use crate::config::{ConfigError, FluxConfig};
 use crate::embed::{timestep_embedding, MlpEmbedder, Rope};
 use crate::error::{ForwardError, LoadError};
-use crate::fused::FluxOps;
+use crate::fused::{flux_linear, FluxOps};
 use crate::modulation::TextModulation;
 use crate::params::{ParamSource, RandomInit};
 
@@ -203,9 +203,9 @@ impl<B: FluxOps> Flux<B> {
         // Everything meets the weights in their float type; the output goes back to the input's.
         let (dtype, out_dtype) = (self.weight_dtype(), img.dtype());
 
-        let mut img = self.img_in.forward(img.cast(dtype));
+        let mut img = flux_linear(&self.img_in, img.cast(dtype));
         let vec = self.conditioning_vector(timesteps, y, guidance);
-        let mut txt = self.txt_in.forward(txt.cast(dtype));
+        let mut txt = flux_linear(&self.txt_in, txt.cast(dtype));
         let rope = Rope::new(
             Tensor::cat(vec![txt_ids, img_ids], 1),
             &self.axes_dim,

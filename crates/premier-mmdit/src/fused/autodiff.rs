@@ -10,7 +10,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, ModuleOps};
 
 use super::{composite, FluxOps};
 
@@ -161,7 +161,69 @@ impl<B: FluxOps> Backward<B, 1> for FusedGeluBackward {
     }
 }
 
+#[derive(Debug)]
+struct FusedLinearBackward;
+
+impl<B: FluxOps> Backward<B, 3> for FusedLinearBackward {
+    /// x (kept when the weight is tracked) and the weight (kept when x is tracked), as
+    /// checkpoints: a frozen layer keeps nothing of its input.
+    type State = (Option<NodeId>, Option<NodeId>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        if let (Some(node), Some(weight)) = (node_x, weight) {
+            let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight);
+            grads.register::<B>(node.id, B::flux_linear_x_bwd(weight, grad.clone()));
+        }
+        if let (Some(node), Some(x)) = (node_weight, x) {
+            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
+            grads.register::<B>(node.id, B::linear_weight_backward(x, grad.clone()));
+        }
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, B::linear_bias_backward(grad));
+        }
+    }
+}
+
 impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
+    fn flux_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        // FLUX's linears all have a bias; one without keeps burn's own node.
+        let Some(bias) = bias else {
+            return <Self as ModuleOps<Self>>::linear(x, weight, None);
+        };
+        let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+        match FusedLinearBackward
+            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (
+                    weight_tracked.then(|| prep.checkpoint(&x)),
+                    x_tracked.then(|| prep.checkpoint(&weight)),
+                );
+                let out = B::flux_linear(x.primitive, weight.primitive, Some(bias.primitive));
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::flux_linear(
+                x.primitive,
+                weight.primitive,
+                Some(bias.primitive),
+            )),
+        }
+    }
+
     const FUSED_ATTENTION: bool = B::FUSED_ATTENTION;
     const FUSED_NORMS: bool = B::FUSED_NORMS;
 

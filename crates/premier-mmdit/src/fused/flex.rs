@@ -6,7 +6,7 @@
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
-use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::ops::{FloatTensorOps, ModuleOps};
 use burn::tensor::{DType, FloatDType, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
@@ -14,6 +14,7 @@ use super::FluxOps;
 
 mod elementwise;
 mod heads;
+mod linear;
 mod rowwise;
 mod simd;
 
@@ -177,6 +178,31 @@ impl FluxOps for Flex {
         }
     }
 
+    fn flux_linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+        // The kernel where every operand has the same native float type (the weights-in-bf16
+        // forward keeps burn's, which converts per call).
+        let same = |dtype| {
+            x.dtype() == dtype
+                && weight.dtype() == dtype
+                && bias.as_ref().is_none_or(|b| b.dtype() == dtype)
+        };
+        if same(DType::F32) {
+            linear::forward::<f32>(&x, &weight, bias.as_ref())
+        } else if same(DType::F64) {
+            linear::forward::<f64>(&x, &weight, bias.as_ref())
+        } else {
+            <Flex as ModuleOps<Flex>>::linear(x, weight, bias)
+        }
+    }
+
+    fn flux_linear_x_bwd(weight: FlexTensor, grad_out: FlexTensor) -> FlexTensor {
+        match (weight.dtype(), grad_out.dtype()) {
+            (DType::F32, DType::F32) => linear::x_backward::<f32>(&weight, &grad_out),
+            (DType::F64, DType::F64) => linear::x_backward::<f64>(&weight, &grad_out),
+            _ => <Flex as ModuleOps<Flex>>::linear_x_backward(weight, grad_out),
+        }
+    }
+
     fn flux_gelu_tanh_bwd(x: FlexTensor, grad_out: FlexTensor) -> FlexTensor {
         match x.dtype() {
             DType::F64 => elementwise::gelu_tanh_backward::<f64>([&x, &grad_out]),
@@ -232,6 +258,8 @@ trait Real:
     fn exp_shifted(xs: &mut [Self], shift: Self);
     /// The elements of a contiguous tensor (`to_contiguous` is an Arc clone when it already is), borrowed.
     fn view(x: &FlexTensor) -> &[Self];
+    /// The whole buffer a tensor views, for strided reads from `layout().start_offset()`.
+    fn storage(x: &FlexTensor) -> &[Self];
     /// The elements of a tensor that owns its whole buffer alone and is laid out in order, to
     /// overwrite in place; `None` when it is shared, strided or a view into a larger buffer.
     fn view_mut(x: &mut FlexTensor) -> Option<&mut [Self]>;
@@ -267,6 +295,9 @@ macro_rules! impl_real {
             }
             fn view(x: &FlexTensor) -> &[Self] {
                 x.as_slice::<$t>().expect("contiguous, dtype checked")
+            }
+            fn storage(x: &FlexTensor) -> &[Self] {
+                x.storage::<$t>()
             }
             fn view_mut(x: &mut FlexTensor) -> Option<&mut [Self]> {
                 let n = x.shape().num_elements();
@@ -323,7 +354,7 @@ fn tensor<T: Real>(values: Vec<T>, shape: impl Into<burn::tensor::Shape>) -> Fle
 }
 
 /// dst (m×n) = [dst +] alpha · lhs (m×k) · rhs (k×n), row-major views given by their column
-/// and row strides; one thread (the kernels parallelise around it).
+/// and row strides; on one thread (`Parallelism::None`) where a kernel parallelises around it.
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: Real>(
     [m, n, k]: [usize; 3],
@@ -335,6 +366,7 @@ fn gemm<T: Real>(
     rhs: &[T],
     [rhs_cs, rhs_rs]: [usize; 2],
     alpha: T,
+    parallelism: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -368,7 +400,7 @@ fn gemm<T: Real>(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
@@ -425,6 +457,7 @@ fn forward<T: Real>(
                                     &kh[k0 * d..],
                                     [d, 1],
                                     T::ONE,
+                                    gemm::Parallelism::None,
                                 );
                                 vectorized(
                                     #[inline(always)]
@@ -441,6 +474,7 @@ fn forward<T: Real>(
                                     &vh[k0 * d..],
                                     [1, d],
                                     T::ONE,
+                                    gemm::Parallelism::None,
                                 );
                             }
                             for r in 0..rows {
@@ -570,6 +604,7 @@ fn backward<T: Real>(
                             &kh[k0 * d..],
                             [d, 1],
                             T::ONE,
+                            gemm::Parallelism::None,
                         );
                         vectorized(
                             #[inline(always)]
@@ -586,6 +621,7 @@ fn backward<T: Real>(
                             &doh[q0 * hd..],
                             [1, hd],
                             T::ONE,
+                            gemm::Parallelism::None,
                         );
                         // dP = dO_i V_jᵀ, then dS = P ∘ (dP − delta)
                         gemm(
@@ -598,6 +634,7 @@ fn backward<T: Real>(
                             &vh[k0 * d..],
                             [d, 1],
                             T::ONE,
+                            gemm::Parallelism::None,
                         );
                         vectorized(
                             #[inline(always)]
@@ -614,6 +651,7 @@ fn backward<T: Real>(
                             &kh[k0 * d..],
                             [1, d],
                             scale,
+                            gemm::Parallelism::None,
                         );
                         gemm(
                             [cols, d, rows],
@@ -625,6 +663,7 @@ fn backward<T: Real>(
                             qi,
                             [1, d],
                             scale,
+                            gemm::Parallelism::None,
                         );
                     }
                 }

@@ -5,9 +5,10 @@
 //! `Autodiff<B>` records a fused op as one node with its own backward (`autodiff.rs`), keeping
 //! O(T) memory per attention call instead of the `[B, H, T, T]` softmax.
 
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, ModuleOps};
 use burn::tensor::TensorPrimitive;
 
 mod autodiff;
@@ -146,6 +147,26 @@ pub trait FluxOps: Backend {
     fn flux_gelu_tanh_bwd(x: FloatTensor<Self>, grad_out: FloatTensor<Self>) -> FloatTensor<Self> {
         composite::gelu_tanh_backward::<Self>(x, grad_out)
     }
+
+    /// `x · weight + bias`, burn's `linear`. x: `[…, K]`, weight: `[K, N]`, bias: `[N]` →
+    /// `[…, N]`. Under autodiff, with a bias, it is one node whose input gradient is
+    /// [`FluxOps::flux_linear_x_bwd`].
+    fn flux_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear(x, weight, bias)
+    }
+
+    /// dx `[…, K]` of [`FluxOps::flux_linear`] from weight `[K, N]` and the output gradient
+    /// `[…, N]`.
+    fn flux_linear_x_bwd(
+        weight: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear_x_backward(weight, grad_out)
+    }
 }
 
 /// An autodiff backend that runs FLUX both tracked and untracked (training that also samples on
@@ -220,6 +241,22 @@ pub fn flux_qkv_part<B: FluxOps>(qkv: Tensor<B, 3>, heads: usize, part: usize) -
 /// GELU(tanh), `x · σ(2√(2/π)(x + 0.044715x³))`. x: any shape → the same shape.
 pub fn flux_gelu_tanh<B: FluxOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let out = B::flux_gelu_tanh(x.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// A FLUX linear layer through [`FluxOps::flux_linear`]. x: `[…, K]` → `[…, N]`.
+pub fn flux_linear<B: FluxOps, const D: usize>(
+    linear: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let out = B::flux_linear(
+        x.into_primitive().tensor(),
+        linear.weight.val().into_primitive().tensor(),
+        linear
+            .bias
+            .as_ref()
+            .map(|bias| bias.val().into_primitive().tensor()),
+    );
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
