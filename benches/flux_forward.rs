@@ -93,6 +93,10 @@ fn parts(c: &mut Criterion) {
     group.bench_function("linear_512x2048_1088tok", |b| {
         b.iter(|| linear.forward(x.clone()).into_data())
     });
+    // The same layer through `FluxOps::flux_linear` (one gemm into the bias rows).
+    group.bench_function("fused_linear_512x2048_1088tok", |b| {
+        b.iter(|| premier::mmdit::fused::flux_linear(&linear, x.clone()).into_data())
+    });
     group.bench_function("gelu_tanh_1088x2048", |b| {
         b.iter(|| gelu_tanh(mlp.clone()).into_data())
     });

@@ -231,7 +231,9 @@ impl<B: Backend> Prodigy<B> {
             if c.weight_decay != 0.0 && !c.decouple {
                 *g = g.clone() + p.clone() * c.weight_decay;
             }
-            let state = self.state[i].get_or_insert_with(|| {
+            // Taken out and put back: the moments are then the only owners of their buffers, and
+            // Flex updates them in place instead of allocating each intermediate.
+            let mut state = self.state[i].take().unwrap_or_else(|| {
                 let all_zero = p.clone().abs().max().into_scalar().elem::<f64>() == 0.0;
                 ParamState {
                     p0: (!all_zero).then(|| p.clone()),
@@ -247,18 +249,19 @@ impl<B: Backend> Prodigy<B> {
                 };
                 d_numerator += (d / c.d0) * dlr * scalar((g.clone() * delta).sum());
                 if beta1 > 0.0 {
-                    state.exp_avg = state.exp_avg.clone() * beta1 + g.clone() * (d * (1.0 - beta1));
+                    state.exp_avg = state.exp_avg * beta1 + g.clone() * (d * (1.0 - beta1));
                 }
-                state.exp_avg_sq = state.exp_avg_sq.clone() * beta2
-                    + (g.clone() * (d * d * (1.0 - beta2))) * g.clone();
+                state.exp_avg_sq =
+                    state.exp_avg_sq * beta2 + (g.clone() * (d * d * (1.0 - beta2))) * g.clone();
                 let s_scale = if c.safeguard_warmup {
                     (d / c.d0) * d
                 } else {
                     (d / c.d0) * dlr
                 };
-                state.s = state.s.clone() * beta3 + g.clone() * s_scale;
+                state.s = state.s * beta3 + g.clone() * s_scale;
                 d_denom += scalar(state.s.clone().abs().sum());
             }
+            self.state[i] = Some(state);
         }
         if d_denom == 0.0 {
             // The reference returns before touching d, k or the parameters.
