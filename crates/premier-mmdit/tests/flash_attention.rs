@@ -1,6 +1,7 @@
 //! The fused attention of `FluxOps` on Flex against the composite (burn's attention, and the
 //! composite backward), under Autodiff against burn's differentiated fallback, and against
-//! finite differences in f64. Shapes cover T below, at and past a 64-row block, and odd D.
+//! finite differences in f64. Shapes cover T below, at and past the forward's 256-row query and
+//! key blocks and the backward's 128-row tiles (several of each, with a ragged last one), and odd D.
 
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
@@ -14,7 +15,7 @@ use common::{prim, rel, tensor, values};
 
 type AB = Autodiff<Flex>;
 
-const SHAPES: [[usize; 4]; 7] = [
+const SHAPES: [[usize; 4]; 10] = [
     [1, 1, 1, 1],
     [2, 3, 7, 5],
     [1, 2, 63, 16],
@@ -22,6 +23,9 @@ const SHAPES: [[usize; 4]; 7] = [
     [2, 2, 65, 8],
     [1, 1, 130, 3],
     [1, 3, 200, 32],
+    [1, 1, 256, 4],
+    [1, 2, 300, 16],
+    [1, 1, 520, 5],
 ];
 
 fn random<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> Tensor<B, 4> {
@@ -216,7 +220,7 @@ fn gradients_match_burns_differentiated_attention() {
 #[test]
 fn gradients_match_finite_differences_in_f64() {
     let h = 1e-5;
-    for shape in [[2, 3, 7, 5], [2, 2, 65, 8], [1, 1, 130, 3]] {
+    for shape in [[2, 3, 7, 5], [2, 2, 65, 8], [1, 1, 130, 3], [1, 1, 300, 3]] {
         let inputs = qkv::<Flex>(shape, DType::F64, 5);
         let w = weights(shape, DType::F64);
         let (_, grads) = loss_and_grads::<AB>(inputs.clone(), w.clone(), [true; 3], true);
