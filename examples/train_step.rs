@@ -15,11 +15,10 @@ use std::time::Instant;
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, FloatDType};
 use clap::{Parser, ValueEnum};
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
-use premier::mmdit::{Flux, FluxConfig, FluxOps};
+use premier::mmdit::{Flux, FluxAutodiffBackend, FluxConfig};
 use premier::train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier::users::{UserShape, UserTable};
 
@@ -61,7 +60,7 @@ struct Args {
     gradient_checkpointing: bool,
 }
 
-fn run<B: AutodiffBackend + FluxOps>(args: &Args, device: B::Device) {
+fn run<B: FluxAutodiffBackend>(args: &Args, device: B::Device) {
     B::seed(&device, 0);
     let (flux_config, adapter_config, users, txt) = match args.size {
         Size::Medium => (

@@ -446,7 +446,7 @@ fn losses<B: Backend>(fx: &Fixtures<Autodiff<B>>) -> Res<Vec<ParityRow>> {
 /// why later steps need a noise-aware tolerance).
 const PRODIGY_STEPS: usize = 20;
 
-fn prodigy<B: Backend>(fx: &Fixtures<Autodiff<B>>) -> Res<Vec<ParityRow>> {
+fn prodigy<B: FluxOps>(fx: &Fixtures<Autodiff<B>>) -> Res<Vec<ParityRow>> {
     let f = fx.open("prodigy.safetensors")?;
     let x: Tensor<Autodiff<B>, 2> = fx.tensor(&f, "X")?;
     let (_, labels) = f.read_ids("y").map_err(|e| e.to_string())?;

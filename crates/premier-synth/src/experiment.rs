@@ -847,7 +847,7 @@ fn init_stage1<B: AutodiffBackend>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train_stage1<B: AutodiffBackend + FluxOps>(
+fn train_stage1<B: FluxAutodiffBackend>(
     config: &ExperimentConfig,
     world: &World,
     flux: &Flux<B>,

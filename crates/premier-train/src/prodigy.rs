@@ -2,12 +2,17 @@
 //!
 //! One global step size estimate `d` for all parameters. Host scalars (`d`, its numerator and
 //! denominator) are f64; the dot products and `Σ|s|` are reductions in the backend's float type,
-//! widened afterwards, as the reference's `.item()` does. A step uses the learning rate computed
+//! widened afterwards, as the reference's `.item()` does (Flex sums chunks of 16 K elements in the
+//! float type and adds them in f64). The elementwise passes are [`FluxOps::flux_prodigy_moments`]
+//! and [`FluxOps::flux_prodigy_update`]: one fused pass each on Flex, the tensor ops elsewhere. A step uses the learning rate computed
 //! from the `d` *before* the step together with the new `d` in the denominator, as the reference.
 
-use crate::params::scalar;
 use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorPrimitive;
+use premier_mmdit::fused::{ProdigyCoefs, ProdigyMoments, ProdigyUpdate};
 use premier_mmdit::load::HostTensor;
+use premier_mmdit::FluxOps;
 use serde::{Deserialize, Serialize};
 
 /// prodigyopt's arguments, with its defaults (`ProdigyConfig::default()`).
@@ -201,7 +206,9 @@ impl<B: Backend> Prodigy<B> {
                 .collect(),
         }
     }
+}
 
+impl<B: FluxOps> Prodigy<B> {
     /// One optimizer step. params and grads: the same list of flattened tensors `[n_i]` at every
     /// call (the state is matched by position) → the updated parameters.
     pub fn step(
@@ -243,23 +250,36 @@ impl<B: Backend> Prodigy<B> {
                 }
             });
             if c.lr > 0.0 {
-                let delta = match &state.p0 {
-                    Some(p0) => p0.clone() - p.clone(),
-                    None => p.clone().neg(),
-                };
-                d_numerator += (d / c.d0) * dlr * scalar((g.clone() * delta).sum());
-                if beta1 > 0.0 {
-                    state.exp_avg = state.exp_avg * beta1 + g.clone() * (d * (1.0 - beta1));
-                }
-                state.exp_avg_sq =
-                    state.exp_avg_sq * beta2 + (g.clone() * (d * d * (1.0 - beta2))) * g.clone();
-                let s_scale = if c.safeguard_warmup {
+                let s_coef = if c.safeguard_warmup {
                     (d / c.d0) * d
                 } else {
                     (d / c.d0) * dlr
                 };
-                state.s = state.s * beta3 + g.clone() * s_scale;
-                d_denom += scalar(state.s.clone().abs().sum());
+                let coefs = ProdigyCoefs {
+                    beta1,
+                    avg: d * (1.0 - beta1),
+                    beta2,
+                    avg_sq: d * d * (1.0 - beta2),
+                    beta3,
+                    s_coef,
+                };
+                let moments = ProdigyMoments {
+                    exp_avg: primitive(state.exp_avg),
+                    exp_avg_sq: primitive(state.exp_avg_sq),
+                    s: primitive(state.s),
+                };
+                let (moments, sums) = B::flux_prodigy_moments(
+                    primitive(p.clone()),
+                    primitive(g.clone()),
+                    state.p0.clone().map(primitive),
+                    moments,
+                    coefs,
+                );
+                state.exp_avg = tensor(moments.exp_avg);
+                state.exp_avg_sq = tensor(moments.exp_avg_sq);
+                state.s = tensor(moments.s);
+                d_numerator += (d / c.d0) * dlr * sums.g_dot_delta;
+                d_denom += sums.s_abs;
             }
             self.state[i] = Some(state);
         }
@@ -292,18 +312,35 @@ impl<B: Backend> Prodigy<B> {
             .enumerate()
             .map(|(i, (p, g))| {
                 let state = self.state[i].as_ref().expect("initialised above");
-                let denom = state.exp_avg_sq.clone().sqrt() + new_d * c.eps;
-                let p = if c.weight_decay != 0.0 && c.decouple {
-                    p.clone() + p * (-c.weight_decay * dlr)
+                let (direction, step) = if beta1 > 0.0 {
+                    (state.exp_avg.clone(), -dlr)
                 } else {
-                    p
+                    (g, -dlr * new_d)
                 };
-                if beta1 > 0.0 {
-                    p + (state.exp_avg.clone() / denom) * (-dlr)
-                } else {
-                    p + (g / denom) * (-dlr * new_d)
-                }
+                let update = ProdigyUpdate {
+                    decay: if c.decouple {
+                        -c.weight_decay * dlr
+                    } else {
+                        0.0
+                    },
+                    step,
+                    eps: new_d * c.eps,
+                };
+                tensor(B::flux_prodigy_update(
+                    primitive(p),
+                    primitive(direction),
+                    primitive(state.exp_avg_sq.clone()),
+                    update,
+                ))
             })
             .collect()
     }
+}
+
+fn primitive<B: Backend>(x: Tensor<B, 1>) -> FloatTensor<B> {
+    x.into_primitive().tensor()
+}
+
+fn tensor<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
 }

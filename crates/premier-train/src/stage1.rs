@@ -7,7 +7,9 @@ use premier_adapter::PreferenceAdapter;
 use premier_losses::{
     dispersion_loss_with_tau, flow_matching_loss, interpolate, DispersionVariant, TimestepSampler,
 };
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxInput, FluxOps, ForwardError, TextModulation};
+use premier_mmdit::{
+    img_ids, txt_ids, Flux, FluxAutodiffBackend, FluxInput, FluxOps, ForwardError, TextModulation,
+};
 use premier_users::{UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
@@ -490,7 +492,7 @@ impl<B: AutodiffBackend> Stage1Trainer<B> {
     }
 }
 
-impl<B: AutodiffBackend + FluxOps> Stage1Trainer<B> {
+impl<B: FluxAutodiffBackend> Stage1Trainer<B> {
     /// One step with the noise and times of this step (derived from the seed and step number).
     pub fn step(&mut self, batch: &Stage1Batch<B>) -> Result<StepReport, TrainError> {
         self.step_accumulated(std::slice::from_ref(batch))

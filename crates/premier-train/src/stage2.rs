@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::PreferenceAdapter;
 use premier_losses::TimestepSampler;
-use premier_mmdit::{Flux, FluxOps};
+use premier_mmdit::{Flux, FluxAutodiffBackend};
 use premier_users::{LinearCombination, UserEmbedding, UserTable};
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +159,7 @@ impl<B: AutodiffBackend> Stage2Trainer<B> {
     }
 }
 
-impl<B: AutodiffBackend + FluxOps> Stage2Trainer<B> {
+impl<B: FluxAutodiffBackend> Stage2Trainer<B> {
     /// The flow loss of `batch` with the given noise and times.
     pub fn loss(
         &self,

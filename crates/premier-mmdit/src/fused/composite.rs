@@ -258,3 +258,61 @@ fn flat<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
     let n = x.shape().num_elements();
     tensor(B::float_reshape(x, [n].into()))
 }
+
+/// Prodigy's moments as tensor ops, in prodigyopt's order of operations (SPEC §6).
+pub fn prodigy_moments<B: Backend>(
+    p: FloatTensor<B>,
+    g: FloatTensor<B>,
+    p0: Option<FloatTensor<B>>,
+    moments: super::ProdigyMoments<B>,
+    c: super::ProdigyCoefs,
+) -> (super::ProdigyMoments<B>, super::ProdigySums) {
+    let (p, g) = (tensor::<B, 1>(p), tensor::<B, 1>(g));
+    let delta = match p0 {
+        Some(p0) => tensor::<B, 1>(p0) - p,
+        None => p.neg(),
+    };
+    let g_dot_delta = widened((g.clone() * delta).sum());
+    let mut exp_avg = tensor::<B, 1>(moments.exp_avg);
+    if c.beta1 > 0.0 {
+        exp_avg = exp_avg * c.beta1 + g.clone() * c.avg;
+    }
+    let exp_avg_sq =
+        tensor::<B, 1>(moments.exp_avg_sq) * c.beta2 + (g.clone() * c.avg_sq) * g.clone();
+    let s = tensor::<B, 1>(moments.s) * c.beta3 + g * c.s_coef;
+    let s_abs = widened(s.clone().abs().sum());
+    (
+        super::ProdigyMoments {
+            exp_avg: primitive(exp_avg),
+            exp_avg_sq: primitive(exp_avg_sq),
+            s: primitive(s),
+        },
+        super::ProdigySums { g_dot_delta, s_abs },
+    )
+}
+
+/// A one-element tensor's value, read in its own precision (`into_scalar` would go through the
+/// backend's default float type).
+fn widened<B: Backend>(x: Tensor<B, 1>) -> f64 {
+    x.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map_or(f64::NAN, |v| v[0])
+}
+
+/// Prodigy's parameter update as tensor ops.
+pub fn prodigy_update<B: Backend>(
+    p: FloatTensor<B>,
+    direction: FloatTensor<B>,
+    exp_avg_sq: FloatTensor<B>,
+    u: super::ProdigyUpdate,
+) -> FloatTensor<B> {
+    let p = tensor::<B, 1>(p);
+    let denom = tensor::<B, 1>(exp_avg_sq).sqrt() + u.eps;
+    let p = if u.decay != 0.0 {
+        p.clone() + p * u.decay
+    } else {
+        p
+    };
+    primitive(p + (tensor::<B, 1>(direction) / denom) * u.step)
+}

@@ -10,11 +10,12 @@ use burn::tensor::ops::{FloatTensorOps, ModuleOps};
 use burn::tensor::{DType, FloatDType, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
-use super::FluxOps;
+use super::{composite, FluxOps, ProdigyCoefs, ProdigyMoments, ProdigySums, ProdigyUpdate};
 
 mod elementwise;
 mod heads;
 mod linear;
+mod optim;
 mod rowwise;
 mod simd;
 
@@ -210,6 +211,40 @@ impl FluxOps for Flex {
         }
     }
 
+    fn flux_prodigy_moments(
+        p: FlexTensor,
+        g: FlexTensor,
+        p0: Option<FlexTensor>,
+        moments: ProdigyMoments<Flex>,
+        coefs: ProdigyCoefs,
+    ) -> (ProdigyMoments<Flex>, ProdigySums) {
+        let dtype = p.dtype();
+        let native = [&g, &moments.exp_avg, &moments.exp_avg_sq, &moments.s]
+            .into_iter()
+            .chain(&p0)
+            .all(|x| x.dtype() == dtype);
+        match dtype {
+            DType::F32 if native => optim::moments::<f32>(&p, &g, p0.as_ref(), moments, coefs),
+            DType::F64 if native => optim::moments::<f64>(&p, &g, p0.as_ref(), moments, coefs),
+            _ => composite::prodigy_moments::<Flex>(p, g, p0, moments, coefs),
+        }
+    }
+
+    fn flux_prodigy_update(
+        p: FlexTensor,
+        direction: FlexTensor,
+        exp_avg_sq: FlexTensor,
+        update: ProdigyUpdate,
+    ) -> FlexTensor {
+        let dtype = p.dtype();
+        let native = direction.dtype() == dtype && exp_avg_sq.dtype() == dtype;
+        match dtype {
+            DType::F32 if native => optim::update::<f32>(p, &direction, &exp_avg_sq, update),
+            DType::F64 if native => optim::update::<f64>(p, &direction, &exp_avg_sq, update),
+            _ => composite::prodigy_update::<Flex>(p, direction, exp_avg_sq, update),
+        }
+    }
+
     fn flux_gelu_tanh_bwd(x: FlexTensor, grad_out: FlexTensor) -> FlexTensor {
         match x.dtype() {
             DType::F64 => elementwise::gelu_tanh_backward::<f64>([&x, &grad_out]),
@@ -291,6 +326,7 @@ macro_rules! impl_real {
             fn ln(self) -> Self {
                 <$t>::ln(self)
             }
+            #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
             }

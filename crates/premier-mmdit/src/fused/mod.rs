@@ -167,6 +167,69 @@ pub trait FluxOps: Backend {
     ) -> FloatTensor<Self> {
         <Self as ModuleOps<Self>>::linear_x_backward(weight, grad_out)
     }
+
+    /// Prodigy's moment updates for one parameter (the optimizer is premier-train's; its
+    /// elementwise passes are here because training spends a tenth of a step in them, on one
+    /// core, as a dozen separate tensor ops): see [`ProdigyMoments`]. p, g, p0 and the moments:
+    /// `[n]`.
+    fn flux_prodigy_moments(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        p0: Option<FloatTensor<Self>>,
+        moments: ProdigyMoments<Self>,
+        coefs: ProdigyCoefs,
+    ) -> (ProdigyMoments<Self>, ProdigySums) {
+        composite::prodigy_moments::<Self>(p, g, p0, moments, coefs)
+    }
+
+    /// Prodigy's parameter update: `p ← p + decay · p` (skipped when decay is 0), then
+    /// `p + step · direction / (√exp_avg_sq + eps)`. All `[n]`.
+    fn flux_prodigy_update(
+        p: FloatTensor<Self>,
+        direction: FloatTensor<Self>,
+        exp_avg_sq: FloatTensor<Self>,
+        update: ProdigyUpdate,
+    ) -> FloatTensor<Self> {
+        composite::prodigy_update::<Self>(p, direction, exp_avg_sq, update)
+    }
+}
+
+/// One parameter's Prodigy moments, updated by [`FluxOps::flux_prodigy_moments`] as
+/// `exp_avg ← β1 · exp_avg + avg · g` (left as it is when β1 = 0),
+/// `exp_avg_sq ← β2 · exp_avg_sq + (avg_sq · g) · g` and `s ← β3 · s + s_coef · g`.
+#[derive(Debug, Clone)]
+pub struct ProdigyMoments<B: Backend> {
+    pub exp_avg: FloatTensor<B>,
+    pub exp_avg_sq: FloatTensor<B>,
+    pub s: FloatTensor<B>,
+}
+
+/// The coefficients of [`ProdigyMoments`]' updates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProdigyCoefs {
+    pub beta1: f64,
+    pub avg: f64,
+    pub beta2: f64,
+    pub avg_sq: f64,
+    pub beta3: f64,
+    pub s_coef: f64,
+}
+
+/// The two sums of one parameter that Prodigy's step size needs: Σ g · (p0 − p) (Σ −g · p when
+/// the parameter started at zero) and Σ |s| of the updated s. Reduced in the tensors' float type
+/// or wider, widened to f64.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProdigySums {
+    pub g_dot_delta: f64,
+    pub s_abs: f64,
+}
+
+/// The coefficients of [`FluxOps::flux_prodigy_update`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProdigyUpdate {
+    pub decay: f64,
+    pub step: f64,
+    pub eps: f64,
 }
 
 /// An autodiff backend that runs FLUX both tracked and untracked (training that also samples on
