@@ -337,7 +337,7 @@ fn modulation_gradient<B: FluxOps>(
     ])
 }
 
-fn adapter_small<B: Backend>(fx: &Fixtures<B>) -> Res<Vec<ParityRow>> {
+fn adapter_small<B: FluxOps>(fx: &Fixtures<B>) -> Res<Vec<ParityRow>> {
     // The official constructor's arguments (tests/fixtures/README.md §3): net2 has
     // 19 + pblock_single_blocks blocks.
     let c = &fx.json("adapter_small.json")?["constructor"];

@@ -241,7 +241,7 @@ pub struct GenerationInputs<B: Backend> {
     pub delta_time: Duration,
 }
 
-pub fn generation_inputs<B: Backend>(
+pub fn generation_inputs<B: FluxOps>(
     size: &WorkloadSize,
     device: &B::Device,
 ) -> Result<GenerationInputs<B>, String> {

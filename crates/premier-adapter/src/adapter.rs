@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
 use premier_mmdit::load::{write_safetensors, DeviceSource, HostTensor, SaveDtype, TensorFile};
-use premier_mmdit::{LoadError, TextModulation};
+use premier_mmdit::{FluxOps, LoadError, TextModulation};
 
 use crate::config::AdapterConfig;
 use crate::init::{AdapterInit, SmallStdInit};
@@ -126,7 +126,9 @@ impl<B: Backend> PreferenceAdapter<B> {
     pub fn with_weight_dtype(self, dtype: FloatDType) -> Self {
         premier_mmdit::params::cast_float_params(self, dtype)
     }
+}
 
+impl<B: FluxOps> PreferenceAdapter<B> {
     /// Premier's Δ for each (prompt, user) pair of the batch.
     ///
     /// text: `[batch, txt_tokens, text_dim]` (T5 tokens, padding included), user:

@@ -5,9 +5,10 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
+use premier_mmdit::fused::{flux_linear, flux_linear_tensors};
 use premier_mmdit::load::{HostTensor, ParamSource};
 use premier_mmdit::norm::layer_norm_no_affine;
-use premier_mmdit::{export_linear, LoadError};
+use premier_mmdit::{export_linear, FluxOps, LoadError};
 
 /// Width of the (always zero) timestep embedding the official AdaLN takes.
 pub(crate) const TIME_DIM: usize = 64;
@@ -74,6 +75,18 @@ impl<B: Backend> MultiheadAttention<B> {
         })
     }
 
+    fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
+        // torch.nn.MultiheadAttention names its fused input projection without a dot.
+        let mut fused = Vec::new();
+        export_linear(&self.in_proj, "in_proj", &mut fused);
+        for (name, tensor) in fused {
+            out.push((format!("{key}.{}", name.replace('.', "_")), tensor));
+        }
+        export_linear(&self.out_proj, &format!("{key}.out_proj"), out);
+    }
+}
+
+impl<B: FluxOps> MultiheadAttention<B> {
     /// query: `[batch, q_tokens, width]`, kv: `[batch, kv_tokens, width]` → `[batch, q_tokens, width]`.
     pub fn forward(&self, query: Tensor<B, 3>, kv: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, q_tokens, width] = query.dims();
@@ -84,7 +97,7 @@ impl<B: Backend> MultiheadAttention<B> {
         let project = |x: Tensor<B, 3>, part: usize| {
             let w = weight.clone().narrow(1, part * width, width);
             let b = bias.clone().map(|b| b.narrow(0, part * width, width));
-            burn::tensor::module::linear(x, w, b)
+            flux_linear_tensors(x, w, b)
         };
         let heads = |x: Tensor<B, 3>, tokens: usize| {
             x.reshape([batch, tokens, self.heads, head_dim])
@@ -95,18 +108,10 @@ impl<B: Backend> MultiheadAttention<B> {
         let v = heads(project(kv, 2), kv_tokens);
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let attended = softmax(scores, 3).matmul(v);
-        self.out_proj
-            .forward(attended.swap_dims(1, 2).reshape([batch, q_tokens, width]))
-    }
-
-    fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
-        // torch.nn.MultiheadAttention names its fused input projection without a dot.
-        let mut fused = Vec::new();
-        export_linear(&self.in_proj, "in_proj", &mut fused);
-        for (name, tensor) in fused {
-            out.push((format!("{key}.{}", name.replace('.', "_")), tensor));
-        }
-        export_linear(&self.out_proj, &format!("{key}.out_proj"), out);
+        flux_linear(
+            &self.out_proj,
+            attended.swap_dims(1, 2).reshape([batch, q_tokens, width]),
+        )
     }
 }
 
@@ -141,16 +146,6 @@ impl<B: Backend> PerceiverBlock<B> {
         })
     }
 
-    /// text: `[batch, txt_tokens, width]`, user: `[batch, user_tokens, width]` → new text tokens.
-    pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> Tensor<B, 3> {
-        let attended = self
-            .attn
-            .forward(self.ln_1.forward(text.clone()), self.ln_2.forward(user));
-        let text = text + attended;
-        let hidden = relu(self.c_fc.forward(self.ln_ff.forward(text.clone()))).powi_scalar(2);
-        text + self.c_proj.forward(hidden)
-    }
-
     fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
         self.attn.export(&format!("{key}.attn"), out);
         export_linear(&self.c_fc, &format!("{key}.mlp.c_fc"), out);
@@ -158,6 +153,18 @@ impl<B: Backend> PerceiverBlock<B> {
         self.ln_1.export(&format!("{key}.ln_1"), out);
         self.ln_2.export(&format!("{key}.ln_2"), out);
         self.ln_ff.export(&format!("{key}.ln_ff"), out);
+    }
+}
+
+impl<B: FluxOps> PerceiverBlock<B> {
+    /// text: `[batch, txt_tokens, width]`, user: `[batch, user_tokens, width]` → new text tokens.
+    pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> Tensor<B, 3> {
+        let attended = self
+            .attn
+            .forward(self.ln_1.forward(text.clone()), self.ln_2.forward(user));
+        let text = text + attended;
+        let hidden = flux_linear(&self.c_fc, self.ln_ff.forward(text.clone()));
+        text + flux_linear(&self.c_proj, relu(hidden).powi_scalar(2))
     }
 }
 
@@ -202,20 +209,6 @@ impl<B: Backend> TextImageResampler<B> {
         })
     }
 
-    /// text: `[batch, txt_tokens, text_dim]`, user: `[batch, user_tokens, user_dim]` →
-    /// `[batch, txt_tokens, out]`.
-    pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> Tensor<B, 3> {
-        let user = self.image_proj_in.forward(user);
-        let mut text = self.text_proj_in.forward(text);
-        for block in &self.perceiver_blocks {
-            text = block.forward(text, user.clone());
-        }
-        let out = self.proj_out.forward(text);
-        let width = out.dims()[2];
-        layer_norm_no_affine(out, 1e-5) * self.norm_weight.val().reshape([1, 1, width])
-            + self.norm_bias.val().reshape([1, 1, width])
-    }
-
     pub(crate) fn export(&self, key: &str, out: &mut Vec<(String, HostTensor)>) {
         export_linear(&self.text_proj_in, &format!("{key}.text_proj_in"), out);
         export_linear(&self.image_proj_in, &format!("{key}.image_proj_in"), out);
@@ -231,5 +224,21 @@ impl<B: Backend> TextImageResampler<B> {
             format!("{key}.proj_out.1.bias"),
             HostTensor::from_tensor(self.norm_bias.val()),
         ));
+    }
+}
+
+impl<B: FluxOps> TextImageResampler<B> {
+    /// text: `[batch, txt_tokens, text_dim]`, user: `[batch, user_tokens, user_dim]` →
+    /// `[batch, txt_tokens, out]`.
+    pub fn forward(&self, text: Tensor<B, 3>, user: Tensor<B, 3>) -> Tensor<B, 3> {
+        let user = flux_linear(&self.image_proj_in, user);
+        let mut text = flux_linear(&self.text_proj_in, text);
+        for block in &self.perceiver_blocks {
+            text = block.forward(text, user.clone());
+        }
+        let out = flux_linear(&self.proj_out, text);
+        let width = out.dims()[2];
+        layer_norm_no_affine(out, 1e-5) * self.norm_weight.val().reshape([1, 1, width])
+            + self.norm_bias.val().reshape([1, 1, width])
     }
 }

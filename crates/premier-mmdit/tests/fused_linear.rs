@@ -1,5 +1,5 @@
-//! The fused linear layer of `FluxOps` on Flex against burn's `linear` (forward, the input-gradient
-//! kernel, and the gradients of x, weight and bias under Autodiff, also with a frozen weight), and
+//! The fused linear layer of `FluxOps` on Flex against burn's `linear` (forward, the input- and
+//! weight-gradient kernels, and the gradients of x, weight and bias under Autodiff, also with a frozen weight), and
 //! against central differences in f64. Shapes: one feature, odd widths, batch 3, rank 2 and 3,
 //! and weights stored transposed (as a view of PyTorch's `[out, in]`).
 
@@ -19,12 +19,14 @@ use common::{prim, rel, tensor, values};
 type AB = Autodiff<Flex>;
 
 /// (x's leading dims, K, N).
-const SHAPES: [(&[usize], usize, usize); 5] = [
+/// The last is big enough for the multithreaded gemm.
+const SHAPES: [(&[usize], usize, usize); 6] = [
     (&[1, 1], 1, 1),
     (&[3, 7], 5, 9),
     (&[2, 65], 33, 130),
     (&[1, 130], 64, 200),
     (&[17], 48, 3),
+    (&[2, 300], 128, 192),
 ];
 
 fn random<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, seed: u64) -> Tensor<B, D> {
@@ -63,7 +65,7 @@ fn check(what: &str, a: Vec<f64>, b: Vec<f64>, tol: f64) {
 }
 
 #[test]
-fn forward_and_input_gradient_kernels_match_burns_linear() {
+fn forward_and_gradient_kernels_match_burns_linear() {
     for (lead, k, n) in SHAPES {
         for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
             for transposed in [false, true] {
@@ -105,7 +107,7 @@ fn forward_and_input_gradient_kernels_match_burns_linear() {
                 ));
                 let reference = tensor::<Flex, 3>(<Flex as ModuleOps<Flex>>::linear_x_backward(
                     prim(w),
-                    prim(grad),
+                    prim(grad.clone()),
                 ));
                 assert_eq!(kernel.dims(), x.dims(), "{what} backward");
                 check(
@@ -114,6 +116,28 @@ fn forward_and_input_gradient_kernels_match_burns_linear() {
                     values(reference),
                     tol,
                 );
+
+                // The weight gradient, from x as it is and as a strided view.
+                let [batch, tokens, _] = x.dims();
+                let x_strided = random::<Flex, 3>([batch, k, tokens], dtype, 5).swap_dims(1, 2);
+                for (layout, x) in [("contiguous", x.clone()), ("strided", x_strided)] {
+                    let kernel = tensor::<Flex, 2>(<Flex as FluxOps>::flux_linear_weight_bwd(
+                        prim(x.clone()),
+                        prim(grad.clone()),
+                    ));
+                    let reference =
+                        tensor::<Flex, 2>(<Flex as ModuleOps<Flex>>::linear_weight_backward(
+                            prim(x),
+                            prim(grad.clone()),
+                        ));
+                    assert_eq!(kernel.dims(), [k, n], "{what} weight backward");
+                    check(
+                        &format!("{what} weight backward, {layout} x"),
+                        values(kernel),
+                        values(reference),
+                        tol,
+                    );
+                }
             }
         }
     }

@@ -200,7 +200,7 @@ pub type DeltaCache<B> = HashMap<(String, UserChoice), TextModulation<B>>;
 /// Δ for each image of `request` (zeros for the base), scaled by α; `None` if no image is
 /// personalized. tokens: `[images, txt_tokens, text_dim]`; `flux`: the backbone's (width, double
 /// blocks).
-pub fn request_modulation<B: Backend>(
+pub fn request_modulation<B: FluxOps>(
     adapter: &PreferenceAdapter<B>,
     table: &UserTable<B>,
     request: &GenerateRequest,

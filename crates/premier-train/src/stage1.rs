@@ -322,7 +322,7 @@ fn modulation_ms<B: Backend>(
 /// The two dispersion terms (shared, distinct; `[1]` each, zero without a dispersion loss) of
 /// the batch's users. `delta` is Δ of the batch's own prompts, used for
 /// [`DispersionPrompt::Batch`] (computed here if `None`); `y_ms` scales the hinge's margin.
-fn dispersion_terms<B: Backend>(
+fn dispersion_terms<B: FluxOps>(
     model: &Stage1Model<B>,
     batch: &Stage1Batch<B>,
     user: Tensor<B, 3>,

@@ -184,7 +184,7 @@ impl<B: FluxOps> Backward<B, 3> for FusedLinearBackward {
         }
         if let (Some(node), Some(x)) = (node_weight, x) {
             let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
-            grads.register::<B>(node.id, B::linear_weight_backward(x, grad.clone()));
+            grads.register::<B>(node.id, B::flux_linear_weight_bwd(x, grad.clone()));
         }
         if let Some(node) = node_bias {
             grads.register::<B>(node.id, B::linear_bias_backward(grad));

@@ -211,6 +211,14 @@ impl FluxOps for Flex {
         }
     }
 
+    fn flux_linear_weight_bwd(x: FlexTensor, grad_out: FlexTensor) -> FlexTensor {
+        match (x.dtype(), grad_out.dtype()) {
+            (DType::F32, DType::F32) => linear::weight_backward::<f32>(&x, &grad_out),
+            (DType::F64, DType::F64) => linear::weight_backward::<f64>(&x, &grad_out),
+            _ => <Flex as ModuleOps<Flex>>::linear_weight_backward(x, grad_out),
+        }
+    }
+
     fn flux_prodigy_moments(
         p: FlexTensor,
         g: FlexTensor,

@@ -168,6 +168,15 @@ pub trait FluxOps: Backend {
         <Self as ModuleOps<Self>>::linear_x_backward(weight, grad_out)
     }
 
+    /// dW `[K, N]` of [`FluxOps::flux_linear`] from x `[…, K]` and the output gradient `[…, N]`,
+    /// summed over every leading index.
+    fn flux_linear_weight_bwd(
+        x: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear_weight_backward(x, grad_out)
+    }
+
     /// Prodigy's moment updates for one parameter (the optimizer is premier-train's; its
     /// elementwise passes are here because training spends a tenth of a step in them, on one
     /// core, as a dozen separate tensor ops): see [`ProdigyMoments`]. p, g, p0 and the moments:
@@ -307,18 +316,29 @@ pub fn flux_gelu_tanh<B: FluxOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// A FLUX linear layer through [`FluxOps::flux_linear`]. x: `[…, K]` → `[…, N]`.
+/// A linear layer through [`FluxOps::flux_linear`]. x: `[…, K]` → `[…, N]`.
 pub fn flux_linear<B: FluxOps, const D: usize>(
     linear: &Linear<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
+    flux_linear_tensors(
+        x,
+        linear.weight.val(),
+        linear.bias.as_ref().map(|bias| bias.val()),
+    )
+}
+
+/// `x · weight + bias` through [`FluxOps::flux_linear`], for weights that are not a `Linear`'s
+/// (a slice of a fused projection). x: `[…, K]`, weight: `[K, N]`, bias: `[N]` → `[…, N]`.
+pub fn flux_linear_tensors<B: FluxOps, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
     let out = B::flux_linear(
         x.into_primitive().tensor(),
-        linear.weight.val().into_primitive().tensor(),
-        linear
-            .bias
-            .as_ref()
-            .map(|bias| bias.val().into_primitive().tensor()),
+        weight.into_primitive().tensor(),
+        bias.map(|bias| bias.into_primitive().tensor()),
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }

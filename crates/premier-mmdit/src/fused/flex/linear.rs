@@ -2,7 +2,8 @@
 //! burn-flex's `FlexTensor::empty` (a zeroed `Vec<u8>`, then a copy into a realigned buffer), adds
 //! the bias in a second pass, and its input gradient copies the transposed weight on every call
 //! (`reshape` of a strided view). Here the output starts as the bias rows and the product is
-//! accumulated into it, and the input gradient reads the weight through its transposed strides.
+//! accumulated into it, the input gradient reads the weight through its transposed strides, and
+//! the weight gradient is one product over all rows.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Shape, TensorMetadata};
@@ -80,6 +81,33 @@ pub(super) fn x_backward<T: Real>(weight: &FlexTensor, grad: &FlexTensor) -> Fle
         parallelism(m * n * k),
     );
     tensor(dx, with_last(grad.shape(), k))
+}
+
+/// dW = xᵀ · grad → `[K, N]`, x `[…, K]`, grad `[…, N]`: every leading index is one row of the
+/// product's inner dimension, so one gemm sums over them (burn's multiplies per batch entry and
+/// then sums the `[B, K, N]` products).
+pub(super) fn weight_backward<T: Real>(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+    let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+    let (xs, gs) = (T::view(&x), T::view(&grad));
+    let k = x.shape()[x.shape().num_dims() - 1];
+    let n = grad.shape()[grad.shape().num_dims() - 1];
+    let m = xs.len() / k.max(1);
+    assert_eq!(gs.len(), m * n, "fused linear: grad vs x");
+    let mut dw = vec![T::ZERO; k * n];
+    // xᵀ as the left operand: its rows (x's columns) step by 1, its columns (x's rows) by k.
+    gemm(
+        [k, n, m],
+        &mut dw,
+        [1, n],
+        false,
+        xs,
+        [k, 1],
+        gs,
+        [1, n],
+        T::ONE,
+        parallelism(m * n * k),
+    );
+    tensor(dw, [k, n])
 }
 
 fn matrix_dims(weight: &FlexTensor) -> [usize; 2] {
