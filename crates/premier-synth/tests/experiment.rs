@@ -5,9 +5,15 @@ use burn::backend::{Autodiff, Flex};
 use premier_synth::base::shipped_base_dir;
 use premier_synth::experiment::{run, ExperimentConfig};
 use premier_synth::report::{summary, Verdict};
+use std::sync::Mutex;
+
+/// Flex's seeded generator is one for the process and each run seeds it to build its starting
+/// weights: runs in tests beside each other would interleave their draws, so they take turns.
+static SEEDED_RUNS: Mutex<()> = Mutex::new(());
 
 #[test]
 fn shortened_quickstart_writes_a_finite_report() {
+    let _turn = SEEDED_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let config = ExperimentConfig::smoke();
     let report = run::<Autodiff<Flex>>(
@@ -94,6 +100,7 @@ fn shortened_quickstart_writes_a_finite_report() {
 /// default keep RMS(Δ)/RMS(y) near y's scale on the shipped base, where the paper's L2 runs away.
 #[test]
 fn the_quickstart_default_keeps_delta_bounded_where_the_paper_l2_runs_away() {
+    let _turn = SEEDED_RUNS.lock().unwrap_or_else(|p| p.into_inner());
     let end = |dispersion| {
         let dir = tempfile::tempdir().unwrap();
         let config = ExperimentConfig {
