@@ -1,7 +1,7 @@
 //! The fused linear layer of `FluxOps` on Flex against burn's `linear` (forward, the input- and
-//! weight-gradient kernels, and the gradients of x, weight and bias under Autodiff, also with a frozen weight), and
-//! against central differences in f64. Shapes: one feature, odd widths, batch 3, rank 2 and 3,
-//! and weights stored transposed (as a view of PyTorch's `[out, in]`).
+//! weight-gradient kernels, and the gradients of x, weight and bias under Autodiff, also with a
+//! frozen weight), and against central differences in f64. Shapes: one feature, odd widths, batch
+//! 3, rank 2 and 3, and weights stored transposed (as a view of PyTorch's `[out, in]`).
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::Param;

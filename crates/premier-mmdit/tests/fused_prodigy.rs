@@ -10,32 +10,24 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use premier_mmdit::fused::{composite, ProdigyCoefs, ProdigyMoments, ProdigyUpdate};
 use premier_mmdit::FluxOps;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 
 mod common;
 use common::{prim, tensor, values};
 
 const LENGTHS: [usize; 5] = [1, 17, 16_384, 16_385, 40_001];
 
-/// n normal draws × scale, the same for a seed on every call. Drawn here rather than with
+/// n normal draws × scale, the same for a seed on every call. Drawn on the host rather than with
 /// `Flex::seed` + `random`: Flex's generator is one for the process, so tests running beside
 /// each other would interleave their draws, and the two runs compared below would start from
 /// different moments.
 fn random(n: usize, dtype: DType, seed: u64, scale: f64) -> Tensor<Flex, 1> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut uniform = move || {
-        // splitmix64, then 53 bits into (0, 1].
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + f64::EPSILON / 2.0
-    };
-    // Box–Muller, one normal per pair of uniforms.
+    let mut rng = StdRng::seed_from_u64(seed);
     let values: Vec<f64> = (0..n)
-        .map(|_| {
-            let (u, v) = (uniform(), uniform());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * scale
-        })
+        .map(|_| StandardNormal.sample(&mut rng))
+        .map(|x: f64| x * scale)
         .collect();
     Tensor::<Flex, 1>::from_data(TensorData::new(values, [n]), &Default::default()).cast(dtype)
 }
