@@ -66,7 +66,8 @@ fn parts(c: &mut Criterion) {
         vec![txt_ids::<Flex>(1, 64, &device), img_ids(1, 64, 64, &device)],
         1,
     );
-    let rope = Rope::new(ids, &[8, 28, 28], 10_000, 8);
+    let rope = Rope::new(ids, &[8, 28, 28], 10_000);
+    let norm_scale = Tensor::<Flex, 1>::random([64], normal, &device);
 
     let mut group = c.benchmark_group("flux_parts_medium");
     group.sample_size(20);
@@ -103,8 +104,27 @@ fn parts(c: &mut Criterion) {
     group.bench_function("fused_gelu_tanh_1088x2048", |b| {
         b.iter(|| flux_gelu_tanh(mlp.clone()).into_data())
     });
-    group.bench_function("rope_apply_8x1088x64", |b| {
-        b.iter(|| rope.apply(q.clone()).into_data())
+    // QK-norm then RoPE: the composite (RMSNorm's and RoPE's tensor ops) against the one-pass
+    // kernel of `FluxOps::flux_rms_norm_rope`.
+    group.bench_function("rms_norm_rope_8x1088x64", |b| {
+        use premier::mmdit::fused::composite;
+        let prim = |x: Tensor<Flex, 3>| x.into_primitive().tensor();
+        b.iter(|| {
+            let out = composite::rms_norm_rope::<Flex>(
+                q.clone().into_primitive().tensor(),
+                norm_scale.clone().into_primitive().tensor(),
+                prim(rope.cos.clone()),
+                prim(rope.sin.clone()),
+                1e-6,
+            );
+            Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out)).into_data()
+        })
+    });
+    group.bench_function("fused_rms_norm_rope_8x1088x64", |b| {
+        b.iter(|| {
+            premier::mmdit::fused::flux_rms_norm_rope(q.clone(), norm_scale.clone(), &rope, 1e-6)
+                .into_data()
+        })
     });
     group.finish();
 }

@@ -7,8 +7,8 @@ use burn::tensor::activation::silu;
 use crate::embed::Rope;
 use crate::error::LoadError;
 use crate::fused::{
-    flux_attention, flux_gated_residual, flux_gelu_tanh, flux_linear, flux_modulate, flux_qkv_part,
-    FluxOps,
+    flux_attention, flux_gated_residual, flux_gelu_tanh, flux_linear, flux_linear_tensors,
+    flux_modulate, flux_qkv_part, FluxOps,
 };
 use crate::norm::QkNorm;
 use crate::params::ParamSource;
@@ -79,18 +79,6 @@ fn split_qkv<B: FluxOps>(
     (part(0), part(1), part(2))
 }
 
-/// RoPE on q and k, then scaled dot-product attention (BFL `math.attention`).
-///
-/// q, k, v: `[batch, heads, tokens, head_dim]` → `[batch, tokens, heads·head_dim]`.
-pub fn rope_attention<B: FluxOps>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    rope: &Rope<B>,
-) -> Tensor<B, 3> {
-    flux_attention(rope.apply(q), rope.apply(k), v)
-}
-
 /// Fused qkv projection, QK-norm and output projection of one stream (BFL `SelfAttention`).
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -118,10 +106,15 @@ impl<B: Backend> SelfAttention<B> {
 }
 
 impl<B: FluxOps> SelfAttention<B> {
-    /// Normalised q, k and v of x: `[batch, tokens, hidden]` → 3 × `[batch, heads, tokens, head_dim]`.
-    pub fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    /// q and k normalised and rotated, and v, of x: `[batch, tokens, hidden]` with `rope` over
+    /// its tokens → 3 × `[batch, heads, tokens, head_dim]`.
+    pub fn qkv(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let (q, k, v) = split_qkv(flux_linear(&self.qkv, x), self.heads);
-        let (q, k) = self.norm.forward(q, k);
+        let (q, k) = self.norm.forward_rope(q, k, rope);
         (q, k, v)
     }
 }
@@ -232,12 +225,16 @@ impl<B: FluxOps> DoubleStreamBlock<B> {
         let (img_mod1, img_mod2) = (&img_mods[0], &img_mods[1]);
         let (txt_mod1, txt_mod2) = (&txt_mods[0], &txt_mods[1]);
 
-        let (img_q, img_k, img_v) = self.img_attn.qkv(img_mod1.modulate(img.clone()));
-        let (txt_q, txt_k, txt_v) = self.txt_attn.qkv(txt_mod1.modulate(txt.clone()));
+        let (txt_rope, img_rope) = (
+            rope.narrow(0, txt_tokens),
+            rope.narrow(txt_tokens, img_tokens),
+        );
+        let (img_q, img_k, img_v) = self.img_attn.qkv(img_mod1.modulate(img.clone()), &img_rope);
+        let (txt_q, txt_k, txt_v) = self.txt_attn.qkv(txt_mod1.modulate(txt.clone()), &txt_rope);
         let q = Tensor::cat(vec![txt_q, img_q], 2);
         let k = Tensor::cat(vec![txt_k, img_k], 2);
         let v = Tensor::cat(vec![txt_v, img_v], 2);
-        let attn = rope_attention(q, k, v, rope);
+        let attn = flux_attention(q, k, v);
         let txt_attn = attn.clone().narrow(1, 0, txt_tokens);
         let img_attn = attn.narrow(1, txt_tokens, img_tokens);
 
@@ -317,10 +314,26 @@ impl<B: FluxOps> SingleStreamBlock<B> {
         let x_mod = modulation.modulate(x.clone());
         let (q, k, v) = split_qkv(flux_linear(&self.linear1_qkv, x_mod.clone()), self.heads);
         let mlp = flux_gelu_tanh(flux_linear(&self.linear1_mlp, x_mod));
-        let (q, k) = self.norm.forward(q, k);
-        let attn = rope_attention(q, k, v, rope);
-        let out = flux_linear(&self.linear2, Tensor::cat(vec![attn, mlp], 2));
-        flux_gated_residual(x, modulation.gate, out)
+        let (q, k) = self.norm.forward_rope(q, k, rope);
+        let attn = flux_attention(q, k, v);
+        flux_gated_residual(x, modulation.gate, self.output(attn, mlp))
+    }
+
+    /// `linear2(cat(attn, mlp))` as the sum of two products, `attn · W[..hidden] + b` and
+    /// `mlp · W[hidden..]`: the same sum without writing the `[batch, tokens, hidden + mlp_hidden]`
+    /// concatenation (nor slicing its gradient apart again).
+    ///
+    /// attn: `[batch, tokens, hidden]`, mlp: `[batch, tokens, mlp_hidden]` → `[batch, tokens, hidden]`.
+    fn output(&self, attn: Tensor<B, 3>, mlp: Tensor<B, 3>) -> Tensor<B, 3> {
+        let hidden = attn.dims()[2];
+        let mlp_hidden = mlp.dims()[2];
+        let weight = self.linear2.weight.val();
+        let bias = self.linear2.bias.as_ref().map(|bias| bias.val());
+        let from_attn = flux_linear_tensors(attn, weight.clone().narrow(0, 0, hidden), bias);
+        // No bias in the second product; a zero bias keeps it on the fused linear's node.
+        let zero = Tensor::<B, 1>::zeros([hidden], &weight.device()).cast(weight.dtype());
+        let from_mlp = flux_linear_tensors(mlp, weight.narrow(0, hidden, mlp_hidden), Some(zero));
+        from_attn + from_mlp
     }
 }
 

@@ -48,22 +48,17 @@ impl<B: Backend> MlpEmbedder<B> {
     }
 }
 
-/// Rotary position embedding of every token (BFL `EmbedND` + `apply_rope`).
+/// Rotary position embedding of every token (BFL `EmbedND` + `apply_rope`), as the cosine and
+/// sine tables that [`crate::fused::flux_rms_norm_rope`] applies right after the QK-norm.
 ///
-/// Stored per head and channel (contiguous, no broadcasting: broadcasting over the head dim is
-/// several times slower on CPU) so that applying it is two products and one small matmul:
-/// `out = x · cos + (x · R) · sin`, where `R` maps each adjacent pair `(a, b)` to `(-b, a)`.
-/// That is BFL's `out_even = cos·x_even − sin·x_odd`, `out_odd = sin·x_even + cos·x_odd`, and
-/// `x · R` is exact (every output is one input, possibly negated).
+/// Each angle is stored twice in a row, so channel `j` of a head reads entry `j` of the tables:
+/// BFL's `out_even = cos·x_even − sin·x_odd`, `out_odd = sin·x_even + cos·x_odd`.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
-    /// Cosine of each channel pair's angle, repeated for both channels and every head:
-    /// `[batch, heads, tokens, head_dim]`.
-    pub cos: Tensor<B, 4>,
-    /// Sine, laid out as `cos`: `[batch, heads, tokens, head_dim]`.
-    pub sin: Tensor<B, 4>,
-    /// The pair rotation `R`: `[1, 1, head_dim, head_dim]`.
-    rotation: Tensor<B, 4>,
+    /// Cosine of each channel pair's angle, repeated for both channels: `[batch, tokens, head_dim]`.
+    pub cos: Tensor<B, 3>,
+    /// Sine, laid out as `cos`: `[batch, tokens, head_dim]`.
+    pub sin: Tensor<B, 3>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -71,10 +66,8 @@ impl<B: Backend> Rope<B> {
     ///
     /// Axis `i` with `axes_dim[i] = d` contributes the `d / 2` angles `pos_i · θ^(-2k/d)`; the axes
     /// are concatenated along the frequency dim, so head channels `2k, 2k+1` rotate together.
-    pub fn new(ids: Tensor<B, 3>, axes_dim: &[usize], theta: usize, heads: usize) -> Self {
-        let [batch, tokens, _] = ids.dims();
+    pub fn new(ids: Tensor<B, 3>, axes_dim: &[usize], theta: usize) -> Self {
         let device = ids.device();
-        let head_dim: usize = axes_dim.iter().sum();
         // Each frequency twice in a row, so the angles line up with channels (2k, 2k+1).
         let angles: Vec<Tensor<B, 3>> = axes_dim
             .iter()
@@ -88,23 +81,10 @@ impl<B: Backend> Rope<B> {
                 ids.clone().narrow(2, axis, 1) * omega
             })
             .collect();
-        let angles = Tensor::cat(angles, 2)
-            .reshape([batch, 1, tokens, head_dim])
-            .repeat_dim(1, heads);
-        let mut rotation = vec![0f32; head_dim * head_dim];
-        for k in 0..head_dim / 2 {
-            let (even, odd) = (2 * k, 2 * k + 1);
-            rotation[odd * head_dim + even] = -1.0; // out_even gets -x_odd
-            rotation[even * head_dim + odd] = 1.0; // out_odd gets x_even
-        }
+        let angles = Tensor::cat(angles, 2);
         Self {
             cos: angles.clone().cos(),
             sin: angles.sin(),
-            rotation: Tensor::<B, 2>::from_data(
-                TensorData::new(rotation, [head_dim, head_dim]),
-                &device,
-            )
-            .reshape([1, 1, head_dim, head_dim]),
         }
     }
 
@@ -113,15 +93,14 @@ impl<B: Backend> Rope<B> {
         Self {
             cos: self.cos.cast(dtype),
             sin: self.sin.cast(dtype),
-            rotation: self.rotation.cast(dtype),
         }
     }
 
-    /// Rotates adjacent channel pairs `(2k, 2k+1)` by their angles.
-    ///
-    /// x: `[batch, heads, tokens, head_dim]` → same shape.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let rotated = x.clone().matmul(self.rotation.clone());
-        x * self.cos.clone() + rotated * self.sin.clone()
+    /// The rotation of tokens `start..start + len` (a double block's text or image stream).
+    pub fn narrow(&self, start: usize, len: usize) -> Self {
+        Self {
+            cos: self.cos.clone().narrow(1, start, len),
+            sin: self.sin.clone().narrow(1, start, len),
+        }
     }
 }

@@ -210,7 +210,6 @@ impl<B: FluxOps> Flux<B> {
             Tensor::cat(vec![txt_ids, img_ids], 1),
             &self.axes_dim,
             self.theta,
-            self.num_heads,
         )
         .cast(dtype);
 

@@ -3,8 +3,9 @@
 use burn::module::Param;
 use burn::prelude::*;
 
+use crate::embed::Rope;
 use crate::error::LoadError;
-use crate::fused::{flux_rms_norm, FluxOps};
+use crate::fused::{flux_rms_norm_rope, FluxOps};
 use crate::params::ParamSource;
 
 /// FLUX's RMSNorm eps.
@@ -46,9 +47,10 @@ impl<B: Backend> RmsNorm<B> {
 }
 
 impl<B: FluxOps> RmsNorm<B> {
-    /// x: `[batch, heads, tokens, head_dim]` → same shape, normalised over `head_dim`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        flux_rms_norm(x, self.scale.val(), RMS_EPS)
+    /// x: `[batch, heads, tokens, head_dim]` normalised over `head_dim`, then rotated by `rope`
+    /// (`[batch, tokens, head_dim]` tables): FLUX applies RoPE right after its QK-norm.
+    pub fn forward_rope(&self, x: Tensor<B, 4>, rope: &Rope<B>) -> Tensor<B, 4> {
+        flux_rms_norm_rope(x, self.scale.val(), rope, RMS_EPS)
     }
 }
 
@@ -73,8 +75,17 @@ impl<B: Backend> QkNorm<B> {
 }
 
 impl<B: FluxOps> QkNorm<B> {
-    /// q, k: `[batch, heads, tokens, head_dim]`.
-    pub fn forward(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        (self.query_norm.forward(q), self.key_norm.forward(k))
+    /// q, k: `[batch, heads, tokens, head_dim]`, normalised and rotated by `rope` (its tokens
+    /// are theirs).
+    pub fn forward_rope(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        rope: &Rope<B>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        (
+            self.query_norm.forward_rope(q, rope),
+            self.key_norm.forward_rope(k, rope),
+        )
     }
 }

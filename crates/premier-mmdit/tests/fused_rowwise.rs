@@ -1,13 +1,15 @@
-//! The fused LayerNorm-modulation, gated residual and RMSNorm of `FluxOps` on Flex against their composites
-//! (forward, the backward kernels, gradients under Autodiff against the differentiated
-//! composite) and against finite differences in f64. Shapes cover a shared (`[B, 1, D]`) and a
-//! per-token (`[B, T, D]`) modulation, T past one 64-row task, odd D.
+//! The fused LayerNorm-modulation, gated residual and QK-norm with RoPE of `FluxOps` on Flex
+//! against their composites (forward, the backward kernels, gradients under Autodiff against the
+//! differentiated composite) and against finite differences in f64. Shapes cover a shared
+//! (`[B, 1, D]`) and a per-token (`[B, T, D]`) modulation, T past one 64-row task, odd D, batch 3,
+//! one head, and rotation tables that are a strided slice of longer ones.
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution};
-use premier_mmdit::fused::{composite, flux_gated_residual, flux_modulate, flux_rms_norm};
+use premier_mmdit::embed::Rope;
+use premier_mmdit::fused::{composite, flux_gated_residual, flux_modulate, flux_rms_norm_rope};
 use premier_mmdit::FluxOps;
 
 mod common;
@@ -27,7 +29,14 @@ const MODULATE: [([usize; 3], usize); 6] = [
     ([1, 200, 64], 1),
 ];
 
-const RMS: [[usize; 4]; 4] = [[1, 1, 1, 1], [2, 3, 7, 5], [2, 2, 65, 8], [1, 4, 130, 16]];
+/// x `[B, H, T, D]` of the QK-norm with RoPE (D even: channel pairs rotate).
+const RMS: [[usize; 4]; 5] = [
+    [1, 1, 1, 2],
+    [2, 3, 7, 6],
+    [2, 2, 65, 8],
+    [3, 1, 70, 4],
+    [1, 4, 130, 16],
+];
 
 fn random<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, seed: u64) -> Tensor<B, D> {
     let device = Default::default();
@@ -49,6 +58,20 @@ fn modulation<B: Backend>(
     seed: u64,
 ) -> [Tensor<B, 3>; 2] {
     [0, 1].map(|i| random::<B, 3>([b, s, d], dtype, seed * 2 + i) * 0.5)
+}
+
+/// RoPE tables `[B, T, D]` for x `[B, H, T, D]`: random angles in ±3 rad, each twice in a row
+/// as `Rope` stores them, sliced out of tables 3 tokens longer (a strided view when B > 1, as a
+/// double block's text or image stream uses them).
+fn rope_tables<B: Backend>([b, _, t, d]: [usize; 4], dtype: DType, seed: u64) -> Rope<B> {
+    let angles = (random::<B, 4>([b, t + 3, d / 2, 1], DType::F64, seed) * 3.0)
+        .repeat_dim(3, 2)
+        .reshape([b, t + 3, d]);
+    Rope {
+        cos: angles.clone().cos().cast(dtype),
+        sin: angles.sin().cast(dtype),
+    }
+    .narrow(2, t)
 }
 
 fn check(what: &str, a: Vec<f64>, b: Vec<f64>, tol: f64) {
@@ -106,31 +129,54 @@ fn modulate_forward_and_backward_kernels_match_the_composites() {
 }
 
 #[test]
-fn rms_norm_forward_and_backward_kernels_match_the_composites() {
+fn rms_norm_rope_forward_and_backward_kernels_match_the_composites() {
     for shape in RMS {
         for (dtype, tol) in DTYPES {
             let x = random::<Flex, 4>(shape, dtype, 4) * 2.0;
             let weight = random::<Flex, 1>([shape[3]], dtype, 5);
+            let rope = rope_tables::<Flex>(shape, dtype, 26);
+            let (cos, sin) = (prim(rope.cos.clone()), prim(rope.sin.clone()));
             let what = format!("{shape:?} {dtype:?}");
-            let fused =
-                <Flex as FluxOps>::flux_rms_norm(prim(x.clone()), prim(weight.clone()), EPS);
-            let reference = composite::rms_norm::<Flex>(prim(x.clone()), prim(weight.clone()), EPS);
+            let fused = <Flex as FluxOps>::flux_rms_norm_rope(
+                prim(x.clone()),
+                prim(weight.clone()),
+                cos.clone(),
+                sin.clone(),
+                EPS,
+            );
+            let reference = composite::rms_norm_rope::<Flex>(
+                prim(x.clone()),
+                prim(weight.clone()),
+                cos.clone(),
+                sin.clone(),
+                EPS,
+            );
+            let fused = tensor::<Flex, 4>(fused);
+            assert_eq!(fused.dtype(), dtype);
             check(
                 &what,
-                values(tensor::<Flex, 4>(fused)),
+                values(fused),
                 values(tensor::<Flex, 4>(reference)),
                 tol,
             );
 
             let grad = random::<Flex, 4>(shape, dtype, 6);
-            let (dx, dw) = <Flex as FluxOps>::flux_rms_norm_bwd(
+            let (dx, dw) = <Flex as FluxOps>::flux_rms_norm_rope_bwd(
                 prim(x.clone()),
                 prim(weight.clone()),
+                cos.clone(),
+                sin.clone(),
                 prim(grad.clone()),
                 EPS,
             );
-            let (rx, rw) =
-                composite::rms_norm_backward::<Flex>(prim(x), prim(weight), prim(grad), EPS);
+            let (rx, rw) = composite::rms_norm_rope_backward::<Flex>(
+                prim(x),
+                prim(weight),
+                cos,
+                sin,
+                prim(grad),
+                EPS,
+            );
             check(
                 &format!("{what} dx"),
                 values(tensor::<Flex, 4>(dx)),
@@ -143,6 +189,36 @@ fn rms_norm_forward_and_backward_kernels_match_the_composites() {
                 values(tensor::<Flex, 1>(rw)),
                 tol,
             );
+        }
+    }
+}
+
+/// BFL's `apply_rope` written out pair by pair, against the composite every backend defaults to.
+#[test]
+fn the_rope_composite_is_bfls_pair_rotation() {
+    let shape = [2, 3, 5, 6];
+    let x = random::<Flex, 4>(shape, DType::F64, 27);
+    let rope = rope_tables::<Flex>(shape, DType::F64, 28);
+    let rotated = values(tensor::<Flex, 4>(composite::rope::<Flex>(
+        prim(x.clone()),
+        prim(rope.cos.clone()),
+        prim(rope.sin.clone()),
+    )));
+    let (xs, cos, sin) = (values(x), values(rope.cos), values(rope.sin));
+    let [b, h, t, d] = shape;
+    for row in 0..b * h * t {
+        let table = (row / (h * t)) * t + row % t;
+        for k in 0..d / 2 {
+            let (even, odd) = (xs[row * d + 2 * k], xs[row * d + 2 * k + 1]);
+            let (c, s) = (cos[table * d + 2 * k], sin[table * d + 2 * k]);
+            let want = [c * even - s * odd, s * even + c * odd];
+            for (i, want) in want.into_iter().enumerate() {
+                let got = rotated[row * d + 2 * k + i];
+                assert!(
+                    (got - want).abs() <= 1e-15,
+                    "row {row} pair {k}: {got} vs {want}"
+                );
+            }
         }
     }
 }
@@ -184,10 +260,11 @@ fn modulate_loss_and_grads<B: AutodiffBackend + FluxOps>(
     (value, [grad(&x), grad(&shift), grad(&scale)])
 }
 
-/// L = Σ rms_norm(x, weight) ∘ w, and the gradients of x and weight where tracked.
+/// L = Σ rope(rms_norm(x, weight)) ∘ w, and the gradients of x and weight where tracked.
 fn rms_loss_and_grads<B: AutodiffBackend + FluxOps>(
     x: Tensor<B::InnerBackend, 4>,
     weight: Tensor<B::InnerBackend, 1>,
+    rope: &Rope<B::InnerBackend>,
     w: Tensor<B::InnerBackend, 4>,
     tracked: [bool; 2],
     fused: bool,
@@ -200,12 +277,18 @@ fn rms_loss_and_grads<B: AutodiffBackend + FluxOps>(
     if tracked[1] {
         weight = weight.require_grad();
     }
+    let rope = Rope::<B> {
+        cos: Tensor::from_inner(rope.cos.clone()),
+        sin: Tensor::from_inner(rope.sin.clone()),
+    };
     let out = if fused {
-        flux_rms_norm(x.clone(), weight.clone(), EPS)
+        flux_rms_norm_rope(x.clone(), weight.clone(), &rope, EPS)
     } else {
-        tensor::<B, 4>(composite::rms_norm::<B>(
+        tensor::<B, 4>(composite::rms_norm_rope::<B>(
             prim(x.clone()),
             prim(weight.clone()),
+            prim(rope.cos),
+            prim(rope.sin),
             EPS,
         ))
     };
@@ -243,18 +326,29 @@ fn gradients_match_the_differentiated_composites() {
             }
         }
     }
-    // Not D = 1: there dx = r·g·w·eps / (x² + eps), 1e-6 of its own terms, so both sides are
-    // rounding only (the kernel-vs-composite test above covers D = 1, same formula).
-    for shape in RMS.into_iter().filter(|s| s[3] > 1) {
+    for shape in RMS {
         for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-10)] {
             let x = random::<Flex, 4>(shape, dtype, 10);
             let weight = random::<Flex, 1>([shape[3]], dtype, 11);
+            let rope = rope_tables::<Flex>(shape, dtype, 29);
             let w = random::<Flex, 4>(shape, dtype, 12);
             for tracked in [[true, true], [true, false], [false, true]] {
-                let (_, fused) =
-                    rms_loss_and_grads::<AB>(x.clone(), weight.clone(), w.clone(), tracked, true);
-                let (_, reference) =
-                    rms_loss_and_grads::<AB>(x.clone(), weight.clone(), w.clone(), tracked, false);
+                let (_, fused) = rms_loss_and_grads::<AB>(
+                    x.clone(),
+                    weight.clone(),
+                    &rope,
+                    w.clone(),
+                    tracked,
+                    true,
+                );
+                let (_, reference) = rms_loss_and_grads::<AB>(
+                    x.clone(),
+                    weight.clone(),
+                    &rope,
+                    w.clone(),
+                    tracked,
+                    false,
+                );
                 for (i, (a, b)) in fused.into_iter().zip(reference).enumerate() {
                     assert_eq!(a.is_some(), tracked[i], "{shape:?} input {i}");
                     if let (Some(a), Some(b)) = (a, b) {
@@ -325,14 +419,16 @@ fn gradients_match_finite_differences_in_f64() {
             "modulate {shape:?} S={s}: {numeric} vs {analytic}, rel {r:e}"
         );
     }
-    for shape in [[2, 3, 7, 5], [1, 2, 70, 4]] {
+    for shape in [[2, 3, 7, 6], [1, 2, 70, 4], [3, 1, 5, 2]] {
         let x = random::<Flex, 4>(shape, DType::F64, 16);
         let weight = random::<Flex, 1>([shape[3]], DType::F64, 17);
+        let rope = rope_tables::<Flex>(shape, DType::F64, 30);
         let w = random::<Flex, 4>(shape, DType::F64, 18);
         let (_, [gx, gw]) =
-            rms_loss_and_grads::<AB>(x.clone(), weight.clone(), w.clone(), [true; 2], true);
+            rms_loss_and_grads::<AB>(x.clone(), weight.clone(), &rope, w.clone(), [true; 2], true);
         let loss_x = |v: &[Tensor<Flex, 4>]| {
-            values((flux_rms_norm(v[0].clone(), weight.clone(), EPS) * w.clone()).sum())[0]
+            let out = flux_rms_norm_rope(v[0].clone(), weight.clone(), &rope, EPS);
+            values((out * w.clone()).sum())[0]
         };
         let (numeric, analytic) = directional(&[x.clone()], &[gx.unwrap()], loss_x, 70);
         let r = (numeric - analytic).abs() / analytic.abs().max(1e-12);
@@ -341,7 +437,8 @@ fn gradients_match_finite_differences_in_f64() {
             "rms dx {shape:?}: {numeric} vs {analytic}, rel {r:e}"
         );
         let loss_w = |v: &[Tensor<Flex, 1>]| {
-            values((flux_rms_norm(x.clone(), v[0].clone(), EPS) * w.clone()).sum())[0]
+            let out = flux_rms_norm_rope(x.clone(), v[0].clone(), &rope, EPS);
+            values((out * w.clone()).sum())[0]
         };
         let (numeric, analytic) = directional(&[weight], &[gw.unwrap()], loss_w, 80);
         let r = (numeric - analytic).abs() / analytic.abs().max(1e-12);

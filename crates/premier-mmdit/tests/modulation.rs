@@ -74,6 +74,8 @@ fn delta_on_one_token_is_local_before_attention() {
     );
     let txt = flux.txt_in.forward(input.txt.clone());
     let block = &flux.double_blocks[0];
+    let rope =
+        premier_mmdit::embed::Rope::new(input.txt_ids.clone(), &config.axes_dim, config.theta);
 
     let mut delta = vec![0f32; TXT * 32];
     for c in 0..32 {
@@ -83,7 +85,7 @@ fn delta_on_one_token_is_local_before_attention() {
 
     let pre_attention = |d: Option<Tensor<B, 3>>| {
         let mods = block.txt_modulation(vec.clone(), d);
-        let (q, k, v) = block.txt_attn.qkv(mods[0].modulate(txt.clone()));
+        let (q, k, v) = block.txt_attn.qkv(mods[0].modulate(txt.clone()), &rope);
         // Per token: modulation values (6·32 after broadcasting) and q, k, v, as [TXT, features].
         let mods: Vec<Tensor<B, 3>> = mods
             .iter()
@@ -122,7 +124,6 @@ fn delta_on_one_token_is_local_before_attention() {
         Tensor::cat(vec![input.txt_ids.clone(), input.img_ids.clone()], 1),
         &config.axes_dim,
         config.theta,
-        config.num_heads,
     );
     let (_, txt_plain) = block.forward(img.clone(), txt.clone(), vec.clone(), None, &rope);
     let (_, txt_moved) = block.forward(img, txt, vec, Some(delta), &rope);

@@ -1,7 +1,7 @@
 //! `FluxOps` under `Autodiff`: a fused attention is one graph node whose backward calls the inner
 //! backend's `flux_attention_bwd`; it stores the output and the row log-sum-exp, O(T) per row,
 //! where differentiating the composite keeps the `[B, H, T, T]` softmax. The fused modulation,
-//! gated residual and RMSNorm are one node each too, whose backward recomputes the row statistics from the
+//! gated residual and QK-norm with RoPE are one node each too, whose backward recomputes the row statistics from the
 //! input: one pass, instead of the composite's chain of broadcasting nodes.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -97,11 +97,11 @@ impl<B: FluxOps> Backward<B, 3> for FusedGatedResidualBackward {
 }
 
 #[derive(Debug)]
-struct FusedRmsNormBackward;
+struct FusedRmsNormRopeBackward;
 
-impl<B: FluxOps> Backward<B, 2> for FusedRmsNormBackward {
-    /// x and weight as checkpoints; the eps.
-    type State = (NodeId, NodeId, f64);
+impl<B: FluxOps> Backward<B, 2> for FusedRmsNormRopeBackward {
+    /// x and weight as checkpoints; the rotation tables (constants); the eps.
+    type State = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(
         self,
@@ -111,10 +111,10 @@ impl<B: FluxOps> Backward<B, 2> for FusedRmsNormBackward {
     ) {
         let [node_x, node_weight] = ops.parents;
         let grad_out = grads.consume::<B>(&ops.node);
-        let (x, weight, eps) = ops.state;
+        let (x, weight, cos, sin, eps) = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight);
-        let (dx, dweight) = B::flux_rms_norm_bwd(x, weight, grad_out, eps);
+        let (dx, dweight) = B::flux_rms_norm_rope_bwd(x, weight, cos, sin, grad_out, eps);
         for (node, grad) in [(node_x, dx), (node_weight, dweight)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -314,26 +314,42 @@ impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
         }
     }
 
-    fn flux_rms_norm(
+    fn flux_rms_norm_rope(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        if !B::FUSED_NORMS {
-            return composite::rms_norm::<Self>(x, weight, eps);
+        // The tables are positions' functions, never trained; tracked ones (not built by the
+        // model) keep the differentiated composite so that nothing is dropped.
+        if !B::FUSED_NORMS || cos.is_tracked() || sin.is_tracked() {
+            return composite::rms_norm_rope::<Self>(x, weight, cos, sin, eps);
         }
-        match FusedRmsNormBackward
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        match FusedRmsNormRopeBackward
             .prepare::<C>([x.node.clone(), weight.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), eps);
-                prep.finish(state, B::flux_rms_norm(x.primitive, weight.primitive, eps))
+                let (x_id, weight_id) = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                let out = B::flux_rms_norm_rope(
+                    x.primitive,
+                    weight.primitive,
+                    cos.clone(),
+                    sin.clone(),
+                    eps,
+                );
+                prep.finish((x_id, weight_id, cos, sin, eps), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::flux_rms_norm(x.primitive, weight.primitive, eps))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::flux_rms_norm_rope(
+                x.primitive,
+                weight.primitive,
+                cos,
+                sin,
+                eps,
+            )),
         }
     }
 

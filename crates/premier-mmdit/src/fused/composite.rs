@@ -153,6 +153,53 @@ pub fn rms_norm_backward<B: Backend>(
     (primitive(dx), primitive(dweight.reshape([width])))
 }
 
+/// RoPE: each channel pair `(2k, 2k+1)` of every head rotated by its angle,
+/// `out_even = cos·x_even − sin·x_odd`, `out_odd = sin·x_even + cos·x_odd`.
+/// x: `[B, H, T, D]`; cos, sin: `[B, T, D]`, each angle twice in a row → `[B, H, T, D]`.
+pub fn rope<B: Backend>(
+    x: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let x = tensor::<B, 4>(x);
+    let [b, h, t, d] = x.dims();
+    let pairs = x.clone().reshape([b, h, t, d / 2, 2]);
+    let (even, odd) = (pairs.clone().narrow(4, 0, 1), pairs.narrow(4, 1, 1));
+    // (−x_odd, x_even) per pair: exact, so x · cos + swapped · sin is BFL's rotation.
+    let swapped = Tensor::cat(vec![odd.neg(), even], 4).reshape([b, h, t, d]);
+    let (cos, sin) = (
+        tensor::<B, 3>(cos).unsqueeze_dim::<4>(1),
+        tensor::<B, 3>(sin).unsqueeze_dim::<4>(1),
+    );
+    primitive(x * cos + swapped * sin)
+}
+
+/// RMSNorm, then RoPE ([`rms_norm`], [`rope`]): FLUX's QK-norm of a query or key and its
+/// rotation. x: `[B, H, T, D]`, weight: `[D]`, cos, sin: `[B, T, D]` → `[B, H, T, D]`.
+pub fn rms_norm_rope<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    eps: f64,
+) -> FloatTensor<B> {
+    rope::<B>(rms_norm::<B>(x, weight, eps), cos, sin)
+}
+
+/// (dx, dweight) of [`rms_norm_rope`]: the output gradient rotated back (RoPE by −angle, the
+/// transpose of each pair's rotation), then [`rms_norm_backward`].
+pub fn rms_norm_rope_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    grad_out: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let unrotated = rope::<B>(grad_out, cos, primitive(tensor::<B, 3>(sin).neg()));
+    rms_norm_backward::<B>(x, weight, unrotated, eps)
+}
+
 /// `x + gate · y`. x, y: `[B, T, D]`; gate: `[B, 1 or T, D]` → `[B, T, D]`.
 pub fn gated_residual<B: Backend>(
     x: FloatTensor<B>,

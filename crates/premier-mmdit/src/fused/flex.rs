@@ -2,7 +2,7 @@
 //! that keeps the row log-sum-exp, and a FlashAttention-2 backward parallel over (batch, head)
 //! that recomputes the probabilities a block at a time. Each task writes its own rows, so the
 //! results are bit-deterministic whatever the thread count. f32 and f64 natively; half types
-//! are computed in f32, as burn-flex's own attention does. The row-wise ops (norms, modulation, gated residual) are in `flex/rowwise.rs`.
+//! are computed in f32, as burn-flex's own attention does. The row-wise ops (modulation, QK-norm with RoPE, gated residual) are in `flex/rowwise.rs`.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
@@ -133,30 +133,41 @@ impl FluxOps for Flex {
         }
     }
 
-    fn flux_rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+    fn flux_rms_norm_rope(
+        x: FlexTensor,
+        weight: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
+        eps: f64,
+    ) -> FlexTensor {
         match x.dtype() {
-            DType::F64 => rowwise::rms_norm::<f64>([&x, &weight], eps),
-            DType::F32 => rowwise::rms_norm::<f32>([&x, &weight], eps),
+            DType::F64 => rowwise::rms_norm_rope::<f64>([&x, &weight, &cos, &sin], eps),
+            DType::F32 => rowwise::rms_norm_rope::<f32>([&x, &weight, &cos, &sin], eps),
             dtype => {
-                let [x, weight] = [x, weight].map(up);
-                down(rowwise::rms_norm::<f32>([&x, &weight], eps), dtype)
+                let [x, weight, cos, sin] = [x, weight, cos, sin].map(up);
+                down(
+                    rowwise::rms_norm_rope::<f32>([&x, &weight, &cos, &sin], eps),
+                    dtype,
+                )
             }
         }
     }
 
-    fn flux_rms_norm_bwd(
+    fn flux_rms_norm_rope_bwd(
         x: FlexTensor,
         weight: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
         grad_out: FlexTensor,
         eps: f64,
     ) -> (FlexTensor, FlexTensor) {
-        match x.dtype() {
-            DType::F64 => rowwise::rms_norm_backward::<f64>([&x, &weight, &grad_out], eps),
-            DType::F32 => rowwise::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps),
+        let inputs = [x, weight, cos, sin, grad_out];
+        match inputs[0].dtype() {
+            DType::F64 => rowwise::rms_norm_rope_backward::<f64>(inputs.each_ref(), eps),
+            DType::F32 => rowwise::rms_norm_rope_backward::<f32>(inputs.each_ref(), eps),
             dtype => {
-                let [x, weight, grad_out] = [x, weight, grad_out].map(up);
-                let (dx, dweight) =
-                    rowwise::rms_norm_backward::<f32>([&x, &weight, &grad_out], eps);
+                let inputs = inputs.map(up);
+                let (dx, dweight) = rowwise::rms_norm_rope_backward::<f32>(inputs.each_ref(), eps);
                 (down(dx, dtype), down(dweight, dtype))
             }
         }

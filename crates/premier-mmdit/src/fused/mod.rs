@@ -11,12 +11,14 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, ModuleOps};
 use burn::tensor::TensorPrimitive;
 
+use crate::embed::Rope;
+
 mod autodiff;
 pub mod composite;
 #[cfg(feature = "flex")]
 mod flex;
 
-/// FLUX's attention, modulation, gated residual, RMSNorm and GELU, and their backwards, as backend
+/// FLUX's attention, modulation, gated residual, QK-norm with RoPE and GELU, and their backwards, as backend
 /// ops; the defaults are composites.
 pub trait FluxOps: Backend {
     /// True when [`FluxOps::flux_attention_fwd`] and [`FluxOps::flux_attention_bwd`] are native
@@ -103,24 +105,30 @@ pub trait FluxOps: Backend {
         composite::gated_residual_backward::<Self>(gate, y, grad_out)
     }
 
-    /// RMSNorm with a learned scale, `x · rsqrt(mean(x²) + eps) · weight`.
-    /// x: `[B, H, T, D]`, weight: `[D]` → `[B, H, T, D]`.
-    fn flux_rms_norm(
+    /// FLUX's QK-norm and RoPE in one op: RMSNorm with a learned scale,
+    /// `x · rsqrt(mean(x²) + eps) · weight`, then each channel pair `(2k, 2k+1)` rotated by its
+    /// angle ([`composite::rope`]). x: `[B, H, T, D]`, weight: `[D]`, cos, sin: `[B, T, D]`
+    /// (each angle twice in a row; constants: no gradient reaches them) → `[B, H, T, D]`.
+    fn flux_rms_norm_rope(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        composite::rms_norm::<Self>(x, weight, eps)
+        composite::rms_norm_rope::<Self>(x, weight, cos, sin, eps)
     }
 
-    /// (dx `[B, H, T, D]`, dweight `[D]`) of [`FluxOps::flux_rms_norm`].
-    fn flux_rms_norm_bwd(
+    /// (dx `[B, H, T, D]`, dweight `[D]`) of [`FluxOps::flux_rms_norm_rope`].
+    fn flux_rms_norm_rope_bwd(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
         eps: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composite::rms_norm_backward::<Self>(x, weight, grad_out, eps)
+        composite::rms_norm_rope_backward::<Self>(x, weight, cos, sin, grad_out, eps)
     }
 
     /// Part `part` (0: q, 1: k, 2: v) of a fused projection in BFL's `(K H D)` order, as heads:
@@ -293,11 +301,19 @@ pub fn flux_gated_residual<B: FluxOps>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// `x · rsqrt(mean(x²) + eps) · weight`. x: `[B, H, T, D]`, weight: `[D]` → `[B, H, T, D]`.
-pub fn flux_rms_norm<B: FluxOps>(x: Tensor<B, 4>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 4> {
-    let out = B::flux_rms_norm(
+/// FLUX's QK-norm of a query or key, then its rotation: `rope(x · rsqrt(mean(x²) + eps) · weight)`.
+/// x: `[B, H, T, D]`, weight: `[D]`, rope: `[B, T, D]` tables → `[B, H, T, D]`.
+pub fn flux_rms_norm_rope<B: FluxOps>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 1>,
+    rope: &Rope<B>,
+    eps: f64,
+) -> Tensor<B, 4> {
+    let out = B::flux_rms_norm_rope(
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
+        rope.cos.clone().into_primitive().tensor(),
+        rope.sin.clone().into_primitive().tensor(),
         eps,
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))

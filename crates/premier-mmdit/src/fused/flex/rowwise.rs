@@ -1,5 +1,5 @@
 //! Fused row-wise ops for `Flex`, forward and backward: LayerNorm-modulation, the gated
-//! residual and RMSNorm, one pass over each row where the composites broadcast `[B, T, 1]` and
+//! residual and QK-norm with RoPE, one pass over each row where the composites broadcast `[B, T, 1]` and
 //! `[B, 1, D]` operands through burn-flex's strided element path, and their autodiff chains
 //! reduce every broadcast again. Each task
 //! writes its own rows and partial sums are added in a fixed order, so results do not depend
@@ -243,13 +243,37 @@ pub(super) fn gated_residual_backward<T: Real>(
     (grad_out, tensor(dgate, [b, s, d]), tensor(dy, [b, t, d]))
 }
 
-/// `x · rsqrt(mean(x²) + eps) · weight`. x `[B, H, T, D]`, weight `[D]` → `[B, H, T, D]`.
-pub(super) fn rms_norm<T: Real>([x, weight]: [&FlexTensor; 2], eps: f64) -> FlexTensor {
-    let shape = dims::<4>(x);
-    let d = shape[3];
-    assert_eq!(dims::<1>(weight), [d], "fused RMSNorm: weight vs x");
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let (xs, w) = (T::view(&x), T::view(&weight));
+/// Checks x `[B, H, T, D]` against weight `[D]` and the tables `[B, T, D]` (D even).
+fn rms_norm_rope_dims(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    cos: &FlexTensor,
+    sin: &FlexTensor,
+) -> [usize; 4] {
+    let [b, h, t, d] = dims::<4>(x);
+    assert_eq!(dims::<1>(weight), [d], "fused QK-norm: weight vs x");
+    assert!(d % 2 == 0, "fused RoPE: head dim {d} is odd");
+    for table in [cos, sin] {
+        assert_eq!(dims::<3>(table), [b, t, d], "fused RoPE: table vs x");
+    }
+    [b, h, t, d]
+}
+
+/// The row of a `[B, T, D]` table that row `row` of x `[B, H, T, D]` uses.
+fn table_row(row: usize, h: usize, t: usize) -> usize {
+    (row / (h * t)) * t + row % t
+}
+
+/// `rope(x · rsqrt(mean(x²) + eps) · weight)`, one pass per row: x `[B, H, T, D]`, weight `[D]`,
+/// cos and sin `[B, T, D]` → `[B, H, T, D]`. The composite's order of operations
+/// (`composite::rms_norm_rope`), so the same values up to the row's sum of squares.
+pub(super) fn rms_norm_rope<T: Real>(
+    [x, weight, cos, sin]: [&FlexTensor; 4],
+    eps: f64,
+) -> FlexTensor {
+    let [b, h, t, d] = rms_norm_rope_dims(x, weight, cos, sin);
+    let [x, weight, cos, sin] = [x, weight, cos, sin].map(FlexTensor::to_contiguous);
+    let (xs, w, cs, ss) = (T::view(&x), T::view(&weight), T::view(&cos), T::view(&sin));
     let eps = T::of(eps);
     let mut out = vec![T::ZERO; xs.len()];
     par_rows(
@@ -258,31 +282,37 @@ pub(super) fn rms_norm<T: Real>([x, weight]: [&FlexTensor; 2], eps: f64) -> Flex
         #[inline(always)]
         |row, o| {
             let xr = &xs[row * d..(row + 1) * d];
+            let table = table_row(row, h, t) * d;
+            let (c, s) = (&cs[table..table + d], &ss[table..table + d]);
             let rstd = rms_rstd(xr, eps);
-            for j in 0..d {
-                o[j] = xr[j] * rstd * w[j];
+            for j in (0..d).step_by(2) {
+                let even = xr[j] * rstd * w[j];
+                let odd = xr[j + 1] * rstd * w[j + 1];
+                o[j] = even * c[j] - odd * s[j];
+                o[j + 1] = odd * c[j + 1] + even * s[j + 1];
             }
         },
     );
-    tensor(out, shape)
+    tensor(out, [b, h, t, d])
 }
 
-/// (dx `[B, H, T, D]`, dweight `[D]`) of [`rms_norm`]: dx a row at a time, dweight as partial
-/// sums per task of [`ROWS`] rows, added in task order.
-pub(super) fn rms_norm_backward<T: Real>(
-    [x, weight, grad_out]: [&FlexTensor; 3],
+/// (dx `[B, H, T, D]`, dweight `[D]`) of [`rms_norm_rope`]: per row, the gradient rotated back
+/// by the transposed pair rotation, then RMSNorm's backward; dweight as partial sums per task of
+/// [`ROWS`] rows, added in task order.
+pub(super) fn rms_norm_rope_backward<T: Real>(
+    [x, weight, cos, sin, grad_out]: [&FlexTensor; 5],
     eps: f64,
 ) -> (FlexTensor, FlexTensor) {
-    let shape = dims::<4>(x);
-    let d = shape[3];
-    assert_eq!(dims::<1>(weight), [d], "fused RMSNorm: weight vs x");
-    assert_eq!(dims::<4>(grad_out), shape, "fused RMSNorm: grad vs x");
-    let (x, weight, grad_out) = (
-        x.to_contiguous(),
-        weight.to_contiguous(),
-        grad_out.to_contiguous(),
+    let [b, h, t, d] = rms_norm_rope_dims(x, weight, cos, sin);
+    assert_eq!(
+        dims::<4>(grad_out),
+        [b, h, t, d],
+        "fused QK-norm: grad vs x"
     );
+    let [x, weight, cos, sin, grad_out] =
+        [x, weight, cos, sin, grad_out].map(FlexTensor::to_contiguous);
     let (xs, w, grads) = (T::view(&x), T::view(&weight), T::view(&grad_out));
+    let (cs, ss) = (T::view(&cos), T::view(&sin));
     let eps = T::of(eps);
     let n = T::of(d as f64);
     let mut dx = vec![T::ZERO; xs.len()];
@@ -296,10 +326,18 @@ pub(super) fn rms_norm_backward<T: Real>(
                     #[inline(always)]
                     || {
                         let mut dw = vec![T::ZERO; d];
+                        let mut gr = vec![T::ZERO; d];
                         for (i, dxr) in rows.chunks_mut(d).enumerate() {
                             let row = chunk * ROWS + i;
                             let xr = &xs[row * d..(row + 1) * d];
-                            let gr = &grads[row * d..(row + 1) * d];
+                            let g = &grads[row * d..(row + 1) * d];
+                            let table = table_row(row, h, t) * d;
+                            let (c, s) = (&cs[table..table + d], &ss[table..table + d]);
+                            // The gradient of the normed row: RoPE by −angle.
+                            for j in (0..d).step_by(2) {
+                                gr[j] = g[j] * c[j] + g[j + 1] * s[j];
+                                gr[j + 1] = g[j + 1] * c[j + 1] - g[j] * s[j + 1];
+                            }
                             let rstd = rms_rstd(xr, eps);
                             let inner = sum_by(d, |j| gr[j] * w[j] * xr[j]) / n;
                             for j in 0..d {
@@ -318,5 +356,5 @@ pub(super) fn rms_norm_backward<T: Real>(
             }
         }
     }
-    (tensor(dx, shape), tensor(dweight, [d]))
+    (tensor(dx, [b, h, t, d]), tensor(dweight, [d]))
 }
