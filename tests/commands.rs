@@ -62,6 +62,10 @@ fn the_synthetic_world_runs_through_every_command() {
         "{err}"
     );
     assert!(!refused.exists(), "a refused run writes nothing");
+    // A batch no machine holds is refused by the estimate, whose sums saturate (they overflowed).
+    let err = train_run(&refused, "4", &["--batch-size", "18446744073709551615"]).unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    assert!(!refused.exists(), "a refused run writes nothing");
     let recomputed = dir.path().join("recomputed");
     train_run(&recomputed, "4", &["--gradient-checkpointing"]).unwrap();
     for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
@@ -315,8 +319,13 @@ fn the_synthetic_world_runs_through_every_command() {
         format!("{:#}", premier(&args).unwrap_err())
     };
     let before = sha(&gen.join("grid.png"));
-    let msg = bad_gen(&["--steps", "0"]);
-    assert!(msg.contains("at least 1 step"), "{msg}");
+    for steps in ["0", "18446744073709551615"] {
+        let msg = bad_gen(&["--steps", steps]);
+        assert!(
+            msg.contains(&format!("--steps {steps}: sampling takes")),
+            "{msg}"
+        );
+    }
     let msg = bad_gen(&["--width", "64"]);
     assert!(msg.contains("--width 64"), "{msg}");
     let msg = bad_gen(&["--user", "user001"]);
@@ -655,9 +664,34 @@ fn flux_files_encode_train_and_cold_start() {
     let refused = dir.path().join("refused");
     let err = try_generate(&refused, &["--max-memory", "0.0001"]).unwrap_err();
     assert!(
-        err.to_string().contains("exceeds --max-memory 0.0001 GiB"),
+        err.to_string().contains("exceeds --max-memory (0.1 MiB)"),
         "{err}"
     );
+    assert!(!refused.exists());
+    // Sizes and steps no machine could run are refused, naming the flag, before the memory
+    // estimate multiplies them (it overflowed) and before anything is loaded.
+    for (flag, value) in [
+        ("--width", "4294967295"),
+        ("--height", "100000"),
+        ("--steps", "18446744073709551615"),
+    ] {
+        let err = premier(&[
+            "generate",
+            "--model-dir",
+            s(&model),
+            "--prompt",
+            "a red square",
+            flag,
+            value,
+            "--out",
+            s(&refused),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("{flag} {value}")),
+            "{err}"
+        );
+    }
     assert!(!refused.exists());
     // A trained user without the table to look it up in names the missing flag.
     let mut no_table = vec![

@@ -85,7 +85,9 @@ pub struct GenerateArgs {
     /// the seams (the decoder sees one tile at a time); for images too large to decode whole.
     #[arg(long)]
     pub vae_tile: Option<usize>,
-    /// Refuse to start when the estimated device memory (printed first) exceeds this many GiB.
+    /// Refuse to start when the estimated device memory (printed first) exceeds this many GiB
+    /// (default: what the device has free: the host's available memory on the CPU, GPU 0's free
+    /// memory on CUDA).
     #[arg(long, value_parser = super::parse_gib)]
     pub max_memory: Option<f64>,
 }
@@ -160,9 +162,11 @@ fn trained_sizes(
     let (adapter, mut users) = match trained {
         Some(trained) => (trained.adapter.clone(), trained.users),
         None => {
-            if args.model.is_synth() && args.adapter.is_some() {
+            if let (true, Some(adapter)) = (args.model.is_synth(), &args.adapter) {
                 bail!(
-                    "the synthetic world's adapters need the premier.json of their run beside them"
+                    "--adapter {}: the synthetic world's adapters need the premier.json of their \
+                     run beside them (give the run's mod_adapter.safetensors)",
+                    adapter.display()
                 );
             }
             let adapter = AdapterConfig {
@@ -279,6 +283,8 @@ fn generate_synth<B: FluxOps>(
             bail!("{flag} {v}: the synthetic world's base draws only {side}×{side} images");
         }
     }
+    let steps = args.steps.unwrap_or(crate::synth::sample::SAMPLING_STEPS);
+    check_steps(steps)?;
     let trained = trained_beside(&args)?;
     let users = users_of(&args, trained.as_ref())?;
     let (base, config) = SynthBase::<B>::load(dir, &device)
@@ -297,7 +303,6 @@ fn generate_synth<B: FluxOps>(
     let text = base.text.encode(&tokenizer, &prompts)?;
     let n = prompts.len();
     let seeds: Vec<u64> = (0..n as u64).map(|c| args.seed.wrapping_add(c)).collect();
-    let steps = args.steps.unwrap_or(crate::synth::sample::SAMPLING_STEPS);
     let mut rows = Vec::new();
     for user in &users {
         let delta = match user {
@@ -330,6 +335,11 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         return generate_synth::<B>(args, &dir, device);
     }
     let total = Instant::now();
+    // The sizes first: the memory estimate below multiplies them.
+    for (flag, side) in [("--width", args.width), ("--height", args.height)] {
+        side.map_or(Ok(()), |side| super::check_side(flag, side))?;
+    }
+    check_steps(args.steps.unwrap_or(args.model.variant.steps()))?;
     let trained = trained_beside(&args)?;
     let users = users_of(&args, trained.as_ref())?;
     let files = ModelFiles::resolve(&args.model)?;
@@ -340,23 +350,26 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         memory_estimate::<B>(&args, trained.as_ref(), &files, &flux_config, &t5_config)
     {
         eprintln!("estimated device memory: {estimate}");
-        if let Some(gib) = args.max_memory {
-            let limit = crate::train::memory::MemoryLimit::from_gib(gib).bytes;
+        if let Some(limit) = super::memory_limit(args.max_memory, args.backend) {
+            let format = crate::mmdit::memory::format_bytes;
             let (staged, _) = estimate.staged_peak();
             let needed = if args.low_memory {
                 staged
             } else {
                 estimate.resident_peak()
             };
-            if needed > limit {
-                let hint = if !args.low_memory && staged <= limit {
-                    "; --low-memory would fit"
+            if needed > limit.bytes {
+                let hint = if !args.low_memory && staged <= limit.bytes {
+                    format!("--low-memory would fit ({})", format(staged))
                 } else {
-                    "; try --dtype bf16, --adapter-dtype bf16, fewer prompts or a smaller image"
+                    "try --dtype bf16, --adapter-dtype bf16, fewer prompts or a smaller image"
+                        .to_string()
                 };
                 bail!(
-                    "estimated device memory {} exceeds --max-memory {gib} GiB{hint}",
-                    crate::mmdit::memory::format_bytes(needed)
+                    "estimated device memory {} exceeds {} ({}); {hint}, or raise --max-memory",
+                    format(needed),
+                    limit.source,
+                    format(limit.bytes)
                 );
             }
         }
@@ -416,6 +429,16 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         );
     }
     write_rows(&args, &rows, total)
+}
+
+/// `--steps`, checked before anything is loaded.
+fn check_steps(steps: usize) -> anyhow::Result<()> {
+    let max = crate::pipeline::MAX_STEPS;
+    anyhow::ensure!(
+        (1..=max).contains(&steps),
+        "--steps {steps}: sampling takes at least 1 and at most {max} steps"
+    );
+    Ok(())
 }
 
 /// The request of one grid row: every prompt for `user`.

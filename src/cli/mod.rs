@@ -22,7 +22,7 @@ pub(crate) fn check_side(what: &str, side: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The memory a training command may use: `--max-memory` GiB if given, else what the device has
+/// The memory a command may use: `--max-memory` GiB if given, else what the device has
 /// free (the host's available memory on the CPU, GPU 0's free memory on CUDA), else none known.
 pub(crate) fn memory_limit(
     max_memory: Option<f64>,

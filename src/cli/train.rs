@@ -188,7 +188,8 @@ struct CliObserver<B: AutodiffBackend> {
 
 impl<B: FluxAutodiffBackend> RunObserver<B> for CliObserver<B> {
     fn warn(&mut self, message: &str) {
-        self.bar.println(format!("warning: {message}"));
+        // `println` prints nothing while the bar is hidden (stderr not a terminal).
+        self.bar.suspend(|| eprintln!("warning: {message}"));
     }
 
     fn started(&mut self, from: u64, to: u64) {
@@ -229,15 +230,19 @@ impl<B: FluxAutodiffBackend> RunObserver<B> for CliObserver<B> {
                     .map_err(|e| e.to_string())?,
             );
         }
+        // Made at the first grid: a run refused before it starts leaves no folder behind.
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
         let path = self.dir.join(format!("step-{step:08}.png"));
         save_png(&grid(&rows, 2), &path).map_err(|e| e.to_string())?;
         self.bar
-            .println(format!("validation images: {}", path.display()));
+            .suspend(|| eprintln!("validation images: {}", path.display()));
         Ok(())
     }
 
     fn checkpoint(&mut self, path: &Path) {
-        self.bar.println(format!("checkpoint: {}", path.display()));
+        self.bar
+            .suspend(|| eprintln!("checkpoint: {}", path.display()));
     }
 }
 
@@ -321,7 +326,6 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
             parts.push(TextConditioning { tokens, pooled });
         }
         let sampler = ImageSampler::for_model(&args.model, args.resolution, None, 3.5, &device)?;
-        std::fs::create_dir_all(&observer_dir)?;
         let users = (0..config.validation_users.min(data.ids.len())).collect();
         (Some(sampler), Some(TextConditioning::cat(parts)), users)
     } else {

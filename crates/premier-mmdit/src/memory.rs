@@ -43,8 +43,10 @@ pub struct PassShape {
 }
 
 impl PassShape {
+    /// Saturating: an absurd request gives an absurd estimate (refused by the caller), not an
+    /// overflow.
     pub fn tokens(&self) -> usize {
-        self.img_tokens + self.txt_tokens
+        self.img_tokens.saturating_add(self.txt_tokens)
     }
 }
 
@@ -96,7 +98,9 @@ impl FluxConfig {
         if shape.fused_attention {
             0
         } else {
-            2 * (shape.batch * self.num_heads) as u64 * (shape.tokens() as u64).pow(2)
+            // In f64, whose cast back saturates: sizes from user input may be absurd.
+            (2.0 * shape.batch as f64 * self.num_heads as f64 * (shape.tokens() as f64).powi(2))
+                as u64
         }
     }
 
@@ -104,8 +108,10 @@ impl FluxConfig {
     pub fn inference_activation_bytes(&self, shape: &PassShape) -> u64 {
         let h = self.hidden_size as f64;
         let per_token = (8.0 + 2.0 * self.mlp_ratio) * h;
-        let token_elements = (shape.batch * shape.tokens()) as f64 * per_token;
-        (token_elements as u64 + self.score_elements(shape)) * shape.element_bytes as u64
+        let token_elements = shape.batch as f64 * shape.tokens() as f64 * per_token;
+        (token_elements as u64)
+            .saturating_add(self.score_elements(shape))
+            .saturating_mul(shape.element_bytes as u64)
     }
 
     /// Activation bytes a training step keeps for the backward pass (every block's saved
@@ -113,9 +119,11 @@ impl FluxConfig {
     pub fn training_activation_bytes(&self, shape: &PassShape) -> u64 {
         let h = self.hidden_size as f64;
         let per_token_block = (13.0 + 2.0 * self.mlp_ratio) * h;
-        let kept = (shape.batch * shape.tokens()) as f64 * per_token_block * self.blocks() as f64;
         let kept =
-            (kept as u64 + self.blocks() * self.score_elements(shape)) * shape.element_bytes as u64;
-        kept + self.inference_activation_bytes(shape)
+            shape.batch as f64 * shape.tokens() as f64 * per_token_block * self.blocks() as f64;
+        let kept = (kept as u64)
+            .saturating_add(self.blocks().saturating_mul(self.score_elements(shape)))
+            .saturating_mul(shape.element_bytes as u64);
+        kept.saturating_add(self.inference_activation_bytes(shape))
     }
 }

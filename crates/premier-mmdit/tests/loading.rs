@@ -457,6 +457,25 @@ fn overlapping_offsets_name_both_tensors() {
     );
 }
 
+#[test]
+fn a_shape_that_disagrees_with_its_offsets_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shape.safetensors");
+    // `b` says [3] floats (12 bytes) but its offsets span 8.
+    let header = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[3],"data_offsets":[8,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = SafetensorsFile::open(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("shape.safetensors")
+            && err.contains("`b` is F32 of shape [3], 12 bytes")
+            && err.contains("8..16 span 8 bytes"),
+        "{err}"
+    );
+}
+
 /// Random byte mutations of a valid file (mostly in its header, where the offsets and shapes
 /// are) and random truncations: opening and reading every tensor must always end in `Ok` or a
 /// typed error, never a panic. A fixed-seed xorshift keeps the cases reproducible.

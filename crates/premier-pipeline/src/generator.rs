@@ -18,6 +18,9 @@ use crate::schedule::schedule;
 /// The largest image side a request may ask for: beyond it the activations alone outgrow any
 /// machine, and allocating them would abort the process instead of returning an error.
 pub const MAX_SIDE: usize = 4096;
+/// The most sampling steps a request may ask for (FLUX.1-dev samples in 28–50): beyond it a
+/// typo runs for days, and the schedule's allocation can overflow.
+pub const MAX_STEPS: usize = 1000;
 /// Whose taste an image follows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UserChoice {
@@ -176,8 +179,11 @@ pub fn check_request(request: &GenerateRequest, personalizable: bool) -> Result<
             r.users.len()
         )));
     }
-    if r.steps == 0 {
-        return Err(PipelineError::Request("steps must be at least 1".into()));
+    if r.steps == 0 || r.steps > MAX_STEPS {
+        return Err(PipelineError::Request(format!(
+            "{} sampling steps: at least 1, at most {MAX_STEPS}",
+            r.steps
+        )));
     }
     if !r.alpha.is_finite() || !r.guidance.is_finite() {
         return Err(PipelineError::Request(format!(

@@ -31,6 +31,12 @@ pub enum CheckpointError {
     Io { path: PathBuf, reason: String },
     #[error("{path}: bad state.json: {reason}")]
     State { path: PathBuf, reason: String },
+    /// A weights file whose fingerprint is not the one `state.json` recorded.
+    #[error(
+        "{path}: not the file this checkpoint was written with (its fingerprint is not the one \
+         state.json recorded; copied from another checkpoint?)"
+    )]
+    NotRecorded { path: PathBuf },
     /// The optimizer file does not fit the checkpoint's model.
     #[error("{path}: {reason}")]
     Optimizer { path: PathBuf, reason: String },
@@ -78,11 +84,8 @@ fn check_fingerprints(
     let names: Vec<&str> = recorded.keys().map(String::as_str).collect();
     for (name, now) in fingerprint_files(dir, &names)? {
         if recorded.get(&name) != Some(&now) {
-            return Err(CheckpointError::State {
+            return Err(CheckpointError::NotRecorded {
                 path: dir.join(&name),
-                reason: "not the file this checkpoint was written with (copied from another \
-                         checkpoint?)"
-                    .into(),
             });
         }
     }

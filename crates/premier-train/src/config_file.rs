@@ -56,9 +56,12 @@ fn key_path(
 }
 
 /// `given` names another variant of the enum whose default is `base` (`[stage1.timesteps.
-/// FluxShifted]` over the default `LogitNormal`): it replaces the default instead of merging.
+/// FluxShifted]` over the default `LogitNormal`, or another `kind` of an internally tagged one,
+/// `[stage1.lr_schedule]`): it replaces the default instead of merging.
 fn names_other_variant(base: &toml::Table, given: &toml::Table) -> bool {
-    base.len() == 1 && given.len() == 1 && given.keys().all(|k| !base.contains_key(k))
+    let other_kind = matches!((base.get("kind"), given.get("kind")), (Some(a), Some(b)) if a != b);
+    other_kind
+        || (base.len() == 1 && given.len() == 1 && given.keys().all(|k| !base.contains_key(k)))
 }
 
 fn merge(base: &mut toml::Table, given: toml::Table) {

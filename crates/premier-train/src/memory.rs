@@ -37,7 +37,7 @@ fn adapter_pass_bytes(adapter: &AdapterConfig, tokens: usize) -> u64 {
     let outputs = adapter.shared as u64 + adapter.distinct as u64 * adapter.blocks as u64;
     let per_token =
         adapter.layers as u64 * 16 * adapter.width as u64 + 2 * adapter.hidden as u64 * outputs;
-    tokens as u64 * per_token * 4
+    (tokens as u64).saturating_mul(per_token).saturating_mul(4)
 }
 
 impl TrainingMemory {
@@ -52,13 +52,15 @@ impl TrainingMemory {
     ) -> Self {
         let trained_params =
             adapter.param_count() + (users.users * users.tokens * users.dim) as u64;
-        let passes = 2; // the batch's prompts and the null prompt of the dispersion
+        let passes: u64 = 2; // the batch's prompts and the null prompt of the dispersion
         Self {
             backbone: flux.weight_bytes(backbone_bytes),
             trained: trained_params * TRAINED_BYTES_PER_PARAM,
             backbone_activations: flux.training_activation_bytes(&shape),
-            adapter_activations: passes
-                * adapter_pass_bytes(adapter, shape.batch * shape.txt_tokens),
+            adapter_activations: passes.saturating_mul(adapter_pass_bytes(
+                adapter,
+                shape.batch.saturating_mul(shape.txt_tokens),
+            )),
         }
     }
 
@@ -77,12 +79,22 @@ impl TrainingMemory {
             backbone: flux.weight_bytes(backbone_bytes),
             trained: user_params * TRAINED_BYTES_PER_PARAM + frozen * 4,
             backbone_activations: flux.training_activation_bytes(&shape),
-            adapter_activations: adapter_pass_bytes(adapter, shape.batch * shape.txt_tokens),
+            adapter_activations: adapter_pass_bytes(
+                adapter,
+                shape.batch.saturating_mul(shape.txt_tokens),
+            ),
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.backbone + self.trained + self.backbone_activations + self.adapter_activations
+        // Saturating: a batch from user input may be absurd; the estimate then refuses it.
+        [
+            self.trained,
+            self.backbone_activations,
+            self.adapter_activations,
+        ]
+        .into_iter()
+        .fold(self.backbone, u64::saturating_add)
     }
 
     /// `Err` naming the estimate when it exceeds `limit`, with the alternatives (flags, their

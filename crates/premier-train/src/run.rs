@@ -954,6 +954,15 @@ mod tests {
                 "[stage1.timesteps.FluxShifted]\nmu = 0.5\nmuu = 1.0",
                 "stage1.timesteps.FluxShifted.muu",
             ),
+            // An internally tagged variant without fields (serde ignores extra keys of a unit one).
+            (
+                "[stage1.lr_schedule]\nkind = \"constant\"\nfoo = 1",
+                "stage1.lr_schedule.foo",
+            ),
+            (
+                "[stage1.lr_schedule]\nkind = \"cosine-tail\"\ntotal_steps = 9\ndecay_steps = 3\nfoo = 1",
+                "stage1.lr_schedule.foo",
+            ),
         ] {
             let err = TrainConfig::from_toml(text, &defaults).unwrap_err();
             assert!(err.contains(&format!("`{key}`")), "{text:?}: {err}");

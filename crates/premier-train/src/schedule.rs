@@ -7,22 +7,33 @@
 use serde::{Deserialize, Serialize};
 
 /// The multiplier of the optimizer's lr at each step; `Constant` as released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// `Constant` is an empty struct variant, not a unit one: serde lets a unit variant of an
+/// internally tagged enum ignore unknown keys, which `deny_unknown_fields` must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum LrSchedule {
-    #[default]
-    Constant,
+    Constant {},
     /// 1 until `total_steps − decay_steps`, then a cosine from 1 to 0 over the last
     /// `decay_steps` steps (`decay_steps = total_steps`: a cosine over the whole run); 0 from
     /// `total_steps` on.
-    CosineTail { total_steps: u64, decay_steps: u64 },
+    CosineTail {
+        total_steps: u64,
+        decay_steps: u64,
+    },
+}
+
+impl Default for LrSchedule {
+    fn default() -> Self {
+        Self::Constant {}
+    }
 }
 
 impl LrSchedule {
     /// The multiplier for the step taken after `steps_done` steps.
     pub fn factor(&self, steps_done: u64) -> f64 {
         match *self {
-            Self::Constant => 1.0,
+            Self::Constant {} => 1.0,
             Self::CosineTail {
                 total_steps,
                 decay_steps,
@@ -59,7 +70,7 @@ impl StepDecay {
     /// The schedule of a run of `total_steps` steps.
     pub fn schedule(self, total_steps: u64) -> LrSchedule {
         let decay_steps = match self {
-            Self::None => return LrSchedule::Constant,
+            Self::None => return LrSchedule::Constant {},
             Self::Cosine => total_steps,
             Self::CosineTail(n) => n.min(total_steps),
         };
@@ -101,7 +112,7 @@ mod tests {
     #[test]
     fn constant_is_one_everywhere() {
         for k in [0, 1, 1000, u64::MAX] {
-            assert_eq!(LrSchedule::Constant.factor(k), 1.0);
+            assert_eq!(LrSchedule::Constant {}.factor(k), 1.0);
         }
     }
 
@@ -124,7 +135,7 @@ mod tests {
         assert_eq!(full.factor(0), 1.0);
         assert!((full.factor(4) - 0.5).abs() < 1e-12);
         assert_eq!(StepDecay::CosineTail(100).schedule(8), full);
-        assert_eq!(StepDecay::None.schedule(8), LrSchedule::Constant);
+        assert_eq!(StepDecay::None.schedule(8), LrSchedule::Constant {});
     }
 
     #[test]

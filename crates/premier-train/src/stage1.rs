@@ -100,7 +100,7 @@ impl Default for Stage1Config {
             guidance: 1.0,
             clip_norm: Some(0.5),
             optimizer: ProdigyConfig::premier(),
-            lr_schedule: LrSchedule::Constant,
+            lr_schedule: LrSchedule::Constant {},
             seed: 0,
         }
     }

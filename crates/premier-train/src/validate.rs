@@ -89,7 +89,7 @@ impl Checker<'_> {
 
     fn lr_schedule(&self, s: &LrSchedule) -> Result<(), InvalidValue> {
         match *s {
-            LrSchedule::Constant => Ok(()),
+            LrSchedule::Constant {} => Ok(()),
             LrSchedule::CosineTail {
                 total_steps,
                 decay_steps,

@@ -111,6 +111,9 @@ impl SafetensorsFile {
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
             SafeTensorError::MetadataIncompleteBuffer => corrupt(size_mismatch(&mmap)),
             SafeTensorError::InvalidOffset(name) => corrupt(bad_offsets(&mmap, &name)),
+            SafeTensorError::TensorInvalidInfo => {
+                corrupt(bad_shape(&mmap).unwrap_or_else(|| e.to_string()))
+            }
             e => corrupt(e.to_string()),
         })?;
         let data_start = 8 + header_len;
@@ -320,6 +323,52 @@ fn header_ranges(bytes: &[u8]) -> Option<Vec<(String, u64, u64)>> {
         .collect();
     ranges.sort_by_key(|&(_, s, e)| (s, e));
     Some(ranges)
+}
+
+/// Names the first tensor (in file order) whose shape and type need another number of bytes
+/// than its offsets span; the safetensors crate names none.
+fn bad_shape(bytes: &[u8]) -> Option<String> {
+    let end = 8usize.checked_add(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize)?;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let mut tensors: Vec<(u64, String)> = Vec::new();
+    for (name, info) in header
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+    {
+        let offsets = info.get("data_offsets")?;
+        let (start, stop) = (offsets.get(0)?.as_u64()?, offsets.get(1)?.as_u64()?);
+        let dtype = info.get("dtype")?.as_str()?;
+        let shape: Vec<u64> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let bits: u64 = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 8,
+            "U16" | "I16" | "F16" | "BF16" => 16,
+            "U32" | "I32" | "F32" => 32,
+            "U64" | "I64" | "F64" => 64,
+            _ => continue,
+        };
+        let needed = shape
+            .iter()
+            .try_fold(bits, |n, &d| n.checked_mul(d))
+            .map(|b| b.div_ceil(8));
+        if needed != stop.checked_sub(start) {
+            let needed = needed.map_or("more than 2⁶⁴".to_string(), |n| n.to_string());
+            tensors.push((
+                start,
+                format!(
+                    "tensor `{name}` is {dtype} of shape {shape:?}, {needed} bytes, but its \
+                     offsets {start}..{stop} span {} bytes",
+                    stop.saturating_sub(start)
+                ),
+            ));
+        }
+    }
+    tensors.into_iter().min().map(|(_, message)| message)
 }
 
 /// Names both tensors of an overlap or gap: the safetensors crate names only the second, whose
