@@ -362,7 +362,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
                 let hint = if !args.low_memory && staged <= limit.bytes {
                     format!("--low-memory would fit ({})", format(staged))
                 } else {
-                    "try --dtype bf16, --adapter-dtype bf16, fewer prompts or a smaller image"
+                    "try --vae-tile 64, --dtype bf16, --adapter-dtype bf16, fewer prompts or a smaller image"
                         .to_string()
                 };
                 bail!(

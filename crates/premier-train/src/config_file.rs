@@ -19,10 +19,18 @@ pub fn config_from_toml<T: Serialize + serde::de::DeserializeOwned>(
         .map_err(|e: toml::de::Error| {
             let message = e.message().to_string();
             // serde names an unknown field without its table; find where the file wrote it.
-            let path = message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next())
-                .and_then(|name| key_path(&given, Some(&defaults_table), name, ""));
+            // A variant without fields (`[stage1.timesteps.Uniform]`) is "expected empty
+            // table", naming no field: the first key the file adds under a new table is it.
+            let path = match message.strip_prefix("unknown field `") {
+                Some(rest) => rest
+                    .split('`')
+                    .next()
+                    .and_then(|name| key_path(&given, Some(&defaults_table), name, "")),
+                None if message.starts_with("expected empty table") => {
+                    first_new_leaf(&given, Some(&defaults_table), "")
+                }
+                None => None,
+            };
             match path {
                 Some(path) => format!("unknown key `{path}`: {message}"),
                 None => e.to_string(),
@@ -50,6 +58,25 @@ fn key_path(
                 };
                 key_path(g, b, name, &format!("{full}."))
             }
+            _ => None,
+        }
+    })
+}
+
+/// The path of the first non-table value in `given` under a table the defaults `base` do not
+/// have (`stage1.timesteps.Uniform.foo`).
+fn first_new_leaf(given: &toml::Table, base: Option<&toml::Table>, path: &str) -> Option<String> {
+    given.iter().find_map(|(key, value)| {
+        let default = base.and_then(|b| b.get(key));
+        match value {
+            toml::Value::Table(g) => {
+                let b = match default {
+                    Some(toml::Value::Table(b)) => Some(b),
+                    _ => None,
+                };
+                first_new_leaf(g, b, &format!("{path}{key}."))
+            }
+            _ if base.is_none() => Some(format!("{path}{key}")),
             _ => None,
         }
     })

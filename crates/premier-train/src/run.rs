@@ -954,6 +954,8 @@ mod tests {
                 "[stage1.timesteps.FluxShifted]\nmu = 0.5\nmuu = 1.0",
                 "stage1.timesteps.FluxShifted.muu",
             ),
+            // A variant without fields: serde says only "expected empty table".
+            ("[stage1.timesteps.Uniform]\nfoo = 1", "stage1.timesteps.Uniform.foo"),
             // An internally tagged variant without fields (serde ignores extra keys of a unit one).
             (
                 "[stage1.lr_schedule]\nkind = \"constant\"\nfoo = 1",
