@@ -438,17 +438,22 @@ fn loads_straight_into_bf16() {
     assert!(err > 0.0 && err < 0.1, "{err}");
 }
 
+/// The error of opening a file of `header` (JSON) and `data_bytes` zero bytes written at `path`.
+fn open_raw(path: &std::path::Path, header: &[u8], data_bytes: usize) -> String {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend(std::iter::repeat_n(0u8, data_bytes));
+    std::fs::write(path, &bytes).unwrap();
+    SafetensorsFile::open(path).err().unwrap().to_string()
+}
+
 #[test]
 fn overlapping_offsets_name_both_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("overlap.safetensors");
     // `a` claims 12 bytes for a 2-float tensor (its end is wrong), so it overlaps `b`.
     let header = br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header);
-    bytes.extend_from_slice(&[0u8; 16]);
-    std::fs::write(&path, &bytes).unwrap();
-    let err = SafetensorsFile::open(&path).err().unwrap().to_string();
+    let err = open_raw(&path, header, 16);
     assert!(
         err.contains("`b` spans bytes 8..16")
             && err.contains("`a` before it spans 0..12")
@@ -463,11 +468,7 @@ fn a_shape_that_disagrees_with_its_offsets_names_the_tensor() {
     let path = dir.path().join("shape.safetensors");
     // `b` says [3] floats (12 bytes) but its offsets span 8.
     let header = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[3],"data_offsets":[8,16]}}"#;
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header);
-    bytes.extend_from_slice(&[0u8; 16]);
-    std::fs::write(&path, &bytes).unwrap();
-    let err = SafetensorsFile::open(&path).err().unwrap().to_string();
+    let err = open_raw(&path, header, 16);
     assert!(
         err.contains("shape.safetensors")
             && err.contains("`b` is F32 of shape [3], 12 bytes")
