@@ -108,13 +108,12 @@ fn parts(c: &mut Criterion) {
     // kernel of `FluxOps::flux_rms_norm_rope`.
     group.bench_function("rms_norm_rope_8x1088x64", |b| {
         use premier::mmdit::fused::composite;
-        let prim = |x: Tensor<Flex, 3>| x.into_primitive().tensor();
         b.iter(|| {
             let out = composite::rms_norm_rope::<Flex>(
                 q.clone().into_primitive().tensor(),
                 norm_scale.clone().into_primitive().tensor(),
-                prim(rope.cos.clone()),
-                prim(rope.sin.clone()),
+                rope.cos.clone().into_primitive().tensor(),
+                rope.sin.clone().into_primitive().tensor(),
                 1e-6,
             );
             Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out)).into_data()

@@ -330,9 +330,7 @@ impl<B: FluxOps> SingleStreamBlock<B> {
         let weight = self.linear2.weight.val();
         let bias = self.linear2.bias.as_ref().map(|bias| bias.val());
         let from_attn = flux_linear_tensors(attn, weight.clone().narrow(0, 0, hidden), bias);
-        // No bias in the second product; a zero bias keeps it on the fused linear's node.
-        let zero = Tensor::<B, 1>::zeros([hidden], &weight.device()).cast(weight.dtype());
-        let from_mlp = flux_linear_tensors(mlp, weight.narrow(0, hidden, mlp_hidden), Some(zero));
+        let from_mlp = flux_linear_tensors(mlp, weight.narrow(0, hidden, mlp_hidden), None);
         from_attn + from_mlp
     }
 }

@@ -184,24 +184,26 @@ fn operands(lead: &[usize], k: usize, n: usize, dtype: DType, transposed: bool) 
 }
 
 /// Σ linear(x) ∘ probe and the gradients of (x, weight, bias); the weight is tracked only when
-/// `train_weight` (a frozen FLUX layer otherwise).
+/// `train_weight` (a frozen FLUX layer otherwise), the bias is left out unless `with_bias`.
 fn loss_and_grads<B: AutodiffBackend + FluxOps>(
     ops: Operands<B::InnerBackend>,
     train_weight: bool,
+    with_bias: bool,
     fused: bool,
 ) -> (f64, [Option<Vec<f64>>; 3]) {
     let x = Tensor::<B, 3>::from_inner(ops.x).require_grad();
     let w = Tensor::<B, 2>::from_inner(ops.weight);
     let w = if train_weight { w.require_grad() } else { w };
     let b = Tensor::<B, 1>::from_inner(ops.bias).require_grad();
+    let bias = with_bias.then(|| b.clone());
     let out = if fused {
         tensor::<B, 3>(B::flux_linear(
             prim(x.clone()),
             prim(w.clone()),
-            Some(prim(b.clone())),
+            bias.map(prim),
         ))
     } else {
-        burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()))
+        burn::tensor::module::linear(x.clone(), w.clone(), bias)
     };
     let loss = (out * Tensor::from_inner(ops.probe)).sum();
     let value = values(loss.clone().inner())[0];
@@ -220,19 +222,29 @@ fn loss_and_grads<B: AutodiffBackend + FluxOps>(
 fn gradients_match_burns_differentiated_linear() {
     for (lead, k, n) in SHAPES {
         for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
-            for (transposed, train_weight) in [(false, true), (true, true), (true, false)] {
-                let what = format!("{lead:?} K {k} N {n} {dtype:?} transposed {transposed}");
+            for (transposed, train_weight, with_bias) in [
+                (false, true, true),
+                (true, true, true),
+                (true, false, true),
+                (false, true, false),
+                (true, false, false),
+            ] {
+                let what = format!(
+                    "{lead:?} K {k} N {n} {dtype:?} transposed {transposed} bias {with_bias}"
+                );
                 let ops = operands(lead, k, n, dtype, transposed);
-                let (fused_loss, fused) = loss_and_grads::<AB>(ops.clone(), train_weight, true);
-                let (loss, reference) = loss_and_grads::<AB>(ops, train_weight, false);
+                let (fused_loss, fused) =
+                    loss_and_grads::<AB>(ops.clone(), train_weight, with_bias, true);
+                let (loss, reference) = loss_and_grads::<AB>(ops, train_weight, with_bias, false);
                 check(&format!("{what} loss"), vec![fused_loss], vec![loss], tol);
                 let names = ["x", "weight", "bias"];
                 for (name, (a, b)) in names.iter().zip(fused.into_iter().zip(reference)) {
                     match (a, b) {
                         (Some(a), Some(b)) => check(&format!("{what} d{name}"), a, b, tol),
-                        (None, None) => {
-                            assert!(!train_weight && *name == "weight", "{what} d{name}")
-                        }
+                        (None, None) => assert!(
+                            (!train_weight && *name == "weight") || (!with_bias && *name == "bias"),
+                            "{what} d{name}"
+                        ),
                         (a, b) => panic!(
                             "{what} d{name}: fused {} vs burn {}",
                             a.is_some(),
@@ -248,7 +260,7 @@ fn gradients_match_burns_differentiated_linear() {
 #[test]
 fn gradients_match_central_differences_in_f64() {
     let ops = operands(&[2, 9], 6, 5, DType::F64, true);
-    let (_, grads) = loss_and_grads::<AB>(ops.clone(), true, true);
+    let (_, grads) = loss_and_grads::<AB>(ops.clone(), true, true, true);
     let step = 1e-3;
     for (i, grad) in grads.into_iter().enumerate() {
         let grad = grad.expect("all three are tracked");
@@ -289,7 +301,7 @@ fn gradients_match_central_differences_in_f64() {
                 )
             }
         };
-        let at = |sign: f64| loss_and_grads::<AB>(shifted(sign * step), true, true).0;
+        let at = |sign: f64| loss_and_grads::<AB>(shifted(sign * step), true, true, true).0;
         let numeric = (at(1.0) - at(-1.0)) / (2.0 * step);
         let along: f64 = grad.iter().zip(&direction).map(|(g, v)| g * v).sum();
         assert!(

@@ -20,66 +20,62 @@ pub fn config_from_toml<T: Serialize + serde::de::DeserializeOwned>(
             let message = e.message().to_string();
             // serde names an unknown field without its table; find where the file wrote it.
             // A variant without fields (`[stage1.timesteps.Uniform]`) is "expected empty
-            // table", naming no field: the first key the file adds under a new table is it.
-            let path = match message.strip_prefix("unknown field `") {
-                Some(rest) => rest
-                    .split('`')
-                    .next()
-                    .and_then(|name| key_path(&given, Some(&defaults_table), name, "")),
+            // table", naming no field: the first value the file adds is it.
+            let mut added = Vec::new();
+            new_keys(&given, Some(&defaults_table), "", &mut added);
+            let unknown = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next());
+            let path = match unknown {
+                Some(name) => added.into_iter().find(|key| key.name == name),
                 None if message.starts_with("expected empty table") => {
-                    first_new_leaf(&given, Some(&defaults_table), "")
+                    added.into_iter().find(|key| key.is_value)
                 }
                 None => None,
             };
             match path {
-                Some(path) => format!("unknown key `{path}`: {message}"),
+                Some(key) => format!("unknown key `{}`: {message}", key.path),
                 None => e.to_string(),
             }
         })
 }
 
-/// The path of the first key `name` in `given` that the defaults `base` do not have at that
-/// place (an enum variant the defaults do not hold counts as having no defaults).
-fn key_path(
-    given: &toml::Table,
-    base: Option<&toml::Table>,
-    name: &str,
-    path: &str,
-) -> Option<String> {
-    given.iter().find_map(|(key, value)| {
-        let full = format!("{path}{key}");
-        let default = base.and_then(|b| b.get(key));
-        match value {
-            _ if key == name && default.is_none() => Some(full),
-            toml::Value::Table(g) => {
-                let b = match default {
-                    Some(toml::Value::Table(b)) => Some(b),
-                    _ => None,
-                };
-                key_path(g, b, name, &format!("{full}."))
-            }
-            _ => None,
-        }
-    })
+/// A key of a config file that its defaults do not have at that place.
+struct AddedKey {
+    /// Its TOML path (`stage1.optimizer.d00`).
+    path: String,
+    name: String,
+    /// A value rather than a table.
+    is_value: bool,
 }
 
-/// The path of the first non-table value in `given` under a table the defaults `base` do not
-/// have (`stage1.timesteps.Uniform.foo`).
-fn first_new_leaf(given: &toml::Table, base: Option<&toml::Table>, path: &str) -> Option<String> {
-    given.iter().find_map(|(key, value)| {
+/// Every key of `given` that the defaults `base` do not have at that place, in file order, a
+/// table before its keys (an enum variant the defaults do not hold counts as having no
+/// defaults).
+fn new_keys(
+    given: &toml::Table,
+    base: Option<&toml::Table>,
+    path: &str,
+    added: &mut Vec<AddedKey>,
+) {
+    for (key, value) in given {
+        let full = format!("{path}{key}");
         let default = base.and_then(|b| b.get(key));
-        match value {
-            toml::Value::Table(g) => {
-                let b = match default {
-                    Some(toml::Value::Table(b)) => Some(b),
-                    _ => None,
-                };
-                first_new_leaf(g, b, &format!("{path}{key}."))
-            }
-            _ if base.is_none() => Some(format!("{path}{key}")),
-            _ => None,
+        if default.is_none() {
+            added.push(AddedKey {
+                path: full.clone(),
+                name: key.clone(),
+                is_value: !value.is_table(),
+            });
         }
-    })
+        if let toml::Value::Table(g) = value {
+            let b = match default {
+                Some(toml::Value::Table(b)) => Some(b),
+                _ => None,
+            };
+            new_keys(g, b, &format!("{full}."), added);
+        }
+    }
 }
 
 /// `given` names another variant of the enum whose default is `base` (`[stage1.timesteps.

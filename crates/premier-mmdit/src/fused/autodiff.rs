@@ -10,7 +10,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
-use burn::tensor::ops::{FloatTensor, ModuleOps};
+use burn::tensor::ops::FloatTensor;
 
 use super::{composite, FluxOps};
 
@@ -164,10 +164,34 @@ impl<B: FluxOps> Backward<B, 1> for FusedGeluBackward {
 #[derive(Debug)]
 struct FusedLinearBackward;
 
+/// x (kept when the weight is tracked) and the weight (kept when x is tracked), as checkpoints:
+/// a frozen layer keeps nothing of its input.
+type LinearState = (Option<NodeId>, Option<NodeId>);
+
+/// The gradients of a fused linear's x, weight and bias (`None`: not tracked, or no bias).
+fn linear_backward<B: FluxOps>(
+    [node_x, node_weight, node_bias]: [Option<NodeId>; 3],
+    (x, weight): LinearState,
+    grad: FloatTensor<B>,
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+) {
+    if let (Some(node), Some(weight)) = (node_x, weight) {
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight);
+        grads.register::<B>(node, B::flux_linear_x_bwd(weight, grad.clone()));
+    }
+    if let (Some(node), Some(x)) = (node_weight, x) {
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
+        grads.register::<B>(node, B::flux_linear_weight_bwd(x, grad.clone()));
+    }
+    if let Some(node) = node_bias {
+        grads.register::<B>(node, B::linear_bias_backward(grad));
+    }
+}
+
+/// With a bias: parents x, weight, bias.
 impl<B: FluxOps> Backward<B, 3> for FusedLinearBackward {
-    /// x (kept when the weight is tracked) and the weight (kept when x is tracked), as
-    /// checkpoints: a frozen layer keeps nothing of its input.
-    type State = (Option<NodeId>, Option<NodeId>);
+    type State = LinearState;
 
     fn backward(
         self,
@@ -175,19 +199,48 @@ impl<B: FluxOps> Backward<B, 3> for FusedLinearBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x, weight) = ops.state;
-        if let (Some(node), Some(weight)) = (node_x, weight) {
-            let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight);
-            grads.register::<B>(node.id, B::flux_linear_x_bwd(weight, grad.clone()));
+        let ids = ops.parents.map(|p| p.map(|node| node.id));
+        linear_backward::<B>(ids, ops.state, grad, grads, checkpointer);
+    }
+}
+
+/// Without a bias: parents x, weight.
+impl<B: FluxOps> Backward<B, 2> for FusedLinearBackward {
+    type State = LinearState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x, weight] = ops.parents.map(|p| p.map(|node| node.id));
+        linear_backward::<B>([x, weight, None], ops.state, grad, grads, checkpointer);
+    }
+}
+
+/// Records a fused linear (`N` = 3 with a bias, 2 without) prepared as `kind`.
+fn fused_linear_node<B: FluxOps, C: CheckpointStrategy, const N: usize>(
+    kind: OpsKind<FusedLinearBackward, B, LinearState, C, N>,
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    bias: Option<FloatTensor<B>>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    FusedLinearBackward: Backward<B, N, State = LinearState>,
+{
+    match kind {
+        OpsKind::Tracked(mut prep) => {
+            let state = (
+                weight.is_tracked().then(|| prep.checkpoint(&x)),
+                x.is_tracked().then(|| prep.checkpoint(&weight)),
+            );
+            prep.finish(state, B::flux_linear(x.primitive, weight.primitive, bias))
         }
-        if let (Some(node), Some(x)) = (node_weight, x) {
-            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
-            grads.register::<B>(node.id, B::flux_linear_weight_bwd(x, grad.clone()));
-        }
-        if let Some(node) = node_bias {
-            grads.register::<B>(node.id, B::linear_bias_backward(grad));
+        OpsKind::UnTracked(prep) => {
+            prep.finish(B::flux_linear(x.primitive, weight.primitive, bias))
         }
     }
 }
@@ -198,29 +251,25 @@ impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        // FLUX's linears all have a bias; one without keeps burn's own node.
-        let Some(bias) = bias else {
-            return <Self as ModuleOps<Self>>::linear(x, weight, None);
-        };
-        let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
-        match FusedLinearBackward
-            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (
-                    weight_tracked.then(|| prep.checkpoint(&x)),
-                    x_tracked.then(|| prep.checkpoint(&weight)),
-                );
-                let out = B::flux_linear(x.primitive, weight.primitive, Some(bias.primitive));
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::flux_linear(
-                x.primitive,
-                weight.primitive,
+        match bias {
+            Some(bias) => fused_linear_node(
+                FusedLinearBackward
+                    .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+                    .compute_bound()
+                    .stateful(),
+                x,
+                weight,
                 Some(bias.primitive),
-            )),
+            ),
+            None => fused_linear_node(
+                FusedLinearBackward
+                    .prepare::<C>([x.node.clone(), weight.node.clone()])
+                    .compute_bound()
+                    .stateful(),
+                x,
+                weight,
+                None,
+            ),
         }
     }
 

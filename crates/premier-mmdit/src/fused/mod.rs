@@ -157,7 +157,7 @@ pub trait FluxOps: Backend {
     }
 
     /// `x · weight + bias`, burn's `linear`. x: `[…, K]`, weight: `[K, N]`, bias: `[N]` →
-    /// `[…, N]`. Under autodiff, with a bias, it is one node whose input gradient is
+    /// `[…, N]`. Under autodiff it is one node (with or without a bias) whose input gradient is
     /// [`FluxOps::flux_linear_x_bwd`].
     fn flux_linear(
         x: FloatTensor<Self>,

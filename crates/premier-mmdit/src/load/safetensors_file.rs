@@ -308,67 +308,55 @@ fn size_mismatch(bytes: &[u8]) -> String {
     }
 }
 
+/// The tensors of a header that the safetensors crate refused, `(name, info)` in file order (by
+/// offsets), if its JSON parses; entries that are not tensor infos are left out.
+fn header_tensors(bytes: &[u8]) -> Option<Vec<(String, TensorInfo)>> {
+    let end = 8usize.checked_add(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize)?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let mut tensors: Vec<(String, TensorInfo)> = header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
+        .collect();
+    tensors.sort_by(|(a, x), (b, y)| (x.data_offsets, a).cmp(&(y.data_offsets, b)));
+    Some(tensors)
+}
+
 /// Tensors `(name, start, end)` of a header, in file order (by offsets), if it parses.
 fn header_ranges(bytes: &[u8]) -> Option<Vec<(String, u64, u64)>> {
-    let end = 8usize.checked_add(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize)?;
-    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
-    let mut ranges: Vec<(String, u64, u64)> = header
-        .as_object()?
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
-        .filter_map(|(k, v)| {
-            let o = v.get("data_offsets")?;
-            Some((k.clone(), o.get(0)?.as_u64()?, o.get(1)?.as_u64()?))
-        })
-        .collect();
-    ranges.sort_by_key(|&(_, s, e)| (s, e));
-    Some(ranges)
+    Some(
+        header_tensors(bytes)?
+            .into_iter()
+            .map(|(name, info)| {
+                let (start, end) = info.data_offsets;
+                (name, start as u64, end as u64)
+            })
+            .collect(),
+    )
 }
 
 /// Names the first tensor (in file order) whose shape and type need another number of bytes
 /// than its offsets span; the safetensors crate names none.
 fn bad_shape(bytes: &[u8]) -> Option<String> {
-    let end = 8usize.checked_add(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize)?;
-    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
-    let mut tensors: Vec<(u64, String)> = Vec::new();
-    for (name, info) in header
-        .as_object()?
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
-    {
-        let offsets = info.get("data_offsets")?;
-        let (start, stop) = (offsets.get(0)?.as_u64()?, offsets.get(1)?.as_u64()?);
-        let dtype = info.get("dtype")?.as_str()?;
-        let shape: Vec<u64> = info
-            .get("shape")?
-            .as_array()?
+    header_tensors(bytes)?.into_iter().find_map(|(name, info)| {
+        let (start, stop) = info.data_offsets;
+        let needed = info
+            .shape
             .iter()
-            .map(|d| d.as_u64())
-            .collect::<Option<_>>()?;
-        let bits: u64 = match dtype {
-            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 8,
-            "U16" | "I16" | "F16" | "BF16" => 16,
-            "U32" | "I32" | "F32" => 32,
-            "U64" | "I64" | "F64" => 64,
-            _ => continue,
-        };
-        let needed = shape
-            .iter()
-            .try_fold(bits, |n, &d| n.checked_mul(d))
-            .map(|b| b.div_ceil(8));
-        if needed != stop.checked_sub(start) {
+            .try_fold(info.dtype.bitsize(), |n, &d| n.checked_mul(d))
+            .map(|bits| bits.div_ceil(8));
+        (needed != stop.checked_sub(start)).then(|| {
             let needed = needed.map_or("more than 2⁶⁴".to_string(), |n| n.to_string());
-            tensors.push((
-                start,
-                format!(
-                    "tensor `{name}` is {dtype} of shape {shape:?}, {needed} bytes, but its \
-                     offsets {start}..{stop} span {} bytes",
-                    stop.saturating_sub(start)
-                ),
-            ));
-        }
-    }
-    tensors.into_iter().min().map(|(_, message)| message)
+            format!(
+                "tensor `{name}` is {:?} of shape {:?}, {needed} bytes, but its offsets \
+                 {start}..{stop} span {} bytes",
+                info.dtype,
+                info.shape,
+                stop.saturating_sub(start)
+            )
+        })
+    })
 }
 
 /// Names both tensors of an overlap or gap: the safetensors crate names only the second, whose

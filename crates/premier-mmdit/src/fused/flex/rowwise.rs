@@ -259,9 +259,45 @@ fn rms_norm_rope_dims(
     [b, h, t, d]
 }
 
-/// The row of a `[B, T, D]` table that row `row` of x `[B, H, T, D]` uses.
-fn table_row(row: usize, h: usize, t: usize) -> usize {
-    (row / (h * t)) * t + row % t
+/// A `[B, T, D]` RoPE table read in place: a double block's text or image tokens are a narrowed
+/// view of the joint table, whose rows are contiguous but whose batches are not.
+struct Table<'a, T> {
+    /// The tensor's whole buffer.
+    storage: &'a [T],
+    /// Where row (0, 0) starts, and the steps between batches and between tokens.
+    start: usize,
+    strides: [usize; 2],
+}
+
+impl<'a, T: Real> Table<'a, T> {
+    /// `table` must have contiguous rows ([`rows_in_place`]).
+    fn new(table: &'a FlexTensor) -> Self {
+        let strides = table.layout().strides();
+        Self {
+            storage: T::storage(table),
+            start: table.layout().start_offset(),
+            strides: [strides[0] as usize, strides[1] as usize],
+        }
+    }
+
+    /// The D entries for row `row` of x `[B, H, T, D]`.
+    #[inline(always)]
+    fn row(&self, row: usize, [h, t, d]: [usize; 3]) -> &'a [T] {
+        let (b, token) = (row / (h * t), row % t);
+        let at = self.start + b * self.strides[0] + token * self.strides[1];
+        &self.storage[at..at + d]
+    }
+}
+
+/// `table` itself when its rows are contiguous (non-negative strides, the last 1), else a
+/// contiguous copy.
+fn rows_in_place(table: &FlexTensor) -> FlexTensor {
+    let strides = table.layout().strides();
+    if strides[2] == 1 && strides[0] >= 0 && strides[1] >= 0 {
+        table.clone()
+    } else {
+        table.to_contiguous()
+    }
 }
 
 /// `rope(x · rsqrt(mean(x²) + eps) · weight)`, one pass per row: x `[B, H, T, D]`, weight `[D]`,
@@ -272,8 +308,10 @@ pub(super) fn rms_norm_rope<T: Real>(
     eps: f64,
 ) -> FlexTensor {
     let [b, h, t, d] = rms_norm_rope_dims(x, weight, cos, sin);
-    let [x, weight, cos, sin] = [x, weight, cos, sin].map(FlexTensor::to_contiguous);
-    let (xs, w, cs, ss) = (T::view(&x), T::view(&weight), T::view(&cos), T::view(&sin));
+    let [x, weight] = [x, weight].map(FlexTensor::to_contiguous);
+    let [cos, sin] = [cos, sin].map(rows_in_place);
+    let (xs, w) = (T::view(&x), T::view(&weight));
+    let (cs, ss) = (Table::<T>::new(&cos), Table::<T>::new(&sin));
     let eps = T::of(eps);
     let mut out = vec![T::ZERO; xs.len()];
     par_rows(
@@ -282,8 +320,7 @@ pub(super) fn rms_norm_rope<T: Real>(
         #[inline(always)]
         |row, o| {
             let xr = &xs[row * d..(row + 1) * d];
-            let table = table_row(row, h, t) * d;
-            let (c, s) = (&cs[table..table + d], &ss[table..table + d]);
+            let (c, s) = (cs.row(row, [h, t, d]), ss.row(row, [h, t, d]));
             let rstd = rms_rstd(xr, eps);
             for j in (0..d).step_by(2) {
                 let even = xr[j] * rstd * w[j];
@@ -309,10 +346,10 @@ pub(super) fn rms_norm_rope_backward<T: Real>(
         [b, h, t, d],
         "fused QK-norm: grad vs x"
     );
-    let [x, weight, cos, sin, grad_out] =
-        [x, weight, cos, sin, grad_out].map(FlexTensor::to_contiguous);
+    let [x, weight, grad_out] = [x, weight, grad_out].map(FlexTensor::to_contiguous);
+    let [cos, sin] = [cos, sin].map(rows_in_place);
     let (xs, w, grads) = (T::view(&x), T::view(&weight), T::view(&grad_out));
-    let (cs, ss) = (T::view(&cos), T::view(&sin));
+    let (cs, ss) = (Table::<T>::new(&cos), Table::<T>::new(&sin));
     let eps = T::of(eps);
     let n = T::of(d as f64);
     let mut dx = vec![T::ZERO; xs.len()];
@@ -331,8 +368,7 @@ pub(super) fn rms_norm_rope_backward<T: Real>(
                             let row = chunk * ROWS + i;
                             let xr = &xs[row * d..(row + 1) * d];
                             let g = &grads[row * d..(row + 1) * d];
-                            let table = table_row(row, h, t) * d;
-                            let (c, s) = (&cs[table..table + d], &ss[table..table + d]);
+                            let (c, s) = (cs.row(row, [h, t, d]), ss.row(row, [h, t, d]));
                             // The gradient of the normed row: RoPE by −angle.
                             for j in (0..d).step_by(2) {
                                 gr[j] = g[j] * c[j] + g[j + 1] * s[j];
