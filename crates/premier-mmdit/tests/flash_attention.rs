@@ -6,12 +6,12 @@
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::{DType, Distribution};
+use burn::tensor::DType;
 use premier_mmdit::fused::{composite, flux_attention};
 use premier_mmdit::FluxOps;
 
 mod common;
-use common::{prim, rel, tensor, values};
+use common::{prim, random, rel, tensor, values};
 
 type AB = Autodiff<Flex>;
 
@@ -28,14 +28,8 @@ const SHAPES: [[usize; 4]; 10] = [
     [1, 1, 520, 5],
 ];
 
-fn random<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> Tensor<B, 4> {
-    let device = Default::default();
-    B::seed(&device, seed);
-    Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
-}
-
 fn qkv<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> [Tensor<B, 4>; 3] {
-    [0, 1, 2].map(|i| random::<B>(shape, dtype, seed * 3 + i))
+    [0, 1, 2].map(|i| random::<B, 4>(shape, dtype, seed * 3 + i))
 }
 
 fn scale_of(shape: [usize; 4]) -> f64 {
@@ -109,7 +103,7 @@ fn backward_kernel_matches_the_composite_backward() {
         for (dtype, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
             let [q, k, v] = qkv::<Flex>(shape, dtype, 3);
             let [b, h, n, d] = shape;
-            let grad_out = random::<Flex>([b, n, h, d], dtype, 99).reshape([b, n, h * d]);
+            let grad_out = random::<Flex, 4>([b, n, h, d], dtype, 99).reshape([b, n, h * d]);
             let scale = scale_of(shape);
             let (out, lse) = composite::attention_with_lse::<Flex>(
                 prim(q.clone()),
@@ -183,7 +177,7 @@ fn loss_and_grads<B: burn::tensor::backend::AutodiffBackend + FluxOps>(
 
 fn weights(shape: [usize; 4], dtype: DType) -> Tensor<Flex, 3> {
     let [b, h, n, d] = shape;
-    random::<Flex>([b, n, h, d], dtype, 7).reshape([b, n, h * d])
+    random::<Flex, 4>([b, n, h, d], dtype, 7).reshape([b, n, h * d])
 }
 
 #[test]
@@ -236,7 +230,7 @@ fn gradients_match_finite_differences_in_f64() {
             [true; 3],
         ] {
             let directions: Vec<Tensor<Flex, 4>> = (0..3)
-                .map(|i| random::<Flex>(shape, DType::F64, 50 + i as u64))
+                .map(|i| random::<Flex, 4>(shape, DType::F64, 50 + i as u64))
                 .collect();
             let step = |sign: f64| -> [Tensor<Flex, 4>; 3] {
                 [0, 1, 2].map(|i| {

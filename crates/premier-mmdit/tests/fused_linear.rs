@@ -9,12 +9,12 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::ModuleOps;
-use burn::tensor::{DType, Distribution};
+use burn::tensor::DType;
 use premier_mmdit::fused::flux_linear;
 use premier_mmdit::FluxOps;
 
 mod common;
-use common::{prim, rel, tensor, values};
+use common::{prim, random, rel, tensor, values};
 
 type AB = Autodiff<Flex>;
 
@@ -28,12 +28,6 @@ const SHAPES: [(&[usize], usize, usize); 6] = [
     (&[17], 48, 3),
     (&[2, 300], 128, 192),
 ];
-
-fn random<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, seed: u64) -> Tensor<B, D> {
-    let device = Default::default();
-    B::seed(&device, seed);
-    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
-}
 
 /// x `[lead…, K]`, rank 3 (a lead `[T]` gets a batch of 1).
 fn input<B: Backend>(lead: &[usize], k: usize, dtype: DType, seed: u64) -> Tensor<B, 3> {

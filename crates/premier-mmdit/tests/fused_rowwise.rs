@@ -7,13 +7,13 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Distribution};
+use burn::tensor::DType;
 use premier_mmdit::embed::Rope;
 use premier_mmdit::fused::{composite, flux_gated_residual, flux_modulate, flux_rms_norm_rope};
 use premier_mmdit::FluxOps;
 
 mod common;
-use common::{prim, rel, tensor, values};
+use common::{prim, random, rel, tensor, values};
 
 type AB = Autodiff<Flex>;
 
@@ -37,12 +37,6 @@ const RMS: [[usize; 4]; 5] = [
     [3, 1, 70, 4],
     [1, 4, 130, 16],
 ];
-
-fn random<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, seed: u64) -> Tensor<B, D> {
-    let device = Default::default();
-    B::seed(&device, seed);
-    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), &device).cast(dtype)
-}
 
 /// x with a per-row offset and spread, as real activations have: LayerNorm's mean and scale matter.
 fn activations<B: Backend>(shape: [usize; 3], dtype: DType, seed: u64) -> Tensor<B, 3> {

@@ -121,3 +121,22 @@ pub fn rel(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
     diff / scale.max(f64::MIN_POSITIVE)
 }
+
+/// Normal draws of `shape`, the same for a seed on every call, cast to `dtype`. Drawn on the host
+/// from a generator of its own rather than with `B::seed` + `random`: Flex's generator is one for
+/// the process, so tests running beside each other would interleave their draws, and a
+/// comparison could run on other data than the one it was checked with.
+pub fn random<B2: Backend, const D: usize>(
+    shape: [usize; D],
+    dtype: DType,
+    seed: u64,
+) -> Tensor<B2, D> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution as _;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let values: Vec<f64> = (0..n)
+        .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+        .collect();
+    Tensor::<B2, D>::from_data(TensorData::new(values, shape), &Default::default()).cast(dtype)
+}
