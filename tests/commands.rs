@@ -54,18 +54,6 @@ fn the_synthetic_world_runs_through_every_command() {
     train_run(&resumed, "2", &[]).unwrap();
     train_run(&resumed, "4", &["--resume", "latest"]).unwrap();
     // Gradient checkpointing recomputes the same activations: the same weights.
-    // A step that cannot fit the memory given is refused before anything is loaded or written.
-    let refused = dir.path().join("refused");
-    let err = train_run(&refused, "4", &["--max-memory", "0.001"]).unwrap_err();
-    assert!(
-        err.to_string().contains("exceeds 1.0 MiB (--max-memory)"),
-        "{err}"
-    );
-    assert!(!refused.exists(), "a refused run writes nothing");
-    // A batch no machine holds is refused by the estimate, whose sums saturate (they overflowed).
-    let err = train_run(&refused, "4", &["--batch-size", "18446744073709551615"]).unwrap_err();
-    assert!(err.to_string().contains("exceeds"), "{err}");
-    assert!(!refused.exists(), "a refused run writes nothing");
     let recomputed = dir.path().join("recomputed");
     train_run(&recomputed, "4", &["--gradient-checkpointing"]).unwrap();
     for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
@@ -80,115 +68,14 @@ fn the_synthetic_world_runs_through_every_command() {
             "{file}"
         );
     }
-    // Resuming from a damaged older checkpoint fails before anything is deleted.
-    let older = resumed.join("checkpoints/step-00000002");
-    let newer = resumed.join("checkpoints/step-00000004");
-    let optimizer = older.join("optimizer.safetensors");
-    let intact = std::fs::read(&optimizer).unwrap();
-    std::fs::write(&optimizer, &intact[..16]).unwrap();
-    assert!(train_run(&resumed, "4", &["--resume", s(&older)]).is_err());
-    assert!(
-        newer.join("state.json").is_file(),
-        "the newer checkpoint was deleted"
-    );
-    std::fs::write(&optimizer, &intact).unwrap();
-    // A fresh run into a folder with checkpoints, or a resume with other batches, is refused.
-    let again = format!("{:#}", train_run(&straight, "4", &[]).unwrap_err());
-    assert!(again.contains("--resume latest"), "{again}");
-    let other_batches = train_run(&resumed, "6", &["--resume", "latest", "--batch-size", "2"]);
-    let msg = format!("{:#}", other_batches.unwrap_err());
-    assert!(msg.contains("batch_size"), "{msg}");
-    let written = std::fs::read_to_string(straight.join("config.toml")).unwrap();
-    assert!(
-        written.contains("batch_size = 3") && written.contains("seed = 5"),
-        "{written}"
-    );
-    // A resume with another model size is refused by name, and the run's config is kept.
-    let run_config = std::fs::read_to_string(resumed.join("config.toml")).unwrap();
-    write_config(&format!("user_tokens = 7\n{run_toml}"));
-    let other_size = train_run(&resumed, "6", &["--resume", "latest"]);
-    let msg = format!("{:#}", other_size.unwrap_err());
-    assert!(msg.contains("user_tokens"), "{msg}");
-    write_config(&format!("{run_toml}[stage1.optimizer]\nd0 = 2e-6\n"));
-    let other_optimizer = train_run(&resumed, "6", &["--resume", "latest"]);
-    let msg = format!("{:#}", other_optimizer.unwrap_err());
-    assert!(msg.contains("stage1"), "{msg}");
-    assert_eq!(
-        std::fs::read_to_string(resumed.join("config.toml")).unwrap(),
-        run_config
-    );
-    write_config(run_toml);
-    // `--resume latest` with nothing to resume says so; `--resume-or-start` starts fresh.
+    // `--resume-or-start` starts fresh, then resumes.
     let empty = dir.path().join("empty");
-    let msg = format!(
-        "{:#}",
-        train_run(&empty, "2", &["--resume", "latest"]).unwrap_err()
-    );
-    assert!(msg.contains("nothing to resume"), "{msg}");
     train_run(&empty, "2", &["--resume-or-start"]).unwrap();
     train_run(&empty, "4", &["--resume-or-start"]).unwrap();
     assert_eq!(
         sha(&empty.join("mod_adapter.safetensors")),
         sha(&straight.join("mod_adapter.safetensors"))
     );
-    // A fresh run into a finished run whose checkpoints are gone is refused; nothing is lost.
-    let weights = sha(&straight.join("mod_adapter.safetensors"));
-    std::fs::remove_dir_all(straight.join("checkpoints")).unwrap();
-    let msg = format!("{:#}", train_run(&straight, "4", &[]).unwrap_err());
-    assert!(msg.contains("earlier run"), "{msg}");
-    assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
-    // `--resume-or-start` finds nothing to resume there, and refuses to start over it too.
-    let msg = format!(
-        "{:#}",
-        train_run(&straight, "4", &["--resume-or-start"]).unwrap_err()
-    );
-    assert!(msg.contains("earlier run"), "{msg}");
-    assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
-    // Unless asked: `--overwrite` clears the earlier run and trains the same run again.
-    train_run(&straight, "4", &["--overwrite"]).unwrap();
-    assert_eq!(sha(&straight.join("mod_adapter.safetensors")), weights);
-    // A config key that does not exist, at any depth, is named with its table.
-    write_config("[stage1.optimizer]\nd00 = 1e-4\n");
-    let fresh = dir.path().join("fresh");
-    let msg = format!("{:#}", train_run(&fresh, "4", &[]).unwrap_err());
-    assert!(msg.contains("`stage1.optimizer.d00`"), "{msg}");
-    write_config("[stage1.optimizer]\nd0 = 0.0\n");
-    let msg = format!("{:#}", train_run(&fresh, "4", &[]).unwrap_err());
-    assert!(msg.contains("`stage1.optimizer.d0` = 0"), "{msg}");
-    // A run that diverges stops at the first non-finite step, naming it; the checkpoints
-    // before it stay, and no final weights are written.
-    write_config("batch_size = 3\n[stage1.optimizer]\nlr = 1e30\n");
-    let diverged = dir.path().join("diverged");
-    let err = premier(&[
-        "train",
-        "--synth-base",
-        s(&base),
-        "--data",
-        s(&train),
-        "--cache",
-        s(&cache),
-        "--out",
-        s(&diverged),
-        "--config",
-        s(&config),
-        "--steps",
-        "6",
-        "--checkpoint-every",
-        "1",
-        "--validate-every",
-        "0",
-    ])
-    .unwrap_err();
-    let msg = format!("{err:#}");
-    assert!(
-        msg.contains(": the ") && msg.contains("training stopped"),
-        "{msg}"
-    );
-    let kept = premier::train::checkpoint::checkpoints(&diverged.join("checkpoints"));
-    eprintln!("diverged run: {msg}; checkpoints kept: {kept:?}");
-    assert!(!kept.is_empty(), "the last good checkpoint is kept");
-    assert!(!diverged.join("mod_adapter.safetensors").exists());
-    write_config(run_toml);
     assert!(straight.join("validation/step-00000004.png").is_file());
     assert!(straight.join("loss.png").is_file());
     let metrics = premier::train::metrics::read_metrics(&resumed.join("metrics.jsonl")).unwrap();
@@ -201,7 +88,7 @@ fn the_synthetic_world_runs_through_every_command() {
     // table is untouched.
     let table_before = sha(&straight.join("user_embedding.safetensors"));
     let new_users = world.join("new_users.jsonl");
-    let try_cold = |out: &Path, steps: &str, extra: &[&str]| {
+    let cold = |out: &Path, steps: &str, extra: &[&str]| {
         let mut args = vec![
             "cold-start",
             "--synth-base",
@@ -222,43 +109,13 @@ fn the_synthetic_world_runs_through_every_command() {
             s(out),
         ];
         args.extend_from_slice(extra);
-        premier(&args).map(|_| out.join("user_combination_new004.safetensors"))
+        premier(&args).unwrap();
+        out.join("user_combination_new004.safetensors")
     };
-    let cold = |out: &Path, steps: &str, extra: &[&str]| try_cold(out, steps, extra).unwrap();
     let user_file = cold(&straight.join("users"), "3", &[]);
-    // A cold start over the memory given is refused before anything is loaded or written.
-    let refused_cold = dir.path().join("cold-refused");
-    let msg = format!(
-        "{:#}",
-        try_cold(&refused_cold, "1", &["--max-memory", "0.0001"]).unwrap_err()
-    );
-    assert!(msg.contains("exceeds 0.1 MiB (--max-memory)"), "{msg}");
-    assert!(!refused_cold.exists());
     cold(&dir.path().join("cold"), "2", &[]);
-    // A resume with another batch is refused, naming it.
-    let msg = format!(
-        "{:#}",
-        try_cold(
-            &dir.path().join("cold"),
-            "3",
-            &["--resume", "latest", "--batch-size", "1"]
-        )
-        .unwrap_err()
-    );
-    assert!(msg.contains("another batch_size"), "{msg}");
     let resumed_user = cold(&dir.path().join("cold"), "3", &["--resume", "latest"]);
     assert_eq!(sha(&user_file), sha(&resumed_user));
-    // A fresh cold start over a finished one whose checkpoints are gone is refused.
-    let again = dir.path().join("again");
-    cold(&again, "2", &[]);
-    std::fs::remove_dir_all(again.join("checkpoints")).unwrap();
-    let before = sha(&again.join("user_combination_new004.safetensors"));
-    let msg = format!("{:#}", try_cold(&again, "1", &[]).unwrap_err());
-    assert!(msg.contains("earlier cold start"), "{msg}");
-    assert_eq!(
-        sha(&again.join("user_combination_new004.safetensors")),
-        before
-    );
     // A direct cold start of the same user in the same folder keeps its own checkpoints.
     cold(&dir.path().join("cold"), "2", &["--kind", "direct"]);
     assert!(dir
@@ -303,91 +160,6 @@ fn the_synthetic_world_runs_through_every_command() {
     .unwrap();
     let grid = image::open(gen.join("grid.png")).unwrap();
     assert!(grid.height() > 3 * 32, "three rows");
-    // Zero steps (noise as an image) and a size the world's base cannot draw are refused, and
-    // the grid already there is kept.
-    let bad_gen = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--synth-base",
-            s(&base),
-            "--prompt",
-            "a small circle on the left",
-            "--out",
-            s(&gen),
-        ];
-        args.extend_from_slice(extra);
-        format!("{:#}", premier(&args).unwrap_err())
-    };
-    let before = sha(&gen.join("grid.png"));
-    for steps in ["0", "18446744073709551615"] {
-        let msg = bad_gen(&["--steps", steps]);
-        assert!(
-            msg.contains(&format!("--steps {steps}: sampling takes")),
-            "{msg}"
-        );
-    }
-    let msg = bad_gen(&["--width", "64"]);
-    assert!(msg.contains("--width 64"), "{msg}");
-    let msg = bad_gen(&["--user", "user001"]);
-    assert!(msg.contains("--user user001 needs --adapter"), "{msg}");
-    assert_eq!(sha(&gen.join("grid.png")), before);
-    // The largest seed with two prompts: per-image seeds wrap instead of overflowing.
-    let wrapped = dir.path().join("wrapped");
-    premier(&[
-        "generate",
-        "--synth-base",
-        s(&base),
-        "--prompt",
-        "a small circle on the left",
-        "--prompt",
-        "a big square",
-        "--seed",
-        "18446744073709551615",
-        "--out",
-        s(&wrapped),
-    ])
-    .unwrap();
-    assert!(wrapped.join("grid.png").is_file());
-
-    // A dataset whose images were never encoded says which file is missing.
-    let other = dir.path().join("other");
-    premier(&[
-        "synth",
-        "export",
-        "--out",
-        s(&other),
-        "--seed",
-        "9",
-        "--train-users",
-        "2",
-        "--new-users",
-        "0",
-        "--images-per-user",
-        "2",
-    ])
-    .unwrap();
-    let err = train_run(&dir.path().join("x"), "1", &[])
-        .map(|_| ())
-        .and_then(|_| {
-            premier(&[
-                "train",
-                "--synth-base",
-                s(&base),
-                "--data",
-                s(&other.join("train.jsonl")),
-                "--cache",
-                s(&cache),
-                "--out",
-                s(&dir.path().join("y")),
-                "--steps",
-                "1",
-            ])
-        });
-    let msg = format!("{:#}", err.unwrap_err());
-    assert!(
-        msg.contains("premier encode") && msg.contains("000.png"),
-        "{msg}"
-    );
 }
 
 fn fixture(name: &str) -> PathBuf {
