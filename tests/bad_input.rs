@@ -341,6 +341,25 @@ fn missing_inputs_are_named_with_the_file_or_flag_that_would_supply_them() {
         w.generate(&w.path("gen"), &["--user", "user001"]),
         &["--user user001 needs --adapter"],
     );
+    // A user who is neither `base`, a row, an id of the run nor a file.
+    let run = w.path("run");
+    w.train(&run, "1", &[]).unwrap();
+    let (adapter, table) = (
+        run.join("mod_adapter.safetensors"),
+        run.join("user_embedding.safetensors"),
+    );
+    let nobody = [
+        "--adapter",
+        s(&adapter),
+        "--user-table",
+        s(&table),
+        "--user",
+        "nobody",
+    ];
+    assert_refused(
+        w.generate(&w.path("gen"), &nobody),
+        &["--user nobody: not `base`", "the run's 4 users: user000"],
+    );
     // A dataset whose images were never encoded into the cache given.
     let other = w.path("other");
     premier(&[
@@ -367,7 +386,7 @@ fn missing_inputs_are_named_with_the_file_or_flag_that_would_supply_them() {
         "--cache",
         s(&w.cache),
         "--out",
-        s(&w.path("run")),
+        s(&w.path("other-run")),
         "--steps",
         "1",
     ])

@@ -243,9 +243,35 @@ fn users_of(
         .iter()
         .map(|u| match trained.and_then(|t| t.row(u)) {
             Some(row) => Ok(UserChoice::User(UserRef::Index(row))),
+            None if !Path::new(u).exists() => bail!("--user {u}: {}", unknown_user(args, trained)),
             None => parse_user(u),
         })
         .collect()
+}
+
+/// Why a `--user` that is neither `base`, a row, a known id nor a file could not be found.
+fn unknown_user(args: &GenerateArgs, trained: Option<&TrainedModel>) -> String {
+    let kinds = "not `base`, a table row number, a user id of the run, nor a user file";
+    match trained {
+        Some(t) => {
+            let shown: Vec<&str> = t.ids.iter().take(5).map(String::as_str).collect();
+            let more = if t.ids.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            };
+            format!(
+                "{kinds} (the run's {} users: {}{more})",
+                t.ids.len(),
+                shown.join(", ")
+            )
+        }
+        None => format!(
+            "{kinds} (user ids are looked up in the {TRAINED_MODEL_FILE} beside --adapter {}, \
+             and there is none)",
+            args.adapter.as_deref().unwrap_or(Path::new("")).display()
+        ),
+    }
 }
 
 /// Writes each image and the grid; prints where.
