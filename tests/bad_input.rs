@@ -31,7 +31,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 mod common;
-use common::{encoded_synth_world, premier, s, sha, synth_base};
+use common::{encoded_synth_world, fixture, premier, s, sha, synth_base};
 
 type B = Flex;
 
@@ -358,7 +358,10 @@ fn missing_inputs_are_named_with_the_file_or_flag_that_would_supply_them() {
     ];
     assert_refused(
         w.generate(&w.path("gen"), &nobody),
-        &["--user nobody: not `base`", "the run's 4 users: user000"],
+        &[
+            "--user nobody: user `nobody`: not a user id of the run",
+            "its 4 users: user000",
+        ],
     );
     // A dataset whose images were never encoded into the cache given.
     let other = w.path("other");
@@ -392,12 +395,6 @@ fn missing_inputs_are_named_with_the_file_or_flag_that_would_supply_them() {
     ])
     .map_err(|e| format!("{e:#}"));
     assert_refused(msg, &["premier encode", "000.png"]);
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 fn json(name: &str) -> serde_json::Value {

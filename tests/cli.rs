@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use premier::cli::{parse_user, Cli, Command, GenerateArgs, ModelFiles};
+use premier::cli::{parse_user, Cli, Command, GenerateArgs};
 use premier::pipeline::UserChoice;
 use premier::users::UserRef;
+use premier::{resolve_user, PremierError, User};
 
 fn parse(args: &[&str]) -> GenerateArgs {
     let mut full = vec!["premier", "generate"];
@@ -28,7 +29,7 @@ fn model_dir_gives_every_part_and_flags_override() {
         "--prompt",
         "b",
     ]);
-    let files = ModelFiles::resolve(&args.model).unwrap();
+    let files = args.model.files().unwrap();
     assert_eq!(files.flux, PathBuf::from("/m/FLUX.1-dev/transformer"));
     assert_eq!(files.ae, PathBuf::from("/x/ae.safetensors"));
     assert_eq!(files.t5, PathBuf::from("/m/FLUX.1-dev/text_encoder_2"));
@@ -58,7 +59,7 @@ fn model_dir_gives_every_part_and_flags_override() {
         .to_string();
     assert!(err.contains("--guidance"), "{err}");
 
-    let err = ModelFiles::resolve(&parse(&["--prompt", "a"]).model).unwrap_err();
+    let err = parse(&["--prompt", "a"]).model.files().unwrap_err();
     assert!(err.to_string().contains("--model-dir"), "{err}");
     assert!(
         Cli::try_parse_from(["premier", "generate"]).is_err(),
@@ -68,11 +69,14 @@ fn model_dir_gives_every_part_and_flags_override() {
 
 #[test]
 fn user_specs() {
-    assert_eq!(parse_user("base").unwrap(), UserChoice::Base);
+    assert_eq!(parse_user("base"), User::Base);
+    assert_eq!(parse_user("17"), User::Row(17));
+    assert_eq!(parse_user("alice"), User::Id("alice".into()));
     assert_eq!(
-        parse_user("17").unwrap(),
-        UserChoice::User(UserRef::Index(17))
+        parse_user("users/new.safetensors"),
+        User::File("users/new.safetensors".into())
     );
+    // Files resolve to their kind by what they hold.
     let dir = tempfile::tempdir().unwrap();
     let device = Default::default();
     let combo = premier::users::LinearCombination::<burn::backend::Flex>::init(4, &device);
@@ -81,7 +85,7 @@ fn user_specs() {
         .save(&path, premier::mmdit::load::SaveDtype::F32)
         .unwrap();
     assert_eq!(
-        parse_user(path.to_str().unwrap()).unwrap(),
+        resolve_user(&parse_user(path.to_str().unwrap()), None).unwrap(),
         UserChoice::User(UserRef::CombinationFile(path))
     );
     let user = premier::users::UserEmbedding::<burn::backend::Flex>::init_direct(2, 3, &device);
@@ -89,13 +93,20 @@ fn user_specs() {
     user.save(&path, premier::mmdit::load::SaveDtype::Bf16)
         .unwrap();
     assert_eq!(
-        parse_user(path.to_str().unwrap()).unwrap(),
+        resolve_user(&parse_user(path.to_str().unwrap()), None).unwrap(),
         UserChoice::User(UserRef::EmbeddingFile(path))
     );
-    let err = parse_user("/no/such/user.safetensors").unwrap_err();
+    let err = resolve_user(&parse_user("/no/such/user.safetensors"), None).unwrap_err();
     assert!(
-        format!("{err:#}").contains("/no/such/user.safetensors"),
-        "{err:#}"
+        err.to_string().contains("/no/such/user.safetensors"),
+        "{err}"
+    );
+    // An id without a run to look it up in says where ids come from.
+    let err = resolve_user(&parse_user("alice"), None).unwrap_err();
+    assert!(
+        matches!(&err, PremierError::UnknownUser { user, .. } if user == "alice")
+            && err.to_string().contains("premier.json beside the adapter"),
+        "{err}"
     );
 }
 

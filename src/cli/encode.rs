@@ -9,7 +9,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{progress_bar, DataArgs};
-use super::models::{ModelArgs, ModelFiles};
+use super::models::ModelArgs;
 use super::BackendKind;
 use crate::encoders::FluxEncoders;
 use crate::synth::base::SynthBase;
@@ -115,8 +115,14 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
         None => {
             eprintln!("loading the autoencoder, T5 and CLIP…");
             let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
-            let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
-            let files = ModelFiles::resolve(&args.model)?;
+            let crate::text::TextEncoder {
+                t5,
+                clip,
+                t5_tokenizer,
+                clip_tokenizer,
+                ..
+            } = args.model.load_text::<B>(&device)?;
+            let files = args.model.files()?;
             let mut text_fingerprint = Vec::new();
             for path in [Some(&files.t5), Some(&files.clip)]
                 .into_iter()

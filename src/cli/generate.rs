@@ -9,20 +9,22 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use clap::Args;
 
-use super::models::{ModelArgs, ModelFiles, Variant};
+use super::models::ModelArgs;
 use super::{BackendKind, Precision};
 use crate::adapter::{AdapterConfig, PreferenceAdapter};
-use crate::mmdit::{Flux, FluxOps};
+use crate::mmdit::FluxOps;
+use crate::model_files::{ModelConfigs, ModelFiles};
+use crate::personalized::Personalization;
 use crate::pipeline::image_io::{grid, save_png, tensor_to_rgb};
 use crate::pipeline::memory::{GenerationMemory, GenerationPlan};
 use crate::pipeline::{
     check_request, decode_latents, denoise_request, request_modulation, DeltaCache,
-    GenerateRequest, Generator, UserChoice,
+    GenerateRequest, UserChoice,
 };
 use crate::synth::base::SynthBase;
-use crate::text::TextEncoder;
 use crate::train::run::{TrainedModel, TRAINED_MODEL_FILE};
-use crate::users::{UserRef, UserShape, UserTable};
+use crate::users::{UserShape, UserTable};
+use crate::User;
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
@@ -92,24 +94,18 @@ pub struct GenerateArgs {
     pub max_memory: Option<f64>,
 }
 
-/// Parses a `--user` value.
-pub fn parse_user(spec: &str) -> anyhow::Result<UserChoice> {
+/// Parses a `--user` value: `base`, a row number, a path to a user file (it holds a `/` or ends
+/// in `.safetensors`), else a trained user's id.
+pub fn parse_user(spec: &str) -> User {
     if spec == "base" {
-        return Ok(UserChoice::Base);
+        User::Base
+    } else if let Ok(row) = spec.parse::<usize>() {
+        User::Row(row)
+    } else if spec.contains(std::path::MAIN_SEPARATOR) || spec.ends_with(".safetensors") {
+        User::File(PathBuf::from(spec))
+    } else {
+        User::Id(spec.to_string())
     }
-    if let Ok(index) = spec.parse::<usize>() {
-        return Ok(UserChoice::User(UserRef::Index(index)));
-    }
-    let path = PathBuf::from(spec);
-    let file = crate::mmdit::load::SafetensorsFile::open(&path)
-        .with_context(|| format!("--user {spec}"))?;
-    Ok(UserChoice::User(
-        if file.shape("combination_weights").is_some() {
-            UserRef::CombinationFile(path)
-        } else {
-            UserRef::EmbeddingFile(path)
-        },
-    ))
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -159,30 +155,14 @@ fn trained_sizes(
     text_dim: usize,
     flux: (usize, usize),
 ) -> anyhow::Result<(AdapterConfig, UserShape)> {
-    let (adapter, mut users) = match trained {
-        Some(trained) => (trained.adapter.clone(), trained.users),
-        None => {
-            if let (true, Some(adapter)) = (args.model.is_synth(), &args.adapter) {
-                bail!(
-                    "--adapter {}: the synthetic world's adapters need the premier.json of their \
-                     run beside them (give the run's mod_adapter.safetensors)",
-                    adapter.display()
-                );
-            }
-            let adapter = AdapterConfig {
-                text_dim,
-                hidden: flux.0,
-                blocks: flux.1,
-                ..AdapterConfig::released()
-            };
-            let users = UserShape {
-                users: 1000,
-                tokens: 30,
-                dim: adapter.user_dim,
-            };
-            (adapter, users)
-        }
-    };
+    if let (None, true, Some(adapter)) = (trained, args.model.is_synth(), &args.adapter) {
+        bail!(
+            "--adapter {}: the synthetic world's adapters need the premier.json of their run \
+             beside them (give the run's mod_adapter.safetensors)",
+            adapter.display()
+        );
+    }
+    let (adapter, mut users) = crate::personalization_sizes(trained, text_dim, flux);
     if let Some(n) = args.num_users {
         users.users = n;
     }
@@ -204,9 +184,8 @@ fn load_personalization<B: Backend>(
         .as_ref()
         .map(|p| PreferenceAdapter::<B>::load(p, &adapter_config, device))
         .transpose()?
-        .map(|a| match args.adapter_dtype {
-            Some(Precision::Bf16) => a.with_weight_dtype(FloatDType::BF16),
-            Some(Precision::F32) => a.with_weight_dtype(FloatDType::F32),
+        .map(|a| match adapter_dtype(args) {
+            Some(dtype) => a.with_weight_dtype(dtype),
             None => a,
         });
     let table = args
@@ -241,37 +220,10 @@ fn users_of(
     }
     args.users
         .iter()
-        .map(|u| match trained.and_then(|t| t.row(u)) {
-            Some(row) => Ok(UserChoice::User(UserRef::Index(row))),
-            None if !Path::new(u).exists() => bail!("--user {u}: {}", unknown_user(args, trained)),
-            None => parse_user(u),
+        .map(|u| {
+            crate::resolve_user(&parse_user(u), trained).with_context(|| format!("--user {u}"))
         })
         .collect()
-}
-
-/// Why a `--user` that is neither `base`, a row, a known id nor a file could not be found.
-fn unknown_user(args: &GenerateArgs, trained: Option<&TrainedModel>) -> String {
-    let kinds = "not `base`, a table row number, a user id of the run, nor a user file";
-    match trained {
-        Some(t) => {
-            let shown: Vec<&str> = t.ids.iter().take(5).map(String::as_str).collect();
-            let more = if t.ids.len() > shown.len() {
-                ", …"
-            } else {
-                ""
-            };
-            format!(
-                "{kinds} (the run's {} users: {}{more})",
-                t.ids.len(),
-                shown.join(", ")
-            )
-        }
-        None => format!(
-            "{kinds} (user ids are looked up in the {TRAINED_MODEL_FILE} beside --adapter {}, \
-             and there is none)",
-            args.adapter.as_deref().unwrap_or(Path::new("")).display()
-        ),
-    }
 }
 
 /// Writes each image and the grid; prints where.
@@ -368,13 +320,10 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     check_steps(args.steps.unwrap_or(args.model.variant.steps()))?;
     let trained = trained_beside(&args)?;
     let users = users_of(&args, trained.as_ref())?;
-    let files = ModelFiles::resolve(&args.model)?;
-    let flux_config = args.model.flux_config(&files)?;
-    let t5_config = args.model.t5_config(&files)?;
+    let files = args.model.files()?;
+    let configs = files.configs(args.model.variant)?;
     // Advisory: a file it cannot read is named by the loading below, in load order.
-    if let Ok(estimate) =
-        memory_estimate::<B>(&args, trained.as_ref(), &files, &flux_config, &t5_config)
-    {
+    if let Ok(estimate) = memory_estimate::<B>(&args, trained.as_ref(), &files, &configs) {
         eprintln!("estimated device memory: {estimate}");
         if let Some(limit) = super::memory_limit(args.max_memory, args.backend) {
             let format = crate::mmdit::memory::format_bytes;
@@ -401,32 +350,29 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         }
     }
     if args.low_memory {
-        return generate_one_model_at_a_time::<B>(
-            &args,
-            trained.as_ref(),
-            &users,
-            &flux_config,
-            device,
-        );
+        return generate_one_model_at_a_time::<B>(&args, &users, &files, &configs, device);
     }
 
     eprintln!("loading models…");
     let load = Instant::now();
-    let flux = Flux::<B>::load(&files.flux, &flux_config, &device)?;
-    let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
-    let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
-    let (adapter, table) = load_personalization::<B>(
-        &args,
-        trained.as_ref(),
-        t5_config.d_model,
-        (flux_config.hidden_size, flux_config.depth),
-        &device,
-    )?;
+    let mut builder = crate::Premier::<B>::builder()
+        .model_files(files)
+        .variant(args.model.variant)
+        .device(device);
+    if let (Some(adapter), Some(table)) = (&args.adapter, &args.user_table) {
+        builder = builder.adapter(adapter).user_table(table);
+    }
+    if let Some(n) = args.num_users {
+        builder = builder.num_users(n);
+    }
+    if let Some(dtype) = adapter_dtype(&args) {
+        builder = builder.adapter_dtype(dtype);
+    }
+    if let Some(tiling) = vae_tiling(&args) {
+        builder = builder.vae_tiling(tiling);
+    }
+    let mut premier = builder.build()?;
     eprintln!("models loaded in {:.1?}", load.elapsed());
-
-    let text = TextEncoder::new(t5, clip, t5_tokenizer, clip_tokenizer);
-    let mut generator = Generator::new(flux, vae, vae_config, text, adapter, table, device);
-    generator.vae_tiling = vae_tiling(&args);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let steps = args.steps.unwrap_or(args.model.variant.steps());
@@ -437,7 +383,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
         bar.set_message(format!("row {}/{}", r + 1, users.len()));
         let request = row_request(&args, user);
         let base = (r * steps) as u64;
-        let out = generator.generate(&request, &mut |done: usize, _| {
+        let out = premier.generate_batch(&request, &mut |done: usize, _| {
             bar.set_position(base + done as u64)
         })?;
         rows.push(tensor_to_rgb(out.images));
@@ -480,7 +426,7 @@ fn row_request(args: &GenerateArgs, user: &UserChoice) -> GenerateRequest {
         height: args.height.unwrap_or(512),
         steps: args.steps.unwrap_or(args.model.variant.steps()),
         guidance: args.guidance,
-        shift: args.model.variant == Variant::Dev,
+        shift: args.model.variant.shift(),
         alpha: args.alpha,
     }
 }
@@ -490,9 +436,9 @@ fn memory_estimate<B: FluxOps>(
     args: &GenerateArgs,
     trained: Option<&TrainedModel>,
     files: &ModelFiles,
-    flux: &crate::mmdit::FluxConfig,
-    t5: &crate::text::T5Config,
+    configs: &ModelConfigs,
 ) -> anyhow::Result<GenerationMemory> {
+    let (flux, t5) = (&configs.flux, &configs.t5);
     let stored = |path: &Path| -> anyhow::Result<u64> {
         Ok(crate::mmdit::load::Checkpoint::open_plain(path)?.stored_elements())
     };
@@ -505,10 +451,9 @@ fn memory_estimate<B: FluxOps>(
         None => 0,
     };
     let element_bytes = if args.dtype == Precision::Bf16 { 2 } else { 4 };
-    let vae = args.model.vae_config(files)?;
     Ok(GenerationMemory::estimate(&GenerationPlan {
         flux,
-        vae: &vae,
+        vae: &configs.vae,
         text_encoder_params: stored(&files.t5)? + stored(&files.clip)?,
         vae_params: stored(&files.ae)?,
         adapter_params,
@@ -519,9 +464,9 @@ fn memory_estimate<B: FluxOps>(
         txt_tokens: args.model.variant.t5_len(),
         element_bytes,
         vae_tile: args.vae_tile,
-        adapter_bytes: match args.adapter_dtype {
-            Some(Precision::Bf16) => 2,
-            Some(Precision::F32) => 4,
+        adapter_bytes: match adapter_dtype(args) {
+            Some(FloatDType::BF16) => 2,
+            Some(_) => 4,
             None => element_bytes,
         },
         fused_attention: B::FUSED_ATTENTION,
@@ -533,9 +478,9 @@ fn memory_estimate<B: FluxOps>(
 /// functions as [`Generator::generate`].
 fn generate_one_model_at_a_time<B: FluxOps>(
     args: &GenerateArgs,
-    trained: Option<&TrainedModel>,
     users: &[UserChoice],
-    flux_config: &crate::mmdit::FluxConfig,
+    files: &ModelFiles,
+    configs: &ModelConfigs,
     device: B::Device,
 ) -> anyhow::Result<()> {
     let total = Instant::now();
@@ -552,22 +497,24 @@ fn generate_one_model_at_a_time<B: FluxOps>(
 
     let stage = Instant::now();
     let text = {
-        let (t5, clip, t5_tokenizer, clip_tokenizer) = args.model.load_text::<B>(&device)?;
-        let mut encoder = TextEncoder::new(t5, clip, t5_tokenizer, clip_tokenizer);
+        let mut encoder = files.load_text::<B>(configs, args.model.variant, &device)?;
         let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
         encoder.encode(&prompts, &device)?
     };
     release("T5 and CLIP (loaded, encoded, released)", stage);
 
     let stage = Instant::now();
+    let flux_config = &configs.flux;
     let modulations = {
-        let (adapter, table) = load_personalization::<B>(
-            args,
-            trained,
-            text.tokens.dims()[2],
-            (flux_config.hidden_size, flux_config.depth),
-            &device,
-        )?;
+        let (adapter, table) = match (&args.adapter, &args.user_table) {
+            (Some(adapter), Some(table)) => {
+                let personal =
+                    Personalization::check(adapter, table, args.num_users, files, configs)?;
+                let (adapter, table) = personal.load::<B>(adapter_dtype(args), &device)?;
+                (Some(adapter), Some(table))
+            }
+            _ => (None, None),
+        };
         let mut cache = DeltaCache::new();
         requests
             .iter()
@@ -587,10 +534,9 @@ fn generate_one_model_at_a_time<B: FluxOps>(
     release("adapters (loaded, Δ computed, released)", stage);
 
     let stage = Instant::now();
-    let files = ModelFiles::resolve(&args.model)?;
-    let vae_config = args.model.vae_config(&files)?;
+    let vae_config = &configs.vae;
     let latents = {
-        let flux = Flux::<B>::load(&files.flux, flux_config, &device)?;
+        let flux = files.load_flux::<B>(flux_config, &device, None)?;
         let steps = requests.first().map_or(0, |r| r.steps);
         let bar = super::dataset::progress_bar((requests.len() * steps) as u64, "steps");
         let latents = requests
@@ -604,7 +550,7 @@ fn generate_one_model_at_a_time<B: FluxOps>(
                     request,
                     &text,
                     modulation.as_ref(),
-                    &vae_config,
+                    vae_config,
                     &mut |done: usize, _| bar.set_position(base + done as u64),
                 )
             })
@@ -616,17 +562,25 @@ fn generate_one_model_at_a_time<B: FluxOps>(
 
     let stage = Instant::now();
     let rows = {
-        let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
+        let vae = files.load_vae::<B>(vae_config, &device)?;
         latents
             .into_iter()
             .map(|latent| {
-                let images = decode_latents(&vae, &vae_config, latent, vae_tiling(args))?;
+                let images = decode_latents(&vae, vae_config, latent, vae_tiling(args))?;
                 Ok(tensor_to_rgb(images))
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     release("VAE (loaded, decoded, released)", stage);
     write_rows(args, &rows, total)
+}
+
+/// `--adapter-dtype` as a float type.
+fn adapter_dtype(args: &GenerateArgs) -> Option<FloatDType> {
+    args.adapter_dtype.map(|p| match p {
+        Precision::Bf16 => FloatDType::BF16,
+        Precision::F32 => FloatDType::F32,
+    })
 }
 
 /// `--vae-tile`'s tiling: tiles of that side overlapping by a quarter.

@@ -64,7 +64,7 @@ pub use cold_start::{ColdStartArgs, KindArg, OptimizerKind};
 pub use dataset::DataArgs;
 pub use encode::{EncodeArgs, EncodeConfig};
 pub use generate::{parse_user, run as run_generate, GenerateArgs};
-pub use models::{ImageSampler, ModelArgs, ModelFiles, Variant};
+pub use models::{ImageSampler, ModelArgs};
 pub use train::TrainArgs;
 
 /// Personalized text-to-image generation with FLUX.1 and Premier.

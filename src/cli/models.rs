@@ -1,51 +1,23 @@
 //! Which model the commands run: FLUX.1 files (single files or diffusers folders) or the synthetic
 //! world's base model, whose codec and text encoder stand in for the VAE, T5 and CLIP.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use burn::prelude::*;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use image::RgbImage;
 
 use burn::tensor::FloatDType;
 
 use super::{BackendKind, Precision};
-use crate::mmdit::{
-    img_ids, pack, txt_ids, unpack, Flux, FluxConfig, FluxOps, LoadOptions, TextModulation,
-};
+use crate::mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxConfig, FluxOps, TextModulation};
+use crate::model_files::{ModelFiles, Variant};
 use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{denoise, schedule, seeded_noise};
 use crate::synth::base::SynthBase;
-use crate::text::{
-    ClipTextConfig, ClipTextEncoder, PromptTokenizer, T5Config, T5Encoder, TextConditioning,
-};
+use crate::text::{TextConditioning, TextEncoder};
 use crate::vae::{unscale_latent, Autoencoder, AutoencoderConfig};
-
-/// FLUX.1 variant: sets the default config, schedule shift, T5 length and step count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Variant {
-    Dev,
-    Schnell,
-}
-
-impl Variant {
-    /// T5 tokens per prompt.
-    pub fn t5_len(self) -> usize {
-        match self {
-            Variant::Dev => 512,
-            Variant::Schnell => 256,
-        }
-    }
-
-    /// Default sampling steps.
-    pub fn steps(self) -> usize {
-        match self {
-            Variant::Dev => 28,
-            Variant::Schnell => 4,
-        }
-    }
-}
 
 /// Where the model files are.
 #[derive(Debug, Clone, Args)]
@@ -80,70 +52,43 @@ pub struct ModelArgs {
     pub variant: Variant,
 }
 
-/// The files of one FLUX.1 model, resolved from `--model-dir` and the single-path options.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelFiles {
-    pub flux: PathBuf,
-    pub ae: PathBuf,
-    pub t5: PathBuf,
-    pub clip: PathBuf,
-    pub t5_tokenizer: Option<PathBuf>,
-    pub clip_tokenizer: Option<PathBuf>,
-}
-
-impl ModelFiles {
-    pub fn resolve(args: &ModelArgs) -> anyhow::Result<Self> {
-        let part = |given: &Option<PathBuf>, sub: &str, flag: &str| -> anyhow::Result<PathBuf> {
-            match (given, &args.model_dir) {
-                (Some(p), _) => Ok(p.clone()),
-                (None, Some(dir)) => Ok(dir.join(sub)),
-                (None, None) => bail!("give --model-dir or --{flag} (or --synth-base)"),
-            }
+impl ModelArgs {
+    /// The model files from `--model-dir` and the single-path options (which override the
+    /// folder's parts).
+    pub fn files(&self) -> anyhow::Result<ModelFiles> {
+        let from_dir = self.model_dir.as_deref().map(ModelFiles::from_dir);
+        let part = |given: &Option<PathBuf>, of_dir: Option<&PathBuf>, flag: &str| match given
+            .as_ref()
+            .or(of_dir)
+        {
+            Some(p) => Ok(p.clone()),
+            None => Err(anyhow::anyhow!(
+                "give --model-dir or --{flag} (or --synth-base)"
+            )),
         };
-        let tokenizer = |given: &Option<PathBuf>, sub: &str| {
-            given.clone().or_else(|| {
-                let p = args.model_dir.as_ref()?.join(sub).join("tokenizer.json");
-                p.is_file().then_some(p)
-            })
-        };
-        Ok(Self {
-            flux: part(&args.flux, "transformer", "flux")?,
-            ae: part(&args.ae, "vae", "ae")?,
-            t5: part(&args.t5, "text_encoder_2", "t5")?,
-            clip: part(&args.clip, "text_encoder", "clip")?,
-            t5_tokenizer: tokenizer(&args.t5_tokenizer, "tokenizer_2"),
-            clip_tokenizer: tokenizer(&args.clip_tokenizer, "tokenizer"),
+        let d = from_dir.as_ref();
+        Ok(ModelFiles {
+            flux: part(&self.flux, d.map(|d| &d.flux), "flux")?,
+            ae: part(&self.ae, d.map(|d| &d.ae), "ae")?,
+            t5: part(&self.t5, d.map(|d| &d.t5), "t5")?,
+            clip: part(&self.clip, d.map(|d| &d.clip), "clip")?,
+            t5_tokenizer: self
+                .t5_tokenizer
+                .clone()
+                .or_else(|| d.and_then(|d| d.t5_tokenizer.clone())),
+            clip_tokenizer: self
+                .clip_tokenizer
+                .clone()
+                .or_else(|| d.and_then(|d| d.clip_tokenizer.clone())),
         })
     }
-}
 
-/// `config.json` next to (or inside) a model path, if there is one.
-pub fn config_beside(path: &Path) -> Option<PathBuf> {
-    let dir = if path.is_dir() { path } else { path.parent()? };
-    let config = dir.join("config.json");
-    config.is_file().then_some(config)
-}
-
-impl ModelArgs {
     pub fn is_synth(&self) -> bool {
         self.synth_base.is_some()
     }
 
-    /// The transformer's config: from a diffusers `config.json`, else the variant's.
-    pub fn flux_config(&self, files: &ModelFiles) -> anyhow::Result<FluxConfig> {
-        Ok(match config_beside(&files.flux) {
-            Some(c) if files.flux.is_dir() => {
-                FluxConfig::from_diffusers_json(&std::fs::read_to_string(&c)?)?
-            }
-            _ => match self.variant {
-                Variant::Dev => FluxConfig::dev(),
-                Variant::Schnell => FluxConfig::schnell(),
-            },
-        })
-    }
-
-    /// The backbone's config without loading it: the synth base's `config.json`, else
-    /// [`Self::flux_config`].
+    /// The backbone's config without loading it: the synth base's `config.json`, else the
+    /// FLUX.1 files'.
     pub fn backbone_config(&self) -> anyhow::Result<FluxConfig> {
         if let Some(dir) = &self.synth_base {
             let path = dir.join("config.json");
@@ -153,19 +98,12 @@ impl ModelArgs {
                 .with_context(|| format!("synth base config {}", path.display()))?;
             return Ok(config.flux);
         }
-        self.flux_config(&ModelFiles::resolve(self)?)
-    }
-
-    pub fn vae_config(&self, files: &ModelFiles) -> anyhow::Result<AutoencoderConfig> {
-        Ok(match config_beside(&files.ae) {
-            Some(c) if files.ae.is_dir() => AutoencoderConfig::from_json_file(c)?,
-            _ => AutoencoderConfig::flux(),
-        })
+        Ok(self.files()?.flux_config(self.variant)?)
     }
 
     /// The transformer alone (what training needs), its weights in `dtype` if given (each
     /// tensor cast as it is read).
-    pub fn load_flux<B: Backend>(
+    pub fn load_flux<B: FluxOps>(
         &self,
         device: &B::Device,
         dtype: Option<FloatDType>,
@@ -178,17 +116,8 @@ impl ModelArgs {
                 None => base.flux,
             });
         }
-        let files = ModelFiles::resolve(self)?;
-        let options = LoadOptions {
-            dtype,
-            ..LoadOptions::default()
-        };
-        Ok(Flux::<B>::load_with(
-            &files.flux,
-            &self.flux_config(&files)?,
-            device,
-            options,
-        )?)
+        let files = self.files()?;
+        Ok(files.load_flux(&files.flux_config(self.variant)?, device, dtype)?)
     }
 
     /// The autoencoder and its config (validation images and generation decode with it).
@@ -196,47 +125,15 @@ impl ModelArgs {
         &self,
         device: &B::Device,
     ) -> anyhow::Result<(Autoencoder<B>, AutoencoderConfig)> {
-        let files = ModelFiles::resolve(self)?;
-        let config = self.vae_config(&files)?;
-        Ok((Autoencoder::<B>::load(&files.ae, &config, device)?, config))
+        let files = self.files()?;
+        let config = files.vae_config()?;
+        Ok((files.load_vae(&config, device)?, config))
     }
 
-    /// T5's config: its `config.json` if there is one, else T5-v1.1-XXL.
-    pub fn t5_config(&self, files: &ModelFiles) -> anyhow::Result<T5Config> {
-        Ok(config_beside(&files.t5)
-            .map(T5Config::from_json_file)
-            .transpose()?
-            .unwrap_or_else(T5Config::v1_1_xxl))
-    }
-
-    /// T5, CLIP and their tokenizers.
-    pub fn load_text<B: Backend>(
-        &self,
-        device: &B::Device,
-    ) -> anyhow::Result<(
-        T5Encoder<B>,
-        ClipTextEncoder<B>,
-        PromptTokenizer,
-        PromptTokenizer,
-    )> {
-        let files = ModelFiles::resolve(self)?;
-        let t5_config = self.t5_config(&files)?;
-        let clip_config = config_beside(&files.clip)
-            .map(ClipTextConfig::from_json_file)
-            .transpose()?
-            .unwrap_or_else(ClipTextConfig::vit_large_patch14);
-        let t5 = T5Encoder::<B>::load(&files.t5, &t5_config, device)?;
-        let clip = ClipTextEncoder::<B>::load(&files.clip, &clip_config, device)?;
-        let t5_len = self.variant.t5_len();
-        let t5_tokenizer = match &files.t5_tokenizer {
-            Some(p) => PromptTokenizer::t5(p, t5_len)?,
-            None => PromptTokenizer::shipped_t5(t5_len)?,
-        };
-        let clip_tokenizer = match &files.clip_tokenizer {
-            Some(p) => PromptTokenizer::clip(p)?,
-            None => PromptTokenizer::shipped_clip()?,
-        };
-        Ok((t5, clip, t5_tokenizer, clip_tokenizer))
+    /// T5, CLIP and their tokenizers, the sizes of every part checked against each other.
+    pub fn load_text<B: Backend>(&self, device: &B::Device) -> anyhow::Result<TextEncoder<B>> {
+        let files = self.files()?;
+        Ok(files.load_text(&files.configs(self.variant)?, self.variant, device)?)
     }
 }
 

@@ -1,4 +1,6 @@
-//! Helpers of the end-to-end tests: the `premier` CLI in process, paths as arguments, file hashes.
+//! Helpers of the end-to-end tests: the `premier` CLI in process, paths as arguments, file hashes,
+//! the reference fixtures and a tiny FLUX.1 model folder made of them.
+#![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
 
@@ -55,4 +57,81 @@ pub fn encoded_synth_world(root: &Path, train_users: usize, images: usize) -> (P
     ])
     .unwrap();
     (world, cache)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn fixture_field(json: &str, field: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(json)).unwrap()).unwrap();
+    v[field].clone()
+}
+
+/// A diffusers FLUX.1 folder on tiny sizes: a random transformer (BFL keys, which the loader
+/// detects) fitting the reference VAE (16 latent channels), T5 (32) and CLIP (32) fixtures.
+pub fn tiny_model_dir(root: &Path) -> PathBuf {
+    use premier::mmdit::{Flux, FluxConfig};
+    let dir = root.join("FLUX.1-tiny");
+    let part = |sub: &str, config: serde_json::Value, weights: &str, name: &str| {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(fixture(weights), dir.join(sub).join(name)).unwrap();
+    };
+    part(
+        "vae",
+        fixture_field("vae_tiny.json", "diffusers_config"),
+        "vae_tiny_weights_diffusers.safetensors",
+        "diffusion_pytorch_model.safetensors",
+    );
+    part(
+        "text_encoder_2",
+        fixture_field("t5_tiny.json", "config"),
+        "t5_tiny_weights.safetensors",
+        "model.safetensors",
+    );
+    part(
+        "text_encoder",
+        fixture_field("clip_text_tiny.json", "config"),
+        "clip_text_tiny_weights.safetensors",
+        "model.safetensors",
+    );
+    for (sub, file) in [("tokenizer_2", "t5.json"), ("tokenizer", "clip.json")] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::copy(
+            fixture(&format!("tiny_tokenizers/{file}")),
+            dir.join(sub).join("tokenizer.json"),
+        )
+        .unwrap();
+    }
+    let device = Default::default();
+    let config = FluxConfig {
+        in_channels: 64,
+        out_channels: 64,
+        vec_in_dim: 32,
+        context_in_dim: 32,
+        hidden_size: 32,
+        mlp_ratio: 4.0,
+        axes_dim: vec![4, 6, 6],
+        ..FluxConfig::tiny()
+    };
+    let flux = Flux::<burn::backend::Flex>::init(&config, &device).unwrap();
+    std::fs::create_dir_all(dir.join("transformer")).unwrap();
+    flux.save(
+        dir.join("transformer/diffusion_pytorch_model.safetensors"),
+        premier::mmdit::load::SaveDtype::F32,
+    )
+    .unwrap();
+    let diffusers = serde_json::json!({
+        "patch_size": 1, "in_channels": 64, "num_layers": config.depth,
+        "num_single_layers": config.depth_single_blocks, "attention_head_dim": 32 / config.num_heads,
+        "num_attention_heads": config.num_heads, "joint_attention_dim": 32,
+        "pooled_projection_dim": 32, "guidance_embeds": config.guidance_embed,
+        "axes_dims_rope": [4, 6, 6]
+    });
+    std::fs::write(dir.join("transformer/config.json"), diffusers.to_string()).unwrap();
+    dir
 }

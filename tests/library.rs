@@ -1,0 +1,293 @@
+//! The library API an app embeds: [`Premier`] built from a tiny FLUX.1 folder (random
+//! transformer, reference VAE/T5/CLIP fixtures) and a run's adapter, table and `premier.json`;
+//! every size checked before loading; every prompt for every user and seed; the example
+//! `examples/generate.rs` run through its own `run`.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use premier::adapter::{AdapterConfig, PreferenceAdapter};
+use premier::mmdit::load::SaveDtype;
+use premier::train::run::TrainedModel;
+use premier::users::{UserShape, UserTable};
+use premier::{Images, Premier, PremierError, User};
+
+mod common;
+use common::tiny_model_dir;
+
+#[path = "../examples/generate.rs"]
+mod generate_example;
+
+type B = Flex;
+
+/// The tiny model's sizes: T5 and the transformer 32 wide, 2 double blocks.
+const TEXT_DIM: usize = 32;
+const HIDDEN: usize = 32;
+const BLOCKS: usize = 2;
+
+fn adapter_config() -> AdapterConfig {
+    AdapterConfig {
+        text_dim: TEXT_DIM,
+        user_dim: 8,
+        width: 16,
+        heads: 2,
+        layers: 1,
+        hidden: HIDDEN,
+        blocks: BLOCKS,
+        shared: true,
+        distinct: true,
+    }
+}
+
+/// A `premier train`-like folder: a fresh adapter, a table of `rows` users × 2 tokens of
+/// `table_dim`, and a `premier.json` naming alice, bob and carol at `adapter`'s sizes.
+fn run_dir(root: &Path, adapter: &AdapterConfig, rows: usize, table_dim: usize) -> PathBuf {
+    let dir = root.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let device = Default::default();
+    PreferenceAdapter::<B>::init(adapter, &device)
+        .unwrap()
+        .save(dir.join("mod_adapter.safetensors"), SaveDtype::F32)
+        .unwrap();
+    let table_shape = UserShape {
+        users: rows,
+        tokens: 2,
+        dim: table_dim,
+    };
+    UserTable::<B>::init(table_shape, &device)
+        .save(dir.join("user_embedding.safetensors"), SaveDtype::F32)
+        .unwrap();
+    TrainedModel {
+        adapter: adapter.clone(),
+        users: UserShape {
+            users: 3,
+            tokens: 2,
+            dim: adapter.user_dim,
+        },
+        ids: vec!["alice".into(), "bob".into(), "carol".into()],
+    }
+    .write(&dir)
+    .unwrap();
+    dir
+}
+
+fn build(model: &Path, run: Option<&Path>) -> Result<Premier<B>, PremierError> {
+    let mut builder = Premier::<B>::builder().model_dir(model);
+    if let Some(run) = run {
+        builder = builder
+            .adapter(run.join("mod_adapter.safetensors"))
+            .user_table(run.join("user_embedding.safetensors"));
+    }
+    builder.build()
+}
+
+fn pixels(images: &Images, user: usize, prompt: usize, seed: usize) -> Vec<u8> {
+    images.get(user, prompt, seed).unwrap().as_raw().clone()
+}
+
+#[test]
+fn every_prompt_for_every_user_and_seed_and_the_same_user_by_row_or_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let run = run_dir(dir.path(), &adapter_config(), 3, 8);
+    let mut premier = build(&model, Some(&run)).unwrap();
+    assert!(premier.is_personalized());
+    assert_eq!(premier.user_ids().unwrap(), ["alice", "bob", "carol"]);
+    // A fresh adapter's Δ is small: α = 200 makes it visible in 8-bit pixels.
+    let request = premier
+        .request(["a red square", "a blue circle"])
+        .users([User::Base, User::Id("bob".into()), User::Row(1)])
+        .seeds([0, 7])
+        .size(32, 32)
+        .steps(2)
+        .alpha(200.0);
+    let mut steps = Vec::new();
+    let images = premier
+        .generate_with(&request, &mut |done: usize, total: usize| {
+            steps.push((done, total))
+        })
+        .unwrap();
+    assert_eq!(images.len(), 3 * 2 * 2);
+    assert_eq!(steps, [(1, 2), (2, 2)].repeat(3), "each user's batch");
+    for (_, image) in images.iter() {
+        assert_eq!(image.dimensions(), (32, 32));
+    }
+    // bob by id and by row: the same images; bob and the base: not.
+    for (p, s) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        assert_eq!(pixels(&images, 1, p, s), pixels(&images, 2, p, s));
+        assert_ne!(pixels(&images, 0, p, s), pixels(&images, 1, p, s));
+    }
+    // Seeds give other noise; prompts other images.
+    assert_ne!(pixels(&images, 0, 0, 0), pixels(&images, 0, 0, 1));
+    assert_ne!(pixels(&images, 0, 0, 0), pixels(&images, 0, 1, 0));
+    // α = 0 is the base model, and the base row is what a Premier without adapters draws.
+    let plain = premier
+        .generate(&request.clone().users([User::Id("bob".into())]).alpha(0.0))
+        .unwrap();
+    let mut base_only = build(&model, None).unwrap();
+    assert!(!base_only.is_personalized());
+    let base = base_only
+        .generate(&request.clone().users([User::Base]))
+        .unwrap();
+    for (p, s) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        assert_eq!(pixels(&plain, 0, p, s), pixels(&images, 0, p, s));
+        assert_eq!(pixels(&base, 0, p, s), pixels(&images, 0, p, s));
+    }
+    // Saved: one PNG per image, then the grid (3 rows × 4 columns of 32 px, 4 px apart).
+    let out = dir.path().join("out");
+    let written = images.save(&out).unwrap();
+    assert_eq!(written.len(), 13);
+    assert_eq!(written[5], out.join("user1_prompt0_seed1.png"));
+    let grid = image::open(out.join("grid.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (4 + 4 * 36, 4 + 3 * 36));
+    let saved = image::open(&written[5]).unwrap().to_rgb8();
+    assert_eq!(saved.as_raw(), &pixels(&images, 1, 0, 1));
+    // A user the run does not have is named, with the run's users.
+    let err = premier
+        .generate(&request.clone().users([User::Id("dave".into())]))
+        .unwrap_err();
+    assert!(
+        matches!(&err, PremierError::UnknownUser { user, .. } if user == "dave")
+            && err.to_string().contains("alice, bob, carol"),
+        "{err}"
+    );
+    // A request the pipeline refuses is a typed error too.
+    let err = premier.generate(&request.clone().size(40, 32)).unwrap_err();
+    assert!(matches!(err, PremierError::Pipeline(_)), "{err}");
+}
+
+/// The error of `build`, which must be a size mismatch naming both files and both sizes.
+fn assert_mismatch(err: PremierError, files: [&Path; 2], sizes: [usize; 2]) {
+    let message = err.to_string();
+    match &err {
+        PremierError::SizeMismatch { first, second, .. } => {
+            assert_eq!(
+                [&first.file, &second.file],
+                files.map(Path::to_path_buf).each_ref()
+            );
+            assert_eq!([first.size, second.size], sizes, "{message}");
+        }
+        other => panic!("expected a size mismatch, got: {other}"),
+    }
+    for file in files {
+        assert!(message.contains(&file.display().to_string()), "{message}");
+    }
+}
+
+#[test]
+fn build_checks_every_size_against_every_other_and_names_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let json = |run: &Path| run.join("premier.json");
+
+    // The table's rows are not the run's users.
+    let case = dir.path().join("rows");
+    let run = run_dir(&case, &adapter_config(), 5, 8);
+    let err = build(&model, Some(&run)).err().unwrap();
+    assert_mismatch(
+        err,
+        [&json(&run), &run.join("user_embedding.safetensors")],
+        [3, 5],
+    );
+
+    // The table's tokens are of another width than the adapter's users.
+    let case = dir.path().join("width");
+    let run = run_dir(&case, &adapter_config(), 3, 6);
+    let err = build(&model, Some(&run)).err().unwrap();
+    assert_mismatch(
+        err,
+        [&json(&run), &run.join("user_embedding.safetensors")],
+        [16, 12],
+    );
+
+    // An adapter made for another text encoder, or another backbone.
+    for (field, adapter, found) in [
+        (
+            "text",
+            AdapterConfig {
+                text_dim: 48,
+                ..adapter_config()
+            },
+            [48, TEXT_DIM],
+        ),
+        (
+            "blocks",
+            AdapterConfig {
+                blocks: 3,
+                ..adapter_config()
+            },
+            [3, BLOCKS],
+        ),
+    ] {
+        let case = dir.path().join(field);
+        let run = run_dir(&case, &adapter, 3, 8);
+        let err = build(&model, Some(&run)).err().unwrap();
+        let other = if field == "text" {
+            model.join("text_encoder_2")
+        } else {
+            model.join("transformer")
+        };
+        assert_mismatch(err, [&json(&run), &other], found);
+    }
+
+    // A transformer made for another T5 width than the folder's T5.
+    let config_path = model.join("transformer/config.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    config["joint_attention_dim"] = 48.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = build(&model, None).err().unwrap();
+    assert_mismatch(
+        err,
+        [&model.join("transformer"), &model.join("text_encoder_2")],
+        [48, TEXT_DIM],
+    );
+    std::fs::write(&config_path, original).unwrap();
+
+    // Parts not given, and an adapter without its table, are named.
+    let err = Premier::<B>::builder().build().err().unwrap();
+    assert!(
+        matches!(
+            err,
+            PremierError::MissingPart {
+                part: "FLUX transformer",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Premier::<B>::builder()
+        .model_dir(&model)
+        .adapter(dir.path().join("rows/run/mod_adapter.safetensors"))
+        .build()
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("user_table"), "{err}");
+}
+
+#[test]
+fn the_generate_example_runs_on_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let run = run_dir(dir.path(), &adapter_config(), 3, 8);
+    let out = dir.path().join("out");
+    let written = generate_example::run(&generate_example::Options {
+        model_dir: model,
+        run: Some(run),
+        users: vec![User::Base, User::Id("carol".into())],
+        prompts: vec!["a red square".into()],
+        steps: Some(2),
+        size: 32,
+        out: out.clone(),
+    })
+    .unwrap();
+    assert_eq!(
+        written,
+        [
+            out.join("user0_prompt0_seed0.png"),
+            out.join("user1_prompt0_seed0.png"),
+            out.join("grid.png")
+        ]
+    );
+    assert!(written.iter().all(|p| p.is_file()));
+}
