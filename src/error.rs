@@ -46,6 +46,12 @@ pub enum PremierError {
     /// A user that is neither a row of the table, an id of the run, nor a user file.
     #[error("user `{user}`: {reason}")]
     UnknownUser { user: String, reason: String },
+    /// A request that cannot be run (what is wrong with it is said).
+    #[error("{0}")]
+    Invalid(String),
+    /// The autoencoder or the text encoders failed on a new user's images or captions.
+    #[error("encoding the new user's {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
     /// Writing an image.
     #[error("{}: {reason}", path.display())]
     Write { path: PathBuf, reason: String },
@@ -63,4 +69,6 @@ pub enum PremierError {
     Run(#[from] premier_train::run::RunError),
     #[error(transparent)]
     Pipeline(#[from] premier_pipeline::PipelineError),
+    #[error(transparent)]
+    Train(#[from] premier_train::stage1::TrainError),
 }

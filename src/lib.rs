@@ -56,8 +56,8 @@ pub use error::{PremierError, SizeAt};
 pub use images::{ImageRequest, Images};
 pub use model_files::{ModelConfigs, ModelFiles, Variant};
 pub use personalized::{
-    personalization_sizes, resolve_user, Personalization, Premier, PremierBuilder, User,
-    RELEASED_USERS, RELEASED_USER_TOKENS,
+    personalization_sizes, resolve_user, LikedImages, Personalization, Premier, PremierBuilder,
+    User, RELEASED_USERS, RELEASED_USER_TOKENS,
 };
 
 pub use premier_adapter as adapter;

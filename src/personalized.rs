@@ -3,17 +3,25 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::FloatDType;
+use image::RgbImage;
 
 use crate::adapter::{AdapterConfig, PreferenceAdapter};
+use crate::encoders::FluxEncoders;
 use crate::error::{PremierError, SizeAt};
 use crate::images::{ImageRequest, Images};
 use crate::mmdit::load::SafetensorsFile;
-use crate::mmdit::FluxOps;
+use crate::mmdit::{FluxAutodiffBackend, FluxOps};
 use crate::model_files::{ModelFiles, Variant};
 use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{GenerateRequest, Generated, Generator, StepObserver, UserChoice};
+use crate::train::encode::Encoders;
+use crate::train::metrics::MetricRecord;
+use crate::train::new_user::{fit_new_user, fresh_new_user, EncodedSamples};
+use crate::train::run::{ColdStartConfig, RunError};
 use crate::train::run::{TrainedModel, TRAINED_MODEL_FILE};
+use crate::train::stage2::{NewUser, Stage2Trainer};
 use crate::users::{UserRef, UserShape, UserTable};
 use crate::vae::Tiling;
 
@@ -262,13 +270,19 @@ impl<B: FluxOps> PremierBuilder<B> {
             }
         };
         let device = self.device;
-        let flux = files.load_flux::<B>(&configs.flux, &device, self.dtype)?;
-        let vae = files.load_vae::<B>(&configs.vae, &device)?;
-        let text = files.load_text::<B>(&configs, self.variant, &device)?;
+        // Frozen: on an autodiff backend nothing here records a graph (a new user's
+        // training tracks only the new user).
+        let flux = files
+            .load_flux::<B>(&configs.flux, &device, self.dtype)?
+            .no_grad();
+        let vae = files.load_vae::<B>(&configs.vae, &device)?.no_grad();
+        let mut text = files.load_text::<B>(&configs, self.variant, &device)?;
+        text.t5 = text.t5.no_grad();
+        text.clip = text.clip.no_grad();
         let (adapter, table, trained) = match personal {
             Some(p) => {
                 let (adapter, table) = p.load::<B>(self.adapter_dtype, &device)?;
-                (Some(adapter), Some(table), p.trained)
+                (Some(adapter.no_grad()), Some(table.no_grad()), p.trained)
             }
             None => (None, None, None),
         };
@@ -549,5 +563,117 @@ impl<B: FluxOps> Premier<B> {
         observer: &mut impl StepObserver,
     ) -> Result<Generated<B>, PremierError> {
         Ok(self.generator.generate(request, observer)?)
+    }
+}
+
+/// A new user's liked images and a caption of each, for [`Premier::new_user`].
+#[derive(Debug, Clone)]
+pub struct LikedImages<'a> {
+    /// Names the user: its file name, and (with the config's seed) its initial state.
+    pub id: &'a str,
+    pub images: &'a [RgbImage],
+    /// One per image.
+    pub captions: &'a [String],
+    /// Side of the square the images are resized and centre-cropped to (a multiple of 16; the
+    /// released training: 512), as `premier encode` does.
+    pub resolution: u32,
+}
+
+impl<B: FluxAutodiffBackend> Premier<B> {
+    /// The stage-2 cold start in memory: `liked`'s images through the autoencoder and its
+    /// captions through T5 and CLIP, then a new user (coefficients over the trained users, or
+    /// an embedding of its own, as `config.kind` says) fitted against the frozen adapters and
+    /// table. The same loop and the same result as `premier cold-start` on the same images.
+    /// Save it with [`NewUser::save`] and draw it as a [`User::File`].
+    pub fn new_user(
+        &mut self,
+        liked: &LikedImages,
+        config: &ColdStartConfig,
+    ) -> Result<NewUser<B>, PremierError> {
+        self.new_user_with(liked, config, &mut |_| {})
+    }
+
+    /// [`Self::new_user`], telling `progress` after every step.
+    pub fn new_user_with(
+        &mut self,
+        liked: &LikedImages,
+        config: &ColdStartConfig,
+        progress: &mut dyn FnMut(&MetricRecord),
+    ) -> Result<NewUser<B>, PremierError> {
+        config.validate().map_err(RunError::from)?;
+        let (images, captions, side) = (liked.images, liked.captions, liked.resolution);
+        if images.is_empty() || images.len() != captions.len() {
+            return Err(PremierError::Invalid(format!(
+                "a new user needs at least one image and one caption per image: {} images, {} \
+                 captions",
+                images.len(),
+                captions.len()
+            )));
+        }
+        if side == 0 || side % 16 != 0 || side as usize > crate::pipeline::MAX_SIDE {
+            return Err(PremierError::Invalid(format!(
+                "resolution {side}: a positive multiple of 16, at most {}",
+                crate::pipeline::MAX_SIDE
+            )));
+        }
+        let g = &self.generator;
+        let (Some(adapter), Some(table)) = (&g.adapter, &g.users) else {
+            return Err(PremierError::MissingPart {
+                part: "adapter and user table a new user is fitted against",
+                hint: "`adapter` and `user_table` to the builder",
+            });
+        };
+        let mut encoders = FluxEncoders {
+            vae: g.vae.clone(),
+            vae_config: g.vae_config.clone(),
+            t5: g.text.t5.clone(),
+            clip: g.text.clip.clone(),
+            t5_tokenizer: g.text.t5_tokenizer.clone(),
+            clip_tokenizer: g.text.clip_tokenizer.clone(),
+            resolution: side,
+            vae_fingerprint: String::new(),
+            text_fingerprint: String::new(),
+            device: g.device.clone(),
+        };
+        let mut samples = EncodedSamples {
+            latents: encoders
+                .encode_images(images)
+                .map_err(|reason| PremierError::Encode {
+                    what: "images",
+                    reason,
+                })?,
+            texts: encoders
+                .encode_captions(captions)
+                .map_err(|reason| PremierError::Encode {
+                    what: "captions",
+                    reason,
+                })?,
+        };
+        let user = fresh_new_user(
+            config.kind,
+            table.shape(),
+            config.stage2.seed,
+            liked.id,
+            &g.device,
+        );
+        let mut trainer = Stage2Trainer::new(
+            g.flux.clone(),
+            adapter.clone(),
+            table.clone(),
+            user,
+            config.stage2.clone(),
+        );
+        fit_new_user(
+            &mut trainer,
+            &mut samples,
+            0,
+            config,
+            &mut |_, record| {
+                progress(record);
+                Ok(())
+            },
+            &g.device,
+        )?;
+        Ok(trainer.user()?.clone())
     }
 }

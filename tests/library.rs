@@ -13,12 +13,20 @@ use premier::users::{UserShape, UserTable};
 use premier::{Images, Premier, PremierError, User};
 
 mod common;
-use common::tiny_model_dir;
+use common::{premier as premier_cli, s, sha, tiny_model_dir};
 
 #[path = "../examples/generate.rs"]
 mod generate_example;
 
 type B = Flex;
+
+/// One test at a time: the cold start seeds Flex's global generator and then draws from it, and
+/// the other tests draw fresh adapters and tables from it.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    SEEDED.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The tiny model's sizes: T5 and the transformer 32 wide, 2 double blocks.
 const TEXT_DIM: usize = 32;
@@ -87,6 +95,7 @@ fn pixels(images: &Images, user: usize, prompt: usize, seed: usize) -> Vec<u8> {
 
 #[test]
 fn every_prompt_for_every_user_and_seed_and_the_same_user_by_row_or_id() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
     let run = run_dir(dir.path(), &adapter_config(), 3, 8);
@@ -176,6 +185,7 @@ fn assert_mismatch(err: PremierError, files: [&Path; 2], sizes: [usize; 2]) {
 
 #[test]
 fn build_checks_every_size_against_every_other_and_names_both_files() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
     let json = |run: &Path| run.join("premier.json");
@@ -267,6 +277,7 @@ fn build_checks_every_size_against_every_other_and_names_both_files() {
 
 #[test]
 fn the_generate_example_runs_on_the_library() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
     let run = run_dir(dir.path(), &adapter_config(), 3, 8);
@@ -290,4 +301,114 @@ fn the_generate_example_runs_on_the_library() {
         ]
     );
     assert!(written.iter().all(|p| p.is_file()));
+}
+
+#[test]
+fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let run = run_dir(dir.path(), &adapter_config(), 3, 8);
+    // dave likes three pictures (of other sizes than the 32-pixel training squares).
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("dave")).unwrap();
+    let mut images = Vec::new();
+    let mut captions = Vec::new();
+    for i in 0..3u32 {
+        let img = image::RgbImage::from_fn(40 + 8 * i, 36, |x, y| {
+            let on = (x / 6 + y / 6 + i) % 2 == 0;
+            image::Rgb(if on { [200, 30, 30] } else { [240, 240, 240] })
+        });
+        img.save(data.join(format!("dave/{i}.png"))).unwrap();
+        let caption = format!("a red pattern number {i}");
+        std::fs::write(data.join(format!("dave/{i}.txt")), &caption).unwrap();
+        images.push(img);
+        captions.push(caption);
+    }
+
+    // The command line: encode, then cold-start dave against the run.
+    let (cache, out) = (dir.path().join("cache"), dir.path().join("users"));
+    let common = [
+        "--model-dir",
+        s(&model),
+        "--data",
+        s(&data),
+        "--cache",
+        s(&cache),
+    ];
+    premier_cli(&[&["encode"][..], &common, &["--resolution", "32"]].concat()).unwrap();
+    let cold = [
+        "--run",
+        s(&run),
+        "--user",
+        "dave",
+        "--steps",
+        "3",
+        "--out",
+        s(&out),
+    ];
+    premier_cli(&[&["cold-start"][..], &common, &cold].concat()).unwrap();
+
+    // The library: the same images in memory.
+    let mut premier = Premier::<burn::backend::Autodiff<B>>::builder()
+        .model_dir(&model)
+        .adapter(run.join("mod_adapter.safetensors"))
+        .user_table(run.join("user_embedding.safetensors"))
+        .build()
+        .unwrap();
+    let liked = premier::LikedImages {
+        id: "dave",
+        images: &images,
+        captions: &captions,
+        resolution: 32,
+    };
+    let config = premier::train::run::ColdStartConfig {
+        steps: 3,
+        ..Default::default()
+    };
+    let mut losses = Vec::new();
+    let dave = premier
+        .new_user_with(&liked, &config, &mut |r| losses.push(r.report.loss))
+        .unwrap();
+    assert_eq!(losses.len(), 3);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let file = dir.path().join("user_combination_dave.safetensors");
+    dave.save(&file, SaveDtype::F32).unwrap();
+    assert_eq!(
+        sha(&file),
+        sha(&out.join("user_combination_dave.safetensors")),
+        "the library's new user is the command line's, bit for bit"
+    );
+
+    // dave draws as a user file.
+    let request = premier
+        .request(["a red square"])
+        .users([User::Base, User::File(file)])
+        .size(32, 32)
+        .steps(2)
+        .alpha(200.0);
+    let images = premier.generate(&request).unwrap();
+    assert_ne!(pixels(&images, 0, 0, 0), pixels(&images, 1, 0, 0));
+
+    // Bad requests are named before any work.
+    let err = premier
+        .new_user(
+            &premier::LikedImages {
+                captions: &captions[..2],
+                ..liked.clone()
+            },
+            &config,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("3 images, 2 captions"), "{err}");
+    let err = premier
+        .new_user(
+            &premier::LikedImages {
+                resolution: 40,
+                ..liked
+            },
+            &config,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("resolution 40"), "{err}");
 }

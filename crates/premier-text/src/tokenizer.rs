@@ -16,6 +16,7 @@ pub struct TokenizedBatch {
 }
 
 /// A `tokenizer.json` with fixed-length padding and truncation.
+#[derive(Clone)]
 pub struct PromptTokenizer {
     tokenizer: Tokenizer,
     max_length: usize,

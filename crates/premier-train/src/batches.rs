@@ -9,7 +9,7 @@ use premier_mmdit::pack;
 use rand::SeedableRng;
 use rand_distr::Distribution as _;
 
-use crate::cache::{caption_hash, image_hash, CacheError, EncodedCache};
+use crate::cache::{caption_hash, image_hash, CacheError, CachedLatent, CachedText, EncodedCache};
 use crate::data::Dataset;
 
 /// Encoded images and captions of a batch.
@@ -38,7 +38,7 @@ pub struct CachedUsers {
 
 /// `parts` (one shape) stacked along a new first axis: the shape and the values.
 fn stack(
-    parts: &[HostTensor],
+    parts: &[&HostTensor],
     what: &str,
     cache: &Path,
 ) -> Result<(Vec<usize>, Vec<f32>), CacheError> {
@@ -194,55 +194,16 @@ impl CachedUsers {
         seed: u64,
         device: &B::Device,
     ) -> Result<EncodedBatch<B>, CacheError> {
-        let mut means = Vec::with_capacity(picks.len());
-        let mut logvars = Vec::with_capacity(picks.len());
-        let mut tokens = Vec::with_capacity(picks.len());
-        let mut pooled = Vec::with_capacity(picks.len());
+        let mut latents = Vec::with_capacity(picks.len());
+        let mut texts = Vec::with_capacity(picks.len());
         for &(u, i) in picks {
             let (image, caption) = &self.samples[u][i];
-            let latent = self.cache.latent(image)?;
-            means.push(latent.mean);
-            logvars.push(latent.logvar);
-            let text = self.cache.text(caption)?;
-            tokens.push(text.tokens);
-            pooled.push(text.pooled);
+            latents.push(self.cache.latent(image)?);
+            texts.push(self.cache.text(caption)?);
         }
-        let dir = self.cache.dir().to_path_buf();
-        let (dims, mean) = stack(&means, "latent means", &dir)?;
-        let (logvar_dims, logvar) = stack(&logvars, "latent log-variances", &dir)?;
-        if dims != logvar_dims || dims.len() != 4 || dims[2] % 2 != 0 || dims[3] % 2 != 0 {
-            return Err(CacheError::Io {
-                path: dir,
-                reason: format!(
-                    "latents must be [channels, h, w] with even h, w and a log-variance of the \
-                     same shape; found mean {:?}, log-variance {:?}",
-                    &dims[1..],
-                    &logvar_dims[1..]
-                ),
-            });
-        }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let sample: Vec<f32> = mean
-            .iter()
-            .zip(&logvar)
-            .map(|(m, lv)| {
-                let eps: f32 = rand_distr::StandardNormal.sample(&mut rng);
-                m + (lv / 2.0).exp() * eps
-            })
-            .collect();
-        let latent_hw = (dims[2], dims[3]);
-        let x0 = pack(Tensor::<B, 4>::from_data(
-            TensorData::new(sample, dims),
-            device,
-        ));
-        let (text_dims, text) = stack(&tokens, "text tokens", &dir)?;
-        let (pooled_dims, pooled) = stack(&pooled, "pooled text", &dir)?;
-        Ok(EncodedBatch {
-            x0,
-            latent_hw,
-            text: Tensor::from_data(TensorData::new(text, text_dims), device),
-            pooled: Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
-        })
+        let latents: Vec<&CachedLatent> = latents.iter().collect();
+        let texts: Vec<&CachedText> = texts.iter().collect();
+        posterior_batch(&latents, &texts, seed, self.cache.dir(), device)
     }
 
     /// Features of one caption (which must be in the cache): tokens `[1, txt_tokens, text_dim]`
@@ -262,11 +223,61 @@ impl CachedUsers {
             other => other,
         })?;
         let dir = self.cache.dir().to_path_buf();
-        let (tokens_dims, tokens) = stack(&[text.tokens], "text tokens", &dir)?;
-        let (pooled_dims, pooled) = stack(&[text.pooled], "pooled text", &dir)?;
+        let (tokens_dims, tokens) = stack(&[&text.tokens], "text tokens", &dir)?;
+        let (pooled_dims, pooled) = stack(&[&text.pooled], "pooled text", &dir)?;
         Ok((
             Tensor::from_data(TensorData::new(tokens, tokens_dims), device),
             Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
         ))
     }
+}
+
+/// A batch of encoded samples: each latent drawn from its posterior with the noise of `seed`,
+/// and the captions' features stacked. `origin` names where they came from in errors.
+pub fn posterior_batch<B: Backend>(
+    latents: &[&CachedLatent],
+    texts: &[&CachedText],
+    seed: u64,
+    origin: &Path,
+    device: &B::Device,
+) -> Result<EncodedBatch<B>, CacheError> {
+    let means: Vec<&HostTensor> = latents.iter().map(|l| &l.mean).collect();
+    let logvars: Vec<&HostTensor> = latents.iter().map(|l| &l.logvar).collect();
+    let (dims, mean) = stack(&means, "latent means", origin)?;
+    let (logvar_dims, logvar) = stack(&logvars, "latent log-variances", origin)?;
+    if dims != logvar_dims || dims.len() != 4 || dims[2] % 2 != 0 || dims[3] % 2 != 0 {
+        return Err(CacheError::Io {
+            path: origin.to_path_buf(),
+            reason: format!(
+                "latents must be [channels, h, w] with even h, w and a log-variance of the \
+                 same shape; found mean {:?}, log-variance {:?}",
+                &dims[1..],
+                &logvar_dims[1..]
+            ),
+        });
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let sample: Vec<f32> = mean
+        .iter()
+        .zip(&logvar)
+        .map(|(m, lv)| {
+            let eps: f32 = rand_distr::StandardNormal.sample(&mut rng);
+            m + (lv / 2.0).exp() * eps
+        })
+        .collect();
+    let latent_hw = (dims[2], dims[3]);
+    let x0 = pack(Tensor::<B, 4>::from_data(
+        TensorData::new(sample, dims),
+        device,
+    ));
+    let tokens: Vec<&HostTensor> = texts.iter().map(|t| &t.tokens).collect();
+    let pooled: Vec<&HostTensor> = texts.iter().map(|t| &t.pooled).collect();
+    let (text_dims, text) = stack(&tokens, "text tokens", origin)?;
+    let (pooled_dims, pooled) = stack(&pooled, "pooled text", origin)?;
+    Ok(EncodedBatch {
+        x0,
+        latent_hw,
+        text: Tensor::from_data(TensorData::new(text, text_dims), device),
+        pooled: Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
+    })
 }

@@ -24,6 +24,7 @@
 //! - [`run`]: whole runs as `premier train` / `premier cold-start` do them (TOML config,
 //!   checkpoints every N steps, resume, metrics, validation hook, final files);
 //! - [`validate`]: every number of a run's config checked (finite, in range) before it starts;
+//! - [`new_user`]: the cold-start loop of one new user on cached or in-memory samples;
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
 
@@ -37,6 +38,7 @@ pub mod data;
 pub mod encode;
 pub mod memory;
 pub mod metrics;
+pub mod new_user;
 pub mod parallel;
 pub mod params;
 pub mod prodigy;

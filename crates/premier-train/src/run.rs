@@ -17,7 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::{AdapterConfig, AdapterInit, PreferenceAdapter};
 use premier_mmdit::load::{write_via_temp, SaveDtype};
 use premier_mmdit::{Flux, FluxAutodiffBackend};
-use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
+use premier_users::{UserShape, UserTable};
 use serde::{Deserialize, Serialize};
 
 use crate::batches::{CachedUsers, SampleDims};
@@ -30,9 +30,10 @@ use crate::checkpoint::{
 pub use crate::config_file::config_from_toml;
 use crate::config_file::first_difference;
 use crate::metrics::{read_metrics, write_loss_curve, MetricRecord, MetricsError, MetricsLog};
+use crate::new_user::{fit_new_user, fresh_new_user};
 use crate::sampler::UserBatchSampler;
 use crate::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, TrainError};
-use crate::stage2::{NewUser, Stage2Batch, Stage2Config, Stage2Trainer};
+use crate::stage2::{Stage2Config, Stage2Trainer};
 
 /// Everything a stage-1 run is configured by (the TOML file of `premier train`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,7 +282,7 @@ fn batch_index(step: u64, micro: usize, accum: usize) -> u64 {
 }
 
 /// Seed of the posterior noise of one micro-batch.
-fn posterior_seed(seed: u64, index: u64) -> u64 {
+pub(crate) fn posterior_seed(seed: u64, index: u64) -> u64 {
     seed ^ (index + 1).wrapping_mul(0xA076_1D64_78BD_642F)
 }
 
@@ -789,7 +790,6 @@ pub fn cold_start<B: FluxAutodiffBackend>(
     step: &mut dyn FnMut(&MetricRecord),
     device: &B::Device,
 ) -> Result<(Stage2Trainer<B>, PathBuf), RunError> {
-    let started = Instant::now();
     let Some(count) = data.samples.get(user).map(Vec::len) else {
         return Err(RunError::Config(format!(
             "user {user} of a dataset of {}",
@@ -843,59 +843,39 @@ pub fn cold_start<B: FluxAutodiffBackend>(
                     earlier.display()
                 )));
             }
-            B::seed(device, config.stage2.seed ^ id_seed(&id));
-            let shape = table.shape();
-            let new_user = match config.kind {
-                ColdStartKind::Linear => {
-                    NewUser::Linear(LinearCombination::init(shape.users, device))
-                }
-                ColdStartKind::Direct => {
-                    NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device))
-                }
-            };
+            let new_user =
+                fresh_new_user(config.kind, table.shape(), config.stage2.seed, &id, device);
             Stage2Trainer::new(flux, adapter, table, new_user, config.stage2.clone())
         }
     };
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let mut log = metrics_from(&out.join(format!("metrics_{stem}.jsonl")), trainer.step)?;
-    let batch = config.batch_size.min(count);
-    let seed = config.stage2.seed;
-    while trainer.step < config.steps {
-        let tick = Instant::now();
-        // Cycle through the user's images, `batch` per step.
-        let first = (trainer.step as usize * batch) % count;
-        let picks: Vec<(usize, usize)> = (0..batch).map(|i| (user, (first + i) % count)).collect();
-        let encoded = data.batch::<B>(&picks, posterior_seed(seed, trainer.step), device)?;
-        let report = trainer.step(&Stage2Batch {
-            x0: encoded.x0,
-            latent_hw: encoded.latent_hw,
-            text: encoded.text,
-            pooled: encoded.pooled,
-            owners: Vec::new(),
-        })?;
-        let record = MetricRecord {
-            report,
-            it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),
-            elapsed_s: started.elapsed().as_secs_f64(),
-        };
-        log.write(&record)?;
-        step(&record);
-        let every = config.checkpoint_every;
-        if every > 0 && (trainer.step % every == 0 || trainer.step == config.steps) {
-            save_stage2(
-                &trainer,
-                Some(&settings),
-                &checkpoints,
-                config.keep_checkpoints,
-            )?;
-        }
-    }
+    fit_new_user(
+        &mut trainer,
+        data,
+        user,
+        config,
+        &mut |trainer, record| {
+            log.write(record)?;
+            step(record);
+            let every = config.checkpoint_every;
+            if every > 0 && (trainer.step % every == 0 || trainer.step == config.steps) {
+                save_stage2(
+                    trainer,
+                    Some(&settings),
+                    &checkpoints,
+                    config.keep_checkpoints,
+                )?;
+            }
+            Ok(())
+        },
+        device,
+    )?;
     let path = out.join(&file_name);
-    let saved = match trainer.user()? {
-        NewUser::Linear(c) => c.save(&path, SaveDtype::F32),
-        NewUser::Direct(e) => e.save(&path, SaveDtype::F32),
-    };
-    saved.map_err(|e| io(&path, e))?;
+    trainer
+        .user()?
+        .save(&path, SaveDtype::F32)
+        .map_err(|e| io(&path, e))?;
     Ok((trainer, path))
 }
 

@@ -8,7 +8,10 @@ use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::PreferenceAdapter;
 use premier_losses::TimestepSampler;
 use premier_mmdit::{Flux, FluxAutodiffBackend};
-use premier_users::{LinearCombination, UserEmbedding, UserTable};
+use std::path::Path;
+
+use premier_mmdit::load::SaveDtype;
+use premier_users::{LinearCombination, UserEmbedding, UserError, UserTable};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWConfig};
@@ -23,6 +26,17 @@ pub enum NewUser<B: Backend> {
     Linear(LinearCombination<B>),
     /// An embedding of its own, for the comparison in the paper.
     Direct(UserEmbedding<B>),
+}
+
+impl<B: Backend> NewUser<B> {
+    /// Writes the user in the official format: coefficients over the table
+    /// (`user_combination_<id>.safetensors`) or an embedding (`user_embedding_<id>.safetensors`).
+    pub fn save(&self, path: impl AsRef<Path>, dtype: SaveDtype) -> Result<(), UserError> {
+        match self {
+            NewUser::Linear(c) => c.save(path, dtype),
+            NewUser::Direct(e) => e.save(path, dtype),
+        }
+    }
 }
 
 /// Which optimizer trains the new user.
