@@ -583,7 +583,8 @@ impl<B: FluxAutodiffBackend> Premier<B> {
     /// The stage-2 cold start in memory: `liked`'s images through the autoencoder and its
     /// captions through T5 and CLIP, then a new user (coefficients over the trained users, or
     /// an embedding of its own, as `config.kind` says) fitted against the frozen adapters and
-    /// table. The same loop and the same result as `premier cold-start` on the same images.
+    /// table. The loop of `premier cold-start`, with its result to f32 rounding on the same
+    /// images.
     /// Save it with [`NewUser::save`] and draw it as a [`User::File`].
     pub fn new_user(
         &mut self,

@@ -13,10 +13,12 @@ use premier::users::{UserShape, UserTable};
 use premier::{Images, Premier, PremierError, User};
 
 mod common;
-use common::{premier as premier_cli, s, sha, tiny_model_dir};
+use common::{premier as premier_cli, s, tiny_model_dir};
 
 #[path = "../examples/generate.rs"]
 mod generate_example;
+#[path = "../examples/personalize.rs"]
+mod personalize_example;
 
 type B = Flex;
 
@@ -303,15 +305,10 @@ fn the_generate_example_runs_on_the_library() {
     assert!(written.iter().all(|p| p.is_file()));
 }
 
-#[test]
-fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
-    let _alone = alone();
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model_dir(dir.path());
-    let run = run_dir(dir.path(), &adapter_config(), 3, 8);
-    // dave likes three pictures (of other sizes than the 32-pixel training squares).
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(data.join("dave")).unwrap();
+/// Three pictures a user likes (of other sizes than the 32-pixel training squares), each with a
+/// caption in a `.txt` beside it, written into `dir`.
+fn liked_folder(dir: &Path) -> (Vec<image::RgbImage>, Vec<String>) {
+    std::fs::create_dir_all(dir).unwrap();
     let mut images = Vec::new();
     let mut captions = Vec::new();
     for i in 0..3u32 {
@@ -319,12 +316,23 @@ fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
             let on = (x / 6 + y / 6 + i) % 2 == 0;
             image::Rgb(if on { [200, 30, 30] } else { [240, 240, 240] })
         });
-        img.save(data.join(format!("dave/{i}.png"))).unwrap();
+        img.save(dir.join(format!("{i}.png"))).unwrap();
         let caption = format!("a red pattern number {i}");
-        std::fs::write(data.join(format!("dave/{i}.txt")), &caption).unwrap();
+        std::fs::write(dir.join(format!("{i}.txt")), &caption).unwrap();
         images.push(img);
         captions.push(caption);
     }
+    (images, captions)
+}
+
+#[test]
+fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let run = run_dir(dir.path(), &adapter_config(), 3, 8);
+    let data = dir.path().join("data");
+    let (images, captions) = liked_folder(&data.join("dave"));
 
     // The command line: encode, then cold-start dave against the run.
     let (cache, out) = (dir.path().join("cache"), dir.path().join("users"));
@@ -348,7 +356,6 @@ fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
         s(&out),
     ];
     premier_cli(&[&["cold-start"][..], &common, &cold].concat()).unwrap();
-
     // The library: the same images in memory.
     let mut premier = Premier::<burn::backend::Autodiff<B>>::builder()
         .model_dir(&model)
@@ -374,11 +381,43 @@ fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     let file = dir.path().join("user_combination_dave.safetensors");
     dave.save(&file, SaveDtype::F32).unwrap();
-    assert_eq!(
-        sha(&file),
-        sha(&out.join("user_combination_dave.safetensors")),
-        "the library's new user is the command line's, bit for bit"
+    // The same steps on the same images, captions, posterior noise, times and initial user: the
+    // losses and the coefficients are the command line's to f32 rounding. Not always bit for
+    // bit (finding, 2026-12-07): the two paths' losses differ by at most ≈ 1.5e-7 relative from
+    // the first step in some runs, with bit-identical encodings (checked) and each path
+    // reproducible on its own; the kernel whose summation order depends on the path was not
+    // found.
+    let cli_losses: Vec<f64> =
+        premier::train::metrics::read_metrics(&out.join("metrics_user_combination_dave.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|m| m.report.loss)
+            .collect();
+    assert_eq!(losses.len(), cli_losses.len());
+    for (a, b) in losses.iter().zip(&cli_losses) {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs(),
+            "{losses:?} vs {cli_losses:?}"
+        );
+    }
+    let coefficients = |path: &Path| {
+        premier::mmdit::load::SafetensorsFile::open(path)
+            .unwrap()
+            .read("combination_weights")
+            .unwrap()
+            .data
+    };
+    let (ours, theirs) = (
+        coefficients(&file),
+        coefficients(&out.join("user_combination_dave.safetensors")),
     );
+    assert_eq!(ours.len(), 3);
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+            "{ours:?} vs {theirs:?}"
+        );
+    }
 
     // dave draws as a user file.
     let request = premier
@@ -411,4 +450,35 @@ fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("resolution 40"), "{err}");
+}
+
+#[test]
+fn the_personalize_example_fits_a_new_user_and_draws_it() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let run = run_dir(dir.path(), &adapter_config(), 3, 8);
+    let liked = dir.path().join("liked");
+    liked_folder(&liked);
+    let out = dir.path().join("out");
+    let (user, written) = personalize_example::run(&personalize_example::Options {
+        model_dir: model,
+        run,
+        liked,
+        id: "erin".into(),
+        prompts: vec!["a red square".into(), "a blue circle".into()],
+        size: 32,
+        fit_steps: 2,
+        sampling_steps: Some(2),
+        out: out.clone(),
+    })
+    .unwrap();
+    assert_eq!(user, out.join("user_combination_erin.safetensors"));
+    assert!(user.is_file());
+    assert_eq!(
+        written.len(),
+        2 * 2 + 1,
+        "base and erin × 2 prompts, and the grid"
+    );
+    assert!(written.iter().all(|p| p.is_file()));
 }
