@@ -82,6 +82,7 @@ pub fn run(options: &Options) -> Result<(PathBuf, Vec<PathBuf>), PremierError> {
         images: &images,
         captions: &captions,
         resolution: options.size as u32,
+        preprocess: Default::default(),
     };
     let user = premier.new_user_with(&liked, &config, &mut |r| {
         eprint!(

@@ -1,6 +1,6 @@
-//! FLUX.1's encoders for `premier encode`: the autoencoder's posterior of each image (resized and
-//! center-cropped to a square resolution) in the transformer's latent space, and T5 tokens + CLIP
-//! pooled per caption.
+//! FLUX.1's encoders for `premier encode`: the autoencoder's posterior of each image (resized to a
+//! square resolution, as the official training does, or centre-cropped first) in the
+//! transformer's latent space, and T5 tokens + CLIP pooled per caption.
 
 use burn::prelude::*;
 use image::imageops::FilterType;
@@ -22,11 +22,46 @@ pub struct FluxEncoders<B: Backend> {
     pub clip_tokenizer: PromptTokenizer,
     /// Side of the square training images (a multiple of 16).
     pub resolution: u32,
+    /// How an image becomes a `resolution`² square.
+    pub preprocess: Preprocess,
     /// [`weights_fingerprint`](crate::train::cache::weights_fingerprint)s of the autoencoder's
     /// file and of the text encoders' and tokenizers' files, in the cache's identity.
     pub vae_fingerprint: String,
     pub text_fingerprint: String,
     pub device: B::Device,
+}
+
+/// How a training image becomes a square.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preprocess {
+    /// Resized to the square whatever its aspect (bilinear, antialiased), as the official
+    /// dataset's `transforms.Resize((512, 512))` does (SPEC §4.1).
+    #[default]
+    Resize,
+    /// The shorter side resized (Lanczos3) to the square's side and the centre cropped: no
+    /// distortion, the borders lost.
+    CenterCrop,
+}
+
+impl Preprocess {
+    /// `image` as a `side`×`side` square.
+    pub fn apply(self, image: &RgbImage, side: u32) -> RgbImage {
+        match self {
+            // torchvision resizes a PIL image with PIL's bilinear filter, antialiased when it
+            // shrinks; the image crate's Triangle filter widens with the scale the same way
+            // (close, not bit-identical to PIL).
+            Preprocess::Resize => image::imageops::resize(image, side, side, FilterType::Triangle),
+            Preprocess::CenterCrop => center_square(image, side),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Preprocess::Resize => "resized to the square (bilinear, as the official training)",
+            Preprocess::CenterCrop => "shorter side resized (Lanczos3) and centre-cropped",
+        }
+    }
 }
 
 /// Resizes the shorter side to `side` and crops the centre to `side`×`side`.
@@ -48,7 +83,7 @@ impl<B: Backend> Encoders for FluxEncoders<B> {
         let pixels = Tensor::cat(
             images
                 .iter()
-                .map(|i| rgb_to_tensor(&center_square(i, self.resolution), &self.device))
+                .map(|i| rgb_to_tensor(&self.preprocess.apply(i, self.resolution), &self.device))
                 .collect(),
             0,
         );
@@ -94,9 +129,12 @@ impl<B: Backend> Encoders for FluxEncoders<B> {
     fn identity(&self) -> EncoderIdentity {
         EncoderIdentity {
             images: format!(
-                "the FLUX autoencoder {} ({:?}) at {}×{} px, shorter side resized (Lanczos3) and \
-                 centre-cropped",
-                self.vae_fingerprint, self.vae_config, self.resolution, self.resolution
+                "the FLUX autoencoder {} ({:?}) at {}×{} px, {}",
+                self.vae_fingerprint,
+                self.vae_config,
+                self.resolution,
+                self.resolution,
+                self.preprocess.describe()
             ),
             text: format!(
                 "T5 + CLIP {} ({} and {} tokens)",
@@ -105,5 +143,37 @@ impl<B: Backend> Encoders for FluxEncoders<B> {
                 self.clip_tokenizer.max_length()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_keeps_the_whole_image_and_the_crop_drops_its_borders() {
+        // 40 × 20, a red band on the leftmost 4 columns, grey elsewhere.
+        let image = RgbImage::from_fn(40, 20, |x, _| {
+            image::Rgb(if x < 4 { [255, 0, 0] } else { [128, 128, 128] })
+        });
+        let resized = Preprocess::Resize.apply(&image, 16);
+        let cropped = Preprocess::CenterCrop.apply(&image, 16);
+        assert_eq!(resized.dimensions(), (16, 16));
+        assert_eq!(cropped.dimensions(), (16, 16));
+        // The band survives the squash (in the first of 16 columns), and is cut by the crop.
+        assert!(
+            resized.get_pixel(0, 8)[0] > 200,
+            "{:?}",
+            resized.get_pixel(0, 8)
+        );
+        assert!(
+            cropped.pixels().all(|p| p[0] < 160),
+            "the crop kept the border"
+        );
+        assert_eq!(Preprocess::default(), Preprocess::Resize);
+        assert_ne!(
+            Preprocess::Resize.describe(),
+            Preprocess::CenterCrop.describe()
+        );
     }
 }

@@ -8,7 +8,7 @@ use burn::tensor::FloatDType;
 use image::RgbImage;
 
 use crate::adapter::{AdapterConfig, PreferenceAdapter};
-use crate::encoders::FluxEncoders;
+use crate::encoders::{FluxEncoders, Preprocess};
 use crate::error::{PremierError, SizeAt};
 use crate::images::{ImageRequest, Images};
 use crate::mmdit::load::SafetensorsFile;
@@ -574,9 +574,11 @@ pub struct LikedImages<'a> {
     pub images: &'a [RgbImage],
     /// One per image.
     pub captions: &'a [String],
-    /// Side of the square the images are resized and centre-cropped to (a multiple of 16; the
-    /// released training: 512), as `premier encode` does.
+    /// Side of the square the images become (a multiple of 16; the released training: 512).
     pub resolution: u32,
+    /// How they become it, as `premier encode` does (default: resized whatever their aspect, as
+    /// the official training).
+    pub preprocess: Preprocess,
 }
 
 impl<B: FluxAutodiffBackend> Premier<B> {
@@ -632,6 +634,7 @@ impl<B: FluxAutodiffBackend> Premier<B> {
             t5_tokenizer: g.text.t5_tokenizer.clone(),
             clip_tokenizer: g.text.clip_tokenizer.clone(),
             resolution: side,
+            preprocess: liked.preprocess,
             vae_fingerprint: String::new(),
             text_fingerprint: String::new(),
             device: g.device.clone(),

@@ -234,6 +234,12 @@ fn flux_files_encode_train_and_cold_start() {
         err.contains("at 32×32 px") && err.contains("at 64×64 px"),
         "{err}"
     );
+    // Nor entries preprocessed another way (centre-cropped instead of resized).
+    let err = format!(
+        "{:#}",
+        with("encode", &["--resolution", "32", "--center-crop"]).unwrap_err()
+    );
+    assert!(err.contains("centre-cropped"), "{err}");
     // Image sides the autoencoder and FLUX cannot take, or no machine could hold, are refused
     // before anything is allocated.
     for side in ["40", "0", "65536"] {

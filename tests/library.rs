@@ -368,6 +368,7 @@ fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
         images: &images,
         captions: &captions,
         resolution: 32,
+        preprocess: Default::default(),
     };
     let config = premier::train::run::ColdStartConfig {
         steps: 3,

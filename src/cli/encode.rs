@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::dataset::{progress_bar, DataArgs};
 use super::models::ModelArgs;
 use super::BackendKind;
-use crate::encoders::FluxEncoders;
+use crate::encoders::{FluxEncoders, Preprocess};
 use crate::synth::base::SynthBase;
 use crate::synth::encoders::SynthEncoders;
 use crate::synth::text::load_tokenizer;
@@ -26,8 +26,11 @@ pub struct EncodeConfig {
     pub batch_size: usize,
     /// Encoder calls per shard file (the unit an interrupted encode resumes from).
     pub batches_per_shard: usize,
-    /// Side of the square training images (FLUX.1; resized and center-cropped).
+    /// Side of the square training images (FLUX.1).
     pub resolution: u32,
+    /// How an image becomes that square: `resize` (whatever its aspect, as the official
+    /// training) or `center-crop`.
+    pub preprocess: Preprocess,
     /// More captions to encode (validation prompts); the empty prompt is always encoded.
     pub prompts: Vec<String>,
 }
@@ -38,6 +41,7 @@ impl Default for EncodeConfig {
             batch_size: 8,
             batches_per_shard: 16,
             resolution: 512,
+            preprocess: Preprocess::Resize,
             prompts: Vec::new(),
         }
     }
@@ -61,9 +65,13 @@ pub struct EncodeArgs {
     /// Encoder calls per shard file, the unit an interrupted encode resumes from (default 16).
     #[arg(long)]
     pub batches_per_shard: Option<usize>,
-    /// Side of the square training images (FLUX.1; resized and center-cropped; default 512).
+    /// Side of the square training images (FLUX.1; default 512).
     #[arg(long)]
     pub resolution: Option<u32>,
+    /// Resize the shorter side and crop the centre, instead of resizing the whole image to the
+    /// square as the official training does (which distorts images that are not square).
+    #[arg(long)]
+    pub center_crop: bool,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
 }
@@ -75,6 +83,9 @@ impl EncodeArgs {
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);
         c.batches_per_shard = self.batches_per_shard.unwrap_or(c.batches_per_shard);
         c.resolution = self.resolution.unwrap_or(c.resolution);
+        if self.center_crop {
+            c.preprocess = Preprocess::CenterCrop;
+        }
         c.prompts.extend(self.prompts.iter().cloned());
         Ok(c)
     }
@@ -141,6 +152,7 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
                 t5_tokenizer,
                 clip_tokenizer,
                 resolution: config.resolution,
+                preprocess: config.preprocess,
                 device,
             })
         }

@@ -325,7 +325,13 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
             })?;
             parts.push(TextConditioning { tokens, pooled });
         }
-        let sampler = ImageSampler::for_model(&args.model, args.resolution, None, 3.5, &device)?;
+        let sampler = ImageSampler::for_model(
+            &args.model,
+            args.resolution,
+            None,
+            config.validation_guidance,
+            &device,
+        )?;
         let users = (0..config.validation_users.min(data.ids.len())).collect();
         (Some(sampler), Some(TextConditioning::cat(parts)), users)
     } else {

@@ -53,6 +53,9 @@ pub struct TrainConfig {
     pub validation_users: usize,
     /// Prompts of the validation grid; empty: the first captions of the dataset.
     pub validation_prompts: Vec<String>,
+    /// Distilled guidance of the validation images (Premier's evaluation: 2.5; models without
+    /// guidance embedding ignore it).
+    pub validation_guidance: f32,
     /// Tokens per user embedding (released: 30).
     pub user_tokens: usize,
     /// Width of a user token (released: 1024).
@@ -86,6 +89,7 @@ impl Default for TrainConfig {
             validate_every: 5000,
             validation_users: 4,
             validation_prompts: Vec::new(),
+            validation_guidance: 2.5,
             user_tokens: 30,
             user_dim: 1024,
             adapter_width: 3072,
@@ -620,13 +624,14 @@ fn remove_earlier_run(out: &Path) -> Result<(), RunError> {
 
 /// The fields of [`TrainConfig`] a resume may change: how long, how often, on how many threads.
 /// Every other field shapes the model or its batches.
-const RESUMABLE_FIELDS: [&str; 7] = [
+const RESUMABLE_FIELDS: [&str; 8] = [
     "steps",
     "checkpoint_every",
     "keep_checkpoints",
     "validate_every",
     "validation_users",
     "validation_prompts",
+    "validation_guidance",
     "workers",
 ];
 

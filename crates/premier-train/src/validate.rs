@@ -186,6 +186,7 @@ impl TrainConfig {
         c.at_least_one("adapter_heads", self.adapter_heads as u64)?;
         c.at_least_one("adapter_layers", self.adapter_layers as u64)?;
         c.at_least_one("workers", self.workers as u64)?;
+        c.finite("validation_guidance", self.validation_guidance as f64)?;
         c.check(
             self.shared || self.distinct,
             "shared",
@@ -276,6 +277,10 @@ mod tests {
         let cases: Vec<(&str, Box<dyn Fn(&mut TrainConfig)>)> = vec![
             ("steps", Box::new(|c| c.steps = 0)),
             ("user_tokens", Box::new(|c| c.user_tokens = 0)),
+            (
+                "validation_guidance",
+                Box::new(|c| c.validation_guidance = f32::INFINITY),
+            ),
             ("grad_accum", Box::new(|c| c.grad_accum = 0)),
             (
                 "grad_accum",
