@@ -88,7 +88,8 @@ impl<B: Backend> Rope<B> {
         }
     }
 
-    /// The same rotation in float type `dtype` (that of the activations it rotates).
+    /// The same rotation in float type `dtype` (f32 for half-precision activations, which
+    /// rotate in f32; the activations' type otherwise).
     pub fn cast(self, dtype: burn::tensor::DType) -> Self {
         Self {
             cos: self.cos.cast(dtype),

@@ -211,7 +211,8 @@ impl<B: FluxOps> Flux<B> {
             &self.axes_dim,
             self.theta,
         )
-        .cast(dtype);
+        // f32 tables for half activations, as BFL's `apply_rope` rotates in f32.
+        .cast(crate::fused::composite::compute_dtype(dtype));
 
         for (j, block) in self.double_blocks.iter().enumerate() {
             let delta = modulation

@@ -570,3 +570,53 @@ fn gated_residual_matches_its_composite_and_finite_differences() {
         }
     }
 }
+
+/// bf16 rounding of an f32 (round to nearest even), as a host reference.
+fn bf16(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
+}
+
+#[test]
+fn half_precision_qk_norm_and_rope_round_where_bfl_does() {
+    // BFL: `(x.float() * rrms).to(bf16) * scale` (the scale product rounded in bf16), then
+    // `apply_rope` rotates `.float()` copies with f32 tables and rounds back to bf16.
+    let shape = [1, 2, 5, 8];
+    let x = random::<Flex, 4>(shape, DType::F32, 31).cast(DType::BF16);
+    let weight = (random::<Flex, 1>([8], DType::F32, 32) + 1.0).cast(DType::BF16);
+    let rope = rope_tables::<Flex>(shape, DType::F32, 33);
+    let (x32, weight32) = (x.clone().cast(DType::F32), weight.clone().cast(DType::F32));
+    let got = flux_rms_norm_rope(x.clone(), weight.clone(), &rope, EPS);
+    assert_eq!(got.dtype(), DType::BF16);
+    let composite = tensor::<Flex, 4>(composite::rms_norm_rope::<Flex>(
+        prim(x.clone()),
+        prim(weight.clone()),
+        prim(rope.cos.clone()),
+        prim(rope.sin.clone()),
+        EPS,
+    ));
+    let (xs, ws) = (values(x), values(weight));
+    let (cos, sin) = (values(rope.cos.clone()), values(rope.sin.clone()));
+    let mut want = vec![0.0f64; xs.len()];
+    for (r, row) in xs.chunks(8).enumerate() {
+        let mean = row.iter().map(|v| (*v as f32) * (*v as f32)).sum::<f32>() / 8.0;
+        let rrms = 1.0 / (mean + EPS as f32).sqrt();
+        let scaled: Vec<f32> = row
+            .iter()
+            .zip(&ws)
+            .map(|(v, w)| bf16(bf16(*v as f32 * rrms) * *w as f32))
+            .collect();
+        let token = r % 5;
+        for k in 0..4 {
+            let (c, s) = (cos[token * 8 + 2 * k] as f32, sin[token * 8 + 2 * k] as f32);
+            let (e, o) = (scaled[2 * k], scaled[2 * k + 1]);
+            want[r * 8 + 2 * k] = bf16(c * e - s * o) as f64;
+            want[r * 8 + 2 * k + 1] = bf16(s * e + c * o) as f64;
+        }
+    }
+    // Bit for bit (these 80 values; the mean of squares is summed in the loop's order here).
+    assert_eq!(values(got), want, "the kernel");
+    assert_eq!(values(composite), want, "the composite");
+    // The check sees the difference: computing all in f32 and rounding once is 5e-3 away.
+    let once = flux_rms_norm_rope(x32, weight32, &rope, EPS).cast(DType::BF16);
+    assert!(rel(&values(once), &want) > 1e-3);
+}

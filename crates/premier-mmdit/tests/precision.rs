@@ -1,7 +1,9 @@
 //! A bf16 frozen backbone with f32 inputs and an f32 Δ (what stage 1 trains with on a GPU): the
 //! velocity comes back in f32, close to the all-f32 model's, and Δ's gradient flows through the
-//! bf16 weights close to the f32 gradient. Tolerance: 3e-2 relative in the L2 norm (bf16 keeps
-//! 8 bits of mantissa, ~4e-3 per operation, over a few dozen sequential operations).
+//! bf16 weights close to the f32 gradient. The QK-norm and RoPE compute in f32 and round back as
+//! BFL's do (`fused_rowwise.rs` checks them bit for bit). Measured here (seed 17): velocity
+//! 6.9e-3, dΔ 1.3e-2 relative in the L2 norm (bf16 keeps 8 bits of mantissa, ~4e-3 per
+//! operation, over a few dozen sequential operations); the bounds are 1e-2 and 2e-2.
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
@@ -62,7 +64,7 @@ fn bf16_backbone_with_f32_delta_matches_f32() {
     );
     eprintln!("bf16 vs f32, relative L2: velocity {e_out:.2e}, dΔ_shared {e_s:.2e}, dΔ_distinct {e_d:.2e}");
     assert!(
-        e_out < 3e-2 && e_s < 3e-2 && e_d < 3e-2,
+        e_out < 1e-2 && e_s < 2e-2 && e_d < 2e-2,
         "{e_out} {e_s} {e_d}"
     );
     assert!(e_out > 0.0, "the bf16 model really ran in bf16");

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::{TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, TensorMetadata, TensorPrimitive};
 
 use crate::norm::{layer_norm_no_affine, layer_norm_with_rstd};
 
@@ -129,10 +129,31 @@ pub fn modulate_backward<B: Backend>(
 
 /// RMSNorm over the last dim with a learned scale: `x · rsqrt(mean(x²) + eps) · weight`.
 /// x: `[B, H, T, D]`, weight: `[D]` → `[B, H, T, D]`.
+///
+/// In half precision the normalisation runs in f32 and its result is rounded back before the
+/// scale, as BFL's `RMSNorm` does (`(x.float() * rrms).to(x_dtype) * self.scale`).
 pub fn rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
     let x = tensor::<B, 4>(x);
+    let dtype = x.dtype();
+    let x = x.cast(compute_dtype(dtype));
     let rrms = (x.clone().powi_scalar(2).mean_dim(3) + eps).sqrt().recip();
-    primitive(x * rrms * tensor::<B, 1>(weight).reshape([1, 1, 1, -1]))
+    let normed = (x * rrms).cast(dtype);
+    primitive(normed * tensor::<B, 1>(weight).cast(dtype).reshape([1, 1, 1, -1]))
+}
+
+/// Whether `dtype` is a half type, which FLUX's norms and rotations leave for f32.
+pub fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
+
+/// The float type a norm or rotation of `dtype` activations computes in: f32 for half types
+/// (as BFL casts with `.float()`), else `dtype`.
+pub fn compute_dtype(dtype: DType) -> DType {
+    if is_half(dtype) {
+        DType::F32
+    } else {
+        dtype
+    }
 }
 
 /// (dx, dweight) of [`rms_norm`]: with r = rsqrt(mean(x²) + eps) and gw = dy ∘ weight,
@@ -156,22 +177,27 @@ pub fn rms_norm_backward<B: Backend>(
 /// RoPE: each channel pair `(2k, 2k+1)` of every head rotated by its angle,
 /// `out_even = cos·x_even − sin·x_odd`, `out_odd = sin·x_even + cos·x_odd`.
 /// x: `[B, H, T, D]`; cos, sin: `[B, T, D]`, each angle twice in a row → `[B, H, T, D]`.
+/// Half-precision x rotates in f32 and is rounded back, as BFL's `apply_rope` does.
 pub fn rope<B: Backend>(
     x: FloatTensor<B>,
     cos: FloatTensor<B>,
     sin: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let x = tensor::<B, 4>(x);
+    let dtype = x.dtype();
+    let x = x.cast(compute_dtype(dtype));
     let [b, h, t, d] = x.dims();
     let pairs = x.clone().reshape([b, h, t, d / 2, 2]);
     let (even, odd) = (pairs.clone().narrow(4, 0, 1), pairs.narrow(4, 1, 1));
     // (−x_odd, x_even) per pair: exact, so x · cos + swapped · sin is BFL's rotation.
     let swapped = Tensor::cat(vec![odd.neg(), even], 4).reshape([b, h, t, d]);
-    let (cos, sin) = (
-        tensor::<B, 3>(cos).unsqueeze_dim::<4>(1),
-        tensor::<B, 3>(sin).unsqueeze_dim::<4>(1),
-    );
-    primitive(x * cos + swapped * sin)
+    let table = |c: FloatTensor<B>| {
+        tensor::<B, 3>(c)
+            .cast(compute_dtype(dtype))
+            .unsqueeze_dim::<4>(1)
+    };
+    let (cos, sin) = (table(cos), table(sin));
+    primitive((x * cos + swapped * sin).cast(dtype))
 }
 
 /// RMSNorm, then RoPE ([`rms_norm`], [`rope`]): FLUX's QK-norm of a query or key and its
@@ -196,6 +222,25 @@ pub fn rms_norm_rope_backward<B: Backend>(
     grad_out: FloatTensor<B>,
     eps: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dtype = tensor::<B, 4>(x.clone()).dtype();
+    if is_half(dtype) {
+        // The backward of the f32 computation, its results rounded to the inputs' types.
+        let up = |t: FloatTensor<B>| primitive(tensor::<B, 4>(t).cast(DType::F32));
+        let weight = tensor::<B, 1>(weight);
+        let weight_dtype = weight.dtype();
+        let (dx, dweight) = rms_norm_rope_backward::<B>(
+            up(x),
+            primitive(weight.cast(DType::F32)),
+            cos,
+            sin,
+            up(grad_out),
+            eps,
+        );
+        return (
+            primitive(tensor::<B, 4>(dx).cast(dtype)),
+            primitive(tensor::<B, 1>(dweight).cast(weight_dtype)),
+        );
+    }
     let unrotated = rope::<B>(grad_out, cos, primitive(tensor::<B, 3>(sin).neg()));
     rms_norm_backward::<B>(x, weight, unrotated, eps)
 }

@@ -143,13 +143,8 @@ impl FluxOps for Flex {
         match x.dtype() {
             DType::F64 => rowwise::rms_norm_rope::<f64>([&x, &weight, &cos, &sin], eps),
             DType::F32 => rowwise::rms_norm_rope::<f32>([&x, &weight, &cos, &sin], eps),
-            dtype => {
-                let [x, weight, cos, sin] = [x, weight, cos, sin].map(up);
-                down(
-                    rowwise::rms_norm_rope::<f32>([&x, &weight, &cos, &sin], eps),
-                    dtype,
-                )
-            }
+            // BFL rounds between the norm, its scale and the rotation: the composite does too.
+            _ => composite::rms_norm_rope::<Flex>(x, weight, cos, sin, eps),
         }
     }
 
@@ -165,10 +160,9 @@ impl FluxOps for Flex {
         match inputs[0].dtype() {
             DType::F64 => rowwise::rms_norm_rope_backward::<f64>(inputs.each_ref(), eps),
             DType::F32 => rowwise::rms_norm_rope_backward::<f32>(inputs.each_ref(), eps),
-            dtype => {
-                let inputs = inputs.map(up);
-                let (dx, dweight) = rowwise::rms_norm_rope_backward::<f32>(inputs.each_ref(), eps);
-                (down(dx, dtype), down(dweight, dtype))
+            _ => {
+                let [x, weight, cos, sin, grad_out] = inputs;
+                composite::rms_norm_rope_backward::<Flex>(x, weight, cos, sin, grad_out, eps)
             }
         }
     }
