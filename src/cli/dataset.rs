@@ -24,6 +24,10 @@ pub struct DataArgs {
     /// Fewest images a user may have.
     #[arg(long, default_value_t = 1)]
     pub min_images: usize,
+    /// Which element of an official pickle's entries is the caption (default: `[2]` as the
+    /// released code reads it when it is text, else `[1]` as its README describes).
+    #[arg(long)]
+    pub pickle_caption: Option<usize>,
 }
 
 impl DataArgs {
@@ -34,6 +38,7 @@ impl DataArgs {
                 min_images: self.min_images,
                 check_images: true,
                 skip_bad: self.skip_bad,
+                pickle_caption: self.pickle_caption,
             },
         )?;
         if !dataset.skipped.is_empty() {

@@ -54,6 +54,9 @@ pub struct ReadOptions {
     pub check_images: bool,
     /// Skip bad entries (and users) with a warning instead of failing.
     pub skip_bad: bool,
+    /// Which element of an official pickle's entry is the caption. `None`: the released
+    /// code's `entry[2]` when it is text, else `entry[1]` (the layout its README gives).
+    pub pickle_caption: Option<usize>,
 }
 
 impl Default for ReadOptions {
@@ -62,7 +65,56 @@ impl Default for ReadOptions {
             min_images: 1,
             check_images: true,
             skip_bad: false,
+            pickle_caption: None,
         }
+    }
+}
+
+/// The users of an official pickle in the file's order: serde_pickle's `Value` keeps a dict in
+/// a sorted map, and the table's rows follow Python's insertion order.
+struct PickleUsers(Vec<(String, serde_pickle::Value)>);
+
+impl<'de> serde::Deserialize<'de> for PickleUsers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Users;
+        impl<'de> serde::de::Visitor<'de> for Users {
+            type Value = PickleUsers;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list or dict of users")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PickleUsers, A::Error> {
+                let mut users = Vec::new();
+                while let Some(user) = seq.next_element()? {
+                    users.push((users.len().to_string(), user));
+                }
+                Ok(PickleUsers(users))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PickleUsers, A::Error> {
+                use serde_pickle::HashableValue;
+                let mut users = Vec::new();
+                while let Some((key, user)) =
+                    map.next_entry::<HashableValue, serde_pickle::Value>()?
+                {
+                    let id = match key {
+                        HashableValue::String(s) => s,
+                        HashableValue::I64(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    users.push((id, user));
+                }
+                Ok(PickleUsers(users))
+            }
+        }
+        deserializer.deserialize_any(Users)
     }
 }
 
@@ -385,39 +437,17 @@ impl Dataset {
         b.finish(root)
     }
 
-    /// The official pickle: a list (or dict of id → list) of users; each user a list of entries
-    /// `[image_path, caption, …]`, the last entry a metadata dict, skipped.
+    /// The official pickle: a list (or dict of id → list) of users, in the file's order (a
+    /// dict's as Python inserted its keys, so rows line up with the released table); each user
+    /// a list of entries `[image_path, …]` whose caption is `entry[2]` as the released code
+    /// reads it (or `entry[1]`, see [`ReadOptions::pickle_caption`]); the last entry a metadata
+    /// dict, skipped.
     pub fn from_pickle(path: &Path, options: &ReadOptions) -> Result<Self, DataError> {
-        use serde_pickle::{HashableValue, Value};
+        use serde_pickle::Value;
         let bytes = std::fs::read(path).map_err(|e| err(path, None, e.to_string()))?;
-        let value =
-            serde_pickle::value_from_slice(&bytes, serde_pickle::DeOptions::new().decode_strings())
-                .map_err(|e| err(path, None, format!("not a pickle: {e}")))?;
-        let users: Vec<(String, Value)> = match value {
-            Value::List(v) | Value::Tuple(v) => v
-                .into_iter()
-                .enumerate()
-                .map(|(i, u)| (i.to_string(), u))
-                .collect(),
-            Value::Dict(d) => d
-                .into_iter()
-                .map(|(k, u)| {
-                    let id = match k {
-                        HashableValue::String(s) => s,
-                        HashableValue::I64(i) => i.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    (id, u)
-                })
-                .collect(),
-            other => {
-                return Err(err(
-                    path,
-                    None,
-                    format!("expected a list or dict of users, found {other:?}"),
-                ))
-            }
-        };
+        let PickleUsers(users) =
+            serde_pickle::from_slice(&bytes, serde_pickle::DeOptions::new().decode_strings())
+                .map_err(|e| err(path, None, format!("not a pickle of users: {e}")))?;
         let text = |v: &Value| match v {
             Value::String(s) => Some(s.clone()),
             Value::Bytes(b) => String::from_utf8(b.clone()).ok(),
@@ -443,14 +473,24 @@ impl Dataset {
                 match entry {
                     Value::Dict(_) => {} // the trailing metadata
                     Value::List(v) | Value::Tuple(v) => {
-                        match (v.first().and_then(text), v.get(1).and_then(text)) {
+                        let caption = match options.pickle_caption {
+                            Some(i) => v.get(i).and_then(text),
+                            None => v.get(2).and_then(text).or_else(|| v.get(1).and_then(text)),
+                        };
+                        match (v.first().and_then(text), caption) {
                             (Some(image), Some(caption)) => {
                                 b.sample(user, resolve(path, &image), &caption, path, Some(n))?
                             }
                             _ => b.problem(err(
                                 path,
                                 Some(n),
-                                format!("user {id}: entry without [image, caption]"),
+                                format!(
+                                    "user {id}: entry without an image path and a caption ({})",
+                                    match options.pickle_caption {
+                                        Some(i) => format!("text at [0] and [{i}]"),
+                                        None => "text at [0], and at [2] or [1]".into(),
+                                    }
+                                ),
                             ))?,
                         }
                     }

@@ -291,3 +291,116 @@ fn bad_data_names_file_and_line_or_is_skipped() {
         .to_string()
         .contains("not a pickle"));
 }
+
+/// An entry element of a test pickle: text or a number.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Field {
+    Text(&'static str),
+    Number(i64),
+}
+
+/// A user's entry, or the metadata dict that ends the list.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Entry {
+    Item(Vec<Field>),
+    Meta(std::collections::BTreeMap<String, i64>),
+}
+
+/// A dict pickle written in the given key order (serde_pickle's `Value::Dict` would sort it).
+struct OrderedUsers(Vec<(&'static str, Vec<Entry>)>);
+
+impl serde::Serialize for OrderedUsers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[test]
+fn pickle_captions_follow_the_released_code_and_dict_users_keep_the_file_order() {
+    use Field::{Number, Text};
+    // zoe: the released code's layout, [path, a number, caption]; adam: [path, text, caption];
+    // mia: the README's [path, caption]. Each list ends with its metadata dict.
+    let meta = || Entry::Meta([("age".to_string(), 30)].into_iter().collect());
+    let users = OrderedUsers(vec![
+        (
+            "zoe",
+            vec![
+                Entry::Item(vec![Text("z0.png"), Number(4), Text("zoe's caption")]),
+                meta(),
+            ],
+        ),
+        (
+            "adam",
+            vec![
+                Entry::Item(vec![Text("a0.png"), Text("a tag"), Text("adam's caption")]),
+                meta(),
+            ],
+        ),
+        (
+            "mia",
+            vec![
+                Entry::Item(vec![Text("m0.png"), Text("mia's caption")]),
+                meta(),
+            ],
+        ),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let pickle = dir.path().join("users.pkl");
+    std::fs::write(
+        &pickle,
+        serde_pickle::to_vec(&users, Default::default()).unwrap(),
+    )
+    .unwrap();
+    let options = ReadOptions {
+        check_images: false,
+        ..ReadOptions::default()
+    };
+    let data = Dataset::from_pickle(&pickle, &options).unwrap();
+    let ids: Vec<&str> = data.users.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["zoe", "adam", "mia"],
+        "Python's insertion order, not sorted"
+    );
+    let captions: Vec<&str> = data
+        .users
+        .iter()
+        .map(|u| u.samples[0].caption.as_str())
+        .collect();
+    assert_eq!(
+        captions,
+        ["zoe's caption", "adam's caption", "mia's caption"]
+    );
+    // Asked for element 1: adam's tag; zoe's number is no caption, named with the element.
+    let err = Dataset::from_pickle(
+        &pickle,
+        &ReadOptions {
+            pickle_caption: Some(1),
+            ..options.clone()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("user zoe") && err.to_string().contains("[1]"),
+        "{err}"
+    );
+    let lenient = ReadOptions {
+        pickle_caption: Some(1),
+        skip_bad: true,
+        ..options
+    };
+    let data = Dataset::from_pickle(&pickle, &lenient).unwrap();
+    let captions: Vec<&str> = data
+        .users
+        .iter()
+        .map(|u| u.samples[0].caption.as_str())
+        .collect();
+    assert_eq!(captions, ["a tag", "mia's caption"]);
+}
