@@ -11,48 +11,44 @@
 //! ```
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use premier::adapter::AdapterInit;
+use premier::cli::progress::Progress;
 use premier::losses::DispersionVariant;
 use premier::synth::base::shipped_base_dir;
-use premier::synth::experiment::{run, seed_dir, ExperimentConfig, Progress};
+use premier::synth::experiment::{run, seed_dir, ExperimentConfig, Progress as ProgressReport};
 use premier::synth::report::{summary, Report};
 use premier::train::adamw::AdamWConfig;
 use premier::train::prodigy::ProdigyConfig;
 use premier::train::schedule::StepDecay;
 use premier::train::stage2::ColdStartOptimizer;
 
-/// One indicatif bar per phase, with ETA.
+/// One progress bar per phase, with ETA (plain lines when stderr is not a terminal).
+#[derive(Default)]
 struct Bars {
-    bar: Option<ProgressBar>,
+    bar: Option<Progress>,
+    phase: String,
+    done: u64,
 }
 
-impl Progress for Bars {
+impl ProgressReport for Bars {
     fn phase(&mut self, name: &str, total: u64) {
         if let Some(bar) = self.bar.take() {
             bar.finish();
         }
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>34} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(name.to_string());
-        bar.enable_steady_tick(Duration::from_millis(500));
+        let bar = Progress::new(total, "steps");
+        bar.set_message(name);
+        (self.phase, self.done) = (name.to_string(), 0);
         self.bar = Some(bar);
     }
 
     fn tick(&mut self, message: &str) {
         if let Some(bar) = &self.bar {
-            bar.set_message(message.to_string());
-            bar.inc(1);
+            self.done += 1;
+            bar.set_message(format!("{}: {message}", self.phase));
+            bar.set_position(self.done);
         }
     }
 }
@@ -195,7 +191,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "Premier quickstart: synthetic preference world, seed {seed}, on the CPU (burn Flex)"
         );
-        let mut bars = Bars { bar: None };
+        let mut bars = Bars::default();
         let report = run::<Autodiff<Flex>>(&config, &base, &dir, &Default::default(), &mut bars)?;
         if let Some(bar) = bars.bar.take() {
             bar.finish();

@@ -7,8 +7,9 @@ use crate::mmdit::{FluxAutodiffBackend, PassShape};
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
-use super::dataset::{progress_bar, DataArgs};
+use super::dataset::DataArgs;
 use super::models::ModelArgs;
+use super::progress::Progress;
 use super::{BackendKind, Precision};
 use crate::adapter::PreferenceAdapter;
 use crate::train::adamw::AdamWConfig;
@@ -229,7 +230,7 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
         if let Some(warning) = config.batch_warning(&data.ids[user], images) {
             eprintln!("warning: {warning}");
         }
-        let bar = progress_bar(config.steps, "steps");
+        let bar = Progress::new(config.steps, "steps");
         bar.set_message(data.ids[user].clone());
         let mut last = None;
         let (_, path) = cold_start(

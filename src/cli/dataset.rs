@@ -54,16 +54,6 @@ impl DataArgs {
     }
 }
 
-/// A progress bar with ETA.
-pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
-    indicatif::ProgressBar::new(len).with_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
-        ))
-        .expect("valid template"),
-    )
-}
-
 /// `defaults` with the TOML file at `path` (if any) over them.
 pub fn config_file<T: serde::Serialize + serde::de::DeserializeOwned>(
     path: Option<&Path>,

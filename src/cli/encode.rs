@@ -8,8 +8,9 @@ use burn::prelude::*;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{progress_bar, DataArgs};
+use super::dataset::DataArgs;
 use super::models::ModelArgs;
+use super::progress::Progress;
 use super::BackendKind;
 use crate::encoders::{FluxEncoders, Preprocess};
 use crate::synth::base::SynthBase;
@@ -160,7 +161,7 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
     let mut cache = EncodedCache::open(&args.data.cache, true)?;
     let mut extra = vec![String::new()];
     extra.extend(config.prompts.iter().cloned());
-    let bar = progress_bar(0, "items");
+    let bar = Progress::new(0, "items");
     let report = encode_dataset(
         &dataset,
         &extra,

@@ -376,7 +376,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let steps = args.steps.unwrap_or(args.model.variant.steps());
-    let bar = super::dataset::progress_bar((users.len() * steps) as u64, "steps");
+    let bar = super::progress::Progress::new((users.len() * steps) as u64, "steps");
     let mut rows = Vec::new();
     let mut timings = Vec::new();
     for (r, user) in users.iter().enumerate() {
@@ -538,7 +538,7 @@ fn generate_one_model_at_a_time<B: FluxOps>(
     let latents = {
         let flux = files.load_flux::<B>(flux_config, &device, None)?;
         let steps = requests.first().map_or(0, |r| r.steps);
-        let bar = super::dataset::progress_bar((requests.len() * steps) as u64, "steps");
+        let bar = super::progress::Progress::new((requests.len() * steps) as u64, "steps");
         let latents = requests
             .iter()
             .zip(&modulations)

@@ -5,6 +5,7 @@ mod dataset;
 mod encode;
 mod generate;
 mod models;
+pub mod progress;
 pub mod synth;
 mod train;
 

@@ -8,8 +8,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use super::dataset::{progress_bar, DataArgs};
+use super::dataset::DataArgs;
 use super::models::{ImageSampler, ModelArgs};
+use super::progress::Progress;
 use super::{BackendKind, Precision};
 use crate::losses::DispersionVariant;
 use crate::mmdit::{Flux, FluxAutodiffBackend, PassShape};
@@ -179,7 +180,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// Progress bar, and validation grids: a row for the base model and one per validation user, a
 /// column per prompt, the same seeds every time.
 struct CliObserver<B: AutodiffBackend> {
-    bar: indicatif::ProgressBar,
+    bar: Progress,
     sampler: Option<ImageSampler<B::InnerBackend>>,
     prompts: Option<TextConditioning<B::InnerBackend>>,
     users: Vec<usize>,
@@ -188,14 +189,12 @@ struct CliObserver<B: AutodiffBackend> {
 
 impl<B: FluxAutodiffBackend> RunObserver<B> for CliObserver<B> {
     fn warn(&mut self, message: &str) {
-        // `println` prints nothing while the bar is hidden (stderr not a terminal).
         self.bar.suspend(|| eprintln!("warning: {message}"));
     }
 
     fn started(&mut self, from: u64, to: u64) {
         self.bar.set_length(to);
-        self.bar.set_position(from);
-        self.bar.reset_eta();
+        self.bar.start_at(from);
     }
 
     fn step(&mut self, r: &MetricRecord) {
@@ -338,7 +337,7 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
         (None, None, Vec::new())
     };
     let mut observer = CliObserver::<B> {
-        bar: progress_bar(config.steps, "steps"),
+        bar: Progress::new(config.steps, "steps"),
         sampler,
         prompts,
         users,
