@@ -65,6 +65,7 @@ pub struct PremierBuilder<B: FluxOps> {
     dtype: Option<FloatDType>,
     adapter_dtype: Option<FloatDType>,
     vae_tiling: Option<Tiling>,
+    cache_budgets: Option<(usize, usize)>,
 }
 
 impl<B: FluxOps> Default for PremierBuilder<B> {
@@ -85,6 +86,7 @@ impl<B: FluxOps> Default for PremierBuilder<B> {
             dtype: None,
             adapter_dtype: None,
             vae_tiling: None,
+            cache_budgets: None,
         }
     }
 }
@@ -179,6 +181,13 @@ impl<B: FluxOps> PremierBuilder<B> {
     /// Decode in tiles (less memory for large images; approximate near the seams).
     pub fn vae_tiling(mut self, tiling: Tiling) -> Self {
         self.vae_tiling = Some(tiling);
+        self
+    }
+
+    /// Bytes the prompt-feature and Δ caches may hold (least recently used evicted first;
+    /// defaults: 256 MiB and 1 GiB, 32 prompts and 8 (prompt, user) pairs at FLUX.1-dev's sizes).
+    pub fn cache_budgets(mut self, text_bytes: usize, delta_bytes: usize) -> Self {
+        self.cache_budgets = Some((text_bytes, delta_bytes));
         self
     }
 
@@ -288,6 +297,9 @@ impl<B: FluxOps> PremierBuilder<B> {
         };
         let mut generator = Generator::new(flux, vae, configs.vae, text, adapter, table, device);
         generator.vae_tiling = self.vae_tiling;
+        if let Some((text, delta)) = self.cache_budgets {
+            generator.set_cache_budgets(text, delta);
+        }
         Ok(Premier {
             generator,
             variant: self.variant,
@@ -512,9 +524,14 @@ impl<B: FluxOps> Premier<B> {
         ImageRequest::new(prompts).steps(self.variant.steps())
     }
 
+    /// Bytes the caches hold now: (prompt features, Δ).
+    pub fn cached_bytes(&self) -> (usize, usize) {
+        self.generator.cached_bytes()
+    }
+
     /// Whether an adapter and a user table are loaded (users other than [`User::Base`] work).
     pub fn is_personalized(&self) -> bool {
-        self.generator.adapter.is_some() && self.generator.users.is_some()
+        self.generator.adapter().is_some() && self.generator.users().is_some()
     }
 
     /// The trained users' ids, in table order, when the adapter came with a `premier.json`.
@@ -620,24 +637,24 @@ impl<B: FluxAutodiffBackend> Premier<B> {
             )));
         }
         let g = &self.generator;
-        let (Some(adapter), Some(table)) = (&g.adapter, &g.users) else {
+        let (Some(adapter), Some(table)) = (g.adapter(), g.users()) else {
             return Err(PremierError::MissingPart {
                 part: "adapter and user table a new user is fitted against",
                 hint: "`adapter` and `user_table` to the builder",
             });
         };
         let mut encoders = FluxEncoders {
-            vae: g.vae.clone(),
-            vae_config: g.vae_config.clone(),
-            t5: g.text.t5.clone(),
-            clip: g.text.clip.clone(),
-            t5_tokenizer: g.text.t5_tokenizer.clone(),
-            clip_tokenizer: g.text.clip_tokenizer.clone(),
+            vae: g.vae().clone(),
+            vae_config: g.vae_config().clone(),
+            t5: g.text().t5.clone(),
+            clip: g.text().clip.clone(),
+            t5_tokenizer: g.text().t5_tokenizer.clone(),
+            clip_tokenizer: g.text().clip_tokenizer.clone(),
             resolution: side,
             preprocess: liked.preprocess,
             vae_fingerprint: String::new(),
             text_fingerprint: String::new(),
-            device: g.device.clone(),
+            device: g.device().clone(),
         };
         let mut samples = EncodedSamples {
             latents: encoders
@@ -658,10 +675,10 @@ impl<B: FluxAutodiffBackend> Premier<B> {
             table.shape(),
             config.stage2.seed,
             liked.id,
-            &g.device,
+            g.device(),
         );
         let mut trainer = Stage2Trainer::new(
-            g.flux.clone(),
+            g.flux().clone(),
             adapter.clone(),
             table.clone(),
             user,
@@ -676,7 +693,7 @@ impl<B: FluxAutodiffBackend> Premier<B> {
                 progress(record);
                 Ok(())
             },
-            &g.device,
+            g.device(),
         )?;
         Ok(trainer.user()?.clone())
     }

@@ -515,7 +515,7 @@ fn generate_one_model_at_a_time<B: FluxOps>(
             }
             _ => (None, None),
         };
-        let mut cache = DeltaCache::new();
+        let mut cache = DeltaCache::new(crate::pipeline::DEFAULT_DELTA_CACHE_BYTES);
         requests
             .iter()
             .map(|request| match (&adapter, &table) {

@@ -1,11 +1,11 @@
 //! Personalized generation: prompts and users in, images out.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use premier_adapter::PreferenceAdapter;
 use premier_mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxOps, TextModulation};
+use premier_text::bounded_cache::{tensor_bytes, BoundedCache};
 use premier_text::{TextConditioning, TextEncoder};
 use premier_users::{UserRef, UserTable};
 use premier_vae::{unscale_latent, Autoencoder, AutoencoderConfig, Tiling};
@@ -66,16 +66,17 @@ pub struct Generated<B: Backend> {
     pub timings: Timings,
 }
 
-/// Everything needed to turn prompts and users into images.
+/// Everything needed to turn prompts and users into images. The models are read-only once
+/// built (getters only), so the prompt features and Δ it caches cannot go stale.
 pub struct Generator<B: Backend> {
-    pub flux: Flux<B>,
-    pub vae: Autoencoder<B>,
-    pub vae_config: AutoencoderConfig,
-    pub text: TextEncoder<B>,
+    flux: Flux<B>,
+    vae: Autoencoder<B>,
+    vae_config: AutoencoderConfig,
+    text: TextEncoder<B>,
     /// Premier's adapters and trained users; without them only [`UserChoice::Base`] works.
-    pub adapter: Option<PreferenceAdapter<B>>,
-    pub users: Option<UserTable<B>>,
-    pub device: B::Device,
+    adapter: Option<PreferenceAdapter<B>>,
+    users: Option<UserTable<B>>,
+    device: B::Device,
     /// Decode in tiles (less memory for large images; approximate near the seams); `None`:
     /// whole.
     pub vae_tiling: Option<Tiling>,
@@ -102,8 +103,49 @@ impl<B: FluxOps> Generator<B> {
             users,
             device,
             vae_tiling: None,
-            delta_cache: HashMap::new(),
+            delta_cache: DeltaCache::new(DEFAULT_DELTA_CACHE_BYTES),
         }
+    }
+
+    pub fn flux(&self) -> &Flux<B> {
+        &self.flux
+    }
+
+    pub fn vae(&self) -> &Autoencoder<B> {
+        &self.vae
+    }
+
+    pub fn vae_config(&self) -> &AutoencoderConfig {
+        &self.vae_config
+    }
+
+    pub fn text(&self) -> &TextEncoder<B> {
+        &self.text
+    }
+
+    pub fn adapter(&self) -> Option<&PreferenceAdapter<B>> {
+        self.adapter.as_ref()
+    }
+
+    pub fn users(&self) -> Option<&UserTable<B>> {
+        self.users.as_ref()
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Bounds the prompt-feature and Δ caches to these many bytes (0: no cache), evicting the
+    /// least recently used entries (defaults: [`premier_text::DEFAULT_TEXT_CACHE_BYTES`],
+    /// [`DEFAULT_DELTA_CACHE_BYTES`]).
+    pub fn set_cache_budgets(&mut self, text_bytes: usize, delta_bytes: usize) {
+        self.text.set_cache_budget(text_bytes);
+        self.delta_cache.set_budget(delta_bytes);
+    }
+
+    /// Bytes the caches hold: (prompt features, Δ).
+    pub fn cached_bytes(&self) -> (usize, usize) {
+        (self.text.cached_bytes(), self.delta_cache.bytes())
     }
 
     /// Generates one image per prompt; see [`GenerateRequest`].
@@ -200,8 +242,13 @@ pub fn check_request(request: &GenerateRequest, personalizable: bool) -> Result<
     Ok(())
 }
 
-/// Δ per (prompt, user), computed once and reused across requests.
-pub type DeltaCache<B> = HashMap<(String, UserChoice), TextModulation<B>>;
+/// Δ per (prompt, user), computed once and reused across requests, bounded in bytes (the least
+/// recently used evicted first).
+pub type DeltaCache<B> = BoundedCache<(String, UserChoice), TextModulation<B>>;
+
+/// The Δ cache's default budget: 8 (prompt, user) pairs at FLUX.1-dev's sizes (512 tokens ×
+/// 3072 × (1 + 19 blocks) in f32, 126 MB each).
+pub const DEFAULT_DELTA_CACHE_BYTES: usize = 1 << 30;
 
 /// Δ for each image of `request` (zeros for the base), scaled by α; `None` if no image is
 /// personalized. tokens: `[images, txt_tokens, text_dim]`; `flux`: the backbone's (width, double
@@ -224,20 +271,25 @@ pub fn request_modulation<B: FluxOps>(
     let mut distinct = Vec::new();
     for (i, user) in request.users.iter().enumerate() {
         let key = (request.prompts[i].clone(), user.clone());
-        if !cache.contains_key(&key) {
-            let delta = match user {
-                UserChoice::Base => TextModulation::new(
-                    Tensor::zeros([1, txt_tokens, hidden], &device),
-                    Tensor::zeros([1, txt_tokens, depth, hidden], &device),
-                ),
-                UserChoice::User(user_ref) => {
-                    let embedding = user_ref.resolve(table)?;
-                    adapter.forward(tokens.clone().narrow(0, i, 1), embedding)
-                }
-            };
-            cache.insert(key.clone(), delta);
-        }
-        let delta = &cache[&key];
+        let delta = match cache.get(&key) {
+            Some(delta) => delta,
+            None => {
+                let delta = match user {
+                    UserChoice::Base => TextModulation::new(
+                        Tensor::zeros([1, txt_tokens, hidden], &device),
+                        Tensor::zeros([1, txt_tokens, depth, hidden], &device),
+                    ),
+                    UserChoice::User(user_ref) => {
+                        let embedding = user_ref.resolve(table)?;
+                        adapter.forward(tokens.clone().narrow(0, i, 1), embedding)
+                    }
+                };
+                let bytes = delta.shared.as_ref().map_or(0, tensor_bytes)
+                    + delta.distinct.as_ref().map_or(0, tensor_bytes);
+                cache.insert(key, delta.clone(), bytes);
+                delta
+            }
+        };
         shared.push(
             delta
                 .shared

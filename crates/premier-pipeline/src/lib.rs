@@ -19,7 +19,8 @@ mod schedule;
 pub use error::PipelineError;
 pub use generator::{
     check_request, decode_latents, denoise_request, request_modulation, DeltaCache,
-    GenerateRequest, Generated, Generator, Timings, UserChoice, MAX_SIDE, MAX_STEPS,
+    GenerateRequest, Generated, Generator, Timings, UserChoice, DEFAULT_DELTA_CACHE_BYTES,
+    MAX_SIDE, MAX_STEPS,
 };
 pub use noise::seeded_noise;
 pub use sampler::{denoise, StepObserver};

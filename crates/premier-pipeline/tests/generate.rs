@@ -137,7 +137,17 @@ fn personalized_batches_are_reproducible_and_alpha_zero_is_the_base() {
     // Same request again: identical (seeded noise, cached text and Δ).
     let again = generator.generate(&both, &mut ()).unwrap();
     assert_eq!(max_diff(again.images, out.images.clone()), 0.0);
-    assert_eq!(generator.text.cached(), 1);
+    assert_eq!(generator.text().cached(), 1);
+    let (text_bytes, delta_bytes) = generator.cached_bytes();
+    assert!(text_bytes > 0 && delta_bytes > 0);
+
+    // Caches bounded below one entry keep nothing, and change nothing drawn.
+    generator.set_cache_budgets(text_bytes - 1, delta_bytes / 2 - 1);
+    assert_eq!(generator.cached_bytes(), (0, 0));
+    let uncached = generator.generate(&both, &mut ()).unwrap();
+    assert_eq!(max_diff(uncached.images, out.images.clone()), 0.0);
+    assert_eq!(generator.cached_bytes(), (0, 0));
+    generator.set_cache_budgets(usize::MAX, usize::MAX);
 
     // α = 0 gives the base image for the user too; a plain batch gives the base as well.
     let zero = generator

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use burn::prelude::*;
 
+use crate::bounded_cache::{tensor_bytes, BoundedCache};
 use crate::clip::ClipTextEncoder;
 use crate::error::TextError;
 use crate::t5::T5Encoder;
@@ -36,8 +37,11 @@ pub struct TextEncoder<B: Backend> {
     pub clip: ClipTextEncoder<B>,
     pub t5_tokenizer: PromptTokenizer,
     pub clip_tokenizer: PromptTokenizer,
-    cache: HashMap<String, TextConditioning<B>>,
+    cache: BoundedCache<String, TextConditioning<B>>,
 }
+
+/// The text cache's default budget: 32 prompts of FLUX.1-dev's f32 T5 tokens (512 × 4096).
+pub const DEFAULT_TEXT_CACHE_BYTES: usize = 256 << 20;
 
 impl<B: Backend> TextEncoder<B> {
     pub fn new(
@@ -51,8 +55,13 @@ impl<B: Backend> TextEncoder<B> {
             clip,
             t5_tokenizer,
             clip_tokenizer,
-            cache: HashMap::new(),
+            cache: BoundedCache::new(DEFAULT_TEXT_CACHE_BYTES),
         }
+    }
+
+    /// Bounds the prompt cache to `bytes` (0: no cache), evicting the least recently used.
+    pub fn set_cache_budget(&mut self, bytes: usize) {
+        self.cache.set_budget(bytes);
     }
 
     /// Encodes prompts (batched; cached prompts are not recomputed): tokens `[batch, t5_len, d]`,
@@ -63,12 +72,20 @@ impl<B: Backend> TextEncoder<B> {
         prompts: &[&str],
         device: &B::Device,
     ) -> Result<TextConditioning<B>, TextError> {
+        let mut found: HashMap<&str, TextConditioning<B>> = HashMap::new();
+        for &p in prompts {
+            if !found.contains_key(p) {
+                if let Some(c) = self.cache.get(&p.to_string()) {
+                    found.insert(p, c);
+                }
+            }
+        }
         let missing: Vec<&str> = {
             let mut seen = std::collections::HashSet::new();
             prompts
                 .iter()
                 .copied()
-                .filter(|p| !self.cache.contains_key(*p) && seen.insert(*p))
+                .filter(|p| !found.contains_key(*p) && seen.insert(*p))
                 .collect()
         };
         if !missing.is_empty() {
@@ -83,23 +100,28 @@ impl<B: Backend> TextEncoder<B> {
             let tokens = self.t5.try_forward(ids_tensor(&t5_ids.ids, device))?;
             let (_, pooled) = self.clip.try_forward(ids_tensor(&clip_ids.ids, device))?;
             for (i, prompt) in missing.iter().enumerate() {
-                self.cache.insert(
-                    prompt.to_string(),
-                    TextConditioning {
-                        tokens: tokens.clone().narrow(0, i, 1),
-                        pooled: pooled.clone().narrow(0, i, 1),
-                    },
-                );
+                let c = TextConditioning {
+                    tokens: tokens.clone().narrow(0, i, 1),
+                    pooled: pooled.clone().narrow(0, i, 1),
+                };
+                let bytes = tensor_bytes(&c.tokens) + tensor_bytes(&c.pooled);
+                self.cache.insert(prompt.to_string(), c.clone(), bytes);
+                found.insert(prompt, c);
             }
         }
         Ok(TextConditioning::cat(
-            prompts.iter().map(|p| self.cache[*p].clone()).collect(),
+            prompts.iter().map(|p| found[*p].clone()).collect(),
         ))
     }
 
     /// Number of cached prompts.
     pub fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Bytes the prompt cache holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 }
 

@@ -6,8 +6,10 @@
 //! - [`ClipTextEncoder`] (CLIP ViT-L/14 text tower): the pooled vector `[batch, 768]` at the EOS token;
 //! - [`PromptTokenizer`]: the real tokenizers (shipped in this crate, see `tokenizers/`), padded and
 //!   truncated as FLUX's pipeline does;
-//! - [`TextEncoder`]: both, with a cache keyed by prompt, giving [`TextConditioning`].
+//! - [`TextEncoder`]: both, with a cache keyed by prompt (bounded in bytes, least recently
+//!   used evicted first: [`bounded_cache`]), giving [`TextConditioning`].
 
+pub mod bounded_cache;
 mod clip;
 mod encoder;
 mod error;
@@ -15,7 +17,7 @@ mod t5;
 mod tokenizer;
 
 pub use clip::{ClipTextConfig, ClipTextEncoder};
-pub use encoder::{ids_tensor, TextConditioning, TextEncoder};
+pub use encoder::{ids_tensor, TextConditioning, TextEncoder, DEFAULT_TEXT_CACHE_BYTES};
 pub use error::TextError;
 pub use t5::{relative_position_bucket, T5Config, T5Encoder};
 pub use tokenizer::{PromptTokenizer, TokenizedBatch};
