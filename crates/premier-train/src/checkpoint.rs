@@ -3,8 +3,11 @@
 //! the step and the config. Each is written to a temporary folder and renamed into place.
 //!
 //! Layout of `<dir>/step-00001000/`: `mod_adapter.safetensors` and `user_embedding.safetensors` (the
-//! official layouts, f32), `optimizer.safetensors` (per parameter `{i}.p0`, `{i}.s`, `{i}.exp_avg`,
-//! `{i}.exp_avg_sq`) and `state.json`. The noise and times of step k derive from (seed, k), so no
+//! official layouts, f32), `optimizer.safetensors` (per parameter, by its name — e.g.
+//! `adapter.net.proj_in.weight.exp_avg` — `.p0`, `.s`, `.exp_avg`, `.exp_avg_sq`; checkpoints
+//! written before names were recorded use the parameter's position instead) and `state.json`.
+//! The state is read by name: a model whose parameters are visited in another order gets each
+//! its own state, and a name the model does not have (or lacks) is refused. The noise and times of step k derive from (seed, k), so no
 //! RNG state is needed: N steps, a checkpoint and N more steps equal 2N steps straight.
 
 use std::collections::BTreeMap;
@@ -19,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, AdamWState};
 use crate::cache::weights_fingerprint;
-use crate::params::flat_values;
+use crate::params::{flat_values, param_names};
 use crate::prodigy::{ParamHostState, Prodigy, ProdigyScalars, ProdigyState};
 use crate::stage1::{Stage1Config, Stage1Model, Stage1Trainer};
 use crate::stage2::{ColdStartOptimizer, NewUser, Stage2Config, Stage2Optimizer, Stage2Trainer};
@@ -103,6 +106,10 @@ pub struct CheckpointState {
     pub prodigy: ProdigyScalars,
     /// For each optimized parameter: whether it has state, and whether its p0 was all zero.
     pub params: Vec<Option<bool>>,
+    /// The parameters' names, in the order of `params` (empty in older checkpoints, whose
+    /// optimizer tensors are keyed by position).
+    #[serde(default)]
+    pub param_names: Vec<String>,
     /// What else the run's batches depend on, when a whole run wrote the checkpoint.
     #[serde(default)]
     pub run: Option<RunSettings>,
@@ -179,7 +186,8 @@ pub fn save_stage1<B: AutodiffBackend>(
         .users
         .save(tmp.join("user_embedding.safetensors"), SaveDtype::F32)?;
     let state = trainer.optimizer.state();
-    let (tensors, params) = prodigy_tensors(&state);
+    let param_names = param_names(&trainer.model);
+    let (tensors, params) = prodigy_tensors(&state, &param_names);
     write_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32)?;
     let meta = CheckpointState {
         step: trainer.step,
@@ -189,6 +197,7 @@ pub fn save_stage1<B: AutodiffBackend>(
         rows: trainer.model.users.rows(),
         prodigy: state.scalars,
         params,
+        param_names,
         run: run.cloned(),
         files: fingerprint_files(&tmp, &STAGE1_FILES)?,
     };
@@ -308,47 +317,94 @@ fn read_state<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Checkpoi
 
 /// Prodigy's per-parameter tensors by name (`{i}.p0`, `{i}.s`, `{i}.exp_avg`,
 /// `{i}.exp_avg_sq`) and, per parameter, whether it has state and whether its p0 was all zero.
-fn prodigy_tensors(state: &ProdigyState) -> (Vec<(String, HostTensor)>, Vec<Option<bool>>) {
+/// Prodigy's per-parameter tensors keyed `{name}.{tensor}` (`names` in the state's order), and
+/// for each parameter whether it has state and whether its p0 was all zero.
+fn prodigy_tensors(
+    state: &ProdigyState,
+    names: &[String],
+) -> (Vec<(String, HostTensor)>, Vec<Option<bool>>) {
     let mut tensors: Vec<(String, HostTensor)> = Vec::new();
     let mut params = Vec::new();
-    for (i, p) in state.params.iter().enumerate() {
+    for (p, name) in state.params.iter().zip(names) {
         params.push(p.as_ref().map(|p| p.p0.is_none()));
         if let Some(p) = p {
             if let Some(p0) = &p.p0 {
-                tensors.push((format!("{i}.p0"), p0.clone()));
+                tensors.push((format!("{name}.p0"), p0.clone()));
             }
-            tensors.push((format!("{i}.s"), p.s.clone()));
-            tensors.push((format!("{i}.exp_avg"), p.exp_avg.clone()));
-            tensors.push((format!("{i}.exp_avg_sq"), p.exp_avg_sq.clone()));
+            tensors.push((format!("{name}.s"), p.s.clone()));
+            tensors.push((format!("{name}.exp_avg"), p.exp_avg.clone()));
+            tensors.push((format!("{name}.exp_avg_sq"), p.exp_avg_sq.clone()));
         }
     }
     (tensors, params)
 }
 
-/// The inverse of [`prodigy_tensors`].
+/// The inverse of [`prodigy_tensors`], for parameters keyed `keys` (see [`state_order`]).
 fn read_prodigy_params(
     file: &SafetensorsFile,
     params: &[Option<bool>],
+    keys: &[String],
 ) -> Result<Vec<Option<ParamHostState>>, LoadError> {
     params
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
+        .zip(keys)
+        .map(|(p, key)| {
             p.map(|p0_zero| -> Result<ParamHostState, LoadError> {
                 Ok(ParamHostState {
                     p0: if p0_zero {
                         None
                     } else {
-                        Some(file.read(&format!("{i}.p0"))?)
+                        Some(file.read(&format!("{key}.p0"))?)
                     },
-                    s: file.read(&format!("{i}.s"))?,
-                    exp_avg: file.read(&format!("{i}.exp_avg"))?,
-                    exp_avg_sq: file.read(&format!("{i}.exp_avg_sq"))?,
+                    s: file.read(&format!("{key}.s"))?,
+                    exp_avg: file.read(&format!("{key}.exp_avg"))?,
+                    exp_avg_sq: file.read(&format!("{key}.exp_avg_sq"))?,
                 })
             })
             .transpose()
         })
         .collect()
+}
+
+/// For each of the model's parameters (`model_names`, in its order): where its state is in the
+/// checkpoint's lists and the key prefix of its tensors. Checkpoints that recorded names
+/// (`saved_names`) are matched by name, and a name only one side has is refused; older ones
+/// (`saved_names` empty) by position, keyed `{i}`, for `saved` parameters.
+fn state_order(
+    path: &Path,
+    saved_names: &[String],
+    saved: usize,
+    model_names: &[String],
+) -> Result<(Vec<usize>, Vec<String>), CheckpointError> {
+    let wrong = |reason| CheckpointError::Optimizer {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if saved_names.is_empty() {
+        return Ok((
+            (0..saved).collect(),
+            (0..saved).map(|i| i.to_string()).collect(),
+        ));
+    }
+    let mut order = Vec::with_capacity(model_names.len());
+    for name in model_names {
+        match saved_names.iter().position(|s| s == name) {
+            Some(i) => order.push(i),
+            None => {
+                return Err(wrong(format!(
+                    "no optimizer state for the model's parameter `{name}`: the checkpoint is \
+                     of another model"
+                )))
+            }
+        }
+    }
+    if let Some(extra) = saved_names.iter().find(|s| !model_names.contains(s)) {
+        return Err(wrong(format!(
+            "optimizer state for `{extra}`, which the model does not have: the checkpoint is of \
+             another model"
+        )));
+    }
+    Ok((order, model_names.to_vec()))
 }
 
 /// Each parameter's optimizer state (`states[i]`: its named tensors, `None` if it never took a
@@ -357,6 +413,7 @@ fn read_prodigy_params(
 fn check_state_lengths(
     path: &Path,
     states: &[Option<Vec<(&str, &HostTensor)>>],
+    keys: &[String],
     sizes: &[usize],
 ) -> Result<(), CheckpointError> {
     let wrong = |reason| CheckpointError::Optimizer {
@@ -370,11 +427,11 @@ fn check_state_lengths(
             sizes.len()
         )));
     }
-    for (i, (state, &n)) in states.iter().zip(sizes).enumerate() {
+    for ((state, &n), key) in states.iter().zip(sizes).zip(keys) {
         for (name, t) in state.iter().flatten() {
             if t.shape != [n] {
                 return Err(wrong(format!(
-                    "`{i}.{name}` has shape {:?} but parameter {i} has {n} values: the \
+                    "`{key}.{name}` has shape {:?} but its parameter has {n} values: the \
                      optimizer state is from another run",
                     t.shape
                 )));
@@ -388,6 +445,7 @@ fn check_state_lengths(
 fn check_prodigy_state(
     path: &Path,
     params: &[Option<ParamHostState>],
+    keys: &[String],
     sizes: &[usize],
 ) -> Result<(), CheckpointError> {
     let states: Vec<_> = params
@@ -404,7 +462,7 @@ fn check_prodigy_state(
             })
         })
         .collect();
-    check_state_lengths(path, &states, sizes)
+    check_state_lengths(path, &states, keys, sizes)
 }
 
 /// A trainer continuing from the checkpoint folder `path`, around the frozen `flux`.
@@ -430,10 +488,17 @@ pub fn load_stage1<B: AutodiffBackend>(
     }
     let optimizer_path = path.join("optimizer.safetensors");
     let file = SafetensorsFile::open(&optimizer_path)?;
-    let params = read_prodigy_params(&file, &meta.params)?;
     let model = Stage1Model { adapter, users };
+    let (order, keys) = state_order(
+        &optimizer_path,
+        &meta.param_names,
+        meta.params.len(),
+        &param_names(&model),
+    )?;
+    let saved: Vec<Option<bool>> = order.iter().map(|&i| meta.params[i]).collect();
+    let params = read_prodigy_params(&file, &saved, &keys)?;
     let sizes: Vec<usize> = flat_values(&model).iter().map(|t| t.dims()[0]).collect();
-    check_prodigy_state(&optimizer_path, &params, &sizes)?;
+    check_prodigy_state(&optimizer_path, &params, &keys, &sizes)?;
     if meta.prodigy.k > meta.step {
         // k can lag the step (Prodigy skips a step whose learning rate is 0), never lead it.
         return Err(CheckpointError::State {
@@ -463,7 +528,8 @@ pub fn load_stage1<B: AutodiffBackend>(
 /// Which optimizer a stage-2 checkpoint holds, with its scalars.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Stage2OptimizerState {
-    /// Steps taken; per parameter, whether it has moments (`{i}.exp_avg`, `{i}.exp_avg_sq`).
+    /// Steps taken; per parameter, whether it has moments (`{name}.exp_avg`,
+    /// `{name}.exp_avg_sq`).
     AdamW { step: u64, params: Vec<bool> },
     /// As stage 1's `prodigy` and `params`.
     Prodigy {
@@ -482,6 +548,9 @@ pub struct Stage2CheckpointState {
     /// The frozen table's shape.
     pub users: UserShape,
     pub optimizer: Stage2OptimizerState,
+    /// The trained parameters' names (empty in older checkpoints, keyed by position).
+    #[serde(default)]
+    pub param_names: Vec<String>,
     /// Fingerprint of each weights file (see [`fingerprint_files`]); empty in older checkpoints.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
@@ -517,14 +586,15 @@ pub fn save_stage2<B: AutodiffBackend>(
         NewUser::Linear(c) => c.save(&user_path, SaveDtype::F32)?,
         NewUser::Direct(e) => e.save(&user_path, SaveDtype::F32)?,
     }
+    let names = param_names(&trainer.users);
     let (tensors, optimizer) = match &trainer.optimizer {
         Stage2Optimizer::AdamW(o) => {
             let state = o.state();
             let mut tensors = Vec::new();
-            for (i, m) in state.moments.iter().enumerate() {
+            for (m, name) in state.moments.iter().zip(&names) {
                 if let Some((m, v)) = m {
-                    tensors.push((format!("{i}.exp_avg"), m.clone()));
-                    tensors.push((format!("{i}.exp_avg_sq"), v.clone()));
+                    tensors.push((format!("{name}.exp_avg"), m.clone()));
+                    tensors.push((format!("{name}.exp_avg_sq"), v.clone()));
                 }
             }
             let params = state.moments.iter().map(Option::is_some).collect();
@@ -538,7 +608,7 @@ pub fn save_stage2<B: AutodiffBackend>(
         }
         Stage2Optimizer::Prodigy(o) => {
             let state = o.state();
-            let (tensors, params) = prodigy_tensors(&state);
+            let (tensors, params) = prodigy_tensors(&state, &names);
             (
                 tensors,
                 Stage2OptimizerState::Prodigy {
@@ -555,6 +625,7 @@ pub fn save_stage2<B: AutodiffBackend>(
         linear: matches!(user, NewUser::Linear(_)),
         users: trainer.table.shape(),
         optimizer,
+        param_names: names,
         files: fingerprint_files(&tmp, &STAGE2_FILES)?,
         run: run.cloned(),
     };
@@ -598,25 +669,29 @@ pub fn load_stage2<B: AutodiffBackend>(
     };
     let optimizer_path = path.join("optimizer.safetensors");
     let file = SafetensorsFile::open(&optimizer_path)?;
-    let sizes: Vec<usize> = match &user {
-        NewUser::Linear(u) => flat_values(u),
-        NewUser::Direct(u) => flat_values(u),
-    }
-    .iter()
-    .map(|t| t.dims()[0])
-    .collect();
+    let users = crate::stage2::NewUsers {
+        users: vec![user.clone()],
+    };
+    let sizes: Vec<usize> = flat_values(&users).iter().map(|t| t.dims()[0]).collect();
+    let model_names = param_names(&users);
     let optimizer = match (&meta.optimizer, &meta.config.optimizer) {
         (Stage2OptimizerState::AdamW { step, params }, ColdStartOptimizer::AdamW(c)) => {
-            let moments = params
+            let (order, keys) = state_order(
+                &optimizer_path,
+                &meta.param_names,
+                params.len(),
+                &model_names,
+            )?;
+            let moments = order
                 .iter()
-                .enumerate()
-                .map(|(i, has)| -> Result<_, LoadError> {
-                    if !has {
+                .zip(&keys)
+                .map(|(&i, key)| -> Result<_, LoadError> {
+                    if !params[i] {
                         return Ok(None);
                     }
                     Ok(Some((
-                        file.read(&format!("{i}.exp_avg"))?,
-                        file.read(&format!("{i}.exp_avg_sq"))?,
+                        file.read(&format!("{key}.exp_avg"))?,
+                        file.read(&format!("{key}.exp_avg_sq"))?,
                     )))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -627,7 +702,7 @@ pub fn load_stage2<B: AutodiffBackend>(
                         .map(|(a, b)| vec![("exp_avg", a), ("exp_avg_sq", b)])
                 })
                 .collect();
-            check_state_lengths(&optimizer_path, &named, &sizes)?;
+            check_state_lengths(&optimizer_path, &named, &keys, &sizes)?;
             Stage2Optimizer::AdamW(AdamW::from_state(
                 c.clone(),
                 AdamWState {
@@ -638,8 +713,15 @@ pub fn load_stage2<B: AutodiffBackend>(
             ))
         }
         (Stage2OptimizerState::Prodigy { scalars, params }, ColdStartOptimizer::Prodigy(c)) => {
-            let params = read_prodigy_params(&file, params)?;
-            check_prodigy_state(&optimizer_path, &params, &sizes)?;
+            let (order, keys) = state_order(
+                &optimizer_path,
+                &meta.param_names,
+                params.len(),
+                &model_names,
+            )?;
+            let saved: Vec<Option<bool>> = order.iter().map(|&i| params[i]).collect();
+            let params = read_prodigy_params(&file, &saved, &keys)?;
+            check_prodigy_state(&optimizer_path, &params, &keys, &sizes)?;
             Stage2Optimizer::Prodigy(Prodigy::from_state(
                 c.clone(),
                 ProdigyState {

@@ -36,6 +36,38 @@ pub fn flat_values<B: Backend, M: Module<B>>(module: &M) -> Vec<Tensor<B, 1>> {
     v.out
 }
 
+/// Collects each float parameter's path, `field.field.…` as the module derive names them.
+struct Names {
+    path: Vec<String>,
+    out: Vec<String>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Names {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<B, D>>) {
+        self.out.push(self.path.join("."));
+    }
+}
+
+/// The name of every float parameter of `module` (its path of fields, e.g.
+/// `adapter.net.proj_in.weight`), in [`flat_values`] order: what optimizer state is keyed by,
+/// so that a checkpoint is read by name, not by position.
+pub fn param_names<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    let mut v = Names {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 struct Grads<'a, B: AutodiffBackend> {
     grads: &'a B::Gradients,
     out: Vec<Tensor<B::InnerBackend, 1>>,

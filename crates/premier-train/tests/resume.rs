@@ -231,9 +231,79 @@ fn an_optimizer_state_that_does_not_fit_the_checkpoint_is_refused() {
         "{err}"
     );
     std::fs::write(&state_path, &state).unwrap();
+    // The state is read by name: parameters listed in another order (as a model whose
+    // modules are visited in another order would save them) get each its own state.
+    let mut json: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let names = json["param_names"].as_array().unwrap().clone();
+    assert_eq!(names.len(), json["params"].as_array().unwrap().len());
+    assert_eq!(names[0], "adapter.net.text_proj_in.weight", "{names:?}");
+    for list in ["param_names", "params"] {
+        json[list].as_array_mut().unwrap().reverse();
+    }
+    std::fs::write(&state_path, json.to_string()).unwrap();
+    let reordered = load_stage1::<AB>(&checkpoint, flux.clone(), &Default::default()).unwrap();
+    std::fs::write(&state_path, &state).unwrap();
+    let original = load_stage1::<AB>(&checkpoint, flux.clone(), &Default::default()).unwrap();
+    assert_eq!(
+        reordered.optimizer.state(),
+        original.optimizer.state(),
+        "the same state per parameter"
+    );
+    // A checkpoint written before names were recorded (keys by position, no `param_names`)
+    // still loads, to the same state.
+    let legacy = tempfile::tempdir().unwrap();
+    let old = legacy.path().join("step-00000001");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
+        std::fs::copy(checkpoint.join(f), old.join(f)).unwrap();
+    }
+    let names: Vec<String> = serde_json::from_value(names.into()).unwrap();
+    let file =
+        premier_mmdit::load::SafetensorsFile::open(&checkpoint.join("optimizer.safetensors"))
+            .unwrap();
+    let by_position: Vec<(String, premier_mmdit::load::HostTensor)> = file
+        .keys()
+        .map(|k| {
+            // `{name}.{part}`, the name being the longest that prefixes the key.
+            let (i, name) = names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| k.starts_with(&format!("{n}.")))
+                .max_by_key(|(_, n)| n.len())
+                .unwrap();
+            (
+                format!("{i}.{}", &k[name.len() + 1..]),
+                file.read(k).unwrap(),
+            )
+        })
+        .collect();
+    premier_mmdit::load::write_safetensors(
+        &old.join("optimizer.safetensors"),
+        &by_position,
+        premier_mmdit::load::SaveDtype::F32,
+    )
+    .unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&state).unwrap();
+    json.as_object_mut().unwrap().remove("param_names");
+    json.as_object_mut().unwrap().remove("files");
+    std::fs::write(old.join("state.json"), json.to_string()).unwrap();
+    let from_legacy = load_stage1::<AB>(&old, flux.clone(), &Default::default()).unwrap();
+    assert_eq!(from_legacy.optimizer.state(), original.optimizer.state());
+    // A name the model does not have is refused, naming it.
+    let renamed = state.replace(
+        "adapter.net.text_proj_in.weight",
+        "adapter.net.text_proj_in.weight2",
+    );
+    std::fs::write(&state_path, &renamed).unwrap();
+    let err = load().expect("refused");
+    assert!(
+        err.contains("`adapter.net.text_proj_in.weight`") && err.contains("another model"),
+        "{err}"
+    );
+    std::fs::write(&state_path, &state).unwrap();
     // A moment one value short, as a file from a differently sized run would be.
     let optimizer = checkpoint.join("optimizer.safetensors");
-    let key = "0.exp_avg";
+    let key = "adapter.net.text_proj_in.weight.exp_avg";
     edit_tensor(&optimizer, key, |t| {
         t.data.pop();
         t.shape[0] -= 1;

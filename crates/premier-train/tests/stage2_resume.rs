@@ -155,7 +155,13 @@ fn an_optimizer_state_of_another_length_is_refused_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = save_stage2(&trainer, None, dir.path(), 2).unwrap();
         let optimizer = path.join("optimizer.safetensors");
-        edit_tensor(&optimizer, "0.exp_avg", |t| {
+        // Keyed by the parameter's name.
+        let key = if linear {
+            "users.0.Linear.weights.exp_avg"
+        } else {
+            "users.0.Direct.tokens.exp_avg"
+        };
+        edit_tensor(&optimizer, key, |t| {
             t.data.push(0.0);
             t.shape[0] += 1;
         });
@@ -169,7 +175,7 @@ fn an_optimizer_state_of_another_length_is_refused_naming_the_key() {
             .expect("refused")
             .to_string();
         assert!(
-            err.contains("`0.exp_avg`") && err.contains("optimizer.safetensors"),
+            err.contains(&format!("`{key}`")) && err.contains("optimizer.safetensors"),
             "linear: {linear}: {err}"
         );
     }
