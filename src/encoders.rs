@@ -6,9 +6,11 @@ use burn::prelude::*;
 use image::imageops::FilterType;
 use image::RgbImage;
 
+use crate::error::PremierError;
+use crate::model_files::{ModelFiles, Variant};
 use crate::pipeline::image_io::rgb_to_tensor;
 use crate::text::{ids_tensor, ClipTextEncoder, PromptTokenizer, T5Encoder};
-use crate::train::cache::{CachedLatent, CachedText, EncoderIdentity};
+use crate::train::cache::{weights_fingerprint, CachedLatent, CachedText, EncoderIdentity};
 use crate::train::encode::{split_rows, Encoders};
 use crate::vae::{Autoencoder, AutoencoderConfig};
 
@@ -29,6 +31,49 @@ pub struct FluxEncoders<B: Backend> {
     pub vae_fingerprint: String,
     pub text_fingerprint: String,
     pub device: B::Device,
+}
+
+impl<B: Backend> FluxEncoders<B> {
+    /// The autoencoder, T5 and CLIP of `files` (their sizes checked against each other), with
+    /// the fingerprints of their files that a cache records.
+    pub fn load(
+        files: &ModelFiles,
+        variant: Variant,
+        resolution: u32,
+        preprocess: Preprocess,
+        device: &B::Device,
+    ) -> Result<Self, PremierError> {
+        let configs = files.configs(variant)?;
+        let vae = files.load_vae::<B>(&configs.vae, device)?;
+        let text = files.load_text::<B>(&configs, variant, device)?;
+        let fingerprint = |path: &std::path::Path| {
+            weights_fingerprint(path).map_err(|e| PremierError::Config {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        };
+        let mut text_fingerprint = Vec::new();
+        for path in [Some(&files.t5), Some(&files.clip)]
+            .into_iter()
+            .chain([files.t5_tokenizer.as_ref(), files.clip_tokenizer.as_ref()])
+            .flatten()
+        {
+            text_fingerprint.push(fingerprint(path)?);
+        }
+        Ok(Self {
+            vae,
+            vae_config: configs.vae,
+            t5: text.t5,
+            clip: text.clip,
+            t5_tokenizer: text.t5_tokenizer,
+            clip_tokenizer: text.clip_tokenizer,
+            resolution,
+            preprocess,
+            vae_fingerprint: fingerprint(&files.ae)?,
+            text_fingerprint: text_fingerprint.join("+"),
+            device: device.clone(),
+        })
+    }
 }
 
 /// How a training image becomes a square.

@@ -19,6 +19,8 @@ use common::{premier as premier_cli, s, tiny_model_dir};
 mod generate_example;
 #[path = "../examples/personalize.rs"]
 mod personalize_example;
+#[path = "../examples/train.rs"]
+mod train_example;
 
 type B = Flex;
 
@@ -482,4 +484,39 @@ fn the_personalize_example_fits_a_new_user_and_draws_it() {
         "base and erin × 2 prompts, and the grid"
     );
     assert!(written.iter().all(|p| p.is_file()));
+}
+
+#[test]
+fn the_train_example_runs_stage_one_and_premier_draws_its_users() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let data = dir.path().join("users");
+    for user in ["ann", "ben"] {
+        liked_folder(&data.join(user));
+    }
+    let out = dir.path().join("run");
+    let config = premier::train::run::TrainConfig {
+        steps: 2,
+        batch_size: 2,
+        user_tokens: 2,
+        user_dim: 8,
+        adapter_width: 16,
+        adapter_heads: 2,
+        adapter_layers: 1,
+        validate_every: 0,
+        ..Default::default()
+    };
+    let summary =
+        train_example::run(&model, &data, &dir.path().join("cache"), &out, 32, &config).unwrap();
+    assert_eq!(summary.steps, 2);
+    assert!(summary.last.is_some_and(|m| m.report.loss.is_finite()));
+    let mut premier = build(&model, Some(&out)).unwrap();
+    assert_eq!(premier.user_ids().unwrap(), ["ann", "ben"]);
+    let request = premier
+        .request(["a red pattern number 0"])
+        .users([User::Base, User::Id("ben".into())])
+        .size(32, 32)
+        .steps(2);
+    assert_eq!(premier.generate(&request).unwrap().len(), 2);
 }

@@ -126,36 +126,13 @@ fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()>
         }
         None => {
             eprintln!("loading the autoencoder, T5 and CLIP…");
-            let (vae, vae_config) = args.model.load_vae::<B>(&device)?;
-            let crate::text::TextEncoder {
-                t5,
-                clip,
-                t5_tokenizer,
-                clip_tokenizer,
-                ..
-            } = args.model.load_text::<B>(&device)?;
-            let files = args.model.files()?;
-            let mut text_fingerprint = Vec::new();
-            for path in [Some(&files.t5), Some(&files.clip)]
-                .into_iter()
-                .chain([files.t5_tokenizer.as_ref(), files.clip_tokenizer.as_ref()])
-                .flatten()
-            {
-                text_fingerprint.push(weights_fingerprint(path)?);
-            }
-            Box::new(FluxEncoders {
-                vae_fingerprint: weights_fingerprint(&files.ae)?,
-                text_fingerprint: text_fingerprint.join("+"),
-                vae,
-                vae_config,
-                t5,
-                clip,
-                t5_tokenizer,
-                clip_tokenizer,
-                resolution: config.resolution,
-                preprocess: config.preprocess,
-                device,
-            })
+            Box::new(FluxEncoders::<B>::load(
+                &args.model.files()?,
+                args.model.variant,
+                config.resolution,
+                config.preprocess,
+                &device,
+            )?)
         }
     };
     let mut cache = EncodedCache::open(&args.data.cache, true)?;
