@@ -14,8 +14,10 @@ use crate::resampler::TextImageResampler;
 /// Errors of building, loading or saving adapters.
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
+    /// A config no adapter can be built with (what is wrong with it is said).
     #[error("invalid adapter config: {0}")]
     Config(String),
+    /// Reading or writing the adapter file (names the file and key).
     #[error(transparent)]
     File(#[from] LoadError),
 }

@@ -50,7 +50,9 @@ impl std::str::FromStr for AdapterInit {
 /// N(0, std²) with std 0.01 — LayerNorm weights included, so a fresh adapter's Δ is ≈ 0.
 /// With [`AdapterInit::FanInMatched`] the linear weights' std is scaled to their fan-in.
 pub struct SmallStdInit<'a, B: Backend> {
+    /// Where the weights are drawn.
     pub device: &'a B::Device,
+    /// The released std (0.01), of every weight at the released sizes.
     pub std: f64,
     /// `Some(released config)`: scale each linear weight's std by √(released fan-in / fan-in).
     pub match_fan_in: Option<AdapterConfig>,

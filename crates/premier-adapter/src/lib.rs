@@ -23,6 +23,7 @@
 //! let delta = adapter.forward(text, user);
 //! assert_eq!(delta.distinct.unwrap().dims(), [1, 5, 2, 16]);
 //! ```
+#![warn(missing_docs)]
 
 mod adapter;
 mod config;

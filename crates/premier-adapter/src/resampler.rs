@@ -52,6 +52,7 @@ impl<B: Backend> AdaLayerNorm<B> {
 pub struct MultiheadAttention<B: Backend> {
     /// Keys `in_proj_weight` `[3·width, width]` and `in_proj_bias`.
     pub in_proj: Linear<B>,
+    /// Keys `out_proj.weight` `[width, width]` and `out_proj.bias`.
     pub out_proj: Linear<B>,
     heads: usize,
 }
@@ -119,13 +120,17 @@ impl<B: FluxOps> MultiheadAttention<B> {
 /// SquaredReLU; each with a residual and an AdaLN in front.
 #[derive(Module, Debug)]
 pub struct PerceiverBlock<B: Backend> {
+    /// Text queries attending to the user tokens (keys `attn.*`).
     pub attn: MultiheadAttention<B>,
     /// Key `mlp.c_fc`: width → 4·width.
     pub c_fc: Linear<B>,
     /// Key `mlp.c_proj`: 4·width → width.
     pub c_proj: Linear<B>,
+    /// AdaLN of the queries before the attention.
     pub ln_1: AdaLayerNorm<B>,
+    /// AdaLN of the user tokens (keys and values) before the attention.
     pub ln_2: AdaLayerNorm<B>,
+    /// AdaLN before the MLP.
     pub ln_ff: AdaLayerNorm<B>,
 }
 
@@ -175,11 +180,13 @@ pub struct TextImageResampler<B: Backend> {
     pub text_proj_in: Linear<B>,
     /// user_dim → width; computed once, not updated by the blocks.
     pub image_proj_in: Linear<B>,
+    /// The Perceiver blocks (keys `perceiver_blocks.{i}.*`), in order.
     pub perceiver_blocks: Vec<PerceiverBlock<B>>,
     /// Key `proj_out.0`: width → out.
     pub proj_out: Linear<B>,
     /// Key `proj_out.1`: LayerNorm(out), eps 1e-5, with weight and bias.
     pub norm_weight: Param<Tensor<B, 1>>,
+    /// Key `proj_out.1.bias`: the LayerNorm's bias `[out]`.
     pub norm_bias: Param<Tensor<B, 1>>,
 }
 

@@ -8,12 +8,20 @@ use burn::tensor::Distribution;
 #[serde(deny_unknown_fields)]
 pub enum TimestepSampler {
     /// `t = sigmoid(N(mean, std))`; the released training uses mean 1.0, std 1.0.
-    LogitNormal { mean: f64, std: f64 },
+    LogitNormal {
+        /// Mean of the normal before the sigmoid.
+        mean: f64,
+        /// Standard deviation of the normal before the sigmoid.
+        std: f64,
+    },
     /// `t ~ U(0, 1)`.
     Uniform,
     /// `t ~ U(0, 1)` pushed through FLUX's resolution shift with `mu`
     /// (`e^mu / (e^mu + 1/t - 1)`; mu = 0.5 at 256 image tokens, 1.15 at 4096).
-    FluxShifted { mu: f64 },
+    FluxShifted {
+        /// The shift's μ (larger: more time near t = 1, the noise end).
+        mu: f64,
+    },
 }
 
 impl Default for TimestepSampler {

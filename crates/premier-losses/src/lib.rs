@@ -17,6 +17,7 @@
 //! let loss = dispersion_loss(z, DispersionVariant::Stable); // [1]
 //! assert!(loss.into_scalar() < 0.0);
 //! ```
+#![warn(missing_docs)]
 
 mod dispersion;
 mod flow;

@@ -47,6 +47,7 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
         Some(entry.value.clone())
     }
 
+    /// Whether `key` is cached (without marking it used).
     pub fn contains(&self, key: &K) -> bool {
         self.entries.contains_key(key)
     }
@@ -85,10 +86,12 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
         );
     }
 
+    /// Entries held now.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -98,6 +101,7 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
         self.used
     }
 
+    /// The most bytes the cache holds.
     pub fn budget(&self) -> usize {
         self.budget
     }

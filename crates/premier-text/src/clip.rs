@@ -20,15 +20,22 @@ use crate::t5::check_ids;
 /// CLIP config also works). Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct ClipTextConfig {
+    /// Tokens in the vocabulary (CLIP-L: 49408).
     pub vocab_size: usize,
+    /// Width of a token and of the pooled vector (CLIP-L: 768).
     pub hidden_size: usize,
+    /// Width inside each MLP (CLIP-L: 3072).
     pub intermediate_size: usize,
+    /// Transformer layers (CLIP-L: 12).
     pub num_hidden_layers: usize,
+    /// Attention heads (CLIP-L: 12).
     pub num_attention_heads: usize,
+    /// Positions, the longest prompt in tokens (CLIP-L: 77).
     pub max_position_embeddings: usize,
     /// "quick_gelu" for CLIP-L.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// LayerNorm epsilon (1e-5).
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// 2 in the released CLIP-L config, which selects transformers' legacy pooling (argmax of ids).

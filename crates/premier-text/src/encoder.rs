@@ -33,9 +33,13 @@ impl<B: Backend> TextConditioning<B> {
 
 /// T5 + CLIP with their tokenizers, caching each prompt's conditioning.
 pub struct TextEncoder<B: Backend> {
+    /// Per-token features (FLUX's `txt`).
     pub t5: T5Encoder<B>,
+    /// The pooled vector (FLUX's `y`).
     pub clip: ClipTextEncoder<B>,
+    /// T5's tokenizer, at the variant's length (dev: 512, schnell: 256).
     pub t5_tokenizer: PromptTokenizer,
+    /// CLIP's tokenizer (77 tokens).
     pub clip_tokenizer: PromptTokenizer,
     cache: BoundedCache<String, TextConditioning<B>>,
 }
@@ -44,6 +48,8 @@ pub struct TextEncoder<B: Backend> {
 pub const DEFAULT_TEXT_CACHE_BYTES: usize = 256 << 20;
 
 impl<B: Backend> TextEncoder<B> {
+    /// Both encoders and their tokenizers, with an empty prompt cache of
+    /// [`DEFAULT_TEXT_CACHE_BYTES`].
     pub fn new(
         t5: T5Encoder<B>,
         clip: ClipTextEncoder<B>,

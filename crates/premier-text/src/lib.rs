@@ -8,6 +8,7 @@
 //!   truncated as FLUX's pipeline does;
 //! - [`TextEncoder`]: both, with a cache keyed by prompt (bounded in bytes, least recently
 //!   used evicted first: [`bounded_cache`]), giving [`TextConditioning`].
+#![warn(missing_docs)]
 
 pub mod bounded_cache;
 mod clip;

@@ -17,16 +17,25 @@ use crate::error::TextError;
 /// T5 hyper-parameters, read from the checkpoint's config.json (unknown fields ignored).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct T5Config {
+    /// Tokens in the vocabulary (T5-v1.1: 32128).
     pub vocab_size: usize,
+    /// Width of a token, what FLUX reads (XXL: 4096).
     pub d_model: usize,
+    /// Width of a head's keys and values (XXL: 64).
     pub d_kv: usize,
+    /// Width inside each feed-forward block (XXL: 10240).
     pub d_ff: usize,
+    /// Encoder layers (XXL: 24).
     pub num_layers: usize,
+    /// Attention heads (XXL: 64).
     pub num_heads: usize,
+    /// Buckets of the relative position bias (32).
     #[serde(default = "default_buckets")]
     pub relative_attention_num_buckets: usize,
+    /// Distance beyond which relative positions share a bucket (128).
     #[serde(default = "default_distance")]
     pub relative_attention_max_distance: usize,
+    /// RMSNorm epsilon (1e-6).
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
     /// "gated-gelu" for T5 v1.1.

@@ -117,6 +117,7 @@ impl PromptTokenizer {
         Self::clip(shipped("clip-vit-large-patch14"))
     }
 
+    /// Tokens every prompt is padded or truncated to.
     pub fn max_length(&self) -> usize {
         self.max_length
     }

@@ -18,6 +18,7 @@
 //! assert_eq!(batch.dims(), [2, 3, 4]);
 //! assert!(table.lookup(&[10]).is_err());
 //! ```
+#![warn(missing_docs)]
 
 mod combination;
 mod embedding;

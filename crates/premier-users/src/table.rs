@@ -71,10 +71,12 @@ impl<B: Backend> UserTable<B> {
         }
     }
 
+    /// Users, tokens per user and token width.
     pub fn shape(&self) -> UserShape {
         self.shape
     }
 
+    /// Whether the file had one row per user or one more (the released table's extra row).
     pub fn rows(&self) -> TableRows {
         self.rows
     }

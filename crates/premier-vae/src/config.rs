@@ -9,17 +9,23 @@ use crate::error::VaeError;
 /// `AutoencoderKL` hyper-parameters (diffusers `vae/config.json`; unknown fields ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AutoencoderConfig {
+    /// Image channels in (RGB: 3).
     #[serde(default = "three")]
     pub in_channels: usize,
+    /// Image channels out (RGB: 3).
     #[serde(default = "three")]
     pub out_channels: usize,
+    /// Latent channels (FLUX.1: 16).
     pub latent_channels: usize,
     /// Channels per resolution level (BFL `ch · ch_mult`).
     pub block_out_channels: Vec<usize>,
     /// Resnets per encoder level (the decoder has one more).
     pub layers_per_block: usize,
+    /// Groups of every GroupNorm (32).
     pub norm_num_groups: usize,
+    /// The latent space FLUX sees is `(z − shift_factor) · scaling_factor` (FLUX.1: 0.3611).
     pub scaling_factor: f64,
+    /// See `scaling_factor` (FLUX.1: 0.1159).
     #[serde(default)]
     pub shift_factor: f64,
 }

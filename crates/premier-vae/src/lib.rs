@@ -6,6 +6,7 @@
 //!
 //! FLUX works on *scaled* latents: [`scale_latent`] after encoding, [`unscale_latent`] before
 //! decoding (scale 0.3611, shift 0.1159 for FLUX.1).
+#![warn(missing_docs)]
 
 mod config;
 mod error;

@@ -265,6 +265,7 @@ impl<B: Backend> Mid<B> {
 /// The posterior over latents, unscaled: mean and log-variance `[batch, z, h/8, w/8]`.
 #[derive(Debug, Clone)]
 pub struct LatentDistribution<B: Backend> {
+    /// The posterior's mean `[batch, z, h/8, w/8]`.
     pub mean: Tensor<B, 4>,
     /// Clamped to [-30, 20] as the reference.
     pub logvar: Tensor<B, 4>,

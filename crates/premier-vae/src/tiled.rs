@@ -12,7 +12,9 @@ use crate::{Autoencoder, VaeError};
 /// Tile and overlap sides, in latent pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
+    /// Side of a square tile.
     pub tile: usize,
+    /// How far neighbouring tiles overlap (blended linearly there).
     pub overlap: usize,
 }
 
