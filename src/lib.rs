@@ -54,7 +54,7 @@ pub mod personalized;
 
 pub use error::{PremierError, SizeAt};
 pub use images::{ImageRequest, Images};
-pub use model_files::{ModelConfigs, ModelFiles, Variant};
+pub use model_files::{ModelConfigs, ModelFiles, ModelPaths, Variant};
 pub use personalized::{
     personalization_sizes, resolve_user, LikedImages, Personalization, Premier, PremierBuilder,
     User, RELEASED_USERS, RELEASED_USER_TOKENS,

@@ -71,6 +71,53 @@ pub struct ModelFiles {
     pub clip_tokenizer: Option<PathBuf>,
 }
 
+/// Where a model's parts are as a caller gives them: a diffusers folder, and any part alone
+/// (which overrides the folder's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelPaths {
+    /// A diffusers FLUX.1 pipeline folder ([`ModelFiles::from_dir`]).
+    pub model_dir: Option<PathBuf>,
+    /// The transformer.
+    pub flux: Option<PathBuf>,
+    /// The autoencoder.
+    pub ae: Option<PathBuf>,
+    /// T5.
+    pub t5: Option<PathBuf>,
+    /// CLIP.
+    pub clip: Option<PathBuf>,
+    /// T5's `tokenizer.json`.
+    pub t5_tokenizer: Option<PathBuf>,
+    /// CLIP's `tokenizer.json`.
+    pub clip_tokenizer: Option<PathBuf>,
+}
+
+impl ModelPaths {
+    /// Each part given alone, else the folder's; `Err(part)` names the first of `flux`, `ae`,
+    /// `t5`, `clip` that neither gives. Tokenizers may be missing (the shipped ones serve).
+    pub fn resolve(&self) -> Result<ModelFiles, &'static str> {
+        let dir = self.model_dir.as_deref().map(ModelFiles::from_dir);
+        let part = |given: &Option<PathBuf>, of_dir: fn(&ModelFiles) -> &PathBuf, name| {
+            given
+                .clone()
+                .or_else(|| dir.as_ref().map(|d| of_dir(d).clone()))
+                .ok_or(name)
+        };
+        let tokenizer = |given: &Option<PathBuf>, of_dir: fn(&ModelFiles) -> &Option<PathBuf>| {
+            given
+                .clone()
+                .or_else(|| dir.as_ref().and_then(|d| of_dir(d).clone()))
+        };
+        Ok(ModelFiles {
+            flux: part(&self.flux, |d| &d.flux, "flux")?,
+            ae: part(&self.ae, |d| &d.ae, "ae")?,
+            t5: part(&self.t5, |d| &d.t5, "t5")?,
+            clip: part(&self.clip, |d| &d.clip, "clip")?,
+            t5_tokenizer: tokenizer(&self.t5_tokenizer, |d| &d.t5_tokenizer),
+            clip_tokenizer: tokenizer(&self.clip_tokenizer, |d| &d.clip_tokenizer),
+        })
+    }
+}
+
 /// The configs of a model's parts.
 #[derive(Debug, Clone)]
 pub struct ModelConfigs {

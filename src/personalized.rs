@@ -13,7 +13,7 @@ use crate::error::{PremierError, SizeAt};
 use crate::images::{ImageRequest, Images};
 use crate::mmdit::load::SafetensorsFile;
 use crate::mmdit::{FluxAutodiffBackend, FluxOps};
-use crate::model_files::{ModelFiles, Variant};
+use crate::model_files::{ModelFiles, ModelPaths, Variant};
 use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{GenerateRequest, Generated, Generator, StepObserver, UserChoice};
 use crate::train::encode::Encoders;
@@ -50,13 +50,7 @@ pub enum User {
 /// files override the folder's parts), optionally Premier's adapter and user table, the device
 /// and float types. [`Self::build`] checks every size against every other before it loads.
 pub struct PremierBuilder<B: FluxOps> {
-    model_dir: Option<PathBuf>,
-    flux: Option<PathBuf>,
-    ae: Option<PathBuf>,
-    t5: Option<PathBuf>,
-    clip: Option<PathBuf>,
-    t5_tokenizer: Option<PathBuf>,
-    clip_tokenizer: Option<PathBuf>,
+    paths: ModelPaths,
     adapter: Option<PathBuf>,
     user_table: Option<PathBuf>,
     num_users: Option<usize>,
@@ -71,13 +65,7 @@ pub struct PremierBuilder<B: FluxOps> {
 impl<B: FluxOps> Default for PremierBuilder<B> {
     fn default() -> Self {
         Self {
-            model_dir: None,
-            flux: None,
-            ae: None,
-            t5: None,
-            clip: None,
-            t5_tokenizer: None,
-            clip_tokenizer: None,
+            paths: ModelPaths::default(),
             adapter: None,
             user_table: None,
             num_users: None,
@@ -95,43 +83,43 @@ impl<B: FluxOps> PremierBuilder<B> {
     /// A diffusers FLUX.1 pipeline folder (`transformer/`, `vae/`, `text_encoder/`,
     /// `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`).
     pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.model_dir = Some(dir.into());
+        self.paths.model_dir = Some(dir.into());
         self
     }
 
     /// The transformer: BFL `flux1-dev.safetensors` or a diffusers `transformer/` folder.
     pub fn flux(mut self, path: impl Into<PathBuf>) -> Self {
-        self.flux = Some(path.into());
+        self.paths.flux = Some(path.into());
         self
     }
 
     /// The autoencoder: BFL `ae.safetensors` or a diffusers `vae/` folder.
     pub fn ae(mut self, path: impl Into<PathBuf>) -> Self {
-        self.ae = Some(path.into());
+        self.paths.ae = Some(path.into());
         self
     }
 
     /// T5-v1.1-XXL (a file or a folder of shards).
     pub fn t5(mut self, path: impl Into<PathBuf>) -> Self {
-        self.t5 = Some(path.into());
+        self.paths.t5 = Some(path.into());
         self
     }
 
     /// CLIP-L's text encoder (a file or a folder).
     pub fn clip(mut self, path: impl Into<PathBuf>) -> Self {
-        self.clip = Some(path.into());
+        self.paths.clip = Some(path.into());
         self
     }
 
     /// T5's `tokenizer.json` (default: the folder's, else the one shipped with premier-text).
     pub fn t5_tokenizer(mut self, path: impl Into<PathBuf>) -> Self {
-        self.t5_tokenizer = Some(path.into());
+        self.paths.t5_tokenizer = Some(path.into());
         self
     }
 
     /// CLIP's `tokenizer.json` (default: the folder's, else the one shipped with premier-text).
     pub fn clip_tokenizer(mut self, path: impl Into<PathBuf>) -> Self {
-        self.clip_tokenizer = Some(path.into());
+        self.paths.clip_tokenizer = Some(path.into());
         self
     }
 
@@ -193,62 +181,31 @@ impl<B: FluxOps> PremierBuilder<B> {
 
     /// Every part of a model at once (what [`Self::files`] resolves).
     pub fn model_files(mut self, files: ModelFiles) -> Self {
-        self.flux = Some(files.flux);
-        self.ae = Some(files.ae);
-        self.t5 = Some(files.t5);
-        self.clip = Some(files.clip);
-        self.t5_tokenizer = files.t5_tokenizer;
-        self.clip_tokenizer = files.clip_tokenizer;
+        self.paths = ModelPaths {
+            model_dir: None,
+            flux: Some(files.flux),
+            ae: Some(files.ae),
+            t5: Some(files.t5),
+            clip: Some(files.clip),
+            t5_tokenizer: files.t5_tokenizer,
+            clip_tokenizer: files.clip_tokenizer,
+        };
         self
     }
 
     /// The model files: each part given alone, else the model folder's.
     pub fn files(&self) -> Result<ModelFiles, PremierError> {
-        let from_dir = self.model_dir.as_deref().map(ModelFiles::from_dir);
-        let part = |given: &Option<PathBuf>,
-                    of_dir: Option<PathBuf>,
-                    part: &'static str,
-                    hint: &'static str| {
-            given
-                .clone()
-                .or(of_dir)
-                .ok_or(PremierError::MissingPart { part, hint })
-        };
-        let d = from_dir.as_ref();
-        Ok(ModelFiles {
-            flux: part(
-                &self.flux,
-                d.map(|d| d.flux.clone()),
-                "FLUX transformer",
-                "`model_dir` or `flux`",
-            )?,
-            ae: part(
-                &self.ae,
-                d.map(|d| d.ae.clone()),
-                "autoencoder",
-                "`model_dir` or `ae`",
-            )?,
-            t5: part(
-                &self.t5,
-                d.map(|d| d.t5.clone()),
-                "T5 encoder",
-                "`model_dir` or `t5`",
-            )?,
-            clip: part(
-                &self.clip,
-                d.map(|d| d.clip.clone()),
-                "CLIP text encoder",
-                "`model_dir` or `clip`",
-            )?,
-            t5_tokenizer: self
-                .t5_tokenizer
-                .clone()
-                .or_else(|| d.and_then(|d| d.t5_tokenizer.clone())),
-            clip_tokenizer: self
-                .clip_tokenizer
-                .clone()
-                .or_else(|| d.and_then(|d| d.clip_tokenizer.clone())),
-        })
+        self.paths
+            .resolve()
+            .map_err(|part| PremierError::MissingPart {
+                part: match part {
+                    "flux" => "FLUX transformer",
+                    "ae" => "autoencoder",
+                    "t5" => "T5 encoder",
+                    _ => "CLIP text encoder",
+                },
+                hint: "`model_dir`, or the part alone (`flux`, `ae`, `t5`, `clip`)",
+            })
     }
 
     /// Checks the sizes of every file against every other (prompt widths, latent channels,

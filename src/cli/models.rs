@@ -12,7 +12,7 @@ use burn::tensor::FloatDType;
 
 use super::{BackendKind, Precision};
 use crate::mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxConfig, FluxOps, TextModulation};
-use crate::model_files::{ModelFiles, Variant};
+use crate::model_files::{ModelFiles, ModelPaths, Variant};
 use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{denoise, schedule, seeded_noise};
 use crate::synth::base::SynthBase;
@@ -56,31 +56,18 @@ impl ModelArgs {
     /// The model files from `--model-dir` and the single-path options (which override the
     /// folder's parts).
     pub fn files(&self) -> anyhow::Result<ModelFiles> {
-        let from_dir = self.model_dir.as_deref().map(ModelFiles::from_dir);
-        let part = |given: &Option<PathBuf>, of_dir: Option<&PathBuf>, flag: &str| match given
-            .as_ref()
-            .or(of_dir)
-        {
-            Some(p) => Ok(p.clone()),
-            None => Err(anyhow::anyhow!(
-                "give --model-dir or --{flag} (or --synth-base)"
-            )),
+        let paths = ModelPaths {
+            model_dir: self.model_dir.clone(),
+            flux: self.flux.clone(),
+            ae: self.ae.clone(),
+            t5: self.t5.clone(),
+            clip: self.clip.clone(),
+            t5_tokenizer: self.t5_tokenizer.clone(),
+            clip_tokenizer: self.clip_tokenizer.clone(),
         };
-        let d = from_dir.as_ref();
-        Ok(ModelFiles {
-            flux: part(&self.flux, d.map(|d| &d.flux), "flux")?,
-            ae: part(&self.ae, d.map(|d| &d.ae), "ae")?,
-            t5: part(&self.t5, d.map(|d| &d.t5), "t5")?,
-            clip: part(&self.clip, d.map(|d| &d.clip), "clip")?,
-            t5_tokenizer: self
-                .t5_tokenizer
-                .clone()
-                .or_else(|| d.and_then(|d| d.t5_tokenizer.clone())),
-            clip_tokenizer: self
-                .clip_tokenizer
-                .clone()
-                .or_else(|| d.and_then(|d| d.clip_tokenizer.clone())),
-        })
+        paths
+            .resolve()
+            .map_err(|flag| anyhow::anyhow!("give --model-dir or --{flag} (or --synth-base)"))
     }
 
     pub fn is_synth(&self) -> bool {
