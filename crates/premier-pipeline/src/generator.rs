@@ -33,13 +33,17 @@ pub enum UserChoice {
 /// One batch of images: entry `i` is `prompts[i]` for `users[i]` with `seeds[i]`.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
+    /// One per image.
     pub prompts: Vec<String>,
     /// One per image; empty means every image is [`UserChoice::Base`].
     pub users: Vec<UserChoice>,
+    /// One per image: the seed of its initial noise.
     pub seeds: Vec<u64>,
     /// Pixels; multiples of 16.
     pub width: usize,
+    /// Pixels; multiples of 16.
     pub height: usize,
+    /// Euler steps (1 to [`MAX_STEPS`]).
     pub steps: usize,
     /// Distilled guidance scale (dev: 3.5 in diffusers, 2.5 in Premier's evaluation).
     pub guidance: f32,
@@ -52,17 +56,22 @@ pub struct GenerateRequest {
 /// Where the time went.
 #[derive(Debug, Clone, Default)]
 pub struct Timings {
+    /// Encoding the prompts (cached ones are free).
     pub text: Duration,
     /// Computing Δ (once per (prompt, user), not per step).
     pub delta: Duration,
+    /// The Euler loop.
     pub denoise: Duration,
+    /// The autoencoder's decoding.
     pub decode: Duration,
 }
 
 /// Images `[batch, 3, height, width]` in [-1, 1] and the time each stage took.
 #[derive(Debug, Clone)]
 pub struct Generated<B: Backend> {
+    /// `[batch, 3, height, width]` in [-1, 1].
     pub images: Tensor<B, 4>,
+    /// Where the time went.
     pub timings: Timings,
 }
 
@@ -85,6 +94,8 @@ pub struct Generator<B: Backend> {
 }
 
 impl<B: FluxOps> Generator<B> {
+    /// The generator of these models; `adapter` and `users` together make users other than
+    /// [`UserChoice::Base`] drawable. Caches start empty at their default budgets.
     pub fn new(
         flux: Flux<B>,
         vae: Autoencoder<B>,
@@ -107,30 +118,37 @@ impl<B: FluxOps> Generator<B> {
         }
     }
 
+    /// The transformer.
     pub fn flux(&self) -> &Flux<B> {
         &self.flux
     }
 
+    /// The autoencoder.
     pub fn vae(&self) -> &Autoencoder<B> {
         &self.vae
     }
 
+    /// The autoencoder's config.
     pub fn vae_config(&self) -> &AutoencoderConfig {
         &self.vae_config
     }
 
+    /// T5, CLIP and their tokenizers.
     pub fn text(&self) -> &TextEncoder<B> {
         &self.text
     }
 
+    /// Premier's adapters, if loaded.
     pub fn adapter(&self) -> Option<&PreferenceAdapter<B>> {
         self.adapter.as_ref()
     }
 
+    /// The trained users, if loaded.
     pub fn users(&self) -> Option<&UserTable<B>> {
         self.users.as_ref()
     }
 
+    /// Where everything runs.
     pub fn device(&self) -> &B::Device {
         &self.device
     }

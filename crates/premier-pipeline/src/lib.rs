@@ -7,6 +7,7 @@
 //! - [`Generator`]: prompts + users + size + steps + guidance + seed → images, with a preference
 //!   strength α (0 = plain FLUX, 1 = the paper);
 //! - [`image_io`]: decode to tensors, save PNGs, and grids (rows = users, columns = prompts).
+#![warn(missing_docs)]
 
 mod error;
 mod generator;

@@ -19,9 +19,11 @@ pub struct GenerationMemory {
     pub adapters: u64,
     /// Δ of every image, kept from the adapters' stage to the end of denoising (f32).
     pub deltas: u64,
+    /// The transformer's weights.
     pub backbone: u64,
     /// One FLUX forward at its widest.
     pub denoise_activations: u64,
+    /// The autoencoder's weights.
     pub vae: u64,
     /// The decoder at full resolution.
     pub decode_activations: u64,
@@ -30,10 +32,13 @@ pub struct GenerationMemory {
 /// What the estimate needs to know.
 #[derive(Debug, Clone)]
 pub struct GenerationPlan<'a> {
+    /// The transformer's config.
     pub flux: &'a FluxConfig,
+    /// The autoencoder's config.
     pub vae: &'a AutoencoderConfig,
     /// Stored parameter counts (from the files' headers).
     pub text_encoder_params: u64,
+    /// The autoencoder's stored parameter count.
     pub vae_params: u64,
     /// Adapter and table parameters (0 without personalization).
     pub adapter_params: u64,
@@ -41,8 +46,11 @@ pub struct GenerationPlan<'a> {
     pub text_width: usize,
     /// Images denoised together, their side in pixels, the T5 tokens per prompt.
     pub images: usize,
+    /// Image width in pixels.
     pub width: usize,
+    /// Image height in pixels.
     pub height: usize,
+    /// T5 tokens per prompt (dev: 512).
     pub txt_tokens: usize,
     /// Bytes per weight and activation of the models (2: bf16, 4: f32).
     pub element_bytes: usize,
@@ -50,10 +58,12 @@ pub struct GenerationPlan<'a> {
     pub adapter_bytes: usize,
     /// Side of the VAE's decoding tiles in latent pixels (`None`: the whole image at once).
     pub vae_tile: Option<usize>,
+    /// Whether the backend's attention keeps no score matrix (`FluxOps::FUSED_ATTENTION`).
     pub fused_attention: bool,
 }
 
 impl GenerationMemory {
+    /// Each stage's bytes for `plan`, from the configs and parameter counts alone.
     pub fn estimate(plan: &GenerationPlan<'_>) -> Self {
         let e = plan.element_bytes as u64;
         let flux = plan.flux;

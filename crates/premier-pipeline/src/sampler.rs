@@ -5,6 +5,7 @@ use premier_mmdit::{Flux, FluxInput, FluxOps, ForwardError, TextModulation};
 
 /// Called after every step with (step index, number of steps).
 pub trait StepObserver {
+    /// `done` of `total` steps are finished.
     fn step(&mut self, done: usize, total: usize);
 }
 
