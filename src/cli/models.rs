@@ -11,13 +11,13 @@ use image::RgbImage;
 use burn::tensor::FloatDType;
 
 use super::{BackendKind, Precision};
-use crate::mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxConfig, FluxOps, TextModulation};
+use crate::mmdit::{Flux, FluxConfig, FluxOps, TextModulation};
 use crate::model_files::{ModelFiles, ModelPaths, Variant};
 use crate::pipeline::image_io::tensor_to_rgb;
-use crate::pipeline::{denoise, schedule, seeded_noise};
+use crate::pipeline::{decode_latents, denoise_request, GenerateRequest};
 use crate::synth::base::SynthBase;
 use crate::text::{TextConditioning, TextEncoder};
-use crate::vae::{unscale_latent, Autoencoder, AutoencoderConfig};
+use crate::vae::{Autoencoder, AutoencoderConfig};
 
 /// Where the model files are.
 #[derive(Debug, Clone, Args)]
@@ -186,25 +186,19 @@ impl<B: FluxOps> ImageSampler<B> {
                 guidance,
                 shift,
             } => {
-                let device = text.tokens.device();
-                let n = seeds.len();
-                let factor = config.downsampling();
-                let (h, w) = (side / factor, side / factor);
-                let noise = seeded_noise::<B>(seeds, config.latent_channels, h, w, &device);
-                let latent = denoise(
-                    flux,
-                    pack(noise),
-                    img_ids(n, h, w, &device),
-                    text.tokens.clone(),
-                    txt_ids(n, text.tokens.dims()[1], &device),
-                    text.pooled.clone(),
-                    Some(Tensor::full([n], *guidance, &device)),
-                    &schedule(*steps, (h / 2) * (w / 2), *shift),
-                    delta,
-                    &mut (),
-                )?;
-                let pixels = vae.try_decode(unscale_latent(unpack(latent, h, w), config))?;
-                Ok(tensor_to_rgb(pixels))
+                let request = GenerateRequest {
+                    prompts: Vec::new(),
+                    users: Vec::new(),
+                    seeds: seeds.to_vec(),
+                    width: *side,
+                    height: *side,
+                    steps: *steps,
+                    guidance: *guidance,
+                    shift: *shift,
+                    alpha: 1.0,
+                };
+                let latent = denoise_request(flux, &request, text, delta, config, &mut ())?;
+                Ok(tensor_to_rgb(decode_latents(vae, config, latent, None)?))
             }
         }
     }

@@ -326,7 +326,8 @@ pub fn request_modulation<B: FluxOps>(
     ))
 }
 
-/// The Euler loop of `request` from its seeded noise: the latents `[images, channels, h, w]`
+/// The Euler loop of `request` from its seeded noise, one image per seed (its prompts and users
+/// are not read: `text` and `modulation` carry them): the latents `[images, channels, h, w]`
 /// (unpacked, scaled as the VAE's latent space), for a VAE of `vae_config`.
 pub fn denoise_request<B: FluxOps>(
     flux: &Flux<B>,
@@ -336,7 +337,7 @@ pub fn denoise_request<B: FluxOps>(
     vae_config: &AutoencoderConfig,
     observer: &mut impl StepObserver,
 ) -> Result<Tensor<B, 4>, PipelineError> {
-    let n = request.prompts.len();
+    let n = request.seeds.len();
     let device = text.tokens.device();
     let factor = vae_config.downsampling();
     let (h, w) = (request.height / factor, request.width / factor);
