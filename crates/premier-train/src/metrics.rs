@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use premier_mmdit::load::write_via_temp;
 use serde::{Deserialize, Serialize};
 
@@ -98,55 +98,6 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRecord>, MetricsError> {
     Ok(by_step.into_values().collect())
 }
 
-/// Draws the curves `series` (each a list of y values at steps 0..n, with a colour) on one
-/// chart, `width`×`height` with a margin, y from 0 to the largest value. Light grid lines mark
-/// quarters of each axis.
-pub fn plot_curves(series: &[(Vec<f64>, [u8; 3])], width: u32, height: u32) -> RgbImage {
-    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    let margin = 8u32;
-    let (w, h) = (width - 2 * margin, height - 2 * margin);
-    for q in 0..=4 {
-        let y = margin + h * q / 4;
-        let x = margin + w * q / 4;
-        for i in 0..w {
-            img.put_pixel(margin + i, y, Rgb([225, 225, 225]));
-        }
-        for i in 0..h {
-            img.put_pixel(x, margin + i, Rgb([225, 225, 225]));
-        }
-    }
-    let top = series
-        .iter()
-        .flat_map(|(v, _)| v.iter().copied())
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-12);
-    for (values, colour) in series {
-        let n = values.len();
-        if n == 0 {
-            continue;
-        }
-        let point = |i: usize| {
-            let x = margin as f64 + w as f64 * i as f64 / (n.max(2) - 1) as f64;
-            let y = margin as f64 + h as f64 * (1.0 - (values[i] / top).clamp(0.0, 1.0));
-            (x, y)
-        };
-        for i in 0..n {
-            let (x1, y1) = point(i);
-            let (x0, y0) = if i == 0 { (x1, y1) } else { point(i - 1) };
-            let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
-            for s in 0..=steps {
-                let f = s as f64 / steps as f64;
-                let (x, y) = (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f);
-                if x >= 0.0 && y >= 0.0 && (x as u32) < width && (y as u32) < height {
-                    img.put_pixel(x as u32, y as u32, Rgb(*colour));
-                }
-            }
-        }
-    }
-    img
-}
-
 /// Exponential moving average with weight `alpha` on the new value.
 pub fn smooth(values: &[f64], alpha: f64) -> Vec<f64> {
     let mut out = Vec::with_capacity(values.len());
@@ -162,20 +113,149 @@ pub fn smooth(values: &[f64], alpha: f64) -> Vec<f64> {
     out
 }
 
-/// The loss curve of a run: total loss (smoothed, dark blue) and flow loss (smoothed, orange),
-/// written atomically as a PNG.
+/// One curve of a chart: its legend, colour and (step, value) points.
+struct Curve {
+    label: &'static str,
+    colour: (u8, u8, u8),
+    points: Vec<(f64, f64)>,
+}
+
+/// Registers DejaVu Sans (embedded) as plotters' `sans-serif`, once per process.
+fn register_font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            plotters::style::register_font(
+                "sans-serif",
+                plotters::style::FontStyle::Normal,
+                dejavu::sans::regular(),
+            )
+            .map_err(|_| "the embedded DejaVu Sans font could not be read".to_string())
+        })
+        .clone()
+}
+
+/// A line chart of `curves` over the steps, `width`×`height`: axes with step and value ticks,
+/// a legend; the value axis is logarithmic when every value is positive and they span two
+/// decades or more (a loss that falls fast stays readable).
+fn chart(curves: &[Curve], y_desc: &str, width: u32, height: u32) -> Result<RgbImage, String> {
+    use plotters::prelude::*;
+    register_font()?;
+    let finite = || {
+        curves
+            .iter()
+            .flat_map(|c| c.points.iter())
+            .filter(|(_, y)| y.is_finite())
+    };
+    let (x_min, x_max) =
+        finite().fold((f64::MAX, f64::MIN), |(a, b), &(x, _)| (a.min(x), b.max(x)));
+    let (y_min, y_max) =
+        finite().fold((f64::MAX, f64::MIN), |(a, b), &(_, y)| (a.min(y), b.max(y)));
+    if x_min > x_max {
+        return Err("no finite values to draw".into());
+    }
+    let log = y_min > 0.0 && y_max / y_min >= 100.0;
+    // A log axis is drawn as log10 of the values, its ticks labelled with the values.
+    let y_of = |v: f64| if log { v.log10() } else { v };
+    let (lo, hi) = (y_of(y_min), y_of(y_max));
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    let (lo, hi) = (if log { lo - pad } else { lo.min(0.0) - pad }, hi + pad);
+    let x_range = x_min..x_max.max(x_min + 1.0);
+    let mut buffer = vec![255u8; width as usize * height as usize * 3];
+    {
+        let fail = |e: &dyn std::fmt::Display| e.to_string();
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x_range, lo..hi)
+            .map_err(|e| fail(&e))?;
+        let y_label = |v: &f64| {
+            let value = if log { 10f64.powf(*v) } else { *v };
+            format!("{value:.3}")
+        };
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            // Whole steps: no more ticks than steps.
+            .x_labels(((x_max - x_min) as usize + 1).clamp(2, 10))
+            .y_desc(if log {
+                format!("{y_desc} (log scale)")
+            } else {
+                y_desc.to_string()
+            })
+            .y_label_formatter(&y_label)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| fail(&e))?;
+        for curve in curves {
+            let (r, g, b) = curve.colour;
+            let colour = RGBColor(r, g, b);
+            let points = curve
+                .points
+                .iter()
+                .filter(|(_, y)| y.is_finite() && (!log || *y > 0.0))
+                .map(|&(x, y)| (x, y_of(y)));
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(|e| fail(&e))?
+                .label(curve.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| fail(&e))?;
+        root.present().map_err(|e| fail(&e))?;
+    }
+    RgbImage::from_raw(width, height, buffer).ok_or_else(|| "chart buffer of the wrong size".into())
+}
+
+/// Colours of the loss curve's lines.
+pub const TOTAL_COLOUR: [u8; 3] = [20, 60, 160];
+/// See [`TOTAL_COLOUR`].
+pub const FLOW_COLOUR: [u8; 3] = [230, 120, 20];
+/// See [`TOTAL_COLOUR`].
+pub const DISPERSION_COLOUR: [u8; 3] = [40, 150, 60];
+
+/// The loss curve of a run, written atomically as a PNG (800 × 450): the total loss, the flow
+/// loss and (when the run has one) the dispersion terms, each smoothed, over the steps, with
+/// axes, ticks and a legend.
 pub fn write_loss_curve(records: &[MetricRecord], path: &Path) -> Result<(), MetricsError> {
-    let loss: Vec<f64> = records.iter().map(|r| r.report.loss).collect();
-    let flow: Vec<f64> = records.iter().map(|r| r.report.flow).collect();
     let alpha = (10.0 / records.len().max(10) as f64).min(1.0);
-    let img = plot_curves(
-        &[
-            (smooth(&flow, alpha), [230, 120, 20]),
-            (smooth(&loss, alpha), [20, 60, 160]),
-        ],
-        640,
-        360,
-    );
+    let steps: Vec<f64> = records.iter().map(|r| r.report.step as f64).collect();
+    let curve = |label, [r, g, b]: [u8; 3], value: fn(&MetricRecord) -> f64| Curve {
+        label,
+        colour: (r, g, b),
+        points: steps
+            .iter()
+            .copied()
+            .zip(smooth(
+                &records.iter().map(value).collect::<Vec<_>>(),
+                alpha,
+            ))
+            .collect(),
+    };
+    // The total last, on top (without dispersion it is the flow loss).
+    let mut curves = vec![curve("flow matching", FLOW_COLOUR, |r| r.report.flow)];
+    let dispersion = |r: &MetricRecord| r.report.dispersion_shared + r.report.dispersion_distinct;
+    if records.iter().any(|r| dispersion(r) != 0.0) {
+        curves.push(curve(
+            "dispersion (shared + distinct)",
+            DISPERSION_COLOUR,
+            |r| r.report.dispersion_shared + r.report.dispersion_distinct,
+        ));
+    }
+    curves.push(curve("total", TOTAL_COLOUR, |r| r.report.loss));
+    let img = chart(&curves, "loss", 800, 450).map_err(|e| err(path, e))?;
     write_via_temp(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
             .map_err(|e| e.to_string())
@@ -252,9 +332,44 @@ mod tests {
         let records: Vec<_> = (1..=50).map(|s| record(s, 1.0 / s as f64)).collect();
         write_loss_curve(&records, &path).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (640, 360));
-        let blue = img.pixels().filter(|p| p.0 == [20, 60, 160]).count();
-        assert!(blue > 100, "{blue} curve pixels");
+        assert_eq!(img.dimensions(), (800, 450));
+        let count = |c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
+        for (what, colour) in [
+            ("total", TOTAL_COLOUR),
+            ("flow", FLOW_COLOUR),
+            ("dispersion", DISPERSION_COLOUR),
+        ] {
+            assert!(
+                count(colour) > 100,
+                "{what}: {} curve pixels",
+                count(colour)
+            );
+        }
+        // Text (ticks, axis names, legend) is drawn: dark grey pixels of antialiased glyphs,
+        // left of the plot where the value ticks stand.
+        let text = (0..img.height())
+            .flat_map(|y| (0..60).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = img.get_pixel(x, y).0;
+                p[0] < 128 && p[0] == p[1] && p[1] == p[2]
+            })
+            .count();
+        assert!(text > 200, "{text} dark pixels of tick labels");
+        // A loss falling over four decades is drawn on a log axis: the curve still spans the
+        // plot's height instead of lying flat on the axis after the first steps.
+        let falling: Vec<_> = (1..=100).map(|s| record(s, 1.0 / (s * s) as f64)).collect();
+        write_loss_curve(&falling, &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let rows: Vec<u32> = img
+            .enumerate_pixels()
+            .filter(|(x, _, p)| *x > 400 && p.0 == TOTAL_COLOUR)
+            .map(|(_, y, _)| y)
+            .collect();
+        let (top, bottom) = (rows.iter().min().unwrap(), rows.iter().max().unwrap());
+        assert!(
+            bottom - top > 50,
+            "the right half spans rows {top}..{bottom}"
+        );
     }
 
     #[test]
