@@ -21,8 +21,11 @@ const LN_EPS: f64 = 1e-6;
 /// With a per-token modulation the middle dim is the token count, otherwise 1 and broadcast.
 #[derive(Debug, Clone)]
 pub struct ModulationOut<B: Backend> {
+    /// Added after the LayerNorm: `[batch, 1 or tokens, hidden]`.
     pub shift: Tensor<B, 3>,
+    /// Multiplies the LayerNorm as `1 + scale`: `[batch, 1 or tokens, hidden]`.
     pub scale: Tensor<B, 3>,
+    /// Scales the branch before the residual: `[batch, 1 or tokens, hidden]`.
     pub gate: Tensor<B, 3>,
 }
 
@@ -36,6 +39,7 @@ impl<B: FluxOps> ModulationOut<B> {
 /// `lin(SiLU(vec))` chunked into (shift, scale, gate) triplets (BFL `Modulation`).
 #[derive(Module, Debug)]
 pub struct Modulation<B: Backend> {
+    /// hidden → multiplier · 3 · hidden (key `….lin`).
     pub lin: Linear<B>,
     /// 2 triplets for double blocks, 1 for single blocks.
     triplets: usize,
@@ -82,8 +86,11 @@ fn split_qkv<B: FluxOps>(
 /// Fused qkv projection, QK-norm and output projection of one stream (BFL `SelfAttention`).
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
+    /// hidden → 3 · hidden, q, k, v in BFL's `(K H D)` order (key `….qkv`).
     pub qkv: Linear<B>,
+    /// RMSNorm of queries and keys (key `….norm`).
     pub norm: QkNorm<B>,
+    /// hidden → hidden after the attention (key `….proj`).
     pub proj: Linear<B>,
     heads: usize,
 }
@@ -122,7 +129,9 @@ impl<B: FluxOps> SelfAttention<B> {
 /// `Linear → GELU(tanh) → Linear`; keys `….0` and `….2` as in BFL's `nn.Sequential`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
+    /// hidden → mlp_hidden (key `….0`).
     pub fc1: Linear<B>,
+    /// mlp_hidden → hidden (key `….2`).
     pub fc2: Linear<B>,
 }
 
@@ -150,11 +159,17 @@ impl<B: FluxOps> Mlp<B> {
 /// A double-stream block: image and text keep separate weights and meet in joint attention.
 #[derive(Module, Debug)]
 pub struct DoubleStreamBlock<B: Backend> {
+    /// The image stream's two (shift, scale, gate) triplets.
     pub img_mod: Modulation<B>,
+    /// The image stream's projections around the joint attention.
     pub img_attn: SelfAttention<B>,
+    /// The image stream's MLP.
     pub img_mlp: Mlp<B>,
+    /// The text stream's two triplets (per token once Premier's Δ is added).
     pub txt_mod: Modulation<B>,
+    /// The text stream's projections around the joint attention.
     pub txt_attn: SelfAttention<B>,
+    /// The text stream's MLP.
     pub txt_mlp: Mlp<B>,
 }
 
@@ -275,7 +290,9 @@ pub struct SingleStreamBlock<B: Backend> {
     pub linear1_mlp: Linear<B>,
     /// hidden + mlp_hidden → hidden.
     pub linear2: Linear<B>,
+    /// RMSNorm of queries and keys.
     pub norm: QkNorm<B>,
+    /// One (shift, scale, gate) triplet.
     pub modulation: Modulation<B>,
     heads: usize,
 }
@@ -338,6 +355,7 @@ impl<B: FluxOps> SingleStreamBlock<B> {
 /// Final adaLN and projection to the output channels (BFL `LastLayer`); shift comes first.
 #[derive(Module, Debug)]
 pub struct LastLayer<B: Backend> {
+    /// hidden → patch · patch · out_channels.
     pub linear: Linear<B>,
     /// Checkpoint key `final_layer.adaLN_modulation.1` (index 0 is the SiLU).
     pub ada_ln_modulation: Linear<B>,

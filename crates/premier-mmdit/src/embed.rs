@@ -25,7 +25,9 @@ pub fn timestep_embedding<B: Backend>(t: Tensor<B, 1>, dim: usize) -> Tensor<B, 
 /// `out_layer(SiLU(in_layer(x)))` (BFL `MLPEmbedder`).
 #[derive(Module, Debug)]
 pub struct MlpEmbedder<B: Backend> {
+    /// in → hidden.
     pub in_layer: Linear<B>,
+    /// hidden → hidden.
     pub out_layer: Linear<B>,
 }
 

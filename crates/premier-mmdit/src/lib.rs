@@ -16,6 +16,7 @@
 //! let velocity = flux.forward(input, Some(&delta)); // [batch, img_tokens, 64]
 //! # Ok::<(), premier_mmdit::LoadError>(())
 //! ```
+#![warn(missing_docs)]
 
 pub mod blocks;
 mod config;

@@ -33,8 +33,11 @@ pub fn format_bytes(bytes: u64) -> String {
 /// The tokens and element size of one FLUX pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassShape {
+    /// Samples in the pass.
     pub batch: usize,
+    /// Image tokens per sample (latent pixels / 4).
     pub img_tokens: usize,
+    /// Text tokens per sample (dev: 512).
     pub txt_tokens: usize,
     /// Bytes per activation element: the backbone's weight dtype (2 for bf16, 4 for f32).
     pub element_bytes: usize,

@@ -33,13 +33,21 @@ pub struct FluxInput<B: Backend> {
 /// FLUX.1 transformer. Field names mirror the BFL checkpoint keys.
 #[derive(Module, Debug)]
 pub struct Flux<B: Backend> {
+    /// Packed latents → hidden.
     pub img_in: Linear<B>,
+    /// The timestep's sinusoidal embedding → hidden.
     pub time_in: MlpEmbedder<B>,
+    /// CLIP's pooled vector → hidden.
     pub vector_in: MlpEmbedder<B>,
+    /// The guidance's embedding → hidden (dev only).
     pub guidance_in: Option<MlpEmbedder<B>>,
+    /// T5 tokens → hidden.
     pub txt_in: Linear<B>,
+    /// Image and text streams apart (dev: 19).
     pub double_blocks: Vec<DoubleStreamBlock<B>>,
+    /// One joint stream (dev: 38).
     pub single_blocks: Vec<SingleStreamBlock<B>>,
+    /// adaLN and projection to the velocity.
     pub final_layer: LastLayer<B>,
     hidden_size: usize,
     in_channels: usize,

@@ -57,7 +57,9 @@ impl<B: FluxOps> RmsNorm<B> {
 /// RMSNorm of queries and keys (BFL `QKNorm`).
 #[derive(Module, Debug)]
 pub struct QkNorm<B: Backend> {
+    /// Of the queries.
     pub query_norm: RmsNorm<B>,
+    /// Of the keys.
     pub key_norm: RmsNorm<B>,
 }
 

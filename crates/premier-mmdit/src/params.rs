@@ -71,6 +71,7 @@ pub trait ParamSource<B: Backend> {
 /// Values are drawn when the model is built, not on first use (burn's `LinearConfig::init` is
 /// lazy): clones of a fresh model are then the same model, and the draws follow the build order.
 pub struct RandomInit<'a, B: Backend> {
+    /// Where the parameters are drawn.
     pub device: &'a B::Device,
     /// Store each parameter as this type, cast as soon as it is drawn (so a bf16 model never
     /// holds its f32 copy whole); `None`: the backend's float type.

@@ -216,19 +216,29 @@ pub trait FluxOps: Backend {
 /// `exp_avg_sq ← β2 · exp_avg_sq + (avg_sq · g) · g` and `s ← β3 · s + s_coef · g`.
 #[derive(Debug, Clone)]
 pub struct ProdigyMoments<B: Backend> {
+    /// First moment `[n]`.
     pub exp_avg: FloatTensor<B>,
+    /// Second moment `[n]`.
     pub exp_avg_sq: FloatTensor<B>,
+    /// Prodigy's `s` accumulator `[n]`.
     pub s: FloatTensor<B>,
 }
 
 /// The coefficients of [`ProdigyMoments`]' updates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProdigyCoefs {
+    /// β1 of the first moment.
     pub beta1: f64,
+    /// Weight of g in the first moment (d · (1 − β1)).
     pub avg: f64,
+    /// β2 of the second moment.
     pub beta2: f64,
+    /// Weight of g² in the second moment (d² · (1 − β2)).
     pub avg_sq: f64,
+    /// β3 of `s`.
     pub beta3: f64,
+    /// Weight of g in `s` (d / d0 · d · lr, bias-corrected; d / d0 · d with the safeguard
+    /// warm-up).
     pub s_coef: f64,
 }
 
@@ -237,15 +247,20 @@ pub struct ProdigyCoefs {
 /// or wider, widened to f64.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProdigySums {
+    /// Σ g · (p0 − p).
     pub g_dot_delta: f64,
+    /// Σ |s|.
     pub s_abs: f64,
 }
 
 /// The coefficients of [`FluxOps::flux_prodigy_update`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProdigyUpdate {
+    /// Decoupled weight decay factor (−wd · d · lr; 0: none).
     pub decay: f64,
+    /// Step on the normalised direction (−d · lr, bias-corrected).
     pub step: f64,
+    /// Added to √exp_avg_sq (the new d · eps).
     pub eps: f64,
 }
 

@@ -54,7 +54,10 @@ impl Default for LoadOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     /// BFL names, each key starting with `prefix` (often empty).
-    Bfl { prefix: String },
+    Bfl {
+        /// What every key starts with (`model.diffusion_model.` in some single files).
+        prefix: String,
+    },
     /// diffusers `FluxTransformer2DModel` names.
     Diffusers,
 }
@@ -63,6 +66,7 @@ pub enum Layout {
 pub struct Checkpoint {
     /// The path the user gave (named in errors about the whole checkpoint).
     pub path: PathBuf,
+    /// Which key names the files use.
     pub layout: Layout,
     files: Vec<SafetensorsFile>,
     /// key → index into `files`.
@@ -424,11 +428,13 @@ impl TensorReader for Checkpoint {
 /// One safetensors file read by plain key (adapters, embeddings, optimizer state), refusing
 /// NaN/inf values and remembering which keys were used.
 pub struct TensorFile {
+    /// The file.
     pub file: SafetensorsFile,
     used: HashSet<String>,
 }
 
 impl TensorFile {
+    /// Opens `path` (memory-mapped).
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         Ok(Self {
             file: SafetensorsFile::open(path)?,
@@ -488,8 +494,11 @@ impl TensorReader for TensorFile {
 
 /// [`ParamSource`] that reads from a [`TensorReader`] onto a device, keys prefixed by `prefix`.
 pub struct DeviceSource<'a, R: TensorReader, B: Backend> {
+    /// Where the tensors come from.
     pub reader: &'a mut R,
+    /// Where they go.
     pub device: &'a B::Device,
+    /// Prepended to every key asked for.
     pub prefix: String,
     /// Float type the tensors are stored in (`None`: the backend's default).
     pub dtype: Option<burn::tensor::FloatDType>,

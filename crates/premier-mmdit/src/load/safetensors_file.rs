@@ -14,7 +14,9 @@ use crate::error::LoadError;
 /// A tensor read into host memory as f32, in the file's row-major layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
+    /// Dims, outermost first.
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub data: Vec<f32>,
 }
 
@@ -81,6 +83,7 @@ impl HostTensor {
 
 /// One mapped file and its header.
 pub struct SafetensorsFile {
+    /// The file (named in every error).
     pub path: PathBuf,
     mmap: Mmap,
     data_start: usize,
@@ -388,6 +391,7 @@ fn bad_offsets(bytes: &[u8], name: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SaveDtype {
     #[default]
+    /// 32-bit floats, exact.
     F32,
     /// bfloat16, as the released Premier files.
     Bf16,
