@@ -16,6 +16,7 @@ use crate::text::{build_tokenizer, SynthTextEncoder};
 /// Sizes of the base model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SynthBaseConfig {
+    /// The transformer's sizes (`config.json` of the base folder).
     pub flux: FluxConfig,
 }
 
@@ -66,23 +67,36 @@ impl SynthBaseConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
     #[error(transparent)]
+    /// Reading or writing a weights file (names the file and key).
     Weights(#[from] LoadError),
     #[error(transparent)]
+    /// The tokenizer or the text encoder.
     Text(#[from] TextError),
     #[error(transparent)]
+    /// An invalid transformer config.
     Config(#[from] ConfigError),
     #[error(transparent)]
+    /// A forward pass during pretraining or sampling.
     Forward(#[from] ForwardError),
+    /// A file of the base folder that cannot be read or written.
     #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     #[error("pretraining config: {0}")]
+    /// Pretraining settings that cannot run (what is wrong is said).
     Pretrain(String),
 }
 
 /// The base model: FLUX and the text encoder.
 #[derive(Module, Debug)]
 pub struct SynthBase<B: Backend> {
+    /// The FLUX-shaped transformer.
     pub flux: Flux<B>,
+    /// Its text encoder (tokens and pooled vector).
     pub text: SynthTextEncoder<B>,
 }
 

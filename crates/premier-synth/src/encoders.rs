@@ -19,11 +19,14 @@ pub const DETERMINISTIC_LOGVAR: f32 = -1e4;
 
 /// Codec + the base model's text encoder.
 pub struct SynthEncoders<B: Backend> {
+    /// The base's text encoder.
     pub text: SynthTextEncoder<B>,
+    /// The base's tokenizer.
     pub tokenizer: PromptTokenizer,
     /// [`weights_fingerprint`](premier_train::cache::weights_fingerprint) of the base's folder
     /// (its text encoder and tokenizer are what encode the captions).
     pub base_fingerprint: String,
+    /// Where the encoders run.
     pub device: B::Device,
 }
 

@@ -18,7 +18,9 @@ use crate::world::{rng_for, Content, Style, World, FACTORS};
 /// Prompts × seeds every method generates, per user.
 #[derive(Debug, Clone)]
 pub struct EvalSet {
+    /// The prompts, as the contents they ask for.
     pub contents: Vec<Content>,
+    /// Noise seeds drawn per prompt (the same for every method).
     pub seeds_per_prompt: usize,
     /// The experiment's seed.
     pub seed: u64,
@@ -53,9 +55,13 @@ pub enum Method<'a, B: Backend> {
 pub struct ImageScore {
     /// Index into `World::users`.
     pub user: usize,
+    /// Mean preference score over the user's images (0 to 1).
     pub preference: f32,
+    /// Mean score of each taste factor.
     pub factors: [f32; FACTORS],
+    /// Mean prompt fidelity: the content asked for is the content drawn.
     pub fidelity: f32,
+    /// Mean pixel distance to the base model's image from the same noise.
     pub distance: f32,
 }
 

@@ -46,8 +46,11 @@ use crate::world::{Content, World, WorldConfig};
 pub struct ExperimentConfig {
     /// Draws the world (users, tastes, images) and all training randomness.
     pub seed: u64,
+    /// How the world is drawn (users, images per user).
     pub world: WorldConfig,
+    /// Stage-1 optimizer steps.
     pub stage1_steps: usize,
+    /// Stage-1 samples per step (distinct users).
     pub batch_size: usize,
     /// Prodigy's initial step size estimate in stage 1 (the paper's 1e-6 spends most of a short
     /// run warming up; see docs/synth.md).
@@ -71,6 +74,7 @@ pub struct ExperimentConfig {
     pub adapter_init: AdapterInit,
     /// The dispersion loss of the full model (`None`: without).
     pub dispersion: Option<DispersionVariant>,
+    /// Cold-start optimizer steps.
     pub cold_start_steps: usize,
     /// Images of each new user per cold-start step.
     pub cold_start_batch: usize,
@@ -84,6 +88,7 @@ pub struct ExperimentConfig {
     pub eval_seeds: usize,
     /// User embedding: tokens × width.
     pub user_tokens: usize,
+    /// Width of a user token.
     pub user_dim: usize,
     /// Also run the paper's stage-1 ablations (w/o Δ_shared, w/o Δ_distinct, the dispersion
     /// loss on or off).
@@ -158,8 +163,10 @@ impl ExperimentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
     #[error(transparent)]
+    /// Loading or running the base model.
     Base(#[from] BaseError),
     #[error("{0}")]
+    /// A training run or a file write (what went wrong is said).
     Run(String),
 }
 

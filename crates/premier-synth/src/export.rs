@@ -25,6 +25,7 @@ pub struct Exported {
     pub new_users: PathBuf,
     /// `<dir>/world.json`.
     pub world: PathBuf,
+    /// Images written.
     pub images: usize,
 }
 

@@ -12,6 +12,7 @@
 //! - [`text`]: a word-level tokenizer and learned embeddings giving FLUX's text conditioning;
 //! - [`base`]: the base model (a small FLUX.1-shaped transformer + text encoder), shipped in
 //!   `base/`, [`pretrain`] that reproduces it and [`quality`] that measures what it can draw.
+#![warn(missing_docs)]
 
 pub mod base;
 pub mod codec;

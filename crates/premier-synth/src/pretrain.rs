@@ -21,11 +21,15 @@ use crate::world::World;
 /// Pretraining settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PretrainConfig {
+    /// Optimizer steps.
     pub steps: usize,
+    /// Images per step.
     pub batch_size: usize,
     /// Peak learning rate.
     pub lr: f64,
+    /// Steps of the linear learning-rate warm-up.
     pub warmup_steps: usize,
+    /// Seed of the init, the images and the noise.
     pub seed: u64,
     /// Return an exponential moving average of the weights with this decay per step instead of
     /// the last weights (`None`: the last weights, as for the bases A and C).

@@ -18,7 +18,9 @@ pub const FIDELITY_MARGIN: f64 = 0.05;
 /// One method's row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
+    /// The method (e.g. `Premier`, `base`).
     pub name: String,
+    /// Its mean scores over the users.
     pub scores: Scores,
     /// Every image's scores, for paired comparisons (not written to report.json).
     #[serde(skip)]
@@ -39,9 +41,11 @@ impl Row {
 /// How a claim came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
+    /// The claim holds, beyond the threshold.
     Reproduced,
     /// The opposite holds, beyond the threshold.
     Reversed,
+    /// Neither, within the threshold.
     Inconclusive,
 }
 
@@ -60,13 +64,17 @@ impl Verdict {
 pub struct Claim {
     /// Stable across seeds, to merge them.
     pub id: String,
+    /// The claim in words.
     pub statement: String,
     /// The two rows' values (preference, or fidelity for the fidelity claim).
     pub a: f64,
+    /// See `a`.
     pub b: f64,
     /// Paired difference a − b over the same images, and its user-clustered standard error.
     pub difference: f64,
+    /// See `difference`.
     pub se: f64,
+    /// Whether the difference clears the threshold of standard errors, and which way.
     pub verdict: Verdict,
 }
 
@@ -133,6 +141,7 @@ impl Claim {
 /// The end of one stage-1 run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunEnd {
+    /// The run (the method trained).
     pub name: String,
     /// Mean flow loss of the last 20 steps.
     pub flow: f64,
@@ -145,6 +154,7 @@ pub struct RunEnd {
 /// Everything one seed's experiment measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// What was run.
     pub config: ExperimentConfig,
     /// Trained users: base, taste in the prompt, Premier, then the reference rows.
     pub main: Vec<Row>,
@@ -152,13 +162,17 @@ pub struct Report {
     pub ablations: Vec<Row>,
     /// New users: base, taste in the prompt, each cold start, the reference rows.
     pub cold_start: Vec<Row>,
+    /// The end of each stage-1 run.
     pub stage1: Vec<RunEnd>,
+    /// The paper's claims, decided on this seed.
     pub claims: Vec<Claim>,
     /// Share of the gap from the base to the taste in the prompt that Premier closes.
     pub gap_closed: f64,
     /// What each row of grid.png shows.
     pub grid_rows: Vec<String>,
+    /// Wall time of the whole experiment.
     pub seconds: f64,
+    /// Every file written.
     pub files: Vec<PathBuf>,
 }
 

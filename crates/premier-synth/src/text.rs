@@ -81,6 +81,7 @@ pub struct SynthTextEncoder<B: Backend> {
 }
 
 impl<B: Backend> SynthTextEncoder<B> {
+    /// A fresh encoder of `context_dim`-wide tokens and a `vec_dim` pooled vector.
     pub fn init(context_dim: usize, vec_dim: usize, device: &B::Device) -> Self {
         Self {
             embedding: Param::from_tensor(Tensor::random(

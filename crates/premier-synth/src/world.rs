@@ -23,6 +23,7 @@ pub struct Content {
     pub size: usize,
 }
 
+/// Names of the shapes an image shows.
 pub const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
 /// Names and the shape's centre x in pixels.
 pub const POSITIONS: [(&str, f32); 3] = [("left", 9.5), ("center", 16.0), ("right", 22.5)];
@@ -109,6 +110,7 @@ pub const FACTOR_SIZES: [usize; FACTORS] = [
     TEXTURES.len(),
     PATTERNS.len(),
 ];
+/// The taste factors, in the order of [`Style`] and [`Taste`].
 pub const FACTOR_NAMES: [&str; FACTORS] = ["palette", "background", "texture", "pattern"];
 /// Whether each factor has words the base understands (the pattern is tacit).
 pub const WORDED: [bool; FACTORS] = [true, true, true, false];
@@ -116,9 +118,13 @@ pub const WORDED: [bool; FACTORS] = [true, true, true, false];
 /// How an image looks, apart from what it shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Style {
+    /// Index into [`PALETTE`].
     pub palette: usize,
+    /// Index into [`BACKGROUNDS`].
     pub background: usize,
+    /// Index into [`TEXTURES`].
     pub texture: usize,
+    /// Index into [`PATTERNS`].
     pub pattern: usize,
 }
 
@@ -157,6 +163,7 @@ impl Style {
 /// A user's taste: for each factor a probability over its values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Taste {
+    /// Per factor (see [`FACTOR_NAMES`]), a probability per value.
     pub factors: [Vec<f32>; FACTORS],
 }
 
@@ -209,13 +216,16 @@ impl Taste {
 /// A user of the world.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
+    /// The user's id in the exported dataset (`user000`, …).
     pub id: String,
+    /// What the user likes.
     pub taste: Taste,
 }
 
 /// How a world is drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorldConfig {
+    /// Draws the users, tastes and images.
     pub seed: u64,
     /// Users the adapters and table are trained on.
     pub train_users: usize,
@@ -242,7 +252,9 @@ impl Default for WorldConfig {
 /// One liked image: what it shows, how it looks and its pixels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorldImage {
+    /// What the image shows.
     pub content: Content,
+    /// How it looks.
     pub style: Style,
     /// `IMAGE_SIZE²` RGB pixels, row-major.
     pub rgb: image::RgbImage,
@@ -251,7 +263,9 @@ pub struct WorldImage {
 /// A drawn world: its users (trained first, then new) and their images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct World {
+    /// How it was drawn.
     pub config: WorldConfig,
+    /// Trained users first, then the new ones.
     pub users: Vec<User>,
 }
 
