@@ -16,11 +16,17 @@ use crate::vae::{Autoencoder, AutoencoderConfig};
 
 /// The VAE and text encoders of a FLUX.1 model.
 pub struct FluxEncoders<B: Backend> {
+    /// The autoencoder (its posterior of each image).
     pub vae: Autoencoder<B>,
+    /// Its config (latent shift and scale).
     pub vae_config: AutoencoderConfig,
+    /// Per-token caption features.
     pub t5: T5Encoder<B>,
+    /// Pooled caption vectors.
     pub clip: ClipTextEncoder<B>,
+    /// T5's tokenizer.
     pub t5_tokenizer: PromptTokenizer,
+    /// CLIP's tokenizer.
     pub clip_tokenizer: PromptTokenizer,
     /// Side of the square training images (a multiple of 16).
     pub resolution: u32,
@@ -29,7 +35,9 @@ pub struct FluxEncoders<B: Backend> {
     /// [`weights_fingerprint`](crate::train::cache::weights_fingerprint)s of the autoencoder's
     /// file and of the text encoders' and tokenizers' files, in the cache's identity.
     pub vae_fingerprint: String,
+    /// See `vae_fingerprint`.
     pub text_fingerprint: String,
+    /// Where the encoders run.
     pub device: B::Device,
 }
 

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 /// A size as one file has it: `file` has `name` = `size`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SizeAt {
+    /// The file (or folder) the size is read from.
     pub file: PathBuf,
     /// The config field or tensor dimension the size comes from.
     pub name: String,
+    /// The size.
     pub size: usize,
 }
 
@@ -30,45 +32,78 @@ pub enum PremierError {
     /// A model part was not given, neither alone nor through a model folder.
     #[error("no {part}: give {hint}")]
     MissingPart {
+        /// The part.
         part: &'static str,
+        /// What would give it.
         hint: &'static str,
     },
     /// A config file that cannot be read or parsed.
     #[error("{}: {reason}", path.display())]
-    Config { path: PathBuf, reason: String },
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Two files made for different models.
     #[error("the {what} disagree: {first}, but {second}")]
     SizeMismatch {
+        /// Which size (e.g. "prompt token width").
         what: String,
+        /// One file's size.
         first: Box<SizeAt>,
+        /// The other file's.
         second: Box<SizeAt>,
     },
     /// A user that is neither a row of the table, an id of the run, nor a user file.
     #[error("user `{user}`: {reason}")]
-    UnknownUser { user: String, reason: String },
+    UnknownUser {
+        /// The user as given.
+        user: String,
+        /// What it could have been, and the run's users where known.
+        reason: String,
+    },
     /// A request that cannot be run (what is wrong with it is said).
     #[error("{0}")]
     Invalid(String),
     /// The autoencoder or the text encoders failed on a new user's images or captions.
     #[error("encoding the new user's {what}: {reason}")]
-    Encode { what: &'static str, reason: String },
+    Encode {
+        /// `images` or `captions`.
+        what: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// Writing an image.
     #[error("{}: {reason}", path.display())]
-    Write { path: PathBuf, reason: String },
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Loading the transformer (names the file and key).
     #[error(transparent)]
     Flux(#[from] premier_mmdit::LoadError),
+    /// The text encoders or tokenizers.
     #[error(transparent)]
     Text(#[from] premier_text::TextError),
+    /// The autoencoder.
     #[error(transparent)]
     Vae(#[from] premier_vae::VaeError),
+    /// Loading the adapter.
     #[error(transparent)]
     Adapter(#[from] premier_adapter::AdapterError),
+    /// The user table or a user file.
     #[error(transparent)]
     Users(#[from] premier_users::UserError),
+    /// Reading the run's `premier.json`, or a cold start's config.
     #[error(transparent)]
     Run(#[from] premier_train::run::RunError),
+    /// The generation pipeline (the request, sampling, decoding).
     #[error(transparent)]
     Pipeline(#[from] premier_pipeline::PipelineError),
+    /// A cold-start step.
     #[error(transparent)]
     Train(#[from] premier_train::stage1::TrainError),
 }

@@ -13,6 +13,7 @@ use crate::pipeline::{GenerateRequest, Timings, UserChoice};
 /// Every prompt for every user and seed, at one size, step count, guidance and α.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRequest {
+    /// A column of images each (with every seed).
     pub prompts: Vec<String>,
     /// A row of images each; default `[User::Base]`.
     pub users: Vec<User>,
@@ -20,7 +21,9 @@ pub struct ImageRequest {
     pub seeds: Vec<u64>,
     /// Pixels; positive multiples of 16.
     pub width: usize,
+    /// Pixels; positive multiples of 16.
     pub height: usize,
+    /// Euler steps (FLUX.1-dev: 28, schnell: 4).
     pub steps: usize,
     /// Distilled guidance scale (dev: 3.5 in diffusers, 2.5 in Premier's evaluation).
     pub guidance: f32,
@@ -45,31 +48,37 @@ impl ImageRequest {
         }
     }
 
+    /// The rows: whose taste each follows.
     pub fn users(mut self, users: impl IntoIterator<Item = User>) -> Self {
         self.users = users.into_iter().collect();
         self
     }
 
+    /// The seeds every prompt is drawn with.
     pub fn seeds(mut self, seeds: impl IntoIterator<Item = u64>) -> Self {
         self.seeds = seeds.into_iter().collect();
         self
     }
 
+    /// Width and height in pixels.
     pub fn size(mut self, width: usize, height: usize) -> Self {
         (self.width, self.height) = (width, height);
         self
     }
 
+    /// Euler steps.
     pub fn steps(mut self, steps: usize) -> Self {
         self.steps = steps;
         self
     }
 
+    /// Distilled guidance scale.
     pub fn guidance(mut self, guidance: f32) -> Self {
         self.guidance = guidance;
         self
     }
 
+    /// Preference strength α.
     pub fn alpha(mut self, alpha: f64) -> Self {
         self.alpha = alpha;
         self
@@ -148,10 +157,12 @@ impl Images {
             .map(move |(i, image)| ((i / (p * s), (i / s) % p, i % s), image))
     }
 
+    /// How many images (users × prompts × seeds).
     pub fn len(&self) -> usize {
         self.images.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
     }

@@ -121,9 +121,13 @@ impl ModelPaths {
 /// The configs of a model's parts.
 #[derive(Debug, Clone)]
 pub struct ModelConfigs {
+    /// The transformer's.
     pub flux: FluxConfig,
+    /// The autoencoder's.
     pub vae: AutoencoderConfig,
+    /// T5's.
     pub t5: T5Config,
+    /// CLIP's.
     pub clip: ClipTextConfig,
 }
 

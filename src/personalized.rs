@@ -148,6 +148,7 @@ impl<B: FluxOps> PremierBuilder<B> {
         self
     }
 
+    /// Where the models are loaded and run (default: the backend's default device).
     pub fn device(mut self, device: B::Device) -> Self {
         self.device = device;
         self
@@ -268,9 +269,13 @@ impl<B: FluxOps> PremierBuilder<B> {
 /// An adapter and a user table whose sizes were checked against the backbone, T5 and each
 /// other ([`Self::check`]), ready to load.
 pub struct Personalization {
+    /// `mod_adapter.safetensors`.
     pub adapter_file: PathBuf,
+    /// `user_embedding.safetensors`.
     pub table_file: PathBuf,
+    /// The adapter's sizes.
     pub adapter: AdapterConfig,
+    /// The table's sizes.
     pub users: UserShape,
     /// The `premier.json` beside the adapter (a `premier train` run), if there is one.
     pub trained: Option<TrainedModel>,
@@ -545,6 +550,7 @@ impl<B: FluxOps> Premier<B> {
 pub struct LikedImages<'a> {
     /// Names the user: its file name, and (with the config's seed) its initial state.
     pub id: &'a str,
+    /// The images the user likes (any size; see `resolution`).
     pub images: &'a [RgbImage],
     /// One per image.
     pub captions: &'a [String],

@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
+    /// Learning rate.
     pub lr: f64,
+    /// Decay rates of the first and second moment averages.
     pub betas: (f64, f64),
+    /// Added to the denominator for numerical stability.
     pub eps: f64,
+    /// Decoupled weight decay: each step scales a parameter by `1 - lr * weight_decay`.
     pub weight_decay: f64,
 }
 
@@ -56,6 +60,7 @@ pub struct AdamW<B: Backend> {
 }
 
 impl<B: Backend> AdamW<B> {
+    /// A fresh optimizer (no steps taken, no moments yet).
     pub fn new(config: AdamWConfig) -> Self {
         Self {
             config,
@@ -69,6 +74,7 @@ impl<B: Backend> AdamW<B> {
         self.step
     }
 
+    /// The arguments it was built with.
     pub fn config(&self) -> &AdamWConfig {
         &self.config
     }

@@ -72,9 +72,11 @@ pub struct SampleDims {
     pub latent_channels: usize,
     /// Packed image tokens.
     pub img_tokens: usize,
+    /// T5 tokens of a caption.
     pub txt_tokens: usize,
     /// Width of a T5 token, and of the pooled CLIP vector.
     pub text_dim: usize,
+    /// Width of the pooled CLIP vector.
     pub pooled_dim: usize,
 }
 

@@ -28,25 +28,45 @@ use sha2::{Digest, Sha256};
 /// Errors of reading or writing a cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// A file or folder could not be read, written or parsed.
     #[error("{path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A safetensors shard could not be read.
     #[error(transparent)]
     File(#[from] LoadError),
+    /// The index has no entry for an image or caption.
     #[error("{cache}: no entry for {what} {hash} (run `premier encode` on this dataset)")]
     Missing {
+        /// The cache folder.
         cache: PathBuf,
+        /// `"image"` or `"caption"`.
         what: &'static str,
+        /// The content hash looked up.
         hash: String,
     },
+    /// The cache's entries were made by other encoders than the ones asked for.
     #[error("{cache}: its {part} were encoded by {cached}, not by {asked}; encode into another cache folder (entries of two encoders are never mixed)")]
     OtherEncoders {
+        /// The cache folder.
         cache: PathBuf,
+        /// The part that differs: `"images"` or `"captions"`.
         part: &'static str,
+        /// The identity of that part recorded in the cache.
         cached: String,
+        /// The identity of that part asked for.
         asked: String,
     },
+    /// The cache holds entries but records no encoder identity.
     #[error("{cache}: this cache does not record which encoders made it (written by an older premier); encode into a new cache folder")]
-    UnknownEncoders { cache: PathBuf },
+    UnknownEncoders {
+        /// The cache folder.
+        cache: PathBuf,
+    },
 }
 
 /// What made a cache's entries: the same image encoded by another autoencoder, at another
@@ -136,7 +156,9 @@ pub fn caption_hash(caption: &str) -> String {
 /// `index.json`: shard file name of every cached hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheIndex {
+    /// Image hash → shard file name.
     pub images: BTreeMap<String, String>,
+    /// Caption hash → shard file name.
     pub captions: BTreeMap<String, String>,
     /// What encoded the entries; `None` only for an empty cache (or one of an older premier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,7 +168,9 @@ pub struct CacheIndex {
 /// A VAE posterior: mean and log-variance `[channels, h, w]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedLatent {
+    /// Mean `[channels, h, w]`.
     pub mean: HostTensor,
+    /// Log-variance `[channels, h, w]`.
     pub logvar: HostTensor,
 }
 
@@ -162,6 +186,7 @@ pub struct CachedText {
 /// An open cache folder.
 pub struct EncodedCache {
     dir: PathBuf,
+    /// The cache's `index.json`, as read (and updated as shards are written).
     pub index: CacheIndex,
     shards: BTreeMap<String, SafetensorsFile>,
 }
@@ -191,10 +216,12 @@ impl EncodedCache {
         &self.dir
     }
 
+    /// Whether the image with `hash` is cached.
     pub fn has_image(&self, hash: &str) -> bool {
         self.index.images.contains_key(hash)
     }
 
+    /// Whether the caption with `hash` is cached.
     pub fn has_caption(&self, hash: &str) -> bool {
         self.index.captions.contains_key(hash)
     }

@@ -30,23 +30,46 @@ use crate::stage2::{ColdStartOptimizer, NewUser, Stage2Config, Stage2Optimizer, 
 /// Errors of writing or reading checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// A file or folder could not be read, written, renamed or removed.
     #[error("{path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The checkpoint's state could not be written or read, or does not fit what is resumed.
     #[error("{path}: bad state.json: {reason}")]
-    State { path: PathBuf, reason: String },
+    State {
+        /// The `state.json` file (or the checkpoint folder).
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A weights file whose fingerprint is not the one `state.json` recorded.
     #[error(
         "{path}: not the file this checkpoint was written with (its fingerprint is not the one \
          state.json recorded; copied from another checkpoint?)"
     )]
-    NotRecorded { path: PathBuf },
+    NotRecorded {
+        /// The weights file.
+        path: PathBuf,
+    },
     /// The optimizer file does not fit the checkpoint's model.
     #[error("{path}: {reason}")]
-    Optimizer { path: PathBuf, reason: String },
+    Optimizer {
+        /// The optimizer file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A weights file could not be written or read.
     #[error(transparent)]
     File(#[from] LoadError),
+    /// The adapters could not be loaded.
     #[error(transparent)]
     Adapter(#[from] AdapterError),
+    /// The user table or a user could not be loaded.
     #[error(transparent)]
     User(#[from] UserError),
 }
@@ -98,11 +121,17 @@ fn check_fingerprints(
 /// What `state.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointState {
+    /// Steps taken.
     pub step: u64,
+    /// The stage-1 config trained with.
     pub config: Stage1Config,
+    /// The adapters' sizes.
     pub adapter: AdapterConfig,
+    /// The user table's shape.
     pub users: UserShape,
+    /// How many rows the stored table has.
     pub rows: TableRows,
+    /// Prodigy's scalar state.
     pub prodigy: ProdigyScalars,
     /// For each optimized parameter: whether it has state, and whether its p0 was all zero.
     pub params: Vec<Option<bool>>,
@@ -113,7 +142,7 @@ pub struct CheckpointState {
     /// What else the run's batches depend on, when a whole run wrote the checkpoint.
     #[serde(default)]
     pub run: Option<RunSettings>,
-    /// Fingerprint of each weights file (see [`fingerprint_files`]); empty in older checkpoints.
+    /// Fingerprint of each weights file (size and the first and last MiB, as the encoder cache keys weights); empty in older checkpoints.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
 }
@@ -122,7 +151,9 @@ pub struct CheckpointState {
 /// ones to continue bit for bit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSettings {
+    /// Samples per micro-batch.
     pub batch_size: usize,
+    /// Micro-batches per optimizer step.
     pub grad_accum: usize,
     /// Hash of the users and their (image, caption) cache keys, in order.
     pub data: String,
@@ -530,10 +561,17 @@ pub fn load_stage1<B: AutodiffBackend>(
 pub enum Stage2OptimizerState {
     /// Steps taken; per parameter, whether it has moments (`{name}.exp_avg`,
     /// `{name}.exp_avg_sq`).
-    AdamW { step: u64, params: Vec<bool> },
+    AdamW {
+        /// Steps taken.
+        step: u64,
+        /// Per parameter: whether it has moments.
+        params: Vec<bool>,
+    },
     /// As stage 1's `prodigy` and `params`.
     Prodigy {
+        /// Prodigy's scalar state.
         scalars: ProdigyScalars,
+        /// Per parameter: whether it has state, and whether its p0 was all zero.
         params: Vec<Option<bool>>,
     },
 }
@@ -541,17 +579,20 @@ pub enum Stage2OptimizerState {
 /// What a stage-2 checkpoint's `state.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage2CheckpointState {
+    /// Steps taken.
     pub step: u64,
+    /// The cold-start config trained with.
     pub config: Stage2Config,
     /// `true`: the user is a linear combination; `false`: a direct embedding.
     pub linear: bool,
     /// The frozen table's shape.
     pub users: UserShape,
+    /// The optimizer and its scalars.
     pub optimizer: Stage2OptimizerState,
     /// The trained parameters' names (empty in older checkpoints, keyed by position).
     #[serde(default)]
     pub param_names: Vec<String>,
-    /// Fingerprint of each weights file (see [`fingerprint_files`]); empty in older checkpoints.
+    /// Fingerprint of each weights file (size and the first and last MiB, as the encoder cache keys weights); empty in older checkpoints.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
     /// What the cold start's batches depend on, when a whole run wrote the checkpoint.

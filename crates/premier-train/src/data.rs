@@ -17,20 +17,25 @@ use rand::SeedableRng;
 /// One liked image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
+    /// Path of the image file.
     pub image: PathBuf,
+    /// The image's caption, trimmed.
     pub caption: String,
 }
 
 /// A user and their images, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserData {
+    /// The user's id, unique in the dataset.
     pub id: String,
+    /// The user's images with their captions.
     pub samples: Vec<Sample>,
 }
 
 /// Users in the order they appear; the index is the user's row in the table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Dataset {
+    /// The users, in table-row order.
     pub users: Vec<UserData>,
     /// Problems skipped with `skip_bad`, as "file:line: reason".
     pub skipped: Vec<String>,
@@ -40,8 +45,11 @@ pub struct Dataset {
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct DataError {
+    /// The file (or folder).
     pub file: PathBuf,
+    /// Where in the file (a line, or a pickle's user index), when known.
     pub line: Option<usize>,
+    /// What is wrong.
     pub reason: String,
 }
 

@@ -56,10 +56,13 @@ fn all_finite(t: &premier_mmdit::load::HostTensor) -> bool {
 /// What an encode did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodeReport {
+    /// Images run through the image encoder.
     pub images_encoded: usize,
     /// Already in the cache (an earlier or interrupted run), or the same file twice.
     pub images_cached: usize,
+    /// Captions run through the text encoders.
     pub captions_encoded: usize,
+    /// Captions already in the cache, or the same caption twice.
     pub captions_cached: usize,
     /// Images skipped with `skip_bad`: "path: reason".
     pub skipped: Vec<String>,
@@ -68,10 +71,18 @@ pub struct EncodeReport {
 /// Errors of the encode loop.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
+    /// Reading or writing the cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// An image could not be read, or its latent is not finite.
     #[error("{path}: {reason}")]
-    Image { path: PathBuf, reason: String },
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An encoder failed or returned bad output; the message says why.
     #[error("encoder: {0}")]
     Encoder(String),
 }

@@ -27,6 +27,7 @@
 //! - [`new_user`]: the cold-start loop of one new user on cached or in-memory samples;
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
+#![warn(missing_docs)]
 
 pub mod adamw;
 pub mod batches;

@@ -86,6 +86,7 @@ impl TrainingMemory {
         }
     }
 
+    /// The sum of the parts, in bytes.
     pub fn total(&self) -> u64 {
         // Saturating: a batch from user input may be absurd; the estimate then refuses it.
         [
@@ -129,6 +130,7 @@ impl TrainingMemory {
 /// The memory a run may use, and where that number came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryLimit {
+    /// The limit in bytes.
     pub bytes: u64,
     /// `--max-memory`, or the memory the host has available (the device of the CPU backend).
     pub source: &'static str,
@@ -192,7 +194,9 @@ impl fmt::Display for TrainingMemory {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("estimated device memory {estimate} exceeds {} ({}); {fits} (the estimate is an upper bound, 1.3× the peak measured on the CPU; --max-memory GIB sets the limit)", gib(.limit.bytes), .limit.source)]
 pub struct MemoryError {
+    /// The estimate, total and parts, as text.
     pub estimate: String,
+    /// The limit it exceeds.
     pub limit: MemoryLimit,
     /// The alternatives that fit, or what to change when none does.
     pub fits: String,

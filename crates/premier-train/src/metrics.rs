@@ -13,6 +13,7 @@ use crate::stage1::StepReport;
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MetricRecord {
+    /// The step's losses and optimizer numbers.
     #[serde(flatten)]
     pub report: StepReport,
     /// Steps per second over this step.
@@ -27,7 +28,9 @@ pub struct MetricRecord {
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct MetricsError {
+    /// The file or folder.
     pub path: PathBuf,
+    /// What went wrong.
     pub reason: String,
 }
 
@@ -54,6 +57,7 @@ impl MetricsLog {
         })
     }
 
+    /// Appends `record` as one line and flushes it.
     pub fn write(&mut self, record: &MetricRecord) -> Result<(), MetricsError> {
         let line = serde_json::to_string(record).map_err(|e| err(&self.path, e))?;
         writeln!(self.file, "{line}").map_err(|e| err(&self.path, e))?;

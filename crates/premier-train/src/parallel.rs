@@ -35,7 +35,9 @@ pub fn add_grads<B: Backend>(
 /// What [`split_gradients`] returns: the summed flat gradients and each block's share of the
 /// rows with what its loss function reported.
 pub struct Split<B: AutodiffBackend, T> {
+    /// Flat gradients `[n_i]` of Σ share · loss, one per parameter.
     pub grads: Vec<Tensor<B::InnerBackend, 1>>,
+    /// Per block, in row order: its share of the rows and what its loss function reported.
     pub blocks: Vec<(f64, T)>,
 }
 

@@ -19,17 +19,26 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProdigyConfig {
+    /// Learning rate: scales the step and d's numerator alike.
     pub lr: f64,
+    /// Decay rates of the first and second moment averages.
     pub betas: (f64, f64),
-    /// `None` = √β2.
+    /// Decay of d's numerator and of `s`; `None` = √β2.
     pub beta3: Option<f64>,
+    /// Added (times d) to the denominator for numerical stability.
     pub eps: f64,
+    /// Weight decay (decoupled or added to the gradient, see `decouple`).
     pub weight_decay: f64,
     /// AdamW-style decoupled weight decay.
     pub decouple: bool,
+    /// Scale the step by Adam's bias correction √(1 − β2^k) / (1 − β1^k).
     pub use_bias_correction: bool,
+    /// Leave the learning rate and bias correction out of the update of `s` (the reference's
+    /// warmup safeguard).
     pub safeguard_warmup: bool,
+    /// Initial step size estimate d.
     pub d0: f64,
+    /// Multiplies the estimate d̂.
     pub d_coef: f64,
     /// ∞ by default; written as `null` in JSON, which has no infinity.
     #[serde(with = "infinite_as_null")]
@@ -97,10 +106,15 @@ struct ParamState<B: Backend> {
 /// The global scalars, after the last step (`param_groups[0]` of the reference).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ProdigyScalars {
+    /// The step size estimate.
     pub d: f64,
+    /// The largest d̂ so far (d0 at first); d never exceeds it.
     pub d_max: f64,
+    /// d̂'s numerator: the β3-decayed sum of the weighted ⟨g, p0 − p⟩.
     pub d_numerator: f64,
+    /// d̂'s denominator: Σ|s| over all parameters at the last step.
     pub d_denom: f64,
+    /// The last estimate `d_coef · d_numerator / d_denom`.
     pub d_hat: f64,
     /// Steps taken.
     pub k: u64,
@@ -117,6 +131,7 @@ pub struct Prodigy<B: Backend> {
 /// The optimizer's full state on the host, for checkpoints.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProdigyState {
+    /// The global scalars.
     pub scalars: ProdigyScalars,
     /// Per parameter (position as in `step`): `None` if it never took a step; else
     /// (p0 — `None` when it was all zero —, s, exp_avg, exp_avg_sq).
@@ -126,13 +141,18 @@ pub struct ProdigyState {
 /// One parameter's optimizer state on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamHostState {
+    /// The parameter at its first step `[n]`; `None` when it was all zero.
     pub p0: Option<HostTensor>,
+    /// The β3-decayed sum of weighted gradients behind d̂'s denominator `[n]`.
     pub s: HostTensor,
+    /// First moment `[n]`.
     pub exp_avg: HostTensor,
+    /// Second moment `[n]`.
     pub exp_avg_sq: HostTensor,
 }
 
 impl<B: Backend> Prodigy<B> {
+    /// A fresh optimizer: d = d0, no steps taken.
     pub fn new(config: ProdigyConfig) -> Self {
         let d0 = config.d0;
         Self {
@@ -149,6 +169,7 @@ impl<B: Backend> Prodigy<B> {
         }
     }
 
+    /// The arguments, with the learning rate last given to [`Prodigy::set_lr`].
     pub fn config(&self) -> &ProdigyConfig {
         &self.config
     }
@@ -164,6 +185,7 @@ impl<B: Backend> Prodigy<B> {
         self.scalars.d
     }
 
+    /// The global scalars after the last step.
     pub fn scalars(&self) -> ProdigyScalars {
         self.scalars
     }

@@ -39,6 +39,7 @@ use crate::stage2::{Stage2Config, Stage2Trainer};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Optimizer steps of the whole run (a resumed run stops at the same step).
     pub steps: u64,
     /// Samples per micro-batch, of distinct users while there are enough users.
     pub batch_size: usize,
@@ -46,6 +47,7 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Write a checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_every: u64,
+    /// Checkpoints kept (the newest; at least 1).
     pub keep_checkpoints: usize,
     /// Validation images every this many steps; 0: never.
     pub validate_every: u64,
@@ -62,7 +64,9 @@ pub struct TrainConfig {
     pub user_dim: usize,
     /// Width inside the resamplers (released: 3072).
     pub adapter_width: usize,
+    /// Attention heads of the resamplers (released: 8).
     pub adapter_heads: usize,
+    /// Layers of each resampler (released: 3).
     pub adapter_layers: usize,
     /// Build Δ_shared (false: the "w/o Δ_shared" ablation).
     pub shared: bool,
@@ -74,6 +78,7 @@ pub struct TrainConfig {
     /// Threads each micro-batch's rows are split over on one device (useful on CPUs; the same
     /// step up to the order of float additions, `Stage1Trainer::with_workers`).
     pub workers: usize,
+    /// The objective, optimizer and seed (`[stage1]`).
     pub stage1: Stage1Config,
 }
 
@@ -129,6 +134,7 @@ impl TrainConfig {
         config_from_toml(text, defaults)
     }
 
+    /// The config as TOML (as written to a run's `config.toml`).
     pub fn to_toml(&self) -> Result<String, String> {
         toml::to_string_pretty(self).map_err(|e| e.to_string())
     }
@@ -157,7 +163,9 @@ impl TrainConfig {
 /// `premier.json` beside a run's final weights: the sizes needed to load them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainedModel {
+    /// The adapters' sizes.
     pub adapter: AdapterConfig,
+    /// The user table's shape.
     pub users: UserShape,
     /// User ids in table-row order.
     pub ids: Vec<String>,
@@ -192,20 +200,34 @@ impl TrainedModel {
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// Reading the encoder cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A training step failed.
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// Writing or reading a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Writing or reading the metrics failed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// A file or folder could not be read, written or removed.
     #[error("{path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The run cannot go on as set up (data, folder, resume point or settings); the message says
+    /// why.
     #[error("{0}")]
     Config(String),
+    /// A config value is out of range.
     #[error("config: {0}")]
     Invalid(#[from] crate::validate::InvalidValue),
+    /// The observer's validation failed; the message says why.
     #[error("validation: {0}")]
     Validation(String),
 }
@@ -273,10 +295,15 @@ pub enum Start {
 pub struct RunSummary {
     /// Step the run started from (0 when fresh).
     pub resumed_from: u64,
+    /// Step the run ended at.
     pub steps: u64,
+    /// Metrics of the last step taken in this run (`None` when it took none).
     pub last: Option<MetricRecord>,
+    /// The final adapters file (`mod_adapter.safetensors`).
     pub adapter: PathBuf,
+    /// The final user table file (`user_embedding.safetensors`).
     pub table: PathBuf,
+    /// Wall-clock seconds the run took.
     pub seconds: f64,
 }
 
@@ -737,13 +764,17 @@ pub enum ColdStartKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ColdStartConfig {
+    /// How the new user is represented.
     pub kind: ColdStartKind,
+    /// Optimizer steps in all (a resumed cold start stops at the same step).
     pub steps: u64,
     /// Images per step (at most the user's images; the released config: 1).
     pub batch_size: usize,
     /// Write a checkpoint every this many steps (and at the end); 0: none.
     pub checkpoint_every: u64,
+    /// Checkpoints kept (the newest; at least 1).
     pub keep_checkpoints: usize,
+    /// The objective, optimizer and seed (`[stage2]`).
     pub stage2: Stage2Config,
 }
 

@@ -13,12 +13,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum LrSchedule {
+    /// 1 at every step.
     Constant {},
     /// 1 until `total_steps − decay_steps`, then a cosine from 1 to 0 over the last
     /// `decay_steps` steps (`decay_steps = total_steps`: a cosine over the whole run); 0 from
     /// `total_steps` on.
     CosineTail {
+        /// The step from which the multiplier is 0.
         total_steps: u64,
+        /// Steps the cosine lasts.
         decay_steps: u64,
     },
 }

@@ -36,19 +36,24 @@ pub struct Stage1Config {
     /// `None` is the paper's "w/o dispersion" ablation (written `"None"` in config files).
     #[serde(with = "dispersion_or_none")]
     pub dispersion: Option<DispersionVariant>,
+    /// Which prompt the dispersion loss sees.
     pub dispersion_prompt: DispersionPrompt,
     /// For [`DispersionVariant::Hinge`]: users whose Δ differ by less than this times RMS(y) per
     /// feature (y = FLUX's modulation vector of the batch, detached) are pushed apart. The other
     /// variants use τ = 1 as in the paper and code.
     #[serde(default = "default_margin")]
     pub dispersion_margin: f64,
+    /// Weight of the dispersion on Δ_shared in the total loss.
     pub lambda_shared: f64,
+    /// Weight of the dispersion on Δ_distinct in the total loss.
     pub lambda_distinct: f64,
+    /// How the flow times `t` are drawn.
     pub timesteps: TimestepSampler,
     /// Distilled guidance fed during training (1.0 as released).
     pub guidance: f32,
     /// Global gradient-norm clip (0.5 as released); `None` disables it.
     pub clip_norm: Option<f64>,
+    /// Prodigy's arguments.
     pub optimizer: ProdigyConfig,
     /// Multiplies `optimizer.lr` by step (constant as released).
     pub lr_schedule: LrSchedule,
@@ -109,7 +114,9 @@ impl Default for Stage1Config {
 /// What stage 1 trains.
 #[derive(Module, Debug)]
 pub struct Stage1Model<B: Backend> {
+    /// The adapters that turn text tokens and a user embedding into Δ.
     pub adapter: PreferenceAdapter<B>,
+    /// The trained users' embeddings.
     pub users: UserTable<B>,
 }
 
@@ -133,13 +140,18 @@ pub struct Stage1Batch<B: Backend> {
 /// The loss of one step and its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
+    /// The step's number (1 for the first step).
     pub step: u64,
+    /// The total loss.
     #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub loss: f64,
+    /// The flow-matching loss.
     #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub flow: f64,
+    /// The dispersion loss on Δ_shared (before its λ).
     #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub dispersion_shared: f64,
+    /// The dispersion loss on Δ_distinct (before its λ).
     #[serde(deserialize_with = "crate::metrics::nan_if_null")]
     pub dispersion_distinct: f64,
     /// Prodigy's step size estimate after the step.
@@ -162,10 +174,13 @@ fn nan() -> f64 {
 /// Errors of a training step.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// A user could not be looked up or built.
     #[error(transparent)]
     User(#[from] UserError),
+    /// The backbone's forward pass refused its inputs.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// The batch does not fit (sizes, users, missing null prompt); the message says why.
     #[error("{0}")]
     Batch(String),
     /// A NaN or infinite loss, gradient norm or Prodigy step size d: the parameters (and the
@@ -173,8 +188,11 @@ pub enum TrainError {
     /// the optimizer ran, so its own state has moved; the run stops either way.
     #[error("step {step}: the {quantity} is {value}; training stopped without applying the step (the last checkpoint holds the last good state)")]
     NonFinite {
+        /// The step's number.
         step: u64,
+        /// What was not finite (e.g. `"loss"`, `"gradient norm"`).
         quantity: &'static str,
+        /// Its value.
         value: f64,
     },
 }
@@ -237,15 +255,20 @@ pub fn modulated_flow_loss<B: FluxOps>(
 
 /// The loss parts as tensors (so the caller can backpropagate).
 pub struct Stage1Loss<B: Backend> {
+    /// `flow + lambda_shared · dispersion_shared + lambda_distinct · dispersion_distinct`: `[1]`.
     pub total: Tensor<B, 1>,
+    /// The flow-matching loss: `[1]`.
     pub flow: Tensor<B, 1>,
+    /// The dispersion loss on Δ_shared (zero without one): `[1]`.
     pub dispersion_shared: Tensor<B, 1>,
+    /// The dispersion loss on Δ_distinct (zero without one): `[1]`.
     pub dispersion_distinct: Tensor<B, 1>,
     /// RMS(Δ) / RMS(y) of the batch (see [`StepReport::delta_to_y`]), detached.
     pub delta_to_y: f64,
     /// The mean squares behind `delta_to_y` (RMS(Δ)², RMS(y)²), so the ratio of a batch split
     /// into equal row blocks can be put together exactly.
     pub delta_ms: f64,
+    /// RMS(y)² (see `delta_ms`).
     pub y_ms: f64,
 }
 
@@ -411,9 +434,13 @@ pub fn stage1_loss<B: FluxOps>(
 pub struct Stage1Trainer<B: AutodiffBackend> {
     /// Frozen: no parameter of it takes a gradient or changes.
     pub flux: Flux<B>,
+    /// The adapters and user table being trained.
     pub model: Stage1Model<B>,
+    /// Prodigy's state.
     pub optimizer: Prodigy<B::InnerBackend>,
+    /// The settings of the run.
     pub config: Stage1Config,
+    /// Steps taken.
     pub step: u64,
     /// Threads each batch's rows are split over (data parallel on one device; 1: no split). The
     /// step is the same sum as without the split (the same noise, the dispersion over the whole
@@ -474,6 +501,7 @@ impl<B: Backend> Stage1Batch<B> {
 }
 
 impl<B: AutodiffBackend> Stage1Trainer<B> {
+    /// A trainer at step 0 with a fresh Prodigy and one worker; `flux` is frozen.
     pub fn new(flux: Flux<B>, model: Stage1Model<B>, config: Stage1Config) -> Self {
         Self {
             flux: flux.no_grad(),

@@ -51,7 +51,9 @@ pub enum ColdStartOptimizer {
 /// The new user's optimizer and its state.
 #[derive(Debug, Clone)]
 pub enum Stage2Optimizer<B: Backend> {
+    /// AdamW (the released linear cold start).
     AdamW(AdamW<B>),
+    /// Prodigy (the released direct training).
     Prodigy(Prodigy<B>),
 }
 
@@ -59,9 +61,13 @@ pub enum Stage2Optimizer<B: Backend> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Stage2Config {
+    /// How the flow times `t` are drawn.
     pub timesteps: TimestepSampler,
+    /// Distilled guidance fed during training (1.0 as released).
     pub guidance: f32,
+    /// Global gradient-norm clip (0.5 as released); `None` disables it.
     pub clip_norm: Option<f64>,
+    /// Which optimizer trains the new user, with its arguments.
     pub optimizer: ColdStartOptimizer,
     /// Seed of the per-step noise and times.
     pub seed: u64,
@@ -84,6 +90,7 @@ impl Default for Stage2Config {
 pub struct Stage2Batch<B: Backend> {
     /// `[batch, img_tokens, in_channels]`.
     pub x0: Tensor<B, 3>,
+    /// Latent height and width before packing (for the position ids).
     pub latent_hw: (usize, usize),
     /// `[batch, txt_tokens, text_dim]`.
     pub text: Tensor<B, 3>,
@@ -96,18 +103,25 @@ pub struct Stage2Batch<B: Backend> {
 /// The new users one trainer fits together.
 #[derive(Module, Debug)]
 pub struct NewUsers<B: Backend> {
+    /// The new users, in the order batches' `owners` index them.
     pub users: Vec<NewUser<B>>,
 }
 
 /// Cold-start training of one or several new users.
 pub struct Stage2Trainer<B: AutodiffBackend> {
+    /// The backbone, frozen.
     pub flux: Flux<B>,
+    /// The stage-1 adapters, frozen.
     pub adapter: PreferenceAdapter<B>,
+    /// The trained users' table, frozen.
     pub table: UserTable<B>,
     /// Trained; with several users, one optimizer (and one gradient clip) covers them all.
     pub users: NewUsers<B>,
+    /// The settings of the cold start.
     pub config: Stage2Config,
+    /// Steps taken.
     pub step: u64,
+    /// The optimizer and its state.
     pub optimizer: Stage2Optimizer<B::InnerBackend>,
 }
 

@@ -17,7 +17,9 @@ use crate::stage2::{ColdStartOptimizer, Stage2Config};
 pub struct InvalidValue {
     /// The key's path in the config file, e.g. `stage1.optimizer.lr`.
     pub key: String,
+    /// The value given, as text.
     pub value: String,
+    /// The range it must be in, in words.
     pub expected: &'static str,
 }
 
