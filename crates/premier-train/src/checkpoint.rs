@@ -142,7 +142,8 @@ pub struct CheckpointState {
     /// What else the run's batches depend on, when a whole run wrote the checkpoint.
     #[serde(default)]
     pub run: Option<RunSettings>,
-    /// Fingerprint of each weights file (size and the first and last MiB, as the encoder cache keys weights); empty in older checkpoints.
+    /// Fingerprint of each weights file (its size and first and last MiB, as the encoder cache
+    /// keys weights); empty in older checkpoints.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
 }
@@ -592,7 +593,8 @@ pub struct Stage2CheckpointState {
     /// The trained parameters' names (empty in older checkpoints, keyed by position).
     #[serde(default)]
     pub param_names: Vec<String>,
-    /// Fingerprint of each weights file (size and the first and last MiB, as the encoder cache keys weights); empty in older checkpoints.
+    /// Fingerprint of each weights file (its size and first and last MiB, as the encoder cache
+    /// keys weights); empty in older checkpoints.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
     /// What the cold start's batches depend on, when a whole run wrote the checkpoint.
