@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, Flex};
 use clap::Parser;
 use premier::adapter::AdapterInit;
-use premier::cli::progress::Progress;
 use premier::losses::DispersionVariant;
 use premier::synth::base::shipped_base_dir;
 use premier::synth::experiment::{run, seed_dir, ExperimentConfig, Progress as ProgressReport};
@@ -24,6 +23,7 @@ use premier::train::adamw::AdamWConfig;
 use premier::train::prodigy::ProdigyConfig;
 use premier::train::schedule::StepDecay;
 use premier::train::stage2::ColdStartOptimizer;
+use premier_cli::progress::Progress;
 
 /// One progress bar per phase, with ETA (plain lines when stderr is not a terminal).
 #[derive(Default)]

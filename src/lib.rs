@@ -25,7 +25,7 @@
 //! }
 //! ```
 //!
-//! The member crates are re-exported, and the `premier` command line is hosted here:
+//! The member crates are re-exported (the `premier` command line is the `premier-cli` crate):
 //!
 //! - [`mmdit`]: the FLUX.1 transformer with the per-token text-modulation hook, and its loaders;
 //! - [`adapter`]: the block-shared and block-distinct preference adapters;
@@ -39,12 +39,10 @@
 //! - [`encoders`]: FLUX.1's VAE, T5 and CLIP as `premier encode`'s [`train::encode::Encoders`];
 //! - [`gpu_check`]: the prepared GPU check (parity on the device, timed FLUX.1-dev-size work);
 //! - [`allocator`]: keeps freed buffers in the process (glibc `mallopt`), for binaries to opt into;
-//! - [`cli`]: the `premier` command (`generate`, `encode`, `train`, `cold-start`, `synth export`).
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
 
 pub mod allocator;
-pub mod cli;
 pub mod encoders;
 mod error;
 pub mod gpu_check;

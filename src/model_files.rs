@@ -13,7 +13,8 @@ use crate::text::{
 use crate::vae::{Autoencoder, AutoencoderConfig};
 
 /// FLUX.1 variant: sets the default config, schedule shift, T5 length and step count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Variant {
     /// FLUX.1-dev: guidance-distilled, 28 steps, shifted schedule, 512 T5 tokens.
     #[default]

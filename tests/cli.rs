@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use premier::cli::{parse_user, Cli, Command, GenerateArgs};
 use premier::pipeline::UserChoice;
 use premier::users::UserRef;
 use premier::{resolve_user, PremierError, User};
+use premier_cli::{parse_user, Cli, Command, GenerateArgs};
 
 fn parse(args: &[&str]) -> GenerateArgs {
     let mut full = vec!["premier", "generate"];
@@ -121,7 +121,7 @@ fn missing_model_files_are_named() {
         "--steps",
         "1",
     ]);
-    let err = premier::cli::run_generate(args).unwrap_err();
+    let err = premier_cli::run_generate(args).unwrap_err();
     assert!(format!("{err:#}").contains("transformer"), "{err:#}");
 }
 
@@ -148,7 +148,7 @@ fn synth_export_writes_a_dataset_the_readers_parse() {
     let Command::Synth(args) = cli.command else {
         panic!("not a synth command")
     };
-    premier::cli::synth::run(args).unwrap();
+    premier_cli::synth::run(args).unwrap();
     let data =
         premier::train::data::Dataset::from_jsonl(&out.join("manifest.jsonl"), &Default::default())
             .unwrap();

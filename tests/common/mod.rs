@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use premier::cli::{run, Cli};
+use premier_cli::{run, Cli};
 
 /// Runs `premier ARGS…` in this process.
 pub fn premier(args: &[&str]) -> anyhow::Result<()> {

@@ -10,14 +10,14 @@ use image::RgbImage;
 
 use burn::tensor::FloatDType;
 
-use super::{BackendKind, Precision};
-use crate::mmdit::{Flux, FluxConfig, FluxOps, TextModulation};
-use crate::model_files::{ModelFiles, ModelPaths, Variant};
-use crate::pipeline::image_io::tensor_to_rgb;
-use crate::pipeline::{decode_latents, denoise_request, GenerateRequest};
-use crate::synth::base::SynthBase;
-use crate::text::{TextConditioning, TextEncoder};
-use crate::vae::{Autoencoder, AutoencoderConfig};
+use crate::{BackendKind, Precision};
+use premier::mmdit::{Flux, FluxConfig, FluxOps, TextModulation};
+use premier::model_files::{ModelFiles, ModelPaths, Variant};
+use premier::pipeline::image_io::tensor_to_rgb;
+use premier::pipeline::{decode_latents, denoise_request, GenerateRequest};
+use premier::synth::base::SynthBase;
+use premier::text::{TextConditioning, TextEncoder};
+use premier::vae::{Autoencoder, AutoencoderConfig};
 
 /// Where the model files are.
 #[derive(Debug, Clone, Args)]
@@ -81,7 +81,7 @@ impl ModelArgs {
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("synth base config {}", path.display()))?;
-            let config: crate::synth::base::SynthBaseConfig = serde_json::from_str(&text)
+            let config: premier::synth::base::SynthBaseConfig = serde_json::from_str(&text)
                 .with_context(|| format!("synth base config {}", path.display()))?;
             return Ok(config.flux);
         }
@@ -171,12 +171,12 @@ impl<B: FluxOps> ImageSampler<B> {
         seeds: &[u64],
     ) -> anyhow::Result<Vec<RgbImage>> {
         match self {
-            Self::Synth => Ok(crate::synth::sample::sample(
+            Self::Synth => Ok(premier::synth::sample::sample(
                 flux,
                 text,
                 delta,
                 seeds,
-                crate::synth::sample::SAMPLING_STEPS,
+                premier::synth::sample::SAMPLING_STEPS,
             )?),
             Self::Flux {
                 vae,

@@ -1,5 +1,5 @@
 //! The `premier` command line: `premier generate --help`.
 
 fn main() -> anyhow::Result<()> {
-    premier::cli::main()
+    premier_cli::main()
 }

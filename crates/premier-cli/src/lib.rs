@@ -12,10 +12,10 @@ mod train;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// An image side given by `what` (a flag or config key): a positive multiple of 16 (8 for the
-/// autoencoder, 2 for FLUX's packing) of at most [`crate::pipeline::MAX_SIDE`], checked before
+/// autoencoder, 2 for FLUX's packing) of at most [`premier::pipeline::MAX_SIDE`], checked before
 /// anything is allocated for it.
 pub(crate) fn check_side(what: &str, side: usize) -> anyhow::Result<()> {
-    let max = crate::pipeline::MAX_SIDE;
+    let max = premier::pipeline::MAX_SIDE;
     anyhow::ensure!(
         side > 0 && side % 16 == 0 && side <= max,
         "{what} {side}: the image side must be a positive multiple of 16, at most {max}"
@@ -28,8 +28,8 @@ pub(crate) fn check_side(what: &str, side: usize) -> anyhow::Result<()> {
 pub(crate) fn memory_limit(
     max_memory: Option<f64>,
     backend: BackendKind,
-) -> Option<crate::train::memory::MemoryLimit> {
-    use crate::train::memory::MemoryLimit;
+) -> Option<premier::train::memory::MemoryLimit> {
+    use premier::train::memory::MemoryLimit;
     match (max_memory, backend) {
         (Some(gib), _) => Some(MemoryLimit::from_gib(gib)),
         (None, BackendKind::Flex) => MemoryLimit::host_available(),
@@ -110,7 +110,7 @@ pub enum Precision {
 
 /// Parses the process arguments and runs the subcommand.
 pub fn main() -> anyhow::Result<()> {
-    crate::allocator::retain_freed_memory();
+    premier::allocator::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -9,22 +9,22 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use clap::Args;
 
-use super::models::ModelArgs;
-use super::{BackendKind, Precision};
-use crate::adapter::{AdapterConfig, PreferenceAdapter};
-use crate::mmdit::FluxOps;
-use crate::model_files::{ModelConfigs, ModelFiles};
-use crate::personalized::Personalization;
-use crate::pipeline::image_io::{grid, save_png, tensor_to_rgb};
-use crate::pipeline::memory::{GenerationMemory, GenerationPlan};
-use crate::pipeline::{
+use crate::models::ModelArgs;
+use crate::{BackendKind, Precision};
+use premier::adapter::{AdapterConfig, PreferenceAdapter};
+use premier::mmdit::FluxOps;
+use premier::model_files::{ModelConfigs, ModelFiles};
+use premier::personalized::Personalization;
+use premier::pipeline::image_io::{grid, save_png, tensor_to_rgb};
+use premier::pipeline::memory::{GenerationMemory, GenerationPlan};
+use premier::pipeline::{
     check_request, decode_latents, denoise_request, request_modulation, DeltaCache,
     GenerateRequest, UserChoice,
 };
-use crate::synth::base::SynthBase;
-use crate::train::run::{TrainedModel, TRAINED_MODEL_FILE};
-use crate::users::{UserShape, UserTable};
-use crate::User;
+use premier::synth::base::SynthBase;
+use premier::train::run::{TrainedModel, TRAINED_MODEL_FILE};
+use premier::users::{UserShape, UserTable};
+use premier::User;
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
@@ -57,14 +57,14 @@ pub struct GenerateArgs {
     /// Sampling steps (default: 28 for dev, 4 for schnell; the synthetic world: 12).
     #[arg(long)]
     pub steps: Option<usize>,
-    #[arg(long, default_value_t = 3.5, value_parser = super::finite::<f32>)]
+    #[arg(long, default_value_t = 3.5, value_parser = crate::finite::<f32>)]
     pub guidance: f32,
     /// Seed of the first column; column c uses seed + c (wrapping past 2⁶⁴ − 1), the same for
     /// every user.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Preference strength: 0 = plain FLUX, 1 = as trained (negative: away from the taste).
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = super::finite::<f64>)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::finite::<f64>)]
     pub alpha: f64,
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -90,7 +90,7 @@ pub struct GenerateArgs {
     /// Refuse to start when the estimated device memory (printed first) exceeds this many GiB
     /// (default: what the device has free: the host's available memory on the CPU, GPU 0's free
     /// memory on CUDA).
-    #[arg(long, value_parser = super::parse_gib)]
+    #[arg(long, value_parser = crate::parse_gib)]
     pub max_memory: Option<f64>,
 }
 
@@ -162,7 +162,7 @@ fn trained_sizes(
             adapter.display()
         );
     }
-    let (adapter, mut users) = crate::personalization_sizes(trained, text_dim, flux);
+    let (adapter, mut users) = premier::personalization_sizes(trained, text_dim, flux);
     if let Some(n) = args.num_users {
         users.users = n;
     }
@@ -221,7 +221,7 @@ fn users_of(
     args.users
         .iter()
         .map(|u| {
-            crate::resolve_user(&parse_user(u), trained).with_context(|| format!("--user {u}"))
+            premier::resolve_user(&parse_user(u), trained).with_context(|| format!("--user {u}"))
         })
         .collect()
 }
@@ -255,19 +255,19 @@ fn generate_synth<B: FluxOps>(
     device: B::Device,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let side = crate::synth::world::IMAGE_SIZE;
+    let side = premier::synth::world::IMAGE_SIZE;
     for (flag, value) in [("--width", args.width), ("--height", args.height)] {
         if let Some(v) = value.filter(|&v| v != side) {
             bail!("{flag} {v}: the synthetic world's base draws only {side}×{side} images");
         }
     }
-    let steps = args.steps.unwrap_or(crate::synth::sample::SAMPLING_STEPS);
+    let steps = args.steps.unwrap_or(premier::synth::sample::SAMPLING_STEPS);
     check_steps(steps)?;
     let trained = trained_beside(&args)?;
     let users = users_of(&args, trained.as_ref())?;
     let (base, config) = SynthBase::<B>::load(dir, &device)
         .with_context(|| format!("synth base {}", dir.display()))?;
-    let tokenizer = crate::synth::text::load_tokenizer(dir)?;
+    let tokenizer = premier::synth::text::load_tokenizer(dir)?;
     let (adapter, table) = load_personalization::<B>(
         &args,
         trained.as_ref(),
@@ -297,7 +297,7 @@ fn generate_synth<B: FluxOps>(
                 )
             }
         };
-        rows.push(crate::synth::sample::sample(
+        rows.push(premier::synth::sample::sample(
             &base.flux,
             &text,
             delta.as_ref(),
@@ -315,7 +315,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     let total = Instant::now();
     // The sizes first: the memory estimate below multiplies them.
     for (flag, side) in [("--width", args.width), ("--height", args.height)] {
-        side.map_or(Ok(()), |side| super::check_side(flag, side))?;
+        side.map_or(Ok(()), |side| crate::check_side(flag, side))?;
     }
     check_steps(args.steps.unwrap_or(args.model.variant.steps()))?;
     let trained = trained_beside(&args)?;
@@ -325,8 +325,8 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     // Advisory: a file it cannot read is named by the loading below, in load order.
     if let Ok(estimate) = memory_estimate::<B>(&args, trained.as_ref(), &files, &configs) {
         eprintln!("estimated device memory: {estimate}");
-        if let Some(limit) = super::memory_limit(args.max_memory, args.backend) {
-            let format = crate::mmdit::memory::format_bytes;
+        if let Some(limit) = crate::memory_limit(args.max_memory, args.backend) {
+            let format = premier::mmdit::memory::format_bytes;
             let (staged, _) = estimate.staged_peak();
             let needed = if args.low_memory {
                 staged
@@ -355,7 +355,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
 
     eprintln!("loading models…");
     let load = Instant::now();
-    let mut builder = crate::Premier::<B>::builder()
+    let mut builder = premier::Premier::<B>::builder()
         .model_files(files)
         .variant(args.model.variant)
         .device(device);
@@ -376,7 +376,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let steps = args.steps.unwrap_or(args.model.variant.steps());
-    let bar = super::progress::Progress::new((users.len() * steps) as u64, "steps");
+    let bar = crate::progress::Progress::new((users.len() * steps) as u64, "steps");
     let mut rows = Vec::new();
     let mut timings = Vec::new();
     for (r, user) in users.iter().enumerate() {
@@ -405,7 +405,7 @@ fn generate<B: FluxOps>(args: GenerateArgs, device: B::Device) -> anyhow::Result
 
 /// `--steps`, checked before anything is loaded.
 fn check_steps(steps: usize) -> anyhow::Result<()> {
-    let max = crate::pipeline::MAX_STEPS;
+    let max = premier::pipeline::MAX_STEPS;
     anyhow::ensure!(
         (1..=max).contains(&steps),
         "--steps {steps}: sampling takes at least 1 and at most {max} steps"
@@ -440,7 +440,7 @@ fn memory_estimate<B: FluxOps>(
 ) -> anyhow::Result<GenerationMemory> {
     let (flux, t5) = (&configs.flux, &configs.t5);
     let stored = |path: &Path| -> anyhow::Result<u64> {
-        Ok(crate::mmdit::load::Checkpoint::open_plain(path)?.stored_elements())
+        Ok(premier::mmdit::load::Checkpoint::open_plain(path)?.stored_elements())
     };
     let adapter_params = match &args.adapter {
         Some(_) => {
@@ -515,7 +515,7 @@ fn generate_one_model_at_a_time<B: FluxOps>(
             }
             _ => (None, None),
         };
-        let mut cache = DeltaCache::new(crate::pipeline::DEFAULT_DELTA_CACHE_BYTES);
+        let mut cache = DeltaCache::new(premier::pipeline::DEFAULT_DELTA_CACHE_BYTES);
         requests
             .iter()
             .map(|request| match (&adapter, &table) {
@@ -538,7 +538,7 @@ fn generate_one_model_at_a_time<B: FluxOps>(
     let latents = {
         let flux = files.load_flux::<B>(flux_config, &device, None)?;
         let steps = requests.first().map_or(0, |r| r.steps);
-        let bar = super::progress::Progress::new((requests.len() * steps) as u64, "steps");
+        let bar = crate::progress::Progress::new((requests.len() * steps) as u64, "steps");
         let latents = requests
             .iter()
             .zip(&modulations)
@@ -584,8 +584,8 @@ fn adapter_dtype(args: &GenerateArgs) -> Option<FloatDType> {
 }
 
 /// `--vae-tile`'s tiling: tiles of that side overlapping by a quarter.
-fn vae_tiling(args: &GenerateArgs) -> Option<crate::vae::Tiling> {
-    args.vae_tile.map(|tile| crate::vae::Tiling {
+fn vae_tiling(args: &GenerateArgs) -> Option<premier::vae::Tiling> {
+    args.vae_tile.map(|tile| premier::vae::Tiling {
         tile,
         overlap: tile / 4,
     })

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 use common::{encoded_synth_world, premier, s, sha, synth_base};
 

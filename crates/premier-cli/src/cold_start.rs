@@ -3,23 +3,23 @@
 
 use std::path::PathBuf;
 
-use crate::mmdit::{FluxAutodiffBackend, PassShape};
 use anyhow::bail;
 use clap::{Args, ValueEnum};
+use premier::mmdit::{FluxAutodiffBackend, PassShape};
 
-use super::dataset::DataArgs;
-use super::models::ModelArgs;
-use super::progress::Progress;
-use super::{BackendKind, Precision};
-use crate::adapter::PreferenceAdapter;
-use crate::train::adamw::AdamWConfig;
-use crate::train::batches::CachedUsers;
-use crate::train::cache::EncodedCache;
-use crate::train::memory::TrainingMemory;
-use crate::train::prodigy::ProdigyConfig;
-use crate::train::run::{cold_start, ColdStartConfig, ColdStartKind, Start, TrainedModel};
-use crate::train::stage2::ColdStartOptimizer;
-use crate::users::UserTable;
+use crate::dataset::DataArgs;
+use crate::models::ModelArgs;
+use crate::progress::Progress;
+use crate::{BackendKind, Precision};
+use premier::adapter::PreferenceAdapter;
+use premier::train::adamw::AdamWConfig;
+use premier::train::batches::CachedUsers;
+use premier::train::cache::EncodedCache;
+use premier::train::memory::TrainingMemory;
+use premier::train::prodigy::ProdigyConfig;
+use premier::train::run::{cold_start, ColdStartConfig, ColdStartKind, Start, TrainedModel};
+use premier::train::stage2::ColdStartOptimizer;
+use premier::users::UserTable;
 
 /// How a new user is represented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,7 +89,7 @@ pub struct ColdStartArgs {
     pub backbone_dtype: Option<Precision>,
     /// Refuse to start when the estimated device memory of a step (printed first) exceeds this
     /// many GiB (on the CPU, by default, the memory the host has available).
-    #[arg(long, value_parser = super::parse_gib)]
+    #[arg(long, value_parser = crate::parse_gib)]
     pub max_memory: Option<f64>,
 }
 
@@ -102,7 +102,7 @@ impl ColdStartArgs {
             defaults.steps = 100;
             defaults.batch_size = 4;
         }
-        let mut c = super::dataset::config_file(self.config.as_deref(), defaults)?;
+        let mut c = crate::dataset::config_file(self.config.as_deref(), defaults)?;
         c.kind = match self.kind {
             Some(KindArg::Linear) => ColdStartKind::Linear,
             Some(KindArg::Direct) => ColdStartKind::Direct,
@@ -154,7 +154,7 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
                 .into_iter()
                 .flatten()
                 .flatten()
-                .any(|user| crate::train::checkpoint::latest_checkpoint(&user.path()).is_some());
+                .any(|user| premier::train::checkpoint::latest_checkpoint(&user.path()).is_some());
             if !any {
                 bail!(
                     "--resume latest: nothing to resume, {} holds no checkpoint (start without \
@@ -186,7 +186,7 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
     let trained = TrainedModel::read(&args.run)?;
-    let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
+    let dtype = crate::models::backbone_dtype(args.backbone_dtype, args.backend);
     if let Some(dims) = data.sample_dims()? {
         let flux = args.model.backbone_config()?;
         let bytes = if dtype.is_some() { 2 } else { 4 };
@@ -209,7 +209,7 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
             },
         );
         println!("estimated device memory of a step: {estimate}");
-        if let Some(limit) = super::memory_limit(args.max_memory, args.backend) {
+        if let Some(limit) = crate::memory_limit(args.max_memory, args.backend) {
             estimate.check(limit, &[])?;
         }
     }

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use clap::Args;
 
-use crate::train::data::{Dataset, ReadOptions};
+use premier::train::data::{Dataset, ReadOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
@@ -64,6 +64,6 @@ pub fn config_file<T: serde::Serialize + serde::de::DeserializeOwned>(
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    crate::train::run::config_from_toml(&text, &defaults)
+    premier::train::run::config_from_toml(&text, &defaults)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

@@ -8,21 +8,21 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use super::dataset::DataArgs;
-use super::models::{ImageSampler, ModelArgs};
-use super::progress::Progress;
-use super::{BackendKind, Precision};
-use crate::losses::DispersionVariant;
-use crate::mmdit::{Flux, FluxAutodiffBackend, PassShape};
-use crate::pipeline::image_io::{grid, save_png};
-use crate::text::TextConditioning;
-use crate::train::batches::CachedUsers;
-use crate::train::cache::EncodedCache;
-use crate::train::memory::TrainingMemory;
-use crate::train::metrics::MetricRecord;
-use crate::train::run::{train_stage1, RunObserver, Start, TrainConfig};
-use crate::train::stage1::Stage1Model;
-use crate::users::UserShape;
+use crate::dataset::DataArgs;
+use crate::models::{ImageSampler, ModelArgs};
+use crate::progress::Progress;
+use crate::{BackendKind, Precision};
+use premier::losses::DispersionVariant;
+use premier::mmdit::{Flux, FluxAutodiffBackend, PassShape};
+use premier::pipeline::image_io::{grid, save_png};
+use premier::text::TextConditioning;
+use premier::train::batches::CachedUsers;
+use premier::train::cache::EncodedCache;
+use premier::train::memory::TrainingMemory;
+use premier::train::metrics::MetricRecord;
+use premier::train::run::{train_stage1, RunObserver, Start, TrainConfig};
+use premier::train::stage1::Stage1Model;
+use premier::users::UserShape;
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
@@ -97,7 +97,7 @@ pub struct TrainArgs {
     pub backbone_dtype: Option<Precision>,
     /// Refuse to start when the estimated device memory of a step (printed at the start)
     /// exceeds this many GiB.
-    #[arg(long, value_parser = super::parse_gib)]
+    #[arg(long, value_parser = crate::parse_gib)]
     pub max_memory: Option<f64>,
 }
 
@@ -109,7 +109,7 @@ impl TrainArgs {
         } else {
             TrainConfig::default()
         };
-        let mut c = super::dataset::config_file(self.config.as_deref(), defaults)?;
+        let mut c = crate::dataset::config_file(self.config.as_deref(), defaults)?;
         let set = |slot: &mut u64, v: Option<u64>| {
             if let Some(v) = v {
                 *slot = v
@@ -252,14 +252,14 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
         .validate()
         .map_err(|e| anyhow::anyhow!("config: {e}"))?;
     if !args.model.is_synth() && config.validate_every > 0 {
-        super::check_side("--resolution", args.resolution)?;
+        crate::check_side("--resolution", args.resolution)?;
     }
     let dataset = args.data.read()?;
     let skipped = dataset.skipped.len();
     let (dataset, _held_out) = dataset.split(args.held_out, config.stage1.seed);
     let cache = EncodedCache::open(&args.data.cache, false)?;
     let mut data = CachedUsers::new(&dataset, cache)?;
-    let dtype = super::models::backbone_dtype(args.backbone_dtype, args.backend);
+    let dtype = crate::models::backbone_dtype(args.backbone_dtype, args.backend);
     if let Some(dims) = data.sample_dims()? {
         let (img_tokens, txt_tokens) = (dims.img_tokens, dims.txt_tokens);
         let flux = args.model.backbone_config()?;
@@ -286,7 +286,7 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
         let bf16 = dtype.is_some();
         let this = estimate(config.batch_size, bf16);
         println!("estimated device memory of a step: {this}");
-        if let Some(limit) = super::memory_limit(args.max_memory, args.backend) {
+        if let Some(limit) = crate::memory_limit(args.max_memory, args.backend) {
             let mut alternatives = Vec::new();
             if config.batch_size > 1 {
                 alternatives.push(("--batch-size 1".to_string(), estimate(1, bf16)));
@@ -380,5 +380,5 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
 /// A dispersion variant by its config-file name.
 fn parse_dispersion(name: &str) -> Result<DispersionVariant, String> {
     name.parse()
-        .map_err(|e: crate::losses::UnknownDispersion| e.to_string())
+        .map_err(|e: premier::losses::UnknownDispersion| e.to_string())
 }

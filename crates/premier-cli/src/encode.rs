@@ -8,16 +8,16 @@ use burn::prelude::*;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::dataset::DataArgs;
-use super::models::ModelArgs;
-use super::progress::Progress;
-use super::BackendKind;
-use crate::encoders::{FluxEncoders, Preprocess};
-use crate::synth::base::SynthBase;
-use crate::synth::encoders::SynthEncoders;
-use crate::synth::text::load_tokenizer;
-use crate::train::cache::{weights_fingerprint, EncodedCache};
-use crate::train::encode::{encode_dataset, EncodeOptions, Encoders};
+use crate::dataset::DataArgs;
+use crate::models::ModelArgs;
+use crate::progress::Progress;
+use crate::BackendKind;
+use premier::encoders::{FluxEncoders, Preprocess};
+use premier::synth::base::SynthBase;
+use premier::synth::encoders::SynthEncoders;
+use premier::synth::text::load_tokenizer;
+use premier::train::cache::{weights_fingerprint, EncodedCache};
+use premier::train::encode::{encode_dataset, EncodeOptions, Encoders};
 
 /// `premier encode`'s settings (its TOML file; the options override it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +80,7 @@ pub struct EncodeArgs {
 impl EncodeArgs {
     /// Defaults, then the TOML file, then the command line.
     pub fn resolve_config(&self) -> anyhow::Result<EncodeConfig> {
-        let mut c = super::dataset::config_file(self.config.as_deref(), EncodeConfig::default())?;
+        let mut c = crate::dataset::config_file(self.config.as_deref(), EncodeConfig::default())?;
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);
         c.batches_per_shard = self.batches_per_shard.unwrap_or(c.batches_per_shard);
         c.resolution = self.resolution.unwrap_or(c.resolution);
@@ -110,7 +110,7 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
 fn encode<B: Backend>(args: EncodeArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
     if args.model.synth_base.is_none() {
-        super::check_side("resolution", config.resolution as usize)?;
+        crate::check_side("resolution", config.resolution as usize)?;
     }
     let dataset = args.data.read()?;
     let mut encoders: Box<dyn Encoders> = match &args.model.synth_base {

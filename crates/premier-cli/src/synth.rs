@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::synth::export::export_dataset;
-use crate::synth::world::{World, WorldConfig};
+use premier::synth::export::export_dataset;
+use premier::synth::world::{World, WorldConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct SynthArgs {
