@@ -41,6 +41,7 @@
 //! - [`allocator`]: keeps freed buffers in the process (glibc `mallopt`), for binaries to opt into;
 //!
 //! Backends: Flex (CPU, default feature `flex`), CUDA (`cuda`), wgpu (`wgpu`).
+#![warn(missing_docs)]
 
 pub mod allocator;
 pub mod encoders;

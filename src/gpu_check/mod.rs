@@ -28,12 +28,14 @@ use workload::WorkloadSize;
 /// Exit status of the check binary when the time limit stopped it.
 pub const EXIT_TIME_LIMIT: i32 = 3;
 
+/// What the check runs and where it writes.
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
     /// The reference fixtures (tests/fixtures).
     pub fixtures: PathBuf,
     /// Where the markdown report goes (rewritten after every phase).
     pub report: PathBuf,
+    /// The sizes of the timed work (FLUX.1-dev's, or smaller for a dry run).
     pub size: WorkloadSize,
     /// The whole check, from the call on.
     pub time_limit: Duration,
@@ -51,17 +53,24 @@ pub struct CheckOptions {
     pub overwrite: bool,
 }
 
+/// Why the check could not start or write its report.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("{0} exists; pass --overwrite to replace it")]
+    /// The report is there from an earlier run.
     ReportExists(PathBuf),
     #[error("fixtures folder {0} not found")]
+    /// The fixtures folder is missing.
     NoFixtures(PathBuf),
     #[error("the device did not answer: {0}")]
+    /// The device failed its first small operation.
     Device(String),
     #[error("writing the report {path}: {source}")]
+    /// The report could not be written.
     Write {
+        /// The report file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
 }
@@ -377,8 +386,15 @@ pub fn run_check<B: FluxOps>(
 
 /// A timed phase.
 pub enum Phase {
+    /// A personalized generation (Δ computed, then the Euler steps).
     Generation,
-    Stage1 { batch: usize, checkpointing: bool },
+    /// A stage-1 step.
+    Stage1 {
+        /// Samples per step.
+        batch: usize,
+        /// With gradient checkpointing.
+        checkpointing: bool,
+    },
 }
 
 fn finish(

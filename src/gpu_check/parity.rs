@@ -29,13 +29,17 @@ pub enum Tolerance {
 /// One comparison of a fixture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParityRow {
+    /// The fixture file's name.
     pub fixture: &'static str,
+    /// What was compared (an output or a gradient).
     pub quantity: String,
+    /// max |got − want|.
     pub max_abs: f64,
     /// ‖got − want‖₂ / ‖want‖₂.
     pub rel_l2: f64,
     /// max |want|.
     pub scale: f64,
+    /// What the comparison must meet.
     pub tolerance: Tolerance,
 }
 
@@ -86,7 +90,9 @@ impl ParityRow {
 /// A fixture that could not be run (a missing file or key, a shape mismatch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParityFailure {
+    /// The fixture file's name.
     pub fixture: &'static str,
+    /// What went wrong.
     pub error: String,
 }
 

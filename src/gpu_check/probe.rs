@@ -18,6 +18,7 @@ pub enum MemoryKind {
 }
 
 impl MemoryKind {
+    /// How the report names this kind of memory.
     pub fn label(self) -> &'static str {
         match self {
             Self::Device => "peak device memory (nvidia-smi, whole GPU)",
@@ -75,6 +76,7 @@ impl MemoryProbe {
         }
     }
 
+    /// Which memory this probe reads.
     pub fn kind(&self) -> MemoryKind {
         self.kind
     }

@@ -11,29 +11,42 @@ use super::workload::Timed;
 /// One timed phase (a stage-1 configuration or the generation).
 #[derive(Debug, Clone, Default)]
 pub struct PhaseResult {
+    /// The phase, as the report names it.
     pub name: String,
+    /// Its runs.
     pub timed: Timed,
     /// Seconds the phase needs at the device's dense bf16 rate (see `Report::peak_tflops`).
     pub floor_s: Option<f64>,
+    /// Peak memory measured during the phase, MiB.
     pub peak_mib: Option<u64>,
     /// The phase's own memory estimate, MiB.
     pub estimate_mib: Option<f64>,
+    /// What the phase ran (sizes, settings).
     pub note: String,
     /// Why the phase did not finish (an error, a panic, the time limit).
     pub error: Option<String>,
 }
 
+/// The check's report, rewritten as markdown after every phase.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// The heading.
     pub title: String,
+    /// Key-value lines about the machine and the build.
     pub header: Vec<(String, String)>,
+    /// Every fixture comparison.
     pub parity: Vec<ParityRow>,
+    /// Fixtures that could not be run.
     pub parity_failures: Vec<ParityFailure>,
+    /// How long the parity phase took.
     pub parity_time: Option<Duration>,
+    /// Which memory the peaks measure.
     pub memory_label: String,
+    /// The timed phases.
     pub phases: Vec<PhaseResult>,
     /// Phases never started, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Free lines at the end.
     pub notes: Vec<String>,
     /// Set when the time limit stopped the check.
     pub stopped: Option<String>,
@@ -51,10 +64,12 @@ fn tol(t: Tolerance) -> String {
 }
 
 impl Report {
+    /// How many comparisons met their tolerance.
     pub fn parity_passed(&self) -> usize {
         self.parity.iter().filter(|r| r.passes()).count()
     }
 
+    /// The report as markdown.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# {}\n", self.title);

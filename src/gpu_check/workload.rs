@@ -19,9 +19,13 @@ use premier_users::{UserShape, UserTable};
 /// The sizes the check runs at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadSize {
+    /// How the report names these sizes.
     pub name: &'static str,
+    /// The transformer's.
     pub flux: FluxConfig,
+    /// The adapters'.
     pub adapter: AdapterConfig,
+    /// The user table's.
     pub users: UserShape,
     /// T5 tokens per prompt.
     pub txt_tokens: usize,
@@ -154,10 +158,12 @@ impl WorkloadSize {
 pub struct Timed {
     /// The first run: kernels compiled and tuned, buffers allocated.
     pub warm_up: Option<Duration>,
+    /// The counted runs after the warm-up.
     pub runs: Vec<Duration>,
 }
 
 impl Timed {
+    /// The median of the counted runs.
     pub fn median(&self) -> Option<Duration> {
         let mut runs = self.runs.clone();
         runs.sort();
@@ -233,14 +239,19 @@ pub fn stage1_steps<B: FluxOps, C: CheckpointStrategy>(
 /// does: the adapters (bf16 with a bf16 backbone) and the table compute Δ and are released
 /// before FLUX is loaded.
 pub struct GenerationInputs<B: Backend> {
+    /// Prompt tokens `[1, txt_tokens, context_in_dim]`.
     pub text: Tensor<B, 3>,
+    /// Pooled prompt vector `[1, vec_in_dim]`.
     pub pooled: Tensor<B, 2>,
+    /// Packed initial noise `[1, img_tokens, in_channels]`.
     pub noise: Tensor<B, 3>,
+    /// Premier's Δ for one user.
     pub delta: TextModulation<B>,
     /// Building the adapters and computing Δ.
     pub delta_time: Duration,
 }
 
+/// Random prompt features and noise, and Δ from fresh adapters, at `size`.
 pub fn generation_inputs<B: FluxOps>(
     size: &WorkloadSize,
     device: &B::Device,
