@@ -716,15 +716,18 @@ pub fn load_stage2<B: AutodiffBackend>(
         users: vec![user.clone()],
     };
     let sizes: Vec<usize> = flat_values(&users).iter().map(|t| t.dims()[0]).collect();
-    let model_names = param_names(&users);
+    let saved = match &meta.optimizer {
+        Stage2OptimizerState::AdamW { params, .. } => params.len(),
+        Stage2OptimizerState::Prodigy { params, .. } => params.len(),
+    };
+    let (order, keys) = state_order(
+        &optimizer_path,
+        &meta.param_names,
+        saved,
+        &param_names(&users),
+    )?;
     let optimizer = match (&meta.optimizer, &meta.config.optimizer) {
         (Stage2OptimizerState::AdamW { step, params }, ColdStartOptimizer::AdamW(c)) => {
-            let (order, keys) = state_order(
-                &optimizer_path,
-                &meta.param_names,
-                params.len(),
-                &model_names,
-            )?;
             let moments = order
                 .iter()
                 .zip(&keys)
@@ -756,12 +759,6 @@ pub fn load_stage2<B: AutodiffBackend>(
             ))
         }
         (Stage2OptimizerState::Prodigy { scalars, params }, ColdStartOptimizer::Prodigy(c)) => {
-            let (order, keys) = state_order(
-                &optimizer_path,
-                &meta.param_names,
-                params.len(),
-                &model_names,
-            )?;
             let saved: Vec<Option<bool>> = order.iter().map(|&i| params[i]).collect();
             let params = read_prodigy_params(&file, &saved, &keys)?;
             check_prodigy_state(&optimizer_path, &params, &keys, &sizes)?;
