@@ -10,7 +10,7 @@
 //! `premier.json`); without it only `base` can be drawn. A `--user` is `base`, a table row, an id
 //! of the run, or a user file written by the cold start.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use premier::{Premier, PremierError, User};
 
@@ -66,11 +66,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         match flag.as_str() {
             "--model-dir" => options.model_dir = PathBuf::from(value),
             "--run" => options.run = Some(PathBuf::from(value)),
-            "--user" => options.users.push(match value.as_str() {
-                "base" => User::Base,
-                v if Path::new(v).is_file() => User::File(PathBuf::from(v)),
-                v => v.parse().map(User::Row).unwrap_or(User::Id(v.to_string())),
-            }),
+            "--user" => options.users.push(User::parse(value)),
             "--prompt" => options.prompts.push(value.clone()),
             "--steps" => options.steps = Some(number(value)?),
             "--size" => options.size = number(value)?,

@@ -1,7 +1,7 @@
 //! Errors of the [`crate::Premier`] API: each names the file, size or user at fault.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A size as one file has it: `file` has `name` = `size`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +12,30 @@ pub struct SizeAt {
     pub name: String,
     /// The size.
     pub size: usize,
+}
+
+impl SizeAt {
+    /// `file` has `name` = `size`.
+    pub fn new(file: &Path, name: &str, size: usize) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            name: name.to_string(),
+            size,
+        }
+    }
+
+    /// `Ok` when `other` has the same size, else the [`PremierError::SizeMismatch`] of `what`
+    /// naming both.
+    pub fn must_equal(self, other: SizeAt, what: &str) -> Result<(), PremierError> {
+        if self.size == other.size {
+            return Ok(());
+        }
+        Err(PremierError::SizeMismatch {
+            what: what.into(),
+            first: Box::new(self),
+            second: Box::new(other),
+        })
+    }
 }
 
 impl fmt::Display for SizeAt {

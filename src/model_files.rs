@@ -213,37 +213,17 @@ impl ModelFiles {
     /// The transformer reads T5's tokens, CLIP's pooled vector and the VAE's latents (2 × 2
     /// patches): each width must be the one the other file was made with.
     pub fn check_sizes(&self, c: &ModelConfigs) -> Result<(), PremierError> {
-        let at = |file: &Path, name: &str, size: usize| SizeAt {
-            file: file.to_path_buf(),
-            name: name.to_string(),
-            size,
-        };
-        let pairs = [
-            (
-                "prompt token width",
-                at(&self.flux, "context_in_dim", c.flux.context_in_dim),
-                at(&self.t5, "d_model", c.t5.d_model),
-            ),
-            (
-                "pooled prompt width",
-                at(&self.flux, "vec_in_dim", c.flux.vec_in_dim),
-                at(&self.clip, "hidden_size", c.clip.hidden_size),
-            ),
-            (
-                "latent channels of a 2×2 patch",
-                at(&self.flux, "in_channels", c.flux.in_channels),
-                at(&self.ae, "4 × latent_channels", 4 * c.vae.latent_channels),
-            ),
-        ];
-        for (what, first, second) in pairs {
-            if first.size != second.size {
-                return Err(PremierError::SizeMismatch {
-                    what: what.into(),
-                    first: Box::new(first),
-                    second: Box::new(second),
-                });
-            }
-        }
+        let at = SizeAt::new;
+        at(&self.flux, "context_in_dim", c.flux.context_in_dim)
+            .must_equal(at(&self.t5, "d_model", c.t5.d_model), "prompt token width")?;
+        at(&self.flux, "vec_in_dim", c.flux.vec_in_dim).must_equal(
+            at(&self.clip, "hidden_size", c.clip.hidden_size),
+            "pooled prompt width",
+        )?;
+        at(&self.flux, "in_channels", c.flux.in_channels).must_equal(
+            at(&self.ae, "4 × latent_channels", 4 * c.vae.latent_channels),
+            "latent channels of a 2×2 patch",
+        )?;
         Ok(())
     }
 

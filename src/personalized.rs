@@ -46,6 +46,22 @@ pub enum User {
     File(PathBuf),
 }
 
+impl User {
+    /// A user as a person writes one (a `--user` flag): `base`, a row number, a path to a user
+    /// file (it holds a path separator or ends in `.safetensors`), else a trained user's id.
+    pub fn parse(spec: &str) -> Self {
+        if spec == "base" {
+            User::Base
+        } else if let Ok(row) = spec.parse::<usize>() {
+            User::Row(row)
+        } else if spec.contains(std::path::MAIN_SEPARATOR) || spec.ends_with(".safetensors") {
+            User::File(PathBuf::from(spec))
+        } else {
+            User::Id(spec.to_string())
+        }
+    }
+}
+
 /// Builds a [`Premier`]: the model files (a diffusers folder, single files, or both: single
 /// files override the folder's parts), optionally Premier's adapter and user table, the device
 /// and float types. [`Self::build`] checks every size against every other before it loads.
@@ -301,38 +317,20 @@ impl Personalization {
         if let Some(n) = num_users {
             users.users = n;
         }
-        let at = |file: &Path, name: &str, size: usize| SizeAt {
-            file: file.to_path_buf(),
-            name: name.to_string(),
-            size,
-        };
-        let mismatch = |what: &str, first: SizeAt, second: SizeAt| {
-            if first.size == second.size {
-                Ok(())
-            } else {
-                Err(PremierError::SizeMismatch {
-                    what: what.into(),
-                    first: Box::new(first),
-                    second: Box::new(second),
-                })
-            }
-        };
+        let at = SizeAt::new;
         if let (Some(dir), Some(_)) = (run_dir, &trained) {
             let json = dir.join(TRAINED_MODEL_FILE);
-            mismatch(
-                "prompt token width",
-                at(&json, "adapter.text_dim", adapter.text_dim),
+            at(&json, "adapter.text_dim", adapter.text_dim).must_equal(
                 at(&files.t5, "d_model", configs.t5.d_model),
+                "prompt token width",
             )?;
-            mismatch(
-                "model width",
-                at(&json, "adapter.hidden", adapter.hidden),
+            at(&json, "adapter.hidden", adapter.hidden).must_equal(
                 at(&files.flux, "hidden_size", configs.flux.hidden_size),
+                "model width",
             )?;
-            mismatch(
-                "double blocks",
-                at(&json, "adapter.blocks", adapter.blocks),
+            at(&json, "adapter.blocks", adapter.blocks).must_equal(
                 at(&files.flux, "depth", configs.flux.depth),
+                "double blocks",
             )?;
         }
         // The table's rows are users × (tokens · user width): its width must split into the
@@ -342,15 +340,12 @@ impl Personalization {
             let adapter_source = run_dir
                 .map(|d| d.join(TRAINED_MODEL_FILE))
                 .unwrap_or_else(|| adapter_file.to_path_buf());
-            mismatch(
-                "user widths",
-                at(
-                    &adapter_source,
-                    "user tokens × user_dim",
-                    users.tokens * adapter.user_dim,
-                ),
-                at(table_file, "weight's columns", width),
-            )?;
+            at(
+                &adapter_source,
+                "user tokens × user_dim",
+                users.tokens * adapter.user_dim,
+            )
+            .must_equal(at(table_file, "weight's columns", width), "user widths")?;
             if let (Some(dir), Some(t)) = (run_dir, &trained) {
                 if rows != t.ids.len() && rows != t.ids.len() + 1 {
                     return Err(PremierError::SizeMismatch {

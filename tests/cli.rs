@@ -6,7 +6,7 @@ use clap::Parser;
 use premier::pipeline::UserChoice;
 use premier::users::UserRef;
 use premier::{resolve_user, PremierError, User};
-use premier_cli::{parse_user, Cli, Command, GenerateArgs};
+use premier_cli::{Cli, Command, GenerateArgs};
 
 fn parse(args: &[&str]) -> GenerateArgs {
     let mut full = vec!["premier", "generate"];
@@ -69,11 +69,11 @@ fn model_dir_gives_every_part_and_flags_override() {
 
 #[test]
 fn user_specs() {
-    assert_eq!(parse_user("base"), User::Base);
-    assert_eq!(parse_user("17"), User::Row(17));
-    assert_eq!(parse_user("alice"), User::Id("alice".into()));
+    assert_eq!(User::parse("base"), User::Base);
+    assert_eq!(User::parse("17"), User::Row(17));
+    assert_eq!(User::parse("alice"), User::Id("alice".into()));
     assert_eq!(
-        parse_user("users/new.safetensors"),
+        User::parse("users/new.safetensors"),
         User::File("users/new.safetensors".into())
     );
     // Files resolve to their kind by what they hold.
@@ -85,7 +85,7 @@ fn user_specs() {
         .save(&path, premier::mmdit::load::SaveDtype::F32)
         .unwrap();
     assert_eq!(
-        resolve_user(&parse_user(path.to_str().unwrap()), None).unwrap(),
+        resolve_user(&User::parse(path.to_str().unwrap()), None).unwrap(),
         UserChoice::User(UserRef::CombinationFile(path))
     );
     let user = premier::users::UserEmbedding::<burn::backend::Flex>::init_direct(2, 3, &device);
@@ -93,16 +93,16 @@ fn user_specs() {
     user.save(&path, premier::mmdit::load::SaveDtype::Bf16)
         .unwrap();
     assert_eq!(
-        resolve_user(&parse_user(path.to_str().unwrap()), None).unwrap(),
+        resolve_user(&User::parse(path.to_str().unwrap()), None).unwrap(),
         UserChoice::User(UserRef::EmbeddingFile(path))
     );
-    let err = resolve_user(&parse_user("/no/such/user.safetensors"), None).unwrap_err();
+    let err = resolve_user(&User::parse("/no/such/user.safetensors"), None).unwrap_err();
     assert!(
         err.to_string().contains("/no/such/user.safetensors"),
         "{err}"
     );
     // An id without a run to look it up in says where ids come from.
-    let err = resolve_user(&parse_user("alice"), None).unwrap_err();
+    let err = resolve_user(&User::parse("alice"), None).unwrap_err();
     assert!(
         matches!(&err, PremierError::UnknownUser { user, .. } if user == "alice")
             && err.to_string().contains("premier.json beside the adapter"),

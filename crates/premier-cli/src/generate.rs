@@ -94,20 +94,6 @@ pub struct GenerateArgs {
     pub max_memory: Option<f64>,
 }
 
-/// Parses a `--user` value: `base`, a row number, a path to a user file (it holds a `/` or ends
-/// in `.safetensors`), else a trained user's id.
-pub fn parse_user(spec: &str) -> User {
-    if spec == "base" {
-        User::Base
-    } else if let Ok(row) = spec.parse::<usize>() {
-        User::Row(row)
-    } else if spec.contains(std::path::MAIN_SEPARATOR) || spec.ends_with(".safetensors") {
-        User::File(PathBuf::from(spec))
-    } else {
-        User::Id(spec.to_string())
-    }
-}
-
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     match (args.backend, args.dtype) {
         (BackendKind::Flex, precision) => {
@@ -221,7 +207,7 @@ fn users_of(
     args.users
         .iter()
         .map(|u| {
-            premier::resolve_user(&parse_user(u), trained).with_context(|| format!("--user {u}"))
+            premier::resolve_user(&User::parse(u), trained).with_context(|| format!("--user {u}"))
         })
         .collect()
 }

@@ -64,7 +64,7 @@ where
 pub use cold_start::{ColdStartArgs, KindArg, OptimizerKind};
 pub use dataset::DataArgs;
 pub use encode::{EncodeArgs, EncodeConfig};
-pub use generate::{parse_user, run as run_generate, GenerateArgs};
+pub use generate::{run as run_generate, GenerateArgs};
 pub use models::{ImageSampler, ModelArgs};
 pub use train::TrainArgs;
 
