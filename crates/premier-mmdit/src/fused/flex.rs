@@ -304,13 +304,11 @@ trait Real:
     const NEG_INFINITY: Self;
     fn of(x: f64) -> Self;
     fn exp(self) -> Self;
-    /// e^x in a form that vectorises (f32: [`exp_f32`]; f64: std).
+    /// e^x in a form that vectorises (f32: [`exp_f32`], Cephes' polynomial, within 7.8e-8
+    /// relative (< 1 ulp) on [−87, 0.5], tested; f64: std).
     fn exp_fast(self) -> Self;
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
-    /// `x ← exp(x − shift)` over a slice, in a loop the compiler vectorises (f32: Cephes'
-    /// polynomial, within 7.8e-8 relative (< 1 ulp) on [−87, 0.5], tested; f64: std).
-    fn exp_shifted(xs: &mut [Self], shift: Self);
     /// The elements of a contiguous tensor (`to_contiguous` is an Arc clone when it already is), borrowed.
     fn view(x: &FlexTensor) -> &[Self];
     /// The whole buffer a tensor views, for strided reads from `layout().start_offset()`.
@@ -342,12 +340,6 @@ macro_rules! impl_real {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
-            }
-            #[inline(always)]
-            fn exp_shifted(xs: &mut [Self], shift: Self) {
-                for x in xs.iter_mut() {
-                    *x = $exp(*x - shift);
-                }
             }
             fn view(x: &FlexTensor) -> &[Self] {
                 x.as_slice::<$t>().expect("contiguous, dtype checked")
@@ -502,7 +494,8 @@ fn forward<T: Real>(
                             for k0 in (0..n).step_by(KEY_BLOCK) {
                                 let cols = KEY_BLOCK.min(n - k0);
                                 let s = &mut scores[..rows * cols];
-                                // s = Q_i K_jᵀ
+                                // s = scale · Q_i K_jᵀ (gemm scales its sums as they are
+                                // stored: the bits of a separate pass, without the pass)
                                 gemm(
                                     [rows, cols, d],
                                     s,
@@ -512,12 +505,12 @@ fn forward<T: Real>(
                                     [1, d],
                                     &kh[k0 * d..],
                                     [d, 1],
-                                    T::ONE,
+                                    scale,
                                     gemm::Parallelism::None,
                                 );
                                 vectorized(
                                     #[inline(always)]
-                                    || online_softmax(s, scale, &mut max, &mut sum, &mut acc),
+                                    || online_softmax(s, &mut max, &mut sum, &mut acc),
                                 );
                                 // acc += P V_j
                                 gemm(
@@ -548,23 +541,24 @@ fn forward<T: Real>(
     (tensor(out, [b, n, hd]), tensor(lse, [b, n, h]))
 }
 
-/// One key block of the online softmax: each row of the raw scores `s` (`rows × cols`) becomes
-/// exp(scale · s − m) with m its running maximum; the row's running sum and its accumulator row
-/// (`rows × d`) are rescaled to the new maximum.
+/// One key block of the online softmax: each row of the scaled scores `s` (`rows × cols`)
+/// becomes exp(s − m) with m its running maximum; the row's running sum and its accumulator row
+/// (`rows × d`) are rescaled to the new maximum. Two passes per row: the maximum, then the
+/// exponentials and their sum.
 #[inline(always)]
-fn online_softmax<T: Real>(s: &mut [T], scale: T, max: &mut [T], sum: &mut [T], acc: &mut [T]) {
+fn online_softmax<T: Real>(s: &mut [T], max: &mut [T], sum: &mut [T], acc: &mut [T]) {
     let rows = max.len();
     let (cols, d) = (s.len() / rows, acc.len() / rows);
     for r in 0..rows {
         let row = &mut s[r * cols..(r + 1) * cols];
-        for x in row.iter_mut() {
-            *x = *x * scale;
-        }
         let m = simd::max(row, max[r]);
         // exp(−∞) = 0 on the first block.
         let correction = (max[r] - m).exp();
-        T::exp_shifted(row, m);
-        let block_sum = simd::sum(row);
+        let block_sum = simd::map_sum(
+            row,
+            #[inline(always)]
+            |x| (x - m).exp_fast(),
+        );
         for a in &mut acc[r * d..(r + 1) * d] {
             *a = *a * correction;
         }
@@ -573,15 +567,15 @@ fn online_softmax<T: Real>(s: &mut [T], scale: T, max: &mut [T], sum: &mut [T], 
     }
 }
 
-/// P = exp(scale · s − lse) in place, for the `rows × cols` scores s of rows with log-sum-exp
+/// P = exp(s − lse) in place, for the `rows × cols` scaled scores s of rows with log-sum-exp
 /// `lse_at(row)`.
 #[inline(always)]
-fn probabilities<T: Real>(s: &mut [T], cols: usize, scale: T, lse_at: impl Fn(usize) -> T) {
+fn probabilities<T: Real>(s: &mut [T], cols: usize, lse_at: impl Fn(usize) -> T) {
     for (r, row) in s.chunks_exact_mut(cols).enumerate() {
+        let lse = lse_at(r);
         for x in row.iter_mut() {
-            *x = *x * scale;
+            *x = (*x - lse).exp_fast();
         }
-        T::exp_shifted(row, lse_at(r));
     }
 }
 
@@ -649,7 +643,7 @@ fn backward<T: Real>(
                         let rows = BACKWARD_BLOCK.min(n - q0);
                         let (p, dp) = (&mut p[..rows * cols], &mut dp[..rows * cols]);
                         let qi = &qh[q0 * d..];
-                        // P = exp(scale · Q_i K_jᵀ − lse)
+                        // P = exp(scale · Q_i K_jᵀ − lse), gemm doing the scaling
                         gemm(
                             [rows, cols, d],
                             p,
@@ -659,12 +653,12 @@ fn backward<T: Real>(
                             [1, d],
                             &kh[k0 * d..],
                             [d, 1],
-                            T::ONE,
+                            scale,
                             gemm::Parallelism::None,
                         );
                         vectorized(
                             #[inline(always)]
-                            || probabilities(p, cols, scale, |r| lse_at(q0 + r)),
+                            || probabilities(p, cols, |r| lse_at(q0 + r)),
                         );
                         // dV_j += Pᵀ dO_i
                         gemm(

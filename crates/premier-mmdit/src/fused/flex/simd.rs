@@ -60,6 +60,26 @@ pub(super) fn sum_by<T: Real>(n: usize, f: impl Fn(usize) -> T) -> T {
     combine(acc, |a, b| a + b)
 }
 
+/// xs[i] ← f(xs[i]), returning Σ f(xs[i]) summed as [`sum`] would sum the new xs (the same
+/// bits), in the one pass.
+#[inline(always)]
+pub(super) fn map_sum<T: Real>(xs: &mut [T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let whole = xs.len() - xs.len() % LANES;
+    let (body, tail) = xs.split_at_mut(whole);
+    for chunk in body.chunks_exact_mut(LANES) {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *x = f(*x);
+            *a += *x;
+        }
+    }
+    for (a, x) in acc.iter_mut().zip(tail) {
+        *x = f(*x);
+        *a += *x;
+    }
+    combine(acc, |a, b| a + b)
+}
+
 /// Σ xs.
 #[inline(always)]
 pub(super) fn sum<T: Real>(xs: &[T]) -> T {
@@ -116,6 +136,11 @@ mod tests {
             assert_eq!(vectorized(|| sum(&xs)), xs.iter().sum::<f64>(), "sum {n}");
             let plain_dot: f64 = xs.iter().zip(&ys).map(|(a, b)| a * b).sum();
             assert_eq!(vectorized(|| dot(&xs, &ys)), plain_dot, "dot {n}");
+            let mut mapped = xs.clone();
+            let mapped_sum = vectorized(|| map_sum(&mut mapped, |x| x * 0.5 + 1.0));
+            let expected: Vec<f64> = xs.iter().map(|x| x * 0.5 + 1.0).collect();
+            assert_eq!(mapped, expected, "map_sum values {n}");
+            assert_eq!(mapped_sum, sum(&expected), "map_sum {n}");
             let plain_max = xs.iter().copied().fold(-1e9, f64::max);
             assert_eq!(vectorized(|| max(&xs, -1e9)), plain_max, "max {n}");
         }
