@@ -106,9 +106,9 @@ pub enum PremierError {
         /// What went wrong.
         reason: String,
     },
-    /// Loading the transformer (names the file and key).
+    /// Reading or writing a model file: the transformer, the user table… (names the file and key).
     #[error(transparent)]
-    Flux(#[from] premier_mmdit::LoadError),
+    Load(#[from] premier_io::LoadError),
     /// The text encoders or tokenizers.
     #[error(transparent)]
     Text(#[from] premier_text::TextError),

@@ -60,6 +60,7 @@ pub use personalized::{
 };
 
 pub use premier_adapter as adapter;
+pub use premier_io as io;
 pub use premier_losses as losses;
 pub use premier_mmdit as mmdit;
 pub use premier_pipeline as pipeline;

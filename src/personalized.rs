@@ -11,7 +11,7 @@ use crate::adapter::{AdapterConfig, PreferenceAdapter};
 use crate::encoders::{FluxEncoders, Preprocess};
 use crate::error::{PremierError, SizeAt};
 use crate::images::{ImageRequest, Images};
-use crate::mmdit::load::SafetensorsFile;
+use crate::io::SafetensorsFile;
 use crate::mmdit::{FluxAutodiffBackend, FluxOps};
 use crate::model_files::{ModelFiles, ModelPaths, Variant};
 use crate::pipeline::image_io::tensor_to_rgb;

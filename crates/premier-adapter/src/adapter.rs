@@ -4,8 +4,9 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
-use premier_mmdit::load::{write_safetensors, DeviceSource, HostTensor, SaveDtype, TensorFile};
-use premier_mmdit::{FluxOps, LoadError, TextModulation};
+use premier_io::LoadError;
+use premier_io::{write_safetensors, DeviceSource, HostTensor, SaveDtype, TensorFile};
+use premier_mmdit::{FluxOps, TextModulation};
 
 use crate::config::AdapterConfig;
 use crate::init::{AdapterInit, SmallStdInit};
@@ -49,7 +50,7 @@ impl<B: Backend> PreferenceAdapter<B> {
     }
 
     fn build(
-        src: &mut impl premier_mmdit::load::ParamSource<B>,
+        src: &mut impl premier_io::ParamSource<B>,
         config: &AdapterConfig,
     ) -> Result<Self, AdapterError> {
         config.validate().map_err(AdapterError::Config)?;
@@ -126,7 +127,7 @@ impl<B: Backend> PreferenceAdapter<B> {
     /// generation; training keeps f32). [`Self::forward`] then computes in `dtype` and returns Δ
     /// in the type of its inputs.
     pub fn with_weight_dtype(self, dtype: FloatDType) -> Self {
-        premier_mmdit::params::cast_float_params(self, dtype)
+        premier_io::cast_float_params(self, dtype)
     }
 }
 

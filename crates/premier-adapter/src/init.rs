@@ -4,8 +4,8 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use premier_mmdit::load::ParamSource;
-use premier_mmdit::LoadError;
+use premier_io::LoadError;
+use premier_io::ParamSource;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AdapterConfig;

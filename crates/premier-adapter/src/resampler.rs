@@ -5,10 +5,11 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
+use premier_io::LoadError;
+use premier_io::{HostTensor, ParamSource};
 use premier_mmdit::fused::{flux_linear, flux_linear_tensors};
-use premier_mmdit::load::{HostTensor, ParamSource};
 use premier_mmdit::norm::layer_norm_no_affine;
-use premier_mmdit::{export_linear, FluxOps, LoadError};
+use premier_mmdit::{export_linear, FluxOps};
 
 /// Width of the (always zero) timestep embedding the official AdaLN takes.
 pub(crate) const TIME_DIM: usize = 64;

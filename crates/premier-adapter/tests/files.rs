@@ -7,8 +7,8 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, AdapterError, PreferenceAdapter};
-use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
-use premier_mmdit::LoadError;
+use premier_io::LoadError;
+use premier_io::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 
 type B = Flex;
 

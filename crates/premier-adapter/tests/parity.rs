@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::backend::Flex;
 use burn::prelude::*;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
-use premier_mmdit::load::SafetensorsFile;
+use premier_io::SafetensorsFile;
 
 type B = Flex;
 const ATOL: f32 = 1e-5;

@@ -426,7 +426,7 @@ fn memory_estimate<B: FluxOps>(
 ) -> anyhow::Result<GenerationMemory> {
     let (flux, t5) = (&configs.flux, &configs.t5);
     let stored = |path: &Path| -> anyhow::Result<u64> {
-        Ok(premier::mmdit::load::Checkpoint::open_plain(path)?.stored_elements())
+        Ok(premier::io::Checkpoint::open(path)?.stored_elements())
     };
     let adapter_params = match &args.adapter {
         Some(_) => {

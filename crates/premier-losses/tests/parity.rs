@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
+use premier_io::SafetensorsFile;
 use premier_losses::{
     dispersion_loss, flow_matching_loss, flow_target, interpolate, DispersionVariant,
 };
-use premier_mmdit::load::SafetensorsFile;
 
 type B = Autodiff<Flex>;
 

@@ -5,13 +5,13 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use crate::embed::Rope;
-use crate::error::LoadError;
 use crate::fused::{
     flux_attention, flux_gated_residual, flux_gelu_tanh, flux_linear, flux_linear_tensors,
     flux_modulate, flux_qkv_part, FluxOps,
 };
 use crate::norm::QkNorm;
-use crate::params::ParamSource;
+use premier_io::LoadError;
+use premier_io::ParamSource;
 
 /// FLUX's LayerNorm eps.
 const LN_EPS: f64 = 1e-6;

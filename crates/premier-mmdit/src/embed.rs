@@ -4,8 +4,8 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use crate::error::LoadError;
-use crate::params::ParamSource;
+use premier_io::LoadError;
+use premier_io::ParamSource;
 
 /// Sinusoidal embedding of `t` (BFL `timestep_embedding`, dim 256, max_period 10000, ×1000).
 ///

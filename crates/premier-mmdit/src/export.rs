@@ -8,10 +8,10 @@ use burn::prelude::*;
 
 use crate::blocks::{DoubleStreamBlock, Mlp, SelfAttention, SingleStreamBlock};
 use crate::embed::MlpEmbedder;
-use crate::error::LoadError;
-use crate::load::{write_safetensors, HostTensor, SaveDtype};
 use crate::model::Flux;
 use crate::norm::QkNorm;
+use premier_io::LoadError;
+use premier_io::{write_safetensors, HostTensor, SaveDtype};
 
 /// Appends a `Linear` under PyTorch names and layout: `{key}.weight` `[out, in]` and `{key}.bias`.
 pub fn export_linear<B: Backend>(

@@ -30,10 +30,9 @@ pub mod memory;
 mod model;
 mod modulation;
 pub mod norm;
-pub mod params;
 
 pub use config::{ConfigError, FluxConfig};
-pub use error::{ForwardError, LoadError};
+pub use error::ForwardError;
 pub use export::export_linear;
 pub use fused::{FluxAutodiffBackend, FluxOps};
 pub use latent::{img_ids, pack, txt_ids, unpack};
@@ -41,3 +40,4 @@ pub use load::LoadOptions;
 pub use memory::PassShape;
 pub use model::{Flux, FluxInput};
 pub use modulation::TextModulation;
+pub use premier_io::LoadError;

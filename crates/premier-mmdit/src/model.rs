@@ -6,10 +6,11 @@ use burn::prelude::*;
 use crate::blocks::{DoubleStreamBlock, LastLayer, SingleStreamBlock};
 use crate::config::{ConfigError, FluxConfig};
 use crate::embed::{timestep_embedding, MlpEmbedder, Rope};
-use crate::error::{ForwardError, LoadError};
+use crate::error::ForwardError;
 use crate::fused::{flux_linear, FluxOps};
 use crate::modulation::TextModulation;
-use crate::params::{ParamSource, RandomInit};
+use premier_io::LoadError;
+use premier_io::{ParamSource, RandomInit};
 
 /// Inputs of one FLUX forward (BFL `Flux.forward` arguments).
 #[derive(Debug, Clone)]
@@ -168,7 +169,7 @@ impl<B: Backend> Flux<B> {
     /// embeddings are cast to it on the way in, and the velocity is cast back to the input's
     /// float type, so gradients still reach an f32 Δ.
     pub fn with_weight_dtype(self, dtype: burn::tensor::FloatDType) -> Self {
-        crate::params::cast_float_params(self, dtype)
+        premier_io::cast_float_params(self, dtype)
     }
 }
 

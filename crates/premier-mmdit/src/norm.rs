@@ -4,9 +4,9 @@ use burn::module::Param;
 use burn::prelude::*;
 
 use crate::embed::Rope;
-use crate::error::LoadError;
 use crate::fused::{flux_rms_norm_rope, FluxOps};
-use crate::params::ParamSource;
+use premier_io::LoadError;
+use premier_io::ParamSource;
 
 /// FLUX's RMSNorm eps.
 const RMS_EPS: f64 = 1e-6;

@@ -3,7 +3,7 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use premier_mmdit::load::SaveDtype;
+use premier_io::SaveDtype;
 use premier_mmdit::{img_ids, txt_ids, Flux, FluxConfig, FluxInput};
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use common::{fixture, max_abs_diff, Fixture, B};
-use premier_mmdit::load::{HostTensor, SafetensorsFile};
+use premier_io::{HostTensor, SafetensorsFile};
 use premier_mmdit::{Flux, FluxConfig, FluxInput, LoadError, LoadOptions};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -349,11 +349,28 @@ fn truncated_and_garbage_files_are_corrupt() {
         load(&dir.path().join("absent.safetensors")),
         Err(LoadError::Io { .. })
     ));
+    // An empty folder: no safetensors there, nor a diffusers pipeline's `transformer/`.
     let empty = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        load(empty.path()),
-        Err(LoadError::UnknownLayout { .. })
-    ));
+    let err = load(empty.path()).err().unwrap();
+    assert!(matches!(err, LoadError::NoSafetensors { .. }), "{err:?}");
+    assert!(err.to_string().contains("`transformer/`"), "{err}");
+    // Safetensors holding no FLUX transformer in either layout.
+    let other = dir.path().join("other.safetensors");
+    premier_io::write_safetensors(
+        &other,
+        &[(
+            "encoder.weight".to_string(),
+            premier_io::HostTensor {
+                shape: vec![2],
+                data: vec![1.0, 2.0],
+            },
+        )],
+        premier_io::SaveDtype::F32,
+    )
+    .unwrap();
+    let err = load(&other).err().unwrap();
+    assert!(matches!(err, LoadError::UnknownLayout { .. }), "{err:?}");
+    assert!(err.to_string().contains("no FLUX transformer"), "{err}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use image::{imageops::FilterType, RgbImage};
-use premier_mmdit::load::write_via_temp;
+use premier_io::write_via_temp;
 
 use crate::error::PipelineError;
 

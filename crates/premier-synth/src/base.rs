@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use premier_mmdit::load::{write_safetensors, write_via_temp, SaveDtype};
+use premier_io::{write_safetensors, write_via_temp, SaveDtype};
 use premier_mmdit::{ConfigError, Flux, FluxConfig, ForwardError, LoadError};
 use premier_text::TextError;
 use serde::{Deserialize, Serialize};

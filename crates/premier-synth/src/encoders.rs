@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use image::RgbImage;
-use premier_mmdit::load::HostTensor;
+use premier_io::HostTensor;
 use premier_mmdit::unpack;
 use premier_text::PromptTokenizer;
 use premier_train::cache::{CachedLatent, CachedText, EncoderIdentity};

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use premier_mmdit::load::write_via_temp;
+use premier_io::write_via_temp;
 use premier_pipeline::image_io::save_png;
 use serde::Serialize;
 

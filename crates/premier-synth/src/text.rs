@@ -7,8 +7,8 @@ use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use premier_mmdit::load::{DeviceSource, HostTensor, ParamSource, TensorFile, TensorReader};
-use premier_mmdit::params::materialized;
+use premier_io::materialized;
+use premier_io::{DeviceSource, HostTensor, ParamSource, TensorFile, TensorReader};
 use premier_mmdit::{export_linear, LoadError};
 use premier_text::{PromptTokenizer, TextConditioning, TextError};
 

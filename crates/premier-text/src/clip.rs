@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use premier_mmdit::load::{Checkpoint, DeviceSource, ParamSource, TensorReader};
+use premier_io::{Checkpoint, DeviceSource, ParamSource, TensorReader};
 use serde::Deserialize;
 
 use crate::error::TextError;
@@ -105,7 +105,7 @@ impl<B: Backend> LayerNorm<B> {
         src: &mut impl ParamSource<B>,
         key: &str,
         width: usize,
-    ) -> Result<Self, premier_mmdit::LoadError> {
+    ) -> Result<Self, premier_io::LoadError> {
         Ok(Self {
             weight: src.vector(&format!("{key}.weight"), width, 1.0)?,
             bias: src.vector(&format!("{key}.bias"), width, 0.0)?,
@@ -154,7 +154,7 @@ impl<B: Backend> ClipTextEncoder<B> {
         config: &ClipTextConfig,
         device: &B::Device,
     ) -> Result<Self, TextError> {
-        let mut ckpt = Checkpoint::open_plain(path.as_ref())?;
+        let mut ckpt = Checkpoint::open(path.as_ref())?;
         let c = config;
         let h = c.hidden_size;
         let mut embedding = |key: &str, rows: usize| -> Result<burn::nn::Embedding<B>, TextError> {

@@ -7,9 +7,9 @@ use std::path::Path;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use premier_io::LoadError;
+use premier_io::{Checkpoint, DeviceSource, ParamSource, TensorReader};
 use premier_mmdit::fused::composite::gelu_tanh;
-use premier_mmdit::load::{Checkpoint, DeviceSource, ParamSource, TensorReader};
-use premier_mmdit::LoadError;
 use serde::Deserialize;
 
 use crate::error::TextError;
@@ -170,7 +170,7 @@ impl<B: Backend> T5Encoder<B> {
         config: &T5Config,
         device: &B::Device,
     ) -> Result<Self, TextError> {
-        let mut ckpt = Checkpoint::open_plain(path.as_ref())?;
+        let mut ckpt = Checkpoint::open(path.as_ref())?;
         let c = config;
         let inner = c.num_heads * c.d_kv;
         let shared_key = if ckpt.contains("shared.weight") {

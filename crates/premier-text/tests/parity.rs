@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use premier_mmdit::load::SafetensorsFile;
+use premier_io::SafetensorsFile;
 use premier_text::{
     relative_position_bucket, ClipTextConfig, ClipTextEncoder, T5Config, T5Encoder, TextError,
 };

@@ -2,7 +2,7 @@
 //! flattened parameters like [`crate::prodigy::Prodigy`].
 
 use burn::prelude::*;
-use premier_mmdit::load::HostTensor;
+use premier_io::HostTensor;
 use serde::{Deserialize, Serialize};
 
 /// `torch.optim.AdamW` arguments with its defaults.

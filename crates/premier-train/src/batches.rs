@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use premier_mmdit::load::HostTensor;
+use premier_io::HostTensor;
 use premier_mmdit::pack;
 use rand::SeedableRng;
 use rand_distr::Distribution as _;

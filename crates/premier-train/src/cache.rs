@@ -18,10 +18,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use premier_mmdit::load::{
-    write_safetensors, write_via_temp, HostTensor, SafetensorsFile, SaveDtype,
-};
-use premier_mmdit::LoadError;
+use premier_io::LoadError;
+use premier_io::{write_safetensors, write_via_temp, HostTensor, SafetensorsFile, SaveDtype};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

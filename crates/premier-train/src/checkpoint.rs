@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::{AdapterConfig, AdapterError, PreferenceAdapter};
-use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
+use premier_io::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 use premier_mmdit::{Flux, LoadError};
 use premier_users::{LinearCombination, TableRows, UserEmbedding, UserError, UserShape, UserTable};
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use image::RgbImage;
-use premier_mmdit::load::HostTensor;
+use premier_io::HostTensor;
 
 use crate::cache::{
     caption_hash, image_hash, CacheError, CachedLatent, CachedText, EncodedCache, EncoderIdentity,
@@ -49,7 +49,7 @@ impl Default for EncodeOptions {
     }
 }
 
-fn all_finite(t: &premier_mmdit::load::HostTensor) -> bool {
+fn all_finite(t: &premier_io::HostTensor) -> bool {
     t.data.iter().all(|x| x.is_finite())
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use premier_mmdit::load::write_via_temp;
+use premier_io::write_via_temp;
 use serde::{Deserialize, Serialize};
 
 use crate::stage1::StepReport;

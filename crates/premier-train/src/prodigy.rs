@@ -10,8 +10,8 @@
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorPrimitive;
+use premier_io::HostTensor;
 use premier_mmdit::fused::{ProdigyCoefs, ProdigyMoments, ProdigyUpdate};
-use premier_mmdit::load::HostTensor;
 use premier_mmdit::FluxOps;
 use serde::{Deserialize, Serialize};
 

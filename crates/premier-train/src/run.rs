@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::{AdapterConfig, AdapterInit, PreferenceAdapter};
-use premier_mmdit::load::{write_via_temp, SaveDtype};
+use premier_io::{write_via_temp, SaveDtype};
 use premier_mmdit::{Flux, FluxAutodiffBackend};
 use premier_users::{UserShape, UserTable};
 use serde::{Deserialize, Serialize};

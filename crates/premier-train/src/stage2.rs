@@ -10,7 +10,7 @@ use premier_losses::TimestepSampler;
 use premier_mmdit::{Flux, FluxAutodiffBackend};
 use std::path::Path;
 
-use premier_mmdit::load::SaveDtype;
+use premier_io::SaveDtype;
 use premier_users::{LinearCombination, UserEmbedding, UserError, UserTable};
 use serde::{Deserialize, Serialize};
 

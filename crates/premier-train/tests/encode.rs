@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::prelude::*;
 use image::RgbImage;
-use premier_mmdit::load::HostTensor;
+use premier_io::HostTensor;
 use premier_train::batches::CachedUsers;
 use premier_train::cache::{CachedLatent, CachedText, EncodedCache, EncoderIdentity};
 use premier_train::data::{Dataset, ReadOptions};

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use premier_mmdit::load::SafetensorsFile;
+use premier_io::SafetensorsFile;
 use premier_train::clip::clip_grad_norm;
 use premier_train::prodigy::{Prodigy, ProdigyConfig};
 

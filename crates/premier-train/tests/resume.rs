@@ -259,9 +259,8 @@ fn an_optimizer_state_that_does_not_fit_the_checkpoint_is_refused() {
     }
     let names: Vec<String> = serde_json::from_value(names.into()).unwrap();
     let file =
-        premier_mmdit::load::SafetensorsFile::open(&checkpoint.join("optimizer.safetensors"))
-            .unwrap();
-    let by_position: Vec<(String, premier_mmdit::load::HostTensor)> = file
+        premier_io::SafetensorsFile::open(&checkpoint.join("optimizer.safetensors")).unwrap();
+    let by_position: Vec<(String, premier_io::HostTensor)> = file
         .keys()
         .map(|k| {
             // `{name}.{part}`, the name being the longest that prefixes the key.
@@ -277,10 +276,10 @@ fn an_optimizer_state_that_does_not_fit_the_checkpoint_is_refused() {
             )
         })
         .collect();
-    premier_mmdit::load::write_safetensors(
+    premier_io::write_safetensors(
         &old.join("optimizer.safetensors"),
         &by_position,
-        premier_mmdit::load::SaveDtype::F32,
+        premier_io::SaveDtype::F32,
     )
     .unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&state).unwrap();

@@ -6,7 +6,7 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
-use premier_mmdit::load::SaveDtype;
+use premier_io::SaveDtype;
 use premier_mmdit::{Flux, FluxConfig};
 use premier_train::adamw::{AdamW, AdamWConfig};
 use premier_train::prodigy::ProdigyConfig;

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use premier_mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
+use premier_io::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 
 use crate::error::UserError;
 use crate::table::UserTable;

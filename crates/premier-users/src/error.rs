@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use premier_mmdit::LoadError;
+use premier_io::LoadError;
 
 /// Errors of looking up, loading or saving user embeddings.
 #[derive(Debug, thiserror::Error)]

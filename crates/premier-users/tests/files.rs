@@ -5,8 +5,8 @@ use std::path::Path;
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use premier_mmdit::load::SaveDtype;
-use premier_mmdit::LoadError;
+use premier_io::LoadError;
+use premier_io::SaveDtype;
 use premier_users::{
     LinearCombination, TableRows, UserEmbedding, UserError, UserRef, UserShape, UserTable,
 };

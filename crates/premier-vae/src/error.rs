@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use premier_mmdit::LoadError;
+use premier_io::LoadError;
 
 /// Errors of loading or running the autoencoder.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, PaddedConvOptions};
-use premier_mmdit::load::{Checkpoint, HostTensor, TensorReader};
-use premier_mmdit::LoadError;
+use premier_io::LoadError;
+use premier_io::{Checkpoint, HostTensor, TensorReader};
 
 use crate::config::AutoencoderConfig;
 use crate::error::VaeError;
@@ -326,7 +326,7 @@ impl<B: Backend> Autoencoder<B> {
         device: &B::Device,
     ) -> Result<Self, VaeError> {
         let path = path.as_ref();
-        let mut checkpoint = Checkpoint::open_plain(path)?;
+        let mut checkpoint = Checkpoint::open(path)?;
         let diffusers = if checkpoint.contains("encoder.down.0.block.0.conv1.weight") {
             false
         } else if checkpoint.contains("encoder.down_blocks.0.resnets.0.conv1.weight") {

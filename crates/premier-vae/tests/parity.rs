@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use premier_mmdit::load::SafetensorsFile;
+use premier_io::SafetensorsFile;
 use premier_vae::{scale_latent, unscale_latent, Autoencoder, AutoencoderConfig, VaeError};
 
 type B = Flex;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Distribution, TensorPrimitive};
-use premier_mmdit::load::SafetensorsFile;
+use premier_io::SafetensorsFile;
 use premier_mmdit::{img_ids, txt_ids, FluxConfig, FluxInput};
 
 pub type B = burn::backend::Flex;

@@ -21,9 +21,9 @@ pub fn bits<M: burn::module::Module<AB>>(m: &M) -> Vec<u32> {
 pub fn edit_tensor(
     path: &std::path::Path,
     key: &str,
-    edit: impl FnOnce(&mut premier_mmdit::load::HostTensor),
+    edit: impl FnOnce(&mut premier_io::HostTensor),
 ) {
-    use premier_mmdit::load::{write_safetensors, SafetensorsFile, SaveDtype};
+    use premier_io::{write_safetensors, SafetensorsFile, SaveDtype};
     let file = SafetensorsFile::open(path).unwrap();
     let mut tensors: Vec<(String, _)> = file
         .keys()

@@ -1,19 +1,21 @@
-//! Where a module's parameters come from: a fresh random init or a checkpoint.
+//! Where a module's parameters come from: a fresh random init or a file ([`TensorReader`]).
 //!
-//! Every module is built by one function that asks a [`ParamSource`] for its tensors by their BFL
-//! key (`double_blocks.3.txt_mod.lin`), so the module tree, the checkpoint key table and the random
-//! init cannot drift apart.
+//! Every module is built by one function that asks a [`ParamSource`] for its tensors by their key
+//! in the model's reference layout (BFL's `double_blocks.3.txt_mod.lin` for FLUX), so the module
+//! tree, the checkpoint key table and the random init cannot drift apart.
 
 use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::error::LoadError;
+use crate::safetensors_file::HostTensor;
 
 /// Supplies parameters by key (BFL keys for FLUX; the official keys for the Premier adapter).
 ///
-/// Implemented by [`RandomInit`], by [`crate::load::DeviceSource`] over a checkpoint or a
-/// [`crate::load::TensorFile`], and by other crates for their own initialisations.
+/// Implemented by [`RandomInit`], by [`DeviceSource`] over a [`crate::Checkpoint`] or a
+/// [`crate::TensorFile`] (or FLUX's checkpoint, which renames keys), and by other crates for their
+/// own initialisations.
 pub trait ParamSource<B: Backend> {
     /// A `Linear` whose PyTorch weight `[d_out, d_in]` is stored at `weight_key` and its bias
     /// `[d_out]` at `bias_key` (e.g. torch MHA's `in_proj_weight` / `in_proj_bias`).
@@ -135,4 +137,111 @@ pub fn cast_float_params<B: Backend, M: burn::module::Module<B>>(
         }
     }
     module.map(&mut CastWeights(dtype))
+}
+
+/// Something that hands out stored tensors by key, checking their shape.
+pub trait TensorReader {
+    /// The tensor `key` (in the reader's naming), which must have shape `expected`.
+    fn read_tensor(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor, LoadError>;
+}
+
+/// [`ParamSource`] that reads from a [`TensorReader`] onto a device, keys prefixed by `prefix`.
+pub struct DeviceSource<'a, R: TensorReader, B: Backend> {
+    /// Where the tensors come from.
+    pub reader: &'a mut R,
+    /// Where they go.
+    pub device: &'a B::Device,
+    /// Prepended to every key asked for.
+    pub prefix: String,
+    /// Float type the tensors are stored in (`None`: the backend's default).
+    pub dtype: Option<burn::tensor::FloatDType>,
+}
+
+impl<R: TensorReader, B: Backend> DeviceSource<'_, R, B> {
+    fn tensor<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
+        let tensor = host.into_tensor(self.device);
+        match self.dtype {
+            Some(dtype) => tensor.cast(dtype),
+            None => tensor,
+        }
+    }
+}
+
+impl<R: TensorReader, B: Backend> ParamSource<B> for DeviceSource<'_, R, B> {
+    fn linear_with_keys(
+        &mut self,
+        weight_key: &str,
+        bias_key: Option<&str>,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Linear<B>, LoadError> {
+        let weight = self
+            .reader
+            .read_tensor(&format!("{}{weight_key}", self.prefix), &[d_out, d_in])?
+            .transposed();
+        let bias = match bias_key {
+            Some(key) => {
+                let b = self
+                    .reader
+                    .read_tensor(&format!("{}{key}", self.prefix), &[d_out])?;
+                Some(Param::from_tensor(self.tensor::<1>(b)))
+            }
+            None => None,
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(self.tensor::<2>(weight)),
+            bias,
+        })
+    }
+
+    fn linear_split_rows(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        rows: &[usize],
+        bias: bool,
+    ) -> Result<Vec<Linear<B>>, LoadError> {
+        let total: usize = rows.iter().sum();
+        let weight = self
+            .reader
+            .read_tensor(&format!("{}{key}.weight", self.prefix), &[total, d_in])?;
+        let bias = if bias {
+            Some(
+                self.reader
+                    .read_tensor(&format!("{}{key}.bias", self.prefix), &[total])?,
+            )
+        } else {
+            None
+        };
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(rows.len());
+        for &n in rows {
+            let w = HostTensor {
+                shape: vec![n, d_in],
+                data: weight.data[start * d_in..(start + n) * d_in].to_vec(),
+            };
+            let b = bias.as_ref().map(|b| HostTensor {
+                shape: vec![n],
+                data: b.data[start..start + n].to_vec(),
+            });
+            parts.push(Linear {
+                weight: Param::from_tensor(self.tensor::<2>(w.transposed())),
+                bias: b.map(|b| Param::from_tensor(self.tensor::<1>(b))),
+            });
+            start += n;
+        }
+        Ok(parts)
+    }
+
+    fn vector(
+        &mut self,
+        key: &str,
+        len: usize,
+        _init: f32,
+    ) -> Result<Param<Tensor<B, 1>>, LoadError> {
+        let v = self
+            .reader
+            .read_tensor(&format!("{}{key}", self.prefix), &[len])?;
+        Ok(Param::from_tensor(self.tensor::<1>(v)))
+    }
 }
