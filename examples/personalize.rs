@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
-use premier::mmdit::load::SaveDtype;
+use premier::io::SaveDtype;
 use premier::train::run::{user_file_name, ColdStartConfig};
 use premier::{LikedImages, Premier, PremierError, User};
 

@@ -207,7 +207,7 @@ fn main() -> anyhow::Result<()> {
         let text = summary(&reports);
         let path = args.out.join("summary.md");
         std::fs::create_dir_all(&args.out)?;
-        premier::mmdit::load::write_via_temp(&path, |tmp| {
+        premier::io::write_via_temp(&path, |tmp| {
             std::fs::write(tmp, &text).map_err(|e| e.to_string())
         })
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

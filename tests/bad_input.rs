@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use premier::mmdit::load::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
+use premier::io::{write_safetensors, HostTensor, SafetensorsFile, SaveDtype};
 use premier::mmdit::{Flux, FluxConfig, LoadError};
 use premier::synth::base::SynthBase;
 use premier::text::{ClipTextConfig, ClipTextEncoder, T5Config, T5Encoder};

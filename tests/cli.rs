@@ -81,17 +81,14 @@ fn user_specs() {
     let device = Default::default();
     let combo = premier::users::LinearCombination::<burn::backend::Flex>::init(4, &device);
     let path = dir.path().join("user_combination_3.safetensors");
-    combo
-        .save(&path, premier::mmdit::load::SaveDtype::F32)
-        .unwrap();
+    combo.save(&path, premier::io::SaveDtype::F32).unwrap();
     assert_eq!(
         resolve_user(&User::parse(path.to_str().unwrap()), None).unwrap(),
         UserChoice::User(UserRef::CombinationFile(path))
     );
     let user = premier::users::UserEmbedding::<burn::backend::Flex>::init_direct(2, 3, &device);
     let path = dir.path().join("user_embedding_3.safetensors");
-    user.save(&path, premier::mmdit::load::SaveDtype::Bf16)
-        .unwrap();
+    user.save(&path, premier::io::SaveDtype::Bf16).unwrap();
     assert_eq!(
         resolve_user(&User::parse(path.to_str().unwrap()), None).unwrap(),
         UserChoice::User(UserRef::EmbeddingFile(path))

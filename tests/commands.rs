@@ -306,8 +306,7 @@ fn flux_files_encode_train_and_cold_start() {
     assert!(metrics
         .iter()
         .all(|m| m.report.loss.is_finite() && m.report.grad_norm > 0.0));
-    let adapter =
-        premier::mmdit::load::SafetensorsFile::open(&run.join("mod_adapter.safetensors")).unwrap();
+    let adapter = premier::io::SafetensorsFile::open(&run.join("mod_adapter.safetensors")).unwrap();
     let key = adapter.keys().next().unwrap().to_string();
     assert!(adapter.read(&key).is_ok());
     with(

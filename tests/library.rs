@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
-use premier::mmdit::load::SaveDtype;
+use premier::io::SaveDtype;
 use premier::train::run::TrainedModel;
 use premier::users::{UserShape, UserTable};
 use premier::{Images, Premier, PremierError, User};
@@ -404,7 +404,7 @@ fn a_new_user_from_liked_images_is_the_cold_start_of_the_command_line() {
         );
     }
     let coefficients = |path: &Path| {
-        premier::mmdit::load::SafetensorsFile::open(path)
+        premier::io::SafetensorsFile::open(path)
             .unwrap()
             .read("combination_weights")
             .unwrap()

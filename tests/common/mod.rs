@@ -122,7 +122,7 @@ pub fn tiny_model_dir(root: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("transformer")).unwrap();
     flux.save(
         dir.join("transformer/diffusion_pytorch_model.safetensors"),
-        premier::mmdit::load::SaveDtype::F32,
+        premier::io::SaveDtype::F32,
     )
     .unwrap();
     let diffusers = serde_json::json!({
