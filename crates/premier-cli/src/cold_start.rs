@@ -39,10 +39,13 @@ pub enum OptimizerKind {
     Prodigy,
 }
 
+/// `premier cold-start`: new users from a few images each against a trained run.
 #[derive(Debug, Clone, Args)]
 pub struct ColdStartArgs {
+    /// Where the FLUX.1 files (or the synthetic base) are.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The new users' images and their encoder cache.
     #[command(flatten)]
     pub data: DataArgs,
     /// The stage-1 run folder (`premier train --out`): `mod_adapter.safetensors`,
@@ -61,16 +64,22 @@ pub struct ColdStartArgs {
     /// A TOML file of [`ColdStartConfig`] fields; the options below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// How each new user is represented (default: linear, the paper's cold start).
     #[arg(long, value_enum)]
     pub kind: Option<KindArg>,
+    /// The optimizer (default: AdamW, as released for the linear cold start).
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
+    /// Optimizer steps per user (a resumed cold start stops at the same step).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Images per step (at most the user's images; the released config: 1).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Seed of the initialisation, batches, noise and times (mixed with each user's id).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Write a checkpoint every this many steps (and at the end); 0: none.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// `latest`: continue each user from its newest checkpoint (under
@@ -81,6 +90,7 @@ pub struct ColdStartArgs {
     /// As `--resume latest`, but a fresh start when there is no checkpoint at all.
     #[arg(long)]
     pub resume_or_start: bool,
+    /// Which backend runs the models.
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
     /// Float type of the frozen backbone's weights (default: bf16 on CUDA, f32 elsewhere). The
@@ -125,6 +135,7 @@ impl ColdStartArgs {
     }
 }
 
+/// Runs `premier cold-start`.
 pub fn run(args: ColdStartArgs) -> anyhow::Result<()> {
     type Ad<B> = burn::backend::Autodiff<B>;
     match args.backend {

@@ -8,6 +8,7 @@ use clap::Args;
 
 use premier::train::data::{Dataset, ReadOptions};
 
+/// A dataset on disk and the encoder cache made from it.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// The dataset: a folder `<root>/<user>/<image>` with `.txt` captions, a `.jsonl` manifest,
@@ -31,6 +32,7 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// Reads the dataset (checking every image), printing what was skipped.
     pub fn read(&self) -> anyhow::Result<Dataset> {
         let dataset = Dataset::read(
             &self.data,

@@ -48,10 +48,13 @@ impl Default for EncodeConfig {
     }
 }
 
+/// `premier encode`: a dataset's images and captions encoded once into a cache.
 #[derive(Debug, Clone, Args)]
 pub struct EncodeArgs {
+    /// Where the FLUX.1 files (or the synthetic base) are.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The dataset and the cache folder to write.
     #[command(flatten)]
     pub data: DataArgs,
     /// A TOML file of [`EncodeConfig`] fields; the options below override it.
@@ -73,6 +76,7 @@ pub struct EncodeArgs {
     /// square as the official training does (which distorts images that are not square).
     #[arg(long)]
     pub center_crop: bool,
+    /// Which backend runs the encoders.
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
 }
@@ -92,6 +96,7 @@ impl EncodeArgs {
     }
 }
 
+/// Runs `premier encode`.
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     match args.backend {
         BackendKind::Flex => encode::<burn::backend::Flex>(args, Default::default()),

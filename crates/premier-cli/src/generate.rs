@@ -26,8 +26,10 @@ use premier::train::run::{TrainedModel, TRAINED_MODEL_FILE};
 use premier::users::{UserShape, UserTable};
 use premier::User;
 
+/// `premier generate`: a grid of images, a row per user and a column per prompt.
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
+    /// Where the FLUX.1 files (or the synthetic base) are.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Premier adapters (`mod_adapter.safetensors`).
@@ -57,6 +59,7 @@ pub struct GenerateArgs {
     /// Sampling steps (default: 28 for dev, 4 for schnell; the synthetic world: 12).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Distilled guidance of FLUX.1-dev (Premier evaluates at 2.5; ignored by schnell).
     #[arg(long, default_value_t = 3.5, value_parser = crate::finite::<f32>)]
     pub guidance: f32,
     /// Seed of the first column; column c uses seed + c (wrapping past 2⁶⁴ − 1), the same for
@@ -66,10 +69,13 @@ pub struct GenerateArgs {
     /// Preference strength: 0 = plain FLUX, 1 = as trained (negative: away from the taste).
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = crate::finite::<f64>)]
     pub alpha: f64,
+    /// Folder for the PNGs and `grid.png` (existing files are kept unless overwritten by name).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    /// Which backend runs the models.
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
+    /// Float type of the models' weights and activations.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// Load one model at a time, each released before the next: T5 and CLIP encode the
@@ -94,6 +100,7 @@ pub struct GenerateArgs {
     pub max_memory: Option<f64>,
 }
 
+/// Runs `premier generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     match (args.backend, args.dtype) {
         (BackendKind::Flex, precision) => {

@@ -1,11 +1,15 @@
 //! The `premier` command line.
 
+#![warn(missing_docs)]
+
 mod cold_start;
 mod dataset;
 mod encode;
 mod generate;
 mod models;
+/// Progress on a terminal (bars) or off one (a line per phase and every few seconds).
 pub mod progress;
+/// `premier synth`: the synthetic preference world.
 pub mod synth;
 mod train;
 
@@ -72,10 +76,12 @@ pub use train::TrainArgs;
 #[derive(Debug, Parser)]
 #[command(name = "premier", version, about)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate images for prompts and users (FLUX.1 files or the synthetic world's base).
@@ -104,7 +110,9 @@ pub enum BackendKind {
 /// Float type of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
+    /// 32-bit floats.
     F32,
+    /// bfloat16 (weights stored in half the memory; computed as BFL does).
     Bf16,
 }
 

@@ -48,6 +48,7 @@ pub struct ModelArgs {
     /// CLIP tokenizer.json (default: the one shipped with premier-text).
     #[arg(long)]
     pub clip_tokenizer: Option<PathBuf>,
+    /// Which FLUX.1 model the files are (sets the sizes and the default steps).
     #[arg(long, value_enum, default_value = "dev")]
     pub variant: Variant,
 }
@@ -70,6 +71,7 @@ impl ModelArgs {
             .map_err(|flag| anyhow::anyhow!("give --model-dir or --{flag} (or --synth-base)"))
     }
 
+    /// Whether the synthetic base replaces the FLUX.1 files.
     pub fn is_synth(&self) -> bool {
         self.synth_base.is_some()
     }
@@ -130,11 +132,17 @@ pub enum ImageSampler<B: Backend> {
     Synth,
     /// FLUX.1: the autoencoder; `side`×`side` images.
     Flux {
+        /// The autoencoder that decodes the latents.
         vae: Box<Autoencoder<B>>,
+        /// Its sizes and latent scaling.
         config: AutoencoderConfig,
+        /// Image side in pixels.
         side: usize,
+        /// Sampling steps.
         steps: usize,
+        /// Distilled guidance (dev).
         guidance: f32,
+        /// Whether the schedule is shifted by resolution (dev: yes; schnell: no).
         shift: bool,
     },
 }

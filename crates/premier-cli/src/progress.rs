@@ -115,6 +115,7 @@ impl Progress {
         })
     }
 
+    /// Sets the number of units the phase has.
     pub fn set_length(&self, len: u64) {
         if let Some(bar) = &self.bar {
             bar.set_length(len);
@@ -132,6 +133,7 @@ impl Progress {
         (p.pos, p.start_pos, p.started) = (pos, pos, Instant::now());
     }
 
+    /// Sets the units done (a line is printed off a terminal when one is due).
     pub fn set_position(&self, pos: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(pos);
@@ -142,6 +144,7 @@ impl Progress {
         }
     }
 
+    /// Sets the text shown after the count (loss, it/s, …).
     pub fn set_message(&self, message: impl Into<String>) {
         let message = message.into();
         if let Some(bar) = &self.bar {

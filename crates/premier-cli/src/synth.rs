@@ -7,12 +7,15 @@ use clap::{Args, Subcommand};
 use premier::synth::export::export_dataset;
 use premier::synth::world::{World, WorldConfig};
 
+/// `premier synth`: the synthetic preference world.
 #[derive(Debug, Clone, Args)]
 pub struct SynthArgs {
+    /// What to do with the world.
     #[command(subcommand)]
     pub command: SynthCommand,
 }
 
+/// The subcommands of `premier synth`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum SynthCommand {
     /// Write the world's users and liked images as a dataset: a folder per user with `.txt`
@@ -20,21 +23,27 @@ pub enum SynthCommand {
     Export(ExportArgs),
 }
 
+/// `premier synth export`: the world written as a dataset in the real formats.
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
+    /// The folder to write (it must not hold an earlier export).
     #[arg(long)]
     pub out: PathBuf,
     /// Draws the users, tastes and images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Users stage 1 trains on.
     #[arg(long, default_value_t = WorldConfig::default().train_users)]
     pub train_users: usize,
+    /// Users held back for cold starts.
     #[arg(long, default_value_t = WorldConfig::default().new_users)]
     pub new_users: usize,
+    /// Liked images drawn per user.
     #[arg(long, default_value_t = WorldConfig::default().images_per_user)]
     pub images_per_user: usize,
 }
 
+/// Runs `premier synth`.
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     match args.command {
         SynthCommand::Export(a) => {

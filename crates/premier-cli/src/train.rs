@@ -24,10 +24,13 @@ use premier::train::run::{train_stage1, RunObserver, Start, TrainConfig};
 use premier::train::stage1::Stage1Model;
 use premier::users::UserShape;
 
+/// `premier train`: stage 1 (the adapters and the user table) from an encoder cache.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
+    /// Where the FLUX.1 files (or the synthetic base) are.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The dataset and its encoder cache.
     #[command(flatten)]
     pub data: DataArgs,
     /// The run folder: checkpoints, metrics, validation images, final weights.
@@ -47,16 +50,22 @@ pub struct TrainArgs {
     /// validation images are deleted first.
     #[arg(long, conflicts_with_all = ["resume", "resume_or_start"])]
     pub overwrite: bool,
+    /// Optimizer steps of the whole run (a resumed run stops at the same step).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Samples per micro-batch, of distinct users while there are enough users.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Write a checkpoint every this many steps (and at the end); 0: only at the end.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Checkpoints kept (the newest; at least 1).
     #[arg(long)]
     pub keep_checkpoints: Option<usize>,
+    /// Validation images every this many steps; 0: never.
     #[arg(long)]
     pub validate_every: Option<u64>,
     /// Seed of the initialisation, batches, noise and times.
@@ -85,6 +94,7 @@ pub struct TrainArgs {
     /// Side of FLUX.1 validation images.
     #[arg(long, default_value_t = 512)]
     pub resolution: usize,
+    /// Which backend trains.
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
     /// Recompute activations in the backward pass instead of keeping them all (burn's balanced
@@ -151,6 +161,7 @@ impl TrainArgs {
     }
 }
 
+/// Runs `premier train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
     use burn::backend::Autodiff;
