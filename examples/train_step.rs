@@ -19,6 +19,7 @@ use burn::tensor::{Distribution, FloatDType};
 use clap::{Parser, ValueEnum};
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
 use premier::mmdit::{Flux, FluxAutodiffBackend, FluxConfig};
+use premier::train::data_parallel::{DataParallel, DispersionScope};
 use premier::train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier::users::{UserShape, UserTable};
 
@@ -53,6 +54,10 @@ struct Args {
     /// Threads each batch's rows are split over (`Stage1Trainer::with_workers`).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Data-parallel peers (`premier::train::data_parallel`), all on this one device: what the
+    /// machinery costs against `--workers` (on one CPU no speed-up is expected).
+    #[arg(long, default_value_t = 1)]
+    peers: usize,
     /// Store the frozen backbone's weights in bf16.
     #[arg(long)]
     bf16_backbone: bool,
@@ -109,6 +114,29 @@ fn run<B: FluxAutodiffBackend>(args: &Args, device: B::Device) {
     };
     let mut trainer =
         Stage1Trainer::new(flux, model, Stage1Config::default()).with_workers(args.workers);
+    if args.peers > 1 {
+        let peers = vec![device.clone(); args.peers];
+        let mut tick = Instant::now();
+        let mut step = 0;
+        DataParallel::new(trainer, peers, DispersionScope::Global)
+            .expect("a fresh trainer")
+            .run(
+                args.steps as u64 + 1,
+                |_, _| batch.clone(),
+                |report| {
+                    let label = if step == 0 { "warm-up" } else { "step" };
+                    println!(
+                        "{label} {step}: {:.2?} (loss {:.4})",
+                        tick.elapsed(),
+                        report.loss
+                    );
+                    (tick, step) = (Instant::now(), step + 1);
+                },
+            )
+            .expect("a valid batch");
+        print_peak_memory();
+        return;
+    }
     for step in 0..=args.steps {
         let tick = Instant::now();
         let report = trainer.step(&batch).expect("a valid batch");
@@ -117,6 +145,10 @@ fn run<B: FluxAutodiffBackend>(args: &Args, device: B::Device) {
         let label = if step == 0 { "warm-up" } else { "step" };
         println!("{label} {step}: {took:.2?} (loss {:.4})", report.loss);
     }
+    print_peak_memory();
+}
+
+fn print_peak_memory() {
     match premier::train::memory::host_peak_bytes().map(|b| b as f64 / 1048576.0) {
         Some(mib) => println!("peak host memory: {mib:.0} MiB"),
         None => println!("peak host memory: unknown (no /proc/self/status)"),

@@ -24,6 +24,8 @@
 //! - [`run`]: whole runs as `premier train` / `premier cold-start` do them (TOML config,
 //!   checkpoints every N steps, resume, metrics, validation hook, final files);
 //! - [`validate`]: every number of a run's config checked (finite, in range) before it starts;
+//! - `data_parallel` (feature `collective`): stage 1 on several devices, one peer per device,
+//!   stepping as one device would on the same global batch (burn-collective all-reduce);
 //! - [`new_user`]: the cold-start loop of one new user on cached or in-memory samples;
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
@@ -36,6 +38,8 @@ pub mod checkpoint;
 pub mod clip;
 mod config_file;
 pub mod data;
+#[cfg(feature = "collective")]
+pub mod data_parallel;
 pub mod encode;
 pub mod memory;
 pub mod metrics;

@@ -728,6 +728,58 @@ impl<B: FluxAutodiffBackend> Stage1Trainer<B> {
         })
     }
 
+    /// One peer's part of a data-parallel step ([`crate::data_parallel`]): the gradients of
+    /// `share` × the flow loss of the batch's rows `rows` (their mean), plus, when `dispersion`
+    /// is `Some((rows, weight))`, `weight` × the dispersion terms over those rows. Returns the flat
+    /// gradients and the reported parts already weighted the same way: `[flow, delta_ms, y_ms,
+    /// dispersion shared, dispersion distinct]`, so that summing peers' results gives the whole
+    /// step's.
+    #[cfg(feature = "collective")]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn shard_gradients(
+        &self,
+        batch: &Stage1Batch<B>,
+        noise: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        (rows, share): (std::ops::Range<usize>, f64),
+        dispersion: Option<(std::ops::Range<usize>, f64)>,
+    ) -> Result<(Vec<Tensor<B::InnerBackend, 1>>, [f64; 5]), TrainError> {
+        check_batch(batch)?;
+        let flow_only = Stage1Config {
+            dispersion: None,
+            ..self.config.clone()
+        };
+        let part = batch.rows(rows.clone());
+        let (noise_part, t_part) = (noise.slice(rows.clone()), t.clone().slice(rows));
+        let loss = stage1_loss(
+            &self.flux,
+            &self.model,
+            &part,
+            noise_part,
+            t_part,
+            &flow_only,
+        )?;
+        let mut parts = [
+            share * scalar(loss.flow.clone()),
+            share * loss.delta_ms,
+            share * loss.y_ms,
+            0.0,
+            0.0,
+        ];
+        let mut grads = gradients(&self.model, loss.flow * share);
+        if let Some((rows, weight)) = dispersion {
+            let part = batch.rows(rows.clone());
+            if let Some((dispersion, [s, d])) =
+                self.dispersion_gradients(&part, t.slice(rows), 1.0 / weight)?
+            {
+                grads = add_grads(Some(grads), dispersion).unwrap_or_default();
+                parts[3] = weight * s;
+                parts[4] = weight * d;
+            }
+        }
+        Ok((grads, parts))
+    }
+
     /// The gradients (divided by `k`) and values (shared, distinct) of the whole batch's
     /// dispersion terms through a copy of the trained parameters; `None` without dispersion.
     #[allow(clippy::type_complexity)]

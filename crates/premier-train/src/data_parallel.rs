@@ -1,0 +1,348 @@
+//! Data-parallel stage 1 over several devices, on burn's collective engine (`burn-collective`):
+//! one peer (a thread) per device, each with its own replica of the frozen backbone, the adapters,
+//! the user table and the optimizer.
+//!
+//! Every step each peer takes the same global batch and draws the same noise and times (from the
+//! seed and the step, as one device does), backpropagates its block of the batch's rows (its share
+//! of the mean flow loss) and, as [`DispersionScope`] says, the dispersion terms; the flat
+//! gradients and the reported parts are then summed over peers by one all-reduce. The sum is the
+//! one-device step's gradient up to the order of float additions, so the clipping sees the global
+//! gradient norm and every peer's Prodigy takes the identical step: the replicas stay equal, and
+//! the result does not depend on how many devices share the batch.
+//!
+//! A peer whose step fails still takes part in the all-reduce (with a failure flag), so the other
+//! peers stop with it instead of waiting for it forever; burn-collective itself has no timeouts,
+//! so a peer that panics or dies mid-step still hangs the others.
+
+use std::ops::Range;
+
+use burn::collective::{
+    all_reduce, finish_collective, register, reset_collective, CollectiveConfig, PeerId,
+    ReduceOperation,
+};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use premier_mmdit::FluxAutodiffBackend;
+
+use crate::parallel::row_blocks;
+use crate::stage1::{
+    step_noise, BatchGradients, Stage1Batch, Stage1Trainer, StepReport, TrainError,
+};
+
+/// Which users each peer's dispersion loss contrasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DispersionScope {
+    /// All users of the global batch (the one-device loss, whatever the number of peers), as the
+    /// official stable variant's all-gather does. Computed once, by peer 0 (it needs only the
+    /// adapters on the null prompt, no backbone).
+    #[default]
+    Global,
+    /// Each peer's own rows, averaged over peers: the released run's per-GPU negatives.
+    Local,
+}
+
+/// Why a data-parallel run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DataParallelError {
+    /// A peer's step failed (the others stopped at the same step).
+    #[error("peer {peer} (device {device}): {source}")]
+    Train {
+        /// The failing peer.
+        peer: usize,
+        /// Its device.
+        device: String,
+        /// What failed.
+        #[source]
+        source: TrainError,
+    },
+    /// Another peer failed at this step; this peer stopped with it.
+    #[error("peer {peer}: stopped at step {step} because peer(s) failed there")]
+    PeerFailed {
+        /// The peer that stopped.
+        peer: usize,
+        /// The step.
+        step: u64,
+    },
+    /// The collective engine refused an operation.
+    #[error("peer {peer}: collective {operation} failed: {reason}")]
+    Collective {
+        /// The peer.
+        peer: usize,
+        /// `register`, `all_reduce` or `finish`.
+        operation: &'static str,
+        /// What burn-collective said.
+        reason: String,
+    },
+    /// A peer's thread panicked.
+    #[error("peer {peer} panicked")]
+    Panicked {
+        /// The peer.
+        peer: usize,
+    },
+    /// The run cannot be set up as asked.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Stage-1 training on several devices that steps as one device would on the same global batch.
+pub struct DataParallel<B: FluxAutodiffBackend> {
+    trainers: Vec<Stage1Trainer<B>>,
+    devices: Vec<B::Device>,
+    scope: DispersionScope,
+}
+
+impl<B: FluxAutodiffBackend> DataParallel<B> {
+    /// Replicas of a fresh `trainer` (no step taken yet) on `devices`, one peer each.
+    pub fn new(
+        trainer: Stage1Trainer<B>,
+        devices: Vec<B::Device>,
+        scope: DispersionScope,
+    ) -> Result<Self, DataParallelError> {
+        if devices.is_empty() {
+            return Err(DataParallelError::Setup("no devices given".into()));
+        }
+        if trainer.step != 0 {
+            return Err(DataParallelError::Setup(format!(
+                "the trainer has taken {} steps; replicas start from a fresh trainer (its \
+                 optimizer state is not copied)",
+                trainer.step
+            )));
+        }
+        let trainers = devices
+            .iter()
+            .map(|device| {
+                Stage1Trainer::new(
+                    trainer.flux.clone().fork(device),
+                    trainer.model.clone().fork(device),
+                    trainer.config.clone(),
+                )
+            })
+            .collect();
+        Ok(Self {
+            trainers,
+            devices,
+            scope,
+        })
+    }
+
+    /// Takes `steps` steps. `batch(device, step)` makes step `step`'s global batch on `device`:
+    /// every peer must get the same values (the rows are split among peers here). `report` sees
+    /// peer 0's report of each step. Returns peer 0's trainer (every replica holds the same
+    /// parameters).
+    pub fn run(
+        self,
+        steps: u64,
+        batch: impl Fn(&B::Device, u64) -> Stage1Batch<B> + Sync,
+        mut report: impl FnMut(&StepReport) + Send,
+    ) -> Result<Stage1Trainer<B>, DataParallelError> {
+        let peers = self.trainers.len();
+        reset_collective::<B::InnerBackend>();
+        let config = CollectiveConfig::default().with_num_devices(peers);
+        let report = std::sync::Mutex::new(&mut report);
+        let scope = self.scope;
+        let results: Vec<Result<Stage1Trainer<B>, DataParallelError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .trainers
+                .into_iter()
+                .zip(self.devices)
+                .enumerate()
+                .map(|(peer, (trainer, device))| {
+                    let (config, batch, report) = (config.clone(), &batch, &report);
+                    s.spawn(move || {
+                        let id = PeerId::from(peer);
+                        register::<B::InnerBackend>(id, device.clone(), config)
+                            .map_err(|e| collective_error(peer, "register", e))?;
+                        let result = peer_loop(
+                            trainer,
+                            Peer {
+                                index: peer,
+                                count: peers,
+                                device,
+                            },
+                            scope,
+                            steps,
+                            batch,
+                            |r| {
+                                if peer == 0 {
+                                    (report.lock().unwrap_or_else(|e| e.into_inner()))(r)
+                                }
+                            },
+                        );
+                        finish_collective::<B::InnerBackend>(id)
+                            .map_err(|e| collective_error(peer, "finish", e))?;
+                        result
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(peer, h)| {
+                    h.join()
+                        .unwrap_or(Err(DataParallelError::Panicked { peer }))
+                })
+                .collect()
+        });
+        // The first peer that failed on its own names the failure; otherwise any error.
+        let mut trainers = Vec::new();
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(trainer) => trainers.push(trainer),
+                Err(e @ DataParallelError::PeerFailed { .. }) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    if matches!(
+                        first_error,
+                        None | Some(DataParallelError::PeerFailed { .. })
+                    ) {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(trainers.swap_remove(0)),
+        }
+    }
+}
+
+/// Who a peer is.
+struct Peer<D> {
+    index: usize,
+    count: usize,
+    device: D,
+}
+
+fn collective_error(
+    peer: usize,
+    operation: &'static str,
+    e: impl std::fmt::Debug,
+) -> DataParallelError {
+    DataParallelError::Collective {
+        peer,
+        operation,
+        reason: format!("{e:?}"),
+    }
+}
+
+/// Reported parts a peer adds to the all-reduce after its gradients: flow, delta_ms, y_ms,
+/// dispersion shared, dispersion distinct, and a failure count.
+const PARTS: usize = 6;
+
+/// One peer's steps.
+fn peer_loop<B: FluxAutodiffBackend>(
+    mut trainer: Stage1Trainer<B>,
+    peer: Peer<B::Device>,
+    scope: DispersionScope,
+    steps: u64,
+    batch: &(impl Fn(&B::Device, u64) -> Stage1Batch<B> + Sync),
+    mut report: impl FnMut(&StepReport),
+) -> Result<Stage1Trainer<B>, DataParallelError> {
+    let sizes: Vec<usize> = crate::params::flat_values(&trainer.model)
+        .iter()
+        .map(|v| v.dims()[0])
+        .collect();
+    for _ in 0..steps {
+        let step = trainer.step;
+        let batch = batch(&peer.device, step);
+        let mine = shard(&trainer, &batch, &peer, scope);
+        let failed = mine.is_err();
+        let (grads, parts) = match &mine {
+            Ok((grads, parts)) => (Tensor::cat(grads.clone(), 0), *parts),
+            // Zeros in place of this peer's share, so the others can finish the all-reduce.
+            Err(_) => (
+                Tensor::zeros([sizes.iter().sum::<usize>()], &peer.device),
+                [0.0; PARTS - 1],
+            ),
+        };
+        let mut tail = parts.to_vec();
+        tail.push(if failed { 1.0 } else { 0.0 });
+        let tail = Tensor::<B::InnerBackend, 1>::from_floats(tail.as_slice(), &peer.device);
+        let summed = all_reduce::<B::InnerBackend>(
+            PeerId::from(peer.index),
+            Tensor::cat(vec![grads, tail], 0).into_primitive().tensor(),
+            ReduceOperation::Sum,
+        )
+        .map_err(|e| collective_error(peer.index, "all_reduce", e))?;
+        let summed = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed));
+        if let Err(source) = mine {
+            return Err(DataParallelError::Train {
+                peer: peer.index,
+                device: format!("{:?}", peer.device),
+                source,
+            });
+        }
+        let total: usize = sizes.iter().sum();
+        let values: Vec<f64> = summed
+            .clone()
+            .slice(total..total + PARTS)
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .unwrap_or_default();
+        if values.get(PARTS - 1).copied().unwrap_or(1.0) > 0.0 {
+            return Err(DataParallelError::PeerFailed {
+                peer: peer.index,
+                step: step + 1,
+            });
+        }
+        let mut grads = Vec::with_capacity(sizes.len());
+        let mut start = 0;
+        for &n in &sizes {
+            grads.push(summed.clone().slice(start..start + n));
+            start += n;
+        }
+        let [flow, delta_ms, y_ms, shared, distinct] = [0, 1, 2, 3, 4].map(|i| values[i]);
+        let config = &trainer.config;
+        let total_loss = flow + shared * config.lambda_shared + distinct * config.lambda_distinct;
+        let step_report = trainer
+            .apply_gradients(BatchGradients {
+                grads,
+                parts: [total_loss, flow, shared, distinct],
+                delta_to_y: delta_ms.sqrt() / y_ms.sqrt().max(f64::MIN_POSITIVE),
+            })
+            .map_err(|source| DataParallelError::Train {
+                peer: peer.index,
+                device: format!("{:?}", peer.device),
+                source,
+            })?;
+        report(&step_report);
+    }
+    Ok(trainer)
+}
+
+/// This peer's gradients and weighted parts of the step on `batch` (see
+/// [`Stage1Trainer::shard_gradients`]).
+#[allow(clippy::type_complexity)]
+fn shard<B: FluxAutodiffBackend>(
+    trainer: &Stage1Trainer<B>,
+    batch: &Stage1Batch<B>,
+    peer: &Peer<B::Device>,
+    scope: DispersionScope,
+) -> Result<(Vec<Tensor<B::InnerBackend, 1>>, [f64; PARTS - 1]), TrainError> {
+    let rows = batch.users.len();
+    if rows < peer.count {
+        return Err(TrainError::Batch(format!(
+            "a batch of {rows} rows cannot be split over {} devices",
+            peer.count
+        )));
+    }
+    let (noise, t) = step_noise(
+        trainer.config.seed,
+        trainer.step,
+        &trainer.config.timesteps,
+        batch.x0.dims(),
+        &peer.device,
+    );
+    let block: Range<usize> = row_blocks(rows, peer.count)[peer.index].clone();
+    let share = block.len() as f64 / rows as f64;
+    let dispersion = match scope {
+        DispersionScope::Global => (peer.index == 0).then_some((0..rows, 1.0)),
+        DispersionScope::Local => Some((block.clone(), 1.0 / peer.count as f64)),
+    };
+    trainer.shard_gradients(batch, noise, t, (block, share), dispersion)
+}
