@@ -5,14 +5,16 @@
 //! Every step each peer takes the same global batch and draws the same noise and times (from the
 //! seed and the step, as one device does), backpropagates its block of the batch's rows (its share
 //! of the mean flow loss) and, as [`DispersionScope`] says, the dispersion terms; the flat
-//! gradients and the reported parts are then summed over peers by one all-reduce. The sum is the
-//! one-device step's gradient up to the order of float additions, so the clipping sees the global
-//! gradient norm and every peer's Prodigy takes the identical step: the replicas stay equal, and
-//! the result does not depend on how many devices share the batch.
+//! gradients and the reported parts are then summed over peers by one all-reduce. With the global
+//! scope the sum is the one-device step's gradient up to the order of float additions, so the
+//! clipping sees the global gradient norm, every peer's Prodigy takes the identical step, the
+//! replicas stay equal, and the result does not depend on how many devices share the batch.
 //!
-//! A peer whose step fails still takes part in the all-reduce (with a failure flag), so the other
-//! peers stop with it instead of waiting for it forever; burn-collective itself has no timeouts,
-//! so a peer that panics or dies mid-step still hangs the others.
+//! A peer whose step fails or panics before the all-reduce still takes part in it (with a failure
+//! flag), so the other peers stop with it instead of waiting for it forever; burn-collective itself
+//! has no timeouts, so a peer whose thread dies otherwise (a panic inside the optimizer step, say)
+//! still hangs the others. One data-parallel run at a time per process (burn-collective's local
+//! server is one per process and backend).
 
 use std::ops::Range;
 
@@ -34,8 +36,8 @@ use crate::stage1::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DispersionScope {
     /// All users of the global batch (the one-device loss, whatever the number of peers), as the
-    /// official stable variant's all-gather does. Computed once, by peer 0 (it needs only the
-    /// adapters on the null prompt, no backbone).
+    /// official stable variant's all-gather does. Computed once, by peer 0 (the adapters and
+    /// FLUX's conditioning vector only, not the transformer's blocks).
     #[default]
     Global,
     /// Each peer's own rows, averaged over peers: the released run's per-GPU negatives.
@@ -75,10 +77,23 @@ pub enum DataParallelError {
         reason: String,
     },
     /// A peer's thread panicked.
-    #[error("peer {peer} panicked")]
+    #[error("peer {peer} panicked: {message}")]
     Panicked {
         /// The peer.
         peer: usize,
+        /// The panic's message.
+        message: String,
+    },
+    /// The peers' all-reduce did not add up (a peer left early, or peers were given batches of
+    /// different sizes): the step was not taken.
+    #[error("peer {peer}: step {step}: {reason}")]
+    Mismatch {
+        /// The peer that noticed.
+        peer: usize,
+        /// The step.
+        step: u64,
+        /// What did not add up.
+        reason: String,
     },
     /// The run cannot be set up as asked.
     #[error("{0}")]
@@ -93,7 +108,8 @@ pub struct DataParallel<B: FluxAutodiffBackend> {
 }
 
 impl<B: FluxAutodiffBackend> DataParallel<B> {
-    /// Replicas of a fresh `trainer` (no step taken yet) on `devices`, one peer each.
+    /// Replicas of a fresh `trainer` (no step taken yet) on `devices`, one peer each (each
+    /// replica runs on one thread: the trainer's `workers` are not used).
     pub fn new(
         trainer: Stage1Trainer<B>,
         devices: Vec<B::Device>,
@@ -137,6 +153,9 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
         mut report: impl FnMut(&StepReport) + Send,
     ) -> Result<Stage1Trainer<B>, DataParallelError> {
         let peers = self.trainers.len();
+        // burn-collective's local server is one per process: a second run at the same time would
+        // reset the first one's peers.
+        let _one_run = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
         reset_collective::<B::InnerBackend>();
         let config = CollectiveConfig::default().with_num_devices(peers);
         let report = std::sync::Mutex::new(&mut report);
@@ -169,9 +188,11 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
                                 }
                             },
                         );
-                        finish_collective::<B::InnerBackend>(id)
-                            .map_err(|e| collective_error(peer, "finish", e))?;
-                        result
+                        let finished = finish_collective::<B::InnerBackend>(id)
+                            .map_err(|e| collective_error(peer, "finish", e));
+                        // The step's own error says more than a failed finish.
+                        let trainer = result?;
+                        finished.map(|()| trainer)
                     })
                 })
                 .collect();
@@ -179,8 +200,12 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
                 .into_iter()
                 .enumerate()
                 .map(|(peer, h)| {
-                    h.join()
-                        .unwrap_or(Err(DataParallelError::Panicked { peer }))
+                    h.join().unwrap_or_else(|panic| {
+                        Err(DataParallelError::Panicked {
+                            peer,
+                            message: panic_message(panic.as_ref()),
+                        })
+                    })
                 })
                 .collect()
         });
@@ -210,6 +235,20 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
     }
 }
 
+/// Held by [`DataParallel::run`]: one run at a time per process.
+static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}
+
 /// Who a peer is.
 struct Peer<D> {
     index: usize,
@@ -230,8 +269,11 @@ fn collective_error(
 }
 
 /// Reported parts a peer adds to the all-reduce after its gradients: flow, delta_ms, y_ms,
-/// dispersion shared, dispersion distinct, and a failure count.
-const PARTS: usize = 6;
+/// dispersion shared, dispersion distinct.
+const PARTS: usize = 5;
+/// Then its checks: failed (0 or 1), present (1) and the global batch's rows, which the sum must
+/// show as no failure, `peers` present and `peers × rows`.
+const CHECKS: usize = 3;
 
 /// One peer's steps.
 fn peer_loop<B: FluxAutodiffBackend>(
@@ -242,25 +284,32 @@ fn peer_loop<B: FluxAutodiffBackend>(
     batch: &(impl Fn(&B::Device, u64) -> Stage1Batch<B> + Sync),
     mut report: impl FnMut(&StepReport),
 ) -> Result<Stage1Trainer<B>, DataParallelError> {
+    // Flat parameter lengths, for splitting the reduced gradient back.
     let sizes: Vec<usize> = crate::params::flat_values(&trainer.model)
         .iter()
         .map(|v| v.dims()[0])
         .collect();
     for _ in 0..steps {
         let step = trainer.step;
-        let batch = batch(&peer.device, step);
-        let mine = shard(&trainer, &batch, &peer, scope);
-        let failed = mine.is_err();
-        let (grads, parts) = match &mine {
-            Ok((grads, parts)) => (Tensor::cat(grads.clone(), 0), *parts),
+        // A panic here becomes this peer's failure, which the others learn at the all-reduce.
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let batch = batch(&peer.device, step);
+            let rows = batch.users.len();
+            shard(&trainer, &batch, &peer, scope).map(|shard| (shard, rows))
+        }))
+        .unwrap_or_else(|panic| {
+            Err(TrainError::Batch(format!(
+                "panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        });
+        let total: usize = sizes.iter().sum();
+        let (grads, mut tail, rows) = match &mine {
+            Ok(((grads, parts), rows)) => (Tensor::cat(grads.clone(), 0), parts.to_vec(), *rows),
             // Zeros in place of this peer's share, so the others can finish the all-reduce.
-            Err(_) => (
-                Tensor::zeros([sizes.iter().sum::<usize>()], &peer.device),
-                [0.0; PARTS - 1],
-            ),
+            Err(_) => (Tensor::zeros([total], &peer.device), vec![0.0; PARTS], 0),
         };
-        let mut tail = parts.to_vec();
-        tail.push(if failed { 1.0 } else { 0.0 });
+        tail.extend([if mine.is_err() { 1.0 } else { 0.0 }, 1.0, rows as f64]);
         let tail = Tensor::<B::InnerBackend, 1>::from_floats(tail.as_slice(), &peer.device);
         let summed = all_reduce::<B::InnerBackend>(
             PeerId::from(peer.index),
@@ -276,18 +325,31 @@ fn peer_loop<B: FluxAutodiffBackend>(
                 source,
             });
         }
-        let total: usize = sizes.iter().sum();
         let values: Vec<f64> = summed
             .clone()
-            .slice(total..total + PARTS)
+            .slice(total..total + PARTS + CHECKS)
             .into_data()
             .convert::<f64>()
             .into_vec::<f64>()
             .unwrap_or_default();
-        if values.get(PARTS - 1).copied().unwrap_or(1.0) > 0.0 {
+        let [failed, present, all_rows] =
+            [PARTS, PARTS + 1, PARTS + 2].map(|i| values.get(i).copied().unwrap_or(f64::NAN));
+        if failed != 0.0 {
             return Err(DataParallelError::PeerFailed {
                 peer: peer.index,
                 step: step + 1,
+            });
+        }
+        let expected = (peer.count * rows) as f64;
+        if present != peer.count as f64 || all_rows != expected {
+            return Err(DataParallelError::Mismatch {
+                peer: peer.index,
+                step: step + 1,
+                reason: format!(
+                    "{present} of {} peers took part, with {all_rows} rows in all where \
+                     {expected} were expected (the same batch of {rows} rows on every peer)",
+                    peer.count
+                ),
             });
         }
         let mut grads = Vec::with_capacity(sizes.len());
@@ -323,7 +385,7 @@ fn shard<B: FluxAutodiffBackend>(
     batch: &Stage1Batch<B>,
     peer: &Peer<B::Device>,
     scope: DispersionScope,
-) -> Result<(Vec<Tensor<B::InnerBackend, 1>>, [f64; PARTS - 1]), TrainError> {
+) -> Result<(Vec<Tensor<B::InnerBackend, 1>>, [f64; PARTS]), TrainError> {
     let rows = batch.users.len();
     if rows < peer.count {
         return Err(TrainError::Batch(format!(

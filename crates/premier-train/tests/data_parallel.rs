@@ -97,7 +97,8 @@ fn peers_step_as_one_device_on_the_same_global_batch() {
         if dispersion == Some(DispersionVariant::Stable) {
             assert!(one[0].dispersion_shared != 0.0, "the dispersion is active");
         }
-        for peers in [2, 3] {
+        // 6 rows: equal blocks for 2 and 3 peers, blocks of 1, 2, 1, 2 rows for 4.
+        for peers in [2, 3, 4] {
             let (fresh, batch) = trainer(dispersion);
             assert_eq!(values(&fresh), start, "the setup is seeded");
             let mut reports = Vec::new();
@@ -148,40 +149,60 @@ fn local_dispersion_contrasts_each_peers_own_users() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (fresh, batch) = trainer(Some(DispersionVariant::Stable));
     let mut reports = Vec::new();
-    DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Local)
+    let local = DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Local)
         .unwrap()
         .run(1, |_, _| batch.clone(), |r| reports.push(r.clone()))
         .unwrap();
-    // Reference: the mean over the two halves of the batch of each half's dispersion, from
-    // one-device trainers on each half (their flow parts average to the whole batch's too).
-    let mut halves = Vec::new();
-    for rows in [0..ROWS / 2, ROWS / 2..ROWS] {
-        let (mut half, batch) = trainer(Some(DispersionVariant::Stable));
-        let part = batch.rows(rows.clone());
-        let (noise, t) = premier_train::stage1::step_noise(
-            half.config.seed,
-            0,
-            &half.config.timesteps,
-            batch.x0.dims(),
-            &batch.x0.device(),
-        );
-        halves.push(
-            half.step_with(&part, noise.slice(rows.clone()), t.slice(rows))
-                .unwrap(),
-        );
-    }
-    let mean = |f: fn(&StepReport) -> f64| (f(&halves[0]) + f(&halves[1])) / 2.0;
+    // Reference: one device accumulating the two halves as micro-batches with the same noise
+    // and times, which is the local objective (the halves' mean flow loss is the batch's; each
+    // half's dispersion contrasts its own users, and the two are averaged).
+    let (mut reference, batch) = trainer(Some(DispersionVariant::Stable));
+    let (noise, t) = premier_train::stage1::step_noise(
+        reference.config.seed,
+        0,
+        &reference.config.timesteps,
+        batch.x0.dims(),
+        &batch.x0.device(),
+    );
+    let halves: Vec<_> = [0..ROWS / 2, ROWS / 2..ROWS]
+        .into_iter()
+        .map(|rows| {
+            (
+                batch.rows(rows.clone()),
+                noise.clone().slice(rows.clone()),
+                t.clone().slice(rows),
+            )
+        })
+        .collect();
+    let expected = reference
+        .step_accumulated_with(
+            halves
+                .iter()
+                .map(|(b, n, t)| (b, n.clone(), t.clone()))
+                .collect(),
+        )
+        .unwrap();
     let r = &reports[0];
-    assert!(
-        close(r.dispersion_shared, mean(|h| h.dispersion_shared)),
-        "{r:?} vs {halves:?}"
-    );
-    assert!(
-        close(r.dispersion_distinct, mean(|h| h.dispersion_distinct)),
-        "{r:?} vs {halves:?}"
-    );
-    assert!(close(r.flow, mean(|h| h.flow)), "{r:?} vs {halves:?}");
-    // And it is not the global scope's value.
+    for (name, x, y) in [
+        ("loss", r.loss, expected.loss),
+        ("flow", r.flow, expected.flow),
+        (
+            "dispersion shared",
+            r.dispersion_shared,
+            expected.dispersion_shared,
+        ),
+        (
+            "dispersion distinct",
+            r.dispersion_distinct,
+            expected.dispersion_distinct,
+        ),
+        ("grad_norm", r.grad_norm, expected.grad_norm),
+    ] {
+        assert!(close(x, y), "{name} {x} vs {y}");
+    }
+    let gap = relative_gap(&values(&reference), &values(&local));
+    assert!(gap <= 1e-6, "parameters differ by {gap:e} (relative)");
+    // And it is not the global scope's step.
     let (fresh, batch) = trainer(Some(DispersionVariant::Stable));
     let mut global = Vec::new();
     DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
@@ -191,39 +212,74 @@ fn local_dispersion_contrasts_each_peers_own_users() {
     assert!(!close(r.dispersion_shared, global[0].dispersion_shared));
 }
 
+/// Runs `f` on its own thread and fails, instead of hanging, when it takes over a minute (a
+/// deadlock among the peers).
+fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(f()).ok());
+    wait.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the peers finished within a minute")
+}
+
 #[test]
-fn a_failing_peer_stops_every_peer_at_that_step() {
+fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Step 2's batch names a user the table does not have, in the last row, which only peer 1
+    // looks up (no dispersion, so peer 0 does not look up the whole batch).
     let (fresh, batch) = trainer(None);
-    let mut reports = Vec::new();
-    // Step 2's batch names a user the table does not have: every peer's lookup fails there, but
-    // only the batch given to each peer matters, so break it for one peer's rows only by giving
-    // peer devices the same batch and a bad user in the second half of the rows.
     let bad = Stage1Batch {
         users: (0..ROWS)
             .map(|u| if u == ROWS - 1 { 99 } else { u })
             .collect(),
         ..batch.clone()
     };
-    let err = DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
-        .unwrap()
-        .run(
-            3,
-            |_, step| {
-                if step == 1 {
-                    bad.clone()
-                } else {
-                    batch.clone()
-                }
-            },
-            |r| reports.push(r.clone()),
-        )
-        .err()
-        .expect("the run stops");
-    assert_eq!(reports.len(), 1, "one step was taken before the failure");
+    let (err, steps) = within_a_minute(move || {
+        let mut steps = 0;
+        let err = DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
+            .unwrap()
+            .run(
+                3,
+                |_, step| {
+                    if step == 1 {
+                        bad.clone()
+                    } else {
+                        batch.clone()
+                    }
+                },
+                |_| steps += 1,
+            )
+            .err()
+            .expect("the run stops");
+        (err, steps)
+    });
+    assert_eq!(steps, 1, "one step was taken before the failure");
     match &err {
         DataParallelError::Train { peer, .. } => assert_eq!(*peer, 1, "{err}"),
         other => panic!("expected the failing peer's error, got {other}"),
     }
     assert!(err.to_string().contains("99"), "{err}");
+
+    // A panic in one peer's batch at step 2 stops both peers there too.
+    let (fresh, batch) = trainer(None);
+    let err = within_a_minute(move || {
+        let peer_device = std::sync::atomic::AtomicUsize::new(0);
+        DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
+            .unwrap()
+            .run(
+                3,
+                move |_, step| {
+                    // The second call at step 1 (whichever peer makes it) panics.
+                    if step == 1
+                        && peer_device.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+                    {
+                        panic!("no batch for this peer");
+                    }
+                    batch.clone()
+                },
+                |_| {},
+            )
+            .err()
+            .expect("the run stops")
+    });
+    assert!(err.to_string().contains("no batch for this peer"), "{err}");
 }

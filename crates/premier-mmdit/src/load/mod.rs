@@ -58,8 +58,8 @@ pub enum Layout {
 
 /// A FLUX transformer's files, read by BFL key whatever layout they are stored in.
 pub struct FluxCheckpoint {
-    /// The files, keys as stored.
-    pub files: Checkpoint,
+    /// The files, keys as stored (private: their own unused-key checks would ignore the prefix).
+    files: Checkpoint,
     /// Which key names the files use.
     pub layout: Layout,
 }
