@@ -28,6 +28,7 @@ use burn::tensor::TensorPrimitive;
 use premier_mmdit::FluxAutodiffBackend;
 
 use crate::parallel::row_blocks;
+use crate::prodigy::Prodigy;
 use crate::stage1::{
     step_noise, BatchGradients, Stage1Batch, Stage1Trainer, StepReport, TrainError,
 };
@@ -108,8 +109,10 @@ pub struct DataParallel<B: FluxAutodiffBackend> {
 }
 
 impl<B: FluxAutodiffBackend> DataParallel<B> {
-    /// Replicas of a fresh `trainer` (no step taken yet) on `devices`, one peer each (each
-    /// replica runs on one thread: the trainer's `workers` are not used).
+    /// Replicas of `trainer` on `devices`, one peer each: the backbone and the trained model
+    /// forked onto each device, and the optimizer's state (moments, d and its sums, the step
+    /// count) copied through the host, so a trainer resumed from a checkpoint continues on any
+    /// number of devices. Each replica runs on one thread (the trainer's `workers` are not used).
     pub fn new(
         trainer: Stage1Trainer<B>,
         devices: Vec<B::Device>,
@@ -118,21 +121,20 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
         if devices.is_empty() {
             return Err(DataParallelError::Setup("no devices given".into()));
         }
-        if trainer.step != 0 {
-            return Err(DataParallelError::Setup(format!(
-                "the trainer has taken {} steps; replicas start from a fresh trainer (its \
-                 optimizer state is not copied)",
-                trainer.step
-            )));
-        }
+        let state = trainer.optimizer.state();
         let trainers = devices
             .iter()
-            .map(|device| {
-                Stage1Trainer::new(
-                    trainer.flux.clone().fork(device),
-                    trainer.model.clone().fork(device),
-                    trainer.config.clone(),
-                )
+            .map(|device| Stage1Trainer {
+                flux: trainer.flux.clone().fork(device),
+                model: trainer.model.clone().fork(device),
+                optimizer: Prodigy::from_state(
+                    trainer.config.optimizer.clone(),
+                    state.clone(),
+                    device,
+                ),
+                config: trainer.config.clone(),
+                step: trainer.step,
+                workers: 1,
             })
             .collect();
         Ok(Self {

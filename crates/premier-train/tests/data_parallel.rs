@@ -145,6 +145,35 @@ fn peers_step_as_one_device_on_the_same_global_batch() {
 }
 
 #[test]
+fn a_trainer_that_has_taken_steps_continues_on_several_peers() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hinge = Stage1Config::default().dispersion;
+    let (mut single, batch) = trainer(hinge);
+    let (mut resumed, _) = trainer(hinge);
+    for _ in 0..2 {
+        single.step(&batch).unwrap();
+        resumed.step(&batch).unwrap();
+    }
+    let mut reports = Vec::new();
+    let parallel = DataParallel::new(
+        resumed,
+        vec![Default::default(); 3],
+        DispersionScope::Global,
+    )
+    .unwrap()
+    .run(2, |_, _| batch.clone(), |r| reports.push(r.clone()))
+    .unwrap();
+    let last = (0..2).map(|_| single.step(&batch).unwrap()).last().unwrap();
+    assert_eq!(parallel.step, 4);
+    assert_eq!(reports.last().unwrap().step, 4);
+    let gap = relative_gap(&values(&single), &values(&parallel));
+    assert!(gap <= 1e-6, "parameters differ by {gap:e} (relative)");
+    let (a, b) = (last, reports.last().unwrap());
+    assert!(close(a.d, b.d), "Prodigy's d {} vs {}", a.d, b.d);
+    assert!(close(a.loss, b.loss), "loss {} vs {}", a.loss, b.loss);
+}
+
+#[test]
 fn local_dispersion_contrasts_each_peers_own_users() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (fresh, batch) = trainer(Some(DispersionVariant::Stable));
