@@ -211,28 +211,19 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
                 })
                 .collect()
         });
-        // The first peer that failed on its own names the failure; otherwise any error.
-        let mut trainers = Vec::new();
-        let mut first_error = None;
-        for result in results {
-            match result {
-                Ok(trainer) => trainers.push(trainer),
-                Err(e @ DataParallelError::PeerFailed { .. }) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    if matches!(
-                        first_error,
-                        None | Some(DataParallelError::PeerFailed { .. })
-                    ) {
-                        first_error = Some(e);
-                    }
-                }
-            }
-        }
-        match first_error {
+        // The first peer that failed on its own names the failure, before those that stopped
+        // because of it; with no error, peer 0's trainer (all replicas are equal).
+        let (trainers, errors): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        let mut errors: Vec<DataParallelError> =
+            errors.into_iter().filter_map(Result::err).collect();
+        errors.sort_by_key(|e| matches!(e, DataParallelError::PeerFailed { .. }));
+        match errors.into_iter().next() {
             Some(e) => Err(e),
-            None => Ok(trainers.swap_remove(0)),
+            None => trainers
+                .into_iter()
+                .next()
+                .and_then(Result::ok)
+                .ok_or_else(|| DataParallelError::Setup("no peers ran".into())),
         }
     }
 }

@@ -688,14 +688,8 @@ impl<B: FluxAutodiffBackend> Stage1Trainer<B> {
         k: f64,
     ) -> Result<BatchGradients<B>, TrainError> {
         check_batch(batch)?;
-        let flow_only = Stage1Config {
-            dispersion: None,
-            ..self.config.clone()
-        };
         let block_loss = |model: &Stage1Model<B>, rows: std::ops::Range<usize>| {
-            let part = batch.rows(rows.clone());
-            let (noise, t) = (noise.clone().slice(rows.clone()), t.clone().slice(rows));
-            let loss = stage1_loss(&self.flux, model, &part, noise, t, &flow_only)?;
+            let loss = self.block_flow_loss(model, batch, &noise, &t, rows)?;
             let report = (scalar(loss.flow.clone()), loss.delta_ms, loss.y_ms);
             Ok::<_, TrainError>((loss.flow / k, report))
         };
@@ -729,11 +723,11 @@ impl<B: FluxAutodiffBackend> Stage1Trainer<B> {
     }
 
     /// One peer's part of a data-parallel step ([`crate::data_parallel`]): the gradients of
-    /// `share` × the flow loss of the batch's rows `rows` (their mean), plus, when `dispersion`
-    /// is `Some((rows, weight))`, `weight` × the dispersion terms over those rows. Returns the flat
-    /// gradients and the reported parts already weighted the same way: `[flow, delta_ms, y_ms,
-    /// dispersion shared, dispersion distinct]`, so that summing peers' results gives the whole
-    /// step's.
+    /// `share` × the flow loss of the batch's rows `rows` (their mean) plus, when `dispersion`
+    /// is `Some((rows, weight))`, `weight` × the dispersion terms over those rows, in one
+    /// backward pass. Returns the flat gradients and the reported parts weighted the same way:
+    /// `[flow, delta_ms, y_ms, dispersion shared, dispersion distinct]`, so that summing peers'
+    /// results gives the whole step's.
     #[cfg(feature = "collective")]
     #[allow(clippy::type_complexity)]
     pub(crate) fn shard_gradients(
@@ -745,39 +739,42 @@ impl<B: FluxAutodiffBackend> Stage1Trainer<B> {
         dispersion: Option<(std::ops::Range<usize>, f64)>,
     ) -> Result<(Vec<Tensor<B::InnerBackend, 1>>, [f64; 5]), TrainError> {
         check_batch(batch)?;
+        let flow = self.block_flow_loss(&self.model, batch, &noise, &t, rows)?;
+        let mut parts = [
+            share * scalar(flow.flow.clone()),
+            share * flow.delta_ms,
+            share * flow.y_ms,
+            0.0,
+            0.0,
+        ];
+        let mut loss = flow.flow * share;
+        if let Some((rows, weight)) = dispersion.filter(|_| self.config.dispersion.is_some()) {
+            let (terms, [s, d]) =
+                self.dispersion_loss(&self.model, &batch.rows(rows.clone()), t.slice(rows))?;
+            parts[3] = weight * s;
+            parts[4] = weight * d;
+            loss = loss + terms * weight;
+        }
+        Ok((gradients(&self.model, loss), parts))
+    }
+
+    /// The flow-only loss of the batch's rows `rows` through `model`, with those rows' noise
+    /// and times (a block of [`Self::split_gradients`] or of a data-parallel peer).
+    fn block_flow_loss(
+        &self,
+        model: &Stage1Model<B>,
+        batch: &Stage1Batch<B>,
+        noise: &Tensor<B, 3>,
+        t: &Tensor<B, 1>,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Stage1Loss<B>, TrainError> {
         let flow_only = Stage1Config {
             dispersion: None,
             ..self.config.clone()
         };
         let part = batch.rows(rows.clone());
-        let (noise_part, t_part) = (noise.slice(rows.clone()), t.clone().slice(rows));
-        let loss = stage1_loss(
-            &self.flux,
-            &self.model,
-            &part,
-            noise_part,
-            t_part,
-            &flow_only,
-        )?;
-        let mut parts = [
-            share * scalar(loss.flow.clone()),
-            share * loss.delta_ms,
-            share * loss.y_ms,
-            0.0,
-            0.0,
-        ];
-        let mut grads = gradients(&self.model, loss.flow * share);
-        if let Some((rows, weight)) = dispersion {
-            let part = batch.rows(rows.clone());
-            if let Some((dispersion, [s, d])) =
-                self.dispersion_gradients(&part, t.slice(rows), 1.0 / weight)?
-            {
-                grads = add_grads(Some(grads), dispersion).unwrap_or_default();
-                parts[3] = weight * s;
-                parts[4] = weight * d;
-            }
-        }
-        Ok((grads, parts))
+        let (noise, t) = (noise.clone().slice(rows.clone()), t.clone().slice(rows));
+        stage1_loss(&self.flux, model, &part, noise, t, &flow_only)
     }
 
     /// The gradients (divided by `k`) and values (shared, distinct) of the whole batch's
@@ -793,12 +790,26 @@ impl<B: FluxAutodiffBackend> Stage1Trainer<B> {
             return Ok(None);
         }
         let model = assign_flat(self.model.clone(), flat_values(&self.model));
+        let (total, values) = self.dispersion_loss(&model, batch, t)?;
+        Ok(Some((gradients(&model, total / k), values)))
+    }
+
+    /// λ_shared · shared + λ_distinct · distinct over the batch's users through `model` `[1]`,
+    /// and the two terms' values.
+    fn dispersion_loss(
+        &self,
+        model: &Stage1Model<B>,
+        batch: &Stage1Batch<B>,
+        t: Tensor<B, 1>,
+    ) -> Result<(Tensor<B, 1>, [f64; 2]), TrainError> {
         let user = model.users.lookup(&batch.users)?;
         let y_ms = modulation_ms(&self.flux, batch, t, &self.config);
-        let (s, d) = dispersion_terms(&model, batch, user, None, y_ms, &self.config)?;
+        let (s, d) = dispersion_terms(model, batch, user, None, y_ms, &self.config)?;
         let values = [scalar(s.clone()), scalar(d.clone())];
-        let total = s * self.config.lambda_shared + d * self.config.lambda_distinct;
-        Ok(Some((gradients(&model, total / k), values)))
+        Ok((
+            s * self.config.lambda_shared + d * self.config.lambda_distinct,
+            values,
+        ))
     }
 
     /// One step with the given noise `[batch, img_tokens, in_channels]` and times `[batch]`.

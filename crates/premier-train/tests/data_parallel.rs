@@ -66,6 +66,23 @@ fn values(trainer: &Stage1Trainer<AB>) -> Vec<f32> {
         .collect()
 }
 
+/// `steps` steps of `trainer` on `peers` Flex peers, every step on `batch`: peer 0's trainer
+/// and reports.
+fn on_peers(
+    trainer: Stage1Trainer<AB>,
+    peers: usize,
+    scope: DispersionScope,
+    steps: u64,
+    batch: &Stage1Batch<AB>,
+) -> (Stage1Trainer<AB>, Vec<StepReport>) {
+    let mut reports = Vec::new();
+    let trainer = DataParallel::new(trainer, vec![Default::default(); peers], scope)
+        .unwrap()
+        .run(steps, |_, _| batch.clone(), |r| reports.push(r.clone()))
+        .unwrap();
+    (trainer, reports)
+}
+
 /// max |a − b| / max |a|.
 fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -101,15 +118,8 @@ fn peers_step_as_one_device_on_the_same_global_batch() {
         for peers in [2, 3, 4] {
             let (fresh, batch) = trainer(dispersion);
             assert_eq!(values(&fresh), start, "the setup is seeded");
-            let mut reports = Vec::new();
-            let parallel = DataParallel::new(
-                fresh,
-                vec![Default::default(); peers],
-                DispersionScope::Global,
-            )
-            .unwrap()
-            .run(steps, |_, _| batch.clone(), |r| reports.push(r.clone()))
-            .unwrap();
+            let (parallel, reports) =
+                on_peers(fresh, peers, DispersionScope::Global, steps, &batch);
             let case = format!("{peers} peers, dispersion {dispersion:?}");
             assert_eq!(parallel.step, steps, "{case}");
             let gap = relative_gap(&values(&single), &values(&parallel));
@@ -154,15 +164,7 @@ fn a_trainer_that_has_taken_steps_continues_on_several_peers() {
         single.step(&batch).unwrap();
         resumed.step(&batch).unwrap();
     }
-    let mut reports = Vec::new();
-    let parallel = DataParallel::new(
-        resumed,
-        vec![Default::default(); 3],
-        DispersionScope::Global,
-    )
-    .unwrap()
-    .run(2, |_, _| batch.clone(), |r| reports.push(r.clone()))
-    .unwrap();
+    let (parallel, reports) = on_peers(resumed, 3, DispersionScope::Global, 2, &batch);
     let last = (0..2).map(|_| single.step(&batch).unwrap()).last().unwrap();
     assert_eq!(parallel.step, 4);
     assert_eq!(reports.last().unwrap().step, 4);
@@ -177,11 +179,7 @@ fn a_trainer_that_has_taken_steps_continues_on_several_peers() {
 fn local_dispersion_contrasts_each_peers_own_users() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (fresh, batch) = trainer(Some(DispersionVariant::Stable));
-    let mut reports = Vec::new();
-    let local = DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Local)
-        .unwrap()
-        .run(1, |_, _| batch.clone(), |r| reports.push(r.clone()))
-        .unwrap();
+    let (local, reports) = on_peers(fresh, 2, DispersionScope::Local, 1, &batch);
     // Reference: one device accumulating the two halves as micro-batches with the same noise
     // and times, which is the local objective (the halves' mean flow loss is the batch's; each
     // half's dispersion contrasts its own users, and the two are averaged).
@@ -233,11 +231,7 @@ fn local_dispersion_contrasts_each_peers_own_users() {
     assert!(gap <= 1e-6, "parameters differ by {gap:e} (relative)");
     // And it is not the global scope's step.
     let (fresh, batch) = trainer(Some(DispersionVariant::Stable));
-    let mut global = Vec::new();
-    DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
-        .unwrap()
-        .run(1, |_, _| batch.clone(), |r| global.push(r.clone()))
-        .unwrap();
+    let (_, global) = on_peers(fresh, 2, DispersionScope::Global, 1, &batch);
     assert!(!close(r.dispersion_shared, global[0].dispersion_shared));
 }
 
