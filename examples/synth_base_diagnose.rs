@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use burn::backend::Flex;
 use clap::Parser;
 use image::RgbImage;
-use premier::mmdit::{img_ids, txt_ids};
+use premier::mmdit::{img_ids, pack, txt_ids};
 use premier::pipeline::{denoise, seeded_noise};
 use premier::synth::base::{shipped_base_dir, SynthBase};
-use premier::synth::codec::{decode, encode, LATENT_HW, TOKENS, TOKEN_CHANNELS};
+use premier::synth::codec::{decode, encode, PatchCodec, LATENT_HW};
 use premier::synth::render::{render, Jitter};
 use premier::synth::sample::sample;
 use premier::synth::score::{analyse, factor_scores, prompt_fidelity};
@@ -110,10 +110,15 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let x0 = encode::<Flex>(&renders.iter().collect::<Vec<_>>(), &device);
     let noise_seeds: Vec<u64> = (0..n as u64).map(|i| 5000 + i).collect();
-    let noise = seeded_noise::<Flex>(&noise_seeds, TOKEN_CHANNELS, TOKENS, 1, &device)
-        .reshape([n, TOKEN_CHANNELS, TOKENS])
-        .swap_dims(1, 2);
     let (h, w) = LATENT_HW;
+    // The sampler's noise: drawn in the codec's latent space, then packed into tokens.
+    let noise = pack(seeded_noise::<Flex>(
+        &noise_seeds,
+        PatchCodec::SPACE.channels,
+        h,
+        w,
+        &device,
+    ));
     for k in [1usize, 2, 3, 6, 9] {
         let t0 = k as f32 / 12.0;
         let grid: Vec<f32> = (0..=k).map(|i| t0 * (1.0 - i as f32 / k as f32)).collect();

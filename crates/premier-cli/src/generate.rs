@@ -18,8 +18,8 @@ use premier::personalized::Personalization;
 use premier::pipeline::image_io::{grid, save_png, tensor_to_rgb};
 use premier::pipeline::memory::{GenerationMemory, GenerationPlan};
 use premier::pipeline::{
-    check_request, decode_latents, denoise_request, request_modulation, DeltaCache,
-    GenerateRequest, UserChoice,
+    check_request, denoise_latents, request_modulation, DeltaCache, GenerateRequest, LatentCodec,
+    UserChoice, VaeCodec,
 };
 use premier::synth::base::SynthBase;
 use premier::train::run::{TrainedModel, TRAINED_MODEL_FILE};
@@ -538,12 +538,12 @@ fn generate_one_model_at_a_time<B: FluxOps>(
             .enumerate()
             .map(|(r, (request, modulation))| {
                 let base = (r * steps) as u64;
-                denoise_request(
+                denoise_latents(
                     &flux,
-                    request,
+                    &request.sampling(),
+                    vae_config.into(),
                     &text,
                     modulation.as_ref(),
-                    vae_config,
                     &mut |done: usize, _| bar.set_position(base + done as u64),
                 )
             })
@@ -556,12 +556,14 @@ fn generate_one_model_at_a_time<B: FluxOps>(
     let stage = Instant::now();
     let rows = {
         let vae = files.load_vae::<B>(vae_config, &device)?;
+        let codec = VaeCodec {
+            vae: &vae,
+            config: vae_config,
+            tiling: vae_tiling(args),
+        };
         latents
             .into_iter()
-            .map(|latent| {
-                let images = decode_latents(&vae, vae_config, latent, vae_tiling(args))?;
-                Ok(tensor_to_rgb(images))
-            })
+            .map(|latent| Ok(tensor_to_rgb(codec.decode(latent)?)))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     release("VAE (loaded, decoded, released)", stage);

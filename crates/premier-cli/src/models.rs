@@ -14,8 +14,9 @@ use crate::{BackendKind, Precision};
 use premier::mmdit::{Flux, FluxConfig, FluxOps, TextModulation};
 use premier::model_files::{ModelFiles, ModelPaths, Variant};
 use premier::pipeline::image_io::tensor_to_rgb;
-use premier::pipeline::{decode_latents, denoise_request, GenerateRequest};
+use premier::pipeline::{denoise_latents, LatentCodec, Sampling, VaeCodec};
 use premier::synth::base::SynthBase;
+use premier::synth::codec::PatchCodec;
 use premier::text::{TextConditioning, TextEncoder};
 use premier::vae::{Autoencoder, AutoencoderConfig};
 
@@ -126,29 +127,32 @@ impl ModelArgs {
     }
 }
 
-/// Draws images from text features (and Δ), however the model turns latents into pixels.
-pub enum ImageSampler<B: Backend> {
-    /// The synthetic world: its codec, 12 steps, no guidance, unshifted schedule.
-    Synth,
-    /// FLUX.1: the autoencoder; `side`×`side` images.
-    Flux {
-        /// The autoencoder that decodes the latents.
-        vae: Box<Autoencoder<B>>,
-        /// Its sizes and latent scaling.
-        config: AutoencoderConfig,
-        /// Image side in pixels.
-        side: usize,
-        /// Sampling steps.
-        steps: usize,
-        /// Distilled guidance (dev).
-        guidance: f32,
-        /// Whether the schedule is shifted by resolution (dev: yes; schnell: no).
-        shift: bool,
-    },
+/// Draws images from text features (and Δ), however the model turns latents into pixels: the
+/// pipeline's one noise → denoise → decode path on the model's codec.
+pub struct ImageSampler<B: Backend> {
+    /// The codec: the synth world's patches or FLUX.1's autoencoder.
+    codec: Codec<B>,
+    /// Image side in pixels.
+    side: usize,
+    /// Sampling steps.
+    steps: usize,
+    /// Distilled guidance (dev).
+    guidance: f32,
+    /// Whether the schedule is shifted by resolution (dev: yes; schnell: no).
+    shift: bool,
+}
+
+/// The codec an [`ImageSampler`] decodes with.
+enum Codec<B: Backend> {
+    /// The synthetic world's pixel patches.
+    Patches,
+    /// FLUX.1's autoencoder and its config.
+    Vae(Box<Autoencoder<B>>, AutoencoderConfig),
 }
 
 impl<B: FluxOps> ImageSampler<B> {
-    /// The sampler of `model` (loads the autoencoder for FLUX.1).
+    /// The sampler of `model` (loads the autoencoder for FLUX.1). The synthetic world draws its
+    /// own size in its own steps, unshifted, without guidance.
     pub fn for_model(
         model: &ModelArgs,
         side: usize,
@@ -157,12 +161,17 @@ impl<B: FluxOps> ImageSampler<B> {
         device: &B::Device,
     ) -> anyhow::Result<Self> {
         if model.is_synth() {
-            return Ok(Self::Synth);
+            return Ok(Self {
+                codec: Codec::Patches,
+                side: premier::synth::world::IMAGE_SIZE,
+                steps: premier::synth::sample::SAMPLING_STEPS,
+                guidance: 0.0,
+                shift: false,
+            });
         }
         let (vae, config) = model.load_vae::<B>(device)?;
-        Ok(Self::Flux {
-            vae: Box::new(vae),
-            config,
+        Ok(Self {
+            codec: Codec::Vae(Box::new(vae), config),
             side,
             steps: steps.unwrap_or(model.variant.steps()),
             guidance,
@@ -178,37 +187,24 @@ impl<B: FluxOps> ImageSampler<B> {
         delta: Option<&TextModulation<B>>,
         seeds: &[u64],
     ) -> anyhow::Result<Vec<RgbImage>> {
-        match self {
-            Self::Synth => Ok(premier::synth::sample::sample(
-                flux,
-                text,
-                delta,
-                seeds,
-                premier::synth::sample::SAMPLING_STEPS,
-            )?),
-            Self::Flux {
+        let sampling = Sampling {
+            seeds,
+            width: self.side,
+            height: self.side,
+            steps: self.steps,
+            guidance: self.guidance,
+            shift: self.shift,
+        };
+        let codec: Box<dyn LatentCodec<B> + '_> = match &self.codec {
+            Codec::Patches => Box::new(PatchCodec),
+            Codec::Vae(vae, config) => Box::new(VaeCodec {
                 vae,
                 config,
-                side,
-                steps,
-                guidance,
-                shift,
-            } => {
-                let request = GenerateRequest {
-                    prompts: Vec::new(),
-                    users: Vec::new(),
-                    seeds: seeds.to_vec(),
-                    width: *side,
-                    height: *side,
-                    steps: *steps,
-                    guidance: *guidance,
-                    shift: *shift,
-                    alpha: 1.0,
-                };
-                let latent = denoise_request(flux, &request, text, delta, config, &mut ())?;
-                Ok(tensor_to_rgb(decode_latents(vae, config, latent, None)?))
-            }
-        }
+                tiling: None,
+            }),
+        };
+        let latent = denoise_latents(flux, &sampling, codec.space(), text, delta, &mut ())?;
+        Ok(tensor_to_rgb(codec.decode(latent)?))
     }
 }
 

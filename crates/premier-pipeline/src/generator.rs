@@ -8,8 +8,9 @@ use premier_mmdit::{img_ids, pack, txt_ids, unpack, Flux, FluxOps, TextModulatio
 use premier_text::bounded_cache::{tensor_bytes, BoundedCache};
 use premier_text::{TextConditioning, TextEncoder};
 use premier_users::{UserRef, UserTable};
-use premier_vae::{unscale_latent, Autoencoder, AutoencoderConfig, Tiling};
+use premier_vae::{Autoencoder, AutoencoderConfig, Tiling};
 
+use crate::codec::{LatentCodec, LatentSpace, VaeCodec};
 use crate::error::PipelineError;
 use crate::noise::seeded_noise;
 use crate::sampler::{denoise, StepObserver};
@@ -195,18 +196,23 @@ impl<B: FluxOps> Generator<B> {
         timings.delta = start.elapsed();
 
         let start = Instant::now();
-        let latent = denoise_request(
+        let codec = VaeCodec {
+            vae: &self.vae,
+            config: &self.vae_config,
+            tiling: self.vae_tiling,
+        };
+        let latent = denoise_latents(
             &self.flux,
-            request,
+            &request.sampling(),
+            codec.space(),
             &text,
             modulation.as_ref(),
-            &self.vae_config,
             observer,
         )?;
         timings.denoise = start.elapsed();
 
         let start = Instant::now();
-        let images = decode_latents(&self.vae, &self.vae_config, latent, self.vae_tiling)?;
+        let images = codec.decode(latent)?;
         timings.decode = start.elapsed();
         Ok(Generated { images, timings })
     }
@@ -326,24 +332,55 @@ pub fn request_modulation<B: FluxOps>(
     ))
 }
 
-/// The Euler loop of `request` from its seeded noise, one image per seed (its prompts and users
-/// are not read: `text` and `modulation` carry them): the latents `[images, channels, h, w]`
-/// (unpacked, scaled as the VAE's latent space), for a VAE of `vae_config`.
-pub fn denoise_request<B: FluxOps>(
+/// How a batch is drawn: one image per seed, its size, the Euler steps, the guidance and the
+/// schedule's shift (the prompts and users are carried by the text and Δ given beside it).
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling<'a> {
+    /// One per image: the seed of its initial noise.
+    pub seeds: &'a [u64],
+    /// Pixels; a multiple of twice the latent space's downsampling.
+    pub width: usize,
+    /// Pixels; a multiple of twice the latent space's downsampling.
+    pub height: usize,
+    /// Euler steps.
+    pub steps: usize,
+    /// Distilled guidance scale (read only by models with a guidance embedding).
+    pub guidance: f32,
+    /// Resolution-dependent schedule shift (dev: true, schnell: false).
+    pub shift: bool,
+}
+
+impl GenerateRequest {
+    /// How this request's images are drawn.
+    pub fn sampling(&self) -> Sampling<'_> {
+        Sampling {
+            seeds: &self.seeds,
+            width: self.width,
+            height: self.height,
+            steps: self.steps,
+            guidance: self.guidance,
+            shift: self.shift,
+        }
+    }
+}
+
+/// The Euler loop from each seed's noise in `space`: the latents `[images, channels, h, w]`
+/// (unpacked), for a [`LatentCodec`] of that space to decode. text: `[images, txt_tokens,
+/// text_dim]` and pooled `[images, vec_dim]`; `modulation` is Premier's Δ (already scaled).
+pub fn denoise_latents<B: FluxOps>(
     flux: &Flux<B>,
-    request: &GenerateRequest,
+    sampling: &Sampling<'_>,
+    space: LatentSpace,
     text: &TextConditioning<B>,
     modulation: Option<&TextModulation<B>>,
-    vae_config: &AutoencoderConfig,
     observer: &mut impl StepObserver,
 ) -> Result<Tensor<B, 4>, PipelineError> {
-    let n = request.seeds.len();
+    let n = sampling.seeds.len();
     let device = text.tokens.device();
-    let factor = vae_config.downsampling();
-    let (h, w) = (request.height / factor, request.width / factor);
-    let noise = seeded_noise::<B>(&request.seeds, vae_config.latent_channels, h, w, &device);
+    let (h, w) = space.latent_hw(sampling.height, sampling.width);
+    let noise = seeded_noise::<B>(sampling.seeds, space.channels, h, w, &device);
     let txt_tokens = text.tokens.dims()[1];
-    let timesteps = schedule(request.steps, (h / 2) * (w / 2), request.shift);
+    let timesteps = schedule(sampling.steps, (h / 2) * (w / 2), sampling.shift);
     let latent = denoise(
         flux,
         pack(noise),
@@ -351,25 +388,10 @@ pub fn denoise_request<B: FluxOps>(
         text.tokens.clone(),
         txt_ids(n, txt_tokens, &device),
         text.pooled.clone(),
-        Some(Tensor::full([n], request.guidance, &device)),
+        Some(Tensor::full([n], sampling.guidance, &device)),
         &timesteps,
         modulation,
         observer,
     )?;
     Ok(unpack(latent, h, w))
-}
-
-/// Images `[images, 3, height, width]` in [-1, 1] from [`denoise_request`]'s latents, decoded
-/// whole or in `tiling`'s tiles.
-pub fn decode_latents<B: Backend>(
-    vae: &Autoencoder<B>,
-    vae_config: &AutoencoderConfig,
-    latent: Tensor<B, 4>,
-    tiling: Option<Tiling>,
-) -> Result<Tensor<B, 4>, PipelineError> {
-    let z = unscale_latent(latent, vae_config);
-    Ok(match tiling {
-        Some(tiling) => vae.try_decode_tiled(z, tiling)?,
-        None => vae.try_decode(z)?,
-    })
 }

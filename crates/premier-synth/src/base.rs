@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use premier_io::{write_safetensors, write_via_temp, SaveDtype};
 use premier_mmdit::{ConfigError, Flux, FluxConfig, ForwardError, LoadError};
+use premier_pipeline::PipelineError;
 use premier_text::TextError;
 use serde::{Deserialize, Serialize};
 
@@ -76,8 +77,11 @@ pub enum BaseError {
     /// An invalid transformer config.
     Config(#[from] ConfigError),
     #[error(transparent)]
-    /// A forward pass during pretraining or sampling.
+    /// A forward pass during pretraining.
     Forward(#[from] ForwardError),
+    #[error(transparent)]
+    /// Sampling images (the transformer's forward or the decode).
+    Sample(#[from] PipelineError),
     /// A file of the base folder that cannot be read or written.
     #[error("{path}: {reason}")]
     File {

@@ -1,14 +1,30 @@
-//! Drawing images from the base model, with or without Premier's Δ.
+//! Drawing images from the base model, with or without Premier's Δ: the pipeline's one
+//! noise → denoise → decode path, on the synth world's [`PatchCodec`].
 
 use image::RgbImage;
-use premier_mmdit::{img_ids, txt_ids, Flux, FluxOps, ForwardError, TextModulation};
-use premier_pipeline::{denoise, schedule, seeded_noise};
+use premier_mmdit::{Flux, FluxOps, TextModulation};
+use premier_pipeline::image_io::tensor_to_rgb;
+use premier_pipeline::{denoise_latents, LatentCodec, PipelineError, Sampling};
 use premier_text::TextConditioning;
 
-use crate::codec::{decode, LATENT_HW, TOKENS, TOKEN_CHANNELS};
+use crate::codec::PatchCodec;
+use crate::world::IMAGE_SIZE;
 
 /// Euler sampling steps used by the experiments.
 pub const SAMPLING_STEPS: usize = 12;
+
+/// How the synth world draws: `IMAGE_SIZE`² images, unshifted schedule (like schnell, no
+/// guidance embedding).
+pub fn sampling(seeds: &[u64], steps: usize) -> Sampling<'_> {
+    Sampling {
+        seeds,
+        width: IMAGE_SIZE,
+        height: IMAGE_SIZE,
+        steps,
+        guidance: 0.0,
+        shift: false,
+    }
+}
 
 /// One image per row of `text` (and of `delta`), starting from the noise of `seeds[i]`, in
 /// `steps` Euler steps on the unshifted schedule.
@@ -18,24 +34,14 @@ pub fn sample<B: FluxOps>(
     delta: Option<&TextModulation<B>>,
     seeds: &[u64],
     steps: usize,
-) -> Result<Vec<RgbImage>, ForwardError> {
-    let device = text.tokens.device();
-    let n = seeds.len();
-    let noise = seeded_noise::<B>(seeds, TOKEN_CHANNELS, TOKENS, 1, &device)
-        .reshape([n, TOKEN_CHANNELS, TOKENS])
-        .swap_dims(1, 2);
-    let (h, w) = LATENT_HW;
-    let x0 = denoise(
+) -> Result<Vec<RgbImage>, PipelineError> {
+    let latent = denoise_latents(
         flux,
-        noise,
-        img_ids(n, h, w, &device),
-        text.tokens.clone(),
-        txt_ids(n, text.tokens.dims()[1], &device),
-        text.pooled.clone(),
-        None,
-        &schedule(steps, TOKENS, false),
+        &sampling(seeds, steps),
+        PatchCodec::SPACE,
+        text,
         delta,
         &mut (),
     )?;
-    Ok(decode(x0))
+    Ok(tensor_to_rgb(PatchCodec.decode(latent)?))
 }

@@ -2,8 +2,11 @@
 
 use burn::backend::Flex;
 use burn::prelude::*;
+use premier_mmdit::unpack;
+use premier_pipeline::image_io::tensor_to_rgb;
+use premier_pipeline::LatentCodec;
 use premier_synth::base::{shipped_base_dir, SynthBase, SynthBaseConfig};
-use premier_synth::codec::{decode, encode};
+use premier_synth::codec::{decode, encode, PatchCodec, LATENT_HW};
 use premier_synth::text::{build_tokenizer, load_tokenizer, MAX_TOKENS, VOCAB};
 use premier_synth::world::{Content, World, WorldConfig};
 
@@ -15,6 +18,25 @@ fn codec_round_trips_pixels_exactly() {
     let tokens = encode::<Flex>(&refs, &Default::default());
     assert_eq!(tokens.dims(), [3, 64, 48]);
     assert_eq!(decode(tokens), images);
+}
+
+#[test]
+fn patch_codec_decodes_the_unpacked_tokens_to_the_images() {
+    // The sampler draws latents in the codec's space and FLUX packs them: unpacking the tokens
+    // of `encode` must give the latent that `decode` turns back into the same images.
+    let world = World::new(WorldConfig::default());
+    let images: Vec<_> = (0..2).map(|i| world.liked_image(i, i).rgb).collect();
+    let refs: Vec<_> = images.iter().collect();
+    let (h, w) = LATENT_HW;
+    let latent = unpack(encode::<Flex>(&refs, &Default::default()), h, w);
+    let space = LatentCodec::<Flex>::space(&PatchCodec);
+    assert_eq!(latent.dims(), [2, space.channels, h, w]);
+    assert_eq!(space.latent_hw(32, 32), LATENT_HW);
+    let pixels = PatchCodec.decode(latent).unwrap();
+    assert_eq!(tensor_to_rgb(pixels), images);
+    // A latent of another shape is an error, not a panic.
+    let wrong = Tensor::<Flex, 4>::zeros([1, 16, h, w], &Default::default());
+    assert!(PatchCodec.decode(wrong).is_err());
 }
 
 #[test]
