@@ -18,9 +18,10 @@ use crate::pipeline::image_io::tensor_to_rgb;
 use crate::pipeline::{GenerateRequest, Generated, Generator, StepObserver, UserChoice};
 use crate::train::encode::Encoders;
 use crate::train::metrics::MetricRecord;
-use crate::train::new_user::{fit_new_user, fresh_new_user, EncodedSamples};
+use crate::train::new_user::{fit_new_user, fresh_new_user};
 use crate::train::run::{ColdStartConfig, RunError};
 use crate::train::run::{TrainedModel, TRAINED_MODEL_FILE};
+use crate::train::samples::EncodedUsers;
 use crate::train::stage2::{NewUser, Stage2Trainer};
 use crate::users::{UserRef, UserShape, UserTable};
 use crate::vae::Tiling;
@@ -614,20 +615,19 @@ impl<B: FluxAutodiffBackend> Premier<B> {
             text_fingerprint: String::new(),
             device: g.device().clone(),
         };
-        let mut samples = EncodedSamples {
-            latents: encoders
-                .encode_images(images)
-                .map_err(|reason| PremierError::Encode {
-                    what: "images",
-                    reason,
-                })?,
-            texts: encoders
-                .encode_captions(captions)
-                .map_err(|reason| PremierError::Encode {
-                    what: "captions",
-                    reason,
-                })?,
-        };
+        let latents = encoders
+            .encode_images(images)
+            .map_err(|reason| PremierError::Encode {
+                what: "images",
+                reason,
+            })?;
+        let texts = encoders
+            .encode_captions(captions)
+            .map_err(|reason| PremierError::Encode {
+                what: "captions",
+                reason,
+            })?;
+        let mut samples = EncodedUsers::one_user(liked.id, latents, texts, "the new user's images");
         let user = fresh_new_user(
             config.kind,
             table.shape(),

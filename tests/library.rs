@@ -507,10 +507,39 @@ fn the_train_example_runs_stage_one_and_premier_draws_its_users() {
         validate_every: 0,
         ..Default::default()
     };
-    let summary =
-        train_example::run(&model, &data, &dir.path().join("cache"), &out, 32, &config).unwrap();
+    let cache = dir.path().join("cache");
+    let summary = train_example::run(&model, &data, &cache, &out, 32, &config).unwrap();
     assert_eq!(summary.steps, 2);
     assert!(summary.last.is_some_and(|m| m.report.loss.is_finite()));
+
+    // The same samples held in memory train the same weights through the same loop.
+    let in_memory = dir.path().join("run-in-memory");
+    let mut samples = samples_in_memory(&data, &cache);
+    let files = premier::ModelFiles::from_dir(&model);
+    let flux = files
+        .load_flux::<burn::backend::Autodiff<B>>(
+            &files.flux_config(premier::Variant::Dev).unwrap(),
+            &Default::default(),
+            None,
+        )
+        .unwrap();
+    premier::train::run::train_stage1(
+        flux,
+        &mut samples,
+        &config,
+        &in_memory,
+        premier::train::run::Start::Fresh,
+        &mut (),
+        &Default::default(),
+    )
+    .unwrap();
+    for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
+        assert_eq!(
+            std::fs::read(out.join(file)).unwrap(),
+            std::fs::read(in_memory.join(file)).unwrap(),
+            "{file}"
+        );
+    }
     let mut premier = build(&model, Some(&out)).unwrap();
     assert_eq!(premier.user_ids().unwrap(), ["ann", "ben"]);
     let request = premier
@@ -519,4 +548,32 @@ fn the_train_example_runs_stage_one_and_premier_draws_its_users() {
         .size(32, 32)
         .steps(2);
     assert_eq!(premier.generate(&request).unwrap().len(), 2);
+}
+
+/// The samples of the dataset in `data`, read from `cache` into memory (and the empty prompt).
+fn samples_in_memory(data: &Path, cache: &Path) -> premier::train::samples::EncodedUsers {
+    use premier::train::cache::{caption_hash, image_hash, EncodedCache};
+    use premier::train::data::{Dataset, ReadOptions};
+    use premier::train::samples::{EncodedSample, EncodedUsers};
+    let dataset = Dataset::read(&[data.to_path_buf()], &ReadOptions::default()).unwrap();
+    let mut cache = EncodedCache::open(cache, false).unwrap();
+    let samples = dataset
+        .users
+        .iter()
+        .map(|user| {
+            user.samples
+                .iter()
+                .map(|s| EncodedSample {
+                    latent: cache.latent(&image_hash(&s.image).unwrap()).unwrap(),
+                    text: cache.text(&caption_hash(&s.caption)).unwrap(),
+                })
+                .collect()
+        })
+        .collect();
+    EncodedUsers {
+        ids: dataset.users.iter().map(|u| u.id.clone()).collect(),
+        samples,
+        captions: [(String::new(), cache.text(&caption_hash("")).unwrap())].into(),
+        origin: "the dataset in memory".into(),
+    }
 }

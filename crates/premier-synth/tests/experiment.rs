@@ -84,6 +84,13 @@ fn shortened_quickstart_writes_a_finite_report() {
     for file in &report.files {
         assert!(file.is_file(), "{} missing", file.display());
     }
+    // Each stage-1 run is a run folder of `premier train`'s layout.
+    let runs = report
+        .files
+        .iter()
+        .filter(|f| f.ends_with("mod_adapter.safetensors"))
+        .count();
+    assert_eq!(runs, report.stage1.len());
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("| Premier |") && md.contains("## Claims"));
     // Two seeds merge: a row per claim with both seeds' cells.

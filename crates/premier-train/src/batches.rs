@@ -159,11 +159,6 @@ impl CachedUsers {
         self.cache.dir()
     }
 
-    /// Images of each user.
-    pub fn counts(&self) -> Vec<usize> {
-        self.samples.iter().map(Vec::len).collect()
-    }
-
     /// A hash of the users and their samples' cache keys, in order: equal exactly when a run
     /// would draw the same batches from both.
     pub fn fingerprint(&self) -> String {

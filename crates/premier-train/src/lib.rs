@@ -26,7 +26,9 @@
 //! - [`validate`]: every number of a run's config checked (finite, in range) before it starts;
 //! - `data_parallel` (feature `collective`): stage 1 on several devices, one peer per device,
 //!   stepping as one device would on the same global batch (burn-collective all-reduce);
-//! - [`new_user`]: the cold-start loop of one new user on cached or in-memory samples;
+//! - [`samples`]: what the loops read, encoded samples grouped by user, from a cache or memory;
+//! - [`seeded`]: fresh parameters drawn from a seed, whichever threads draw at the same time;
+//! - [`new_user`]: the cold-start loop of new users (one, or several at once) on any samples;
 //! - [`stage2`]: cold start of a new user (linear combination or direct embedding) with
 //!   [`adamw`] (released) or Prodigy.
 #![warn(missing_docs)]
@@ -49,7 +51,9 @@ pub mod params;
 pub mod prodigy;
 pub mod run;
 pub mod sampler;
+pub mod samples;
 pub mod schedule;
+pub mod seeded;
 pub mod stage1;
 pub mod stage2;
 pub mod validate;

@@ -13,6 +13,7 @@ use premier_train::batches::CachedUsers;
 use premier_train::cache::{CachedLatent, CachedText, EncodedCache, EncoderIdentity};
 use premier_train::data::{Dataset, ReadOptions};
 use premier_train::encode::{encode_dataset, EncodeOptions, Encoders};
+use premier_train::samples::UserSamples;
 
 /// Latent `[2, 2, 2]`: the image's mean red and green; log-variance `logvar`. Text: the caption's
 /// length. Fails once `calls_left` runs out.

@@ -24,7 +24,6 @@ use burn::tensor::backend::AutodiffBackend;
 use image::RgbImage;
 use premier_mmdit::FluxAutodiffBackend;
 use premier_pipeline::image_io::{grid, save_png};
-use premier_train::metrics::{write_loss_curve, MetricRecord, MetricsLog};
 use premier_train::stage1::Stage1Model;
 
 use crate::base::{BaseError, SynthBase};
@@ -37,8 +36,8 @@ use config::stage1_variants;
 pub use config::ExperimentConfig;
 use results::{decide_claims, grid_tiles, upscale, write_atomic};
 use train::{
-    cold_start_batch, cold_start_picks, cold_start_trainer, encode_world, init_stage1, select_rows,
-    stage1_dir, train_stage1,
+    cold_start_config, cold_start_trainer, encode_world, fit_cold_start, select_rows, stage1_dir,
+    train_stage1, users_of,
 };
 
 /// Errors of the experiment.
@@ -120,7 +119,7 @@ where
     let (base, _) = SynthBase::<B>::load(base_dir, device)?;
     let tokenizer = load_tokenizer(base_dir).map_err(run_err)?;
     let base_inner = base.valid();
-    let encoded = encode_world::<B>(&world, &base_inner, &tokenizer)?;
+    let encoded = encode_world(&world, &base_inner, &tokenizer)?;
     let eval = EvalSet::new(config.eval_prompts, config.eval_seeds, config.seed);
     let train_users: Vec<usize> = (0..world.config.train_users).collect();
     let new_users: Vec<usize> = (world.config.train_users..world.users.len()).collect();
@@ -150,12 +149,9 @@ where
             eval.score(&world, users, &eval.references(&world, users, false)),
         ])
     };
-    // Models are initialised here, in order (the device RNG is shared); then the stage-1 runs
-    // and the methods that need no training share the two threads.
-    let fresh: Vec<Stage1Model<B>> = variants
-        .iter()
-        .map(|v| init_stage1(config, &world, &base.flux, &encoded, *v, device))
-        .collect::<Result<_, _>>()?;
+    // The stage-1 runs and the methods that need no training share the two threads (a run's
+    // initialisation does not depend on what the other thread draws).
+    let (first_new, all) = (world.config.train_users, world.users.len());
     enum Done<B: AutodiffBackend> {
         Trained(Result<(Stage1Model<B>, RunEnd), ExperimentError>),
         Fixed(Result<([Vec<ImageScore>; 4], [Vec<ImageScore>; 4]), String>),
@@ -163,12 +159,13 @@ where
     let mut jobs: Vec<Box<dyn FnOnce() -> Done<B> + Send + '_>> = vec![Box::new(|| {
         Done::Fixed(untrained(&train_users).and_then(|old| Ok((old, untrained(&new_users)?))))
     })];
-    for (variant, model) in variants.iter().zip(fresh) {
+    for variant in &variants {
         let dir = stage1_dir(out, variant);
-        let (world, flux, encoded, tick) = (&world, &base.flux, &encoded, &tick);
+        let data = users_of(&encoded, 0..first_new, usize::MAX);
+        let (flux, tick) = (&base.flux, &tick);
         jobs.push(Box::new(move || {
             Done::Trained(train_stage1(
-                config, world, flux, encoded, model, *variant, &dir, tick,
+                config, flux, data, *variant, &dir, tick, device,
             ))
         }));
     }
@@ -189,8 +186,16 @@ where
     for (variant, result) in variants.iter().zip(trained) {
         let (model, end) = result?;
         let dir = stage1_dir(out, variant);
-        files.push(dir.join("metrics.jsonl"));
-        files.push(dir.join("loss.png"));
+        // A run folder `premier generate --synth-base` loads, as `premier train` writes it.
+        for file in [
+            "metrics.jsonl",
+            "loss.png",
+            "mod_adapter.safetensors",
+            "user_embedding.safetensors",
+            premier_train::run::TRAINED_MODEL_FILE,
+        ] {
+            files.push(dir.join(file));
+        }
         stage1.push(RunEnd {
             name: variant.name.into(),
             ..end
@@ -292,34 +297,16 @@ where
         .into_iter()
         .zip(&runs)
         .map(|(mut trainer, &(shots, direct))| {
-            let (world, encoded, eval, tokenizer, new_users) =
-                (&world, &encoded, &eval, &tokenizer, &new_users);
-            let (base_inner, config, tick) = (&base_inner, config, &tick);
+            let data = users_of(&encoded, first_new..all, shots);
+            let cold = cold_start_config(config, shots, direct);
+            let (world, eval, tokenizer, new_users) = (&world, &eval, &tokenizer, &new_users);
+            let (base_inner, tick) = (&base_inner, &tick);
             let dir = out.join(format!(
                 "cold-start-{}-{shots}",
                 if direct { "direct" } else { "linear" }
             ));
             let job = move || -> Result<Vec<RgbImage>, String> {
-                let picks = cold_start_picks(world, shots, config.cold_start_batch);
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                let metrics = dir.join("metrics.jsonl");
-                let _ = std::fs::remove_file(&metrics);
-                let mut log = MetricsLog::append(&metrics).map_err(|e| e.to_string())?;
-                let mut records = Vec::new();
-                let started = Instant::now();
-                for step in 0..config.cold_start_steps {
-                    let batch = cold_start_batch(encoded, &picks, step);
-                    let t0 = Instant::now();
-                    let report = trainer.step(&batch).map_err(|e| e.to_string())?;
-                    let record = MetricRecord {
-                        report,
-                        it_per_s: 1.0 / t0.elapsed().as_secs_f64().max(1e-9),
-                        elapsed_s: started.elapsed().as_secs_f64(),
-                    };
-                    log.write(&record).map_err(|e| e.to_string())?;
-                    records.push(record);
-                }
-                write_loss_curve(&records, &dir.join("loss.png")).map_err(|e| e.to_string())?;
+                fit_cold_start(&mut trainer, data, &cold, &dir, device)?;
                 let embeddings = trainer.embedding().map_err(|e| e.to_string())?.inner();
                 let adapter = trainer.adapter.valid();
                 let first = world.config.train_users;

@@ -1,67 +1,94 @@
-//! Training inside the experiment: the world encoded once, stage-1 runs, and the cold starts.
+//! Training inside the experiment, on the project's one stage-1 loop and one cold-start loop:
+//! the world encoded once into memory (by the world's own `premier encode` encoders), stage-1
+//! runs through [`premier_train::run::train_stage1`] (each writes a run folder `premier
+//! generate` can load) and cold starts through [`premier_train::new_user::fit_new_users`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use image::RgbImage;
-use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_mmdit::{Flux, FluxAutodiffBackend};
-use premier_text::{PromptTokenizer, TextConditioning};
+use premier_text::PromptTokenizer;
+use premier_train::encode::Encoders;
 use premier_train::metrics::{write_loss_curve, MetricRecord, MetricsLog};
+use premier_train::new_user::fit_new_users;
 use premier_train::prodigy::ProdigyConfig;
-use premier_train::sampler::UserBatchSampler;
-use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
-use premier_train::stage2::{NewUser, Stage2Batch, Stage2Config, Stage2Trainer};
-use premier_users::{LinearCombination, UserEmbedding, UserShape, UserTable};
+use premier_train::run::{
+    train_stage1 as run_stage1, ColdStartConfig, ColdStartKind, RunObserver, Start, TrainConfig,
+};
+use premier_train::samples::{EncodedSample, EncodedUsers};
+use premier_train::seeded::seeded;
+use premier_train::stage1::{Stage1Config, Stage1Model};
+use premier_train::stage2::{NewUser, Stage2Config, Stage2Trainer};
+use premier_users::{LinearCombination, UserEmbedding};
 
 use super::config::{ExperimentConfig, Variant};
 use super::results::content_index;
 use super::{run_err, ExperimentError};
 use crate::base::SynthBase;
-use crate::codec::{encode, LATENT_HW};
+use crate::encoders::SynthEncoders;
 use crate::report::RunEnd;
 use crate::world::{Content, World};
 
-/// Encoded prompts and images, shared by all runs.
-pub(super) struct Encoded<B: Backend> {
-    /// Conditioning of every content's prompt, in `Content::all()` order.
-    pub(super) prompts: TextConditioning<B>,
-    /// Empty prompt `[1, tokens, dim]`.
-    pub(super) null: Tensor<B, 3>,
-    /// Per user: packed images `[images, tokens, channels]` and their content indices.
-    pub(super) images: Vec<(Tensor<B, 3>, Vec<usize>)>,
-}
-
-pub(super) fn encode_world<B: AutodiffBackend>(
+/// Every user's liked images and their prompts' features, encoded once for all runs (trained
+/// users first, then the new ones, as in the world), and the empty prompt's features.
+pub(super) fn encode_world<B: Backend>(
     world: &World,
-    base: &SynthBase<B::InnerBackend>,
+    base: &SynthBase<B>,
     tokenizer: &PromptTokenizer,
-) -> Result<Encoded<B>, ExperimentError> {
-    let device = base.text.embedding.device();
+) -> Result<EncodedUsers, ExperimentError> {
+    let mut encoders = SynthEncoders {
+        text: base.text.clone(),
+        tokenizer: tokenizer.clone(),
+        base_fingerprint: String::new(),
+        device: base.text.embedding.device(),
+    };
     let prompts: Vec<String> = Content::all().iter().map(|c| c.prompt()).collect();
-    let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
-    let text = base.text.encode(tokenizer, &refs).map_err(run_err)?;
-    let null = base.text.encode(tokenizer, &[""]).map_err(run_err)?;
-    let images = (0..world.users.len())
+    let texts = encoders.encode_captions(&prompts).map_err(run_err)?;
+    let null = encoders
+        .encode_captions(&[String::new()])
+        .map_err(run_err)?
+        .remove(0);
+    let samples = (0..world.users.len())
         .map(|u| {
             let liked = world.liked_images(u);
-            let rgb: Vec<&RgbImage> = liked.iter().map(|i| &i.rgb).collect();
-            (
-                Tensor::from_inner(encode::<B::InnerBackend>(&rgb, &device)),
-                liked.iter().map(|i| content_index(&i.content)).collect(),
-            )
+            let rgb: Vec<RgbImage> = liked.iter().map(|i| i.rgb.clone()).collect();
+            let latents = encoders.encode_images(&rgb).map_err(run_err)?;
+            Ok(latents
+                .into_iter()
+                .zip(&liked)
+                .map(|(latent, image)| EncodedSample {
+                    latent,
+                    text: texts[content_index(&image.content)].clone(),
+                })
+                .collect())
         })
-        .collect();
-    Ok(Encoded {
-        prompts: TextConditioning {
-            tokens: Tensor::from_inner(text.tokens),
-            pooled: Tensor::from_inner(text.pooled),
-        },
-        null: Tensor::from_inner(null.tokens),
-        images,
+        .collect::<Result<_, ExperimentError>>()?;
+    Ok(EncodedUsers {
+        ids: world.users.iter().map(|u| u.id.clone()).collect(),
+        samples,
+        captions: BTreeMap::from([(String::new(), null)]),
+        origin: PathBuf::from(format!("the synthetic world of seed {}", world.config.seed)),
     })
+}
+
+/// The users `range` of `data`, each with at most its first `shots` samples.
+pub(super) fn users_of(
+    data: &EncodedUsers,
+    range: std::ops::Range<usize>,
+    shots: usize,
+) -> EncodedUsers {
+    EncodedUsers {
+        ids: data.ids[range.clone()].to_vec(),
+        samples: data.samples[range]
+            .iter()
+            .map(|s| s[..shots.min(s.len())].to_vec())
+            .collect(),
+        captions: data.captions.clone(),
+        origin: data.origin.clone(),
+    }
 }
 
 pub(super) fn select_rows<B: Backend, const D: usize>(
@@ -87,108 +114,82 @@ pub(super) fn stage1_dir(out: &Path, variant: &Variant) -> PathBuf {
     ))
 }
 
-/// A fresh adapter and user table for `variant` (the same draw for every variant).
-pub(super) fn init_stage1<B: AutodiffBackend>(
-    config: &ExperimentConfig,
-    world: &World,
-    flux: &Flux<B>,
-    encoded: &Encoded<B>,
-    variant: Variant,
-    device: &B::Device,
-) -> Result<Stage1Model<B>, ExperimentError> {
-    B::seed(device, config.seed.wrapping_add(1));
-    let adapter_config = AdapterConfig {
+/// The run `variant` of stage 1 is: the experiment's sizes and optimizer, a final checkpoint
+/// only, no validation images.
+pub(super) fn stage1_config(config: &ExperimentConfig, variant: &Variant) -> TrainConfig {
+    TrainConfig {
+        steps: config.stage1_steps as u64,
+        batch_size: config.batch_size,
+        grad_accum: 1,
+        checkpoint_every: 0,
+        keep_checkpoints: 1,
+        validate_every: 0,
+        user_tokens: config.user_tokens,
+        user_dim: config.user_dim,
         shared: variant.shared,
         distinct: variant.distinct,
-        ..AdapterConfig::small(
-            encoded.prompts.tokens.dims()[2],
-            config.user_dim,
-            flux.hidden_size(),
-            flux.depth(),
-        )
-    };
-    let adapter = PreferenceAdapter::<B>::init_with(&adapter_config, config.adapter_init, device)
-        .map_err(run_err)?;
-    let users = UserTable::<B>::init(
-        UserShape {
-            users: world.config.train_users,
-            tokens: config.user_tokens,
-            dim: config.user_dim,
+        adapter_init: config.adapter_init,
+        workers: config.stage1_workers.max(1),
+        stage1: Stage1Config {
+            dispersion: variant.dispersion,
+            optimizer: ProdigyConfig {
+                d0: config.stage1_d0,
+                growth_rate: config.stage1_growth_rate.unwrap_or(f64::INFINITY),
+                ..ProdigyConfig::premier()
+            },
+            lr_schedule: config.stage1_decay.schedule(config.stage1_steps as u64),
+            seed: config.seed,
+            ..Stage1Config::default()
         },
-        device,
-    );
-    Ok(Stage1Model { adapter, users })
+        ..TrainConfig::synth()
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Collects a run's records and reports each step.
+struct Records<'a> {
+    name: &'a str,
+    records: Vec<MetricRecord>,
+    tick: &'a dyn Fn(&str),
+}
+
+impl<B: AutodiffBackend> RunObserver<B> for Records<'_> {
+    fn step(&mut self, record: &MetricRecord) {
+        let r = &record.report;
+        (self.tick)(&format!(
+            "{}: loss {:.4} Δ/y {:.3} d {:.2e}",
+            self.name, r.loss, r.delta_to_y, r.d
+        ));
+        self.records.push(record.clone());
+    }
+}
+
+/// Stage 1 of `variant` on the trained users' samples `data`, a run in `dir` (an earlier run
+/// there is replaced): the trained model and the means of its last 20 steps.
 pub(super) fn train_stage1<B: FluxAutodiffBackend>(
     config: &ExperimentConfig,
-    world: &World,
     flux: &Flux<B>,
-    encoded: &Encoded<B>,
-    model: Stage1Model<B>,
+    mut data: EncodedUsers,
     variant: Variant,
     dir: &Path,
     tick: &dyn Fn(&str),
+    device: &B::Device,
 ) -> Result<(Stage1Model<B>, RunEnd), ExperimentError> {
-    let stage1 = Stage1Config {
-        dispersion: variant.dispersion,
-        optimizer: ProdigyConfig {
-            d0: config.stage1_d0,
-            growth_rate: config.stage1_growth_rate.unwrap_or(f64::INFINITY),
-            ..ProdigyConfig::premier()
-        },
-        lr_schedule: config.stage1_decay.schedule(config.stage1_steps as u64),
-        seed: config.seed,
-        ..Stage1Config::default()
+    let mut records = Records {
+        name: variant.name,
+        records: Vec::new(),
+        tick,
     };
-    let mut trainer =
-        Stage1Trainer::new(flux.clone(), model, stage1).with_workers(config.stage1_workers);
-    let counts: Vec<usize> = (0..world.config.train_users)
-        .map(|u| encoded.images[u].1.len())
-        .collect();
-    let sampler = UserBatchSampler::new(counts, config.batch_size, config.seed).map_err(run_err)?;
-    std::fs::create_dir_all(dir).map_err(run_err)?;
-    let metrics_path = dir.join("metrics.jsonl");
-    let _ = std::fs::remove_file(&metrics_path);
-    let mut log = MetricsLog::append(&metrics_path).map_err(run_err)?;
-    let mut records = Vec::new();
-    let started = Instant::now();
-    for step in 0..config.stage1_steps {
-        let picks = sampler.batch(step as u64);
-        let users: Vec<usize> = picks.iter().map(|p| p.0).collect();
-        let x0 = Tensor::cat(
-            picks
-                .iter()
-                .map(|&(u, i)| select_rows(&encoded.images[u].0, &[i]))
-                .collect(),
-            0,
-        );
-        let prompt_rows: Vec<usize> = picks.iter().map(|&(u, i)| encoded.images[u].1[i]).collect();
-        let batch = Stage1Batch {
-            x0,
-            latent_hw: LATENT_HW,
-            text: select_rows(&encoded.prompts.tokens, &prompt_rows),
-            pooled: select_rows(&encoded.prompts.pooled, &prompt_rows),
-            users,
-            null_text: Some(encoded.null.clone()),
-        };
-        let t0 = Instant::now();
-        let report = trainer.step(&batch).map_err(run_err)?;
-        let record = MetricRecord {
-            report,
-            it_per_s: 1.0 / t0.elapsed().as_secs_f64().max(1e-9),
-            elapsed_s: started.elapsed().as_secs_f64(),
-        };
-        log.write(&record).map_err(run_err)?;
-        records.push(record);
-        tick(&format!(
-            "{}: loss {:.4} Δ/y {:.3} d {:.2e}",
-            variant.name, report.loss, report.delta_to_y, report.d
-        ));
-    }
-    write_loss_curve(&records, &dir.join("loss.png")).map_err(run_err)?;
-    let tail: Vec<&MetricRecord> = records.iter().rev().take(20).collect();
+    let (trainer, _) = run_stage1(
+        flux.clone(),
+        &mut data,
+        &stage1_config(config, &variant),
+        dir,
+        Start::Replace,
+        &mut records,
+        device,
+    )
+    .map_err(run_err)?;
+    let tail: Vec<&MetricRecord> = records.records.iter().rev().take(20).collect();
     let mean = |f: &dyn Fn(&MetricRecord) -> f64| {
         tail.iter().map(|r| f(r)).sum::<f64>() / tail.len().max(1) as f64
     };
@@ -196,50 +197,64 @@ pub(super) fn train_stage1<B: FluxAutodiffBackend>(
         name: variant.name.into(),
         flow: mean(&|r| r.report.flow),
         delta_to_y: mean(&|r| r.report.delta_to_y),
-        d: records.last().map_or(f64::NAN, |r| r.report.d),
+        d: records.records.last().map_or(f64::NAN, |r| r.report.d),
     };
     Ok((trainer.model, end))
 }
 
-/// For every new user, the (user, image) pairs it trains on: its first `shots` liked images.
-pub(super) fn cold_start_picks(
-    world: &World,
+/// How every new user is fitted from `shots` images.
+pub(super) fn cold_start_config(
+    config: &ExperimentConfig,
     shots: usize,
-    per_step: usize,
-) -> (Vec<Vec<usize>>, usize) {
-    let shots = shots.min(world.config.images_per_user).max(1);
-    let picks = (world.config.train_users..world.users.len())
-        .map(|_| (0..shots).collect())
-        .collect();
-    (picks, per_step.clamp(1, shots))
+    direct: bool,
+) -> ColdStartConfig {
+    ColdStartConfig {
+        kind: if direct {
+            ColdStartKind::Direct
+        } else {
+            ColdStartKind::Linear
+        },
+        steps: config.cold_start_steps as u64,
+        batch_size: config.cold_start_batch.max(1),
+        checkpoint_every: 0,
+        keep_checkpoints: 1,
+        stage2: Stage2Config {
+            optimizer: config.cold_start_optimizer.clone(),
+            seed: config.seed.wrapping_add(2000 + shots as u64),
+            ..Stage2Config::default()
+        },
+    }
 }
 
-/// Step `step`'s batch: `per_step` images of every new user, cycling through its shots.
-pub(super) fn cold_start_batch<B: Backend>(
-    encoded: &Encoded<B>,
-    (picks, per_step): &(Vec<Vec<usize>>, usize),
-    step: usize,
-) -> Stage2Batch<B> {
-    let first_new = encoded.images.len() - picks.len();
-    let mut x0 = Vec::new();
-    let mut prompt_rows = Vec::new();
-    let mut owners = Vec::new();
-    for (k, images) in picks.iter().enumerate() {
-        let (latents, contents) = &encoded.images[first_new + k];
-        for j in 0..*per_step {
-            let i = images[(step * per_step + j) % images.len()];
-            x0.push(select_rows(latents, &[i]));
-            prompt_rows.push(contents[i]);
-            owners.push(k);
-        }
-    }
-    Stage2Batch {
-        x0: Tensor::cat(x0, 0),
-        latent_hw: LATENT_HW,
-        text: select_rows(&encoded.prompts.tokens, &prompt_rows),
-        pooled: select_rows(&encoded.prompts.pooled, &prompt_rows),
-        owners,
-    }
+/// Fits `trainer`'s new users on `data` (user `k` of both is the same), writing the metrics
+/// and the loss curve into `dir`.
+pub(super) fn fit_cold_start<B: FluxAutodiffBackend>(
+    trainer: &mut Stage2Trainer<B>,
+    mut data: EncodedUsers,
+    cold: &ColdStartConfig,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let metrics = dir.join("metrics.jsonl");
+    let _ = std::fs::remove_file(&metrics);
+    let mut log = MetricsLog::append(&metrics).map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    let users: Vec<usize> = (0..data.ids.len()).collect();
+    fit_new_users(
+        trainer,
+        &mut data,
+        &users,
+        cold,
+        &mut |_, record| {
+            log.write(record)?;
+            records.push(record.clone());
+            Ok(())
+        },
+        device,
+    )
+    .map_err(|e| e.to_string())?;
+    write_loss_curve(&records, &dir.join("loss.png")).map_err(|e| e.to_string())
 }
 
 /// A trainer fitting every new user from `shots` images, initialised here (the device RNG is
@@ -253,32 +268,26 @@ pub(super) fn cold_start_trainer<B: AutodiffBackend>(
     direct: bool,
     device: &B::Device,
 ) -> Stage2Trainer<B> {
-    B::seed(
-        device,
-        config
-            .seed
-            .wrapping_add(1000 + shots as u64 * 2 + direct as u64),
-    );
+    let seed = config
+        .seed
+        .wrapping_add(1000 + shots as u64 * 2 + direct as u64);
     let shape = model.users.shape();
-    let users = (world.config.train_users..world.users.len())
-        .map(|_| {
-            if direct {
-                NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device))
-            } else {
-                NewUser::Linear(LinearCombination::init(shape.users, device))
-            }
-        })
-        .collect();
-    let stage2 = Stage2Config {
-        optimizer: config.cold_start_optimizer.clone(),
-        seed: config.seed.wrapping_add(2000 + shots as u64),
-        ..Stage2Config::default()
-    };
+    let users = seeded::<B, _>(device, seed, || {
+        (world.config.train_users..world.users.len())
+            .map(|_| {
+                if direct {
+                    NewUser::Direct(UserEmbedding::init_direct(shape.tokens, shape.dim, device))
+                } else {
+                    NewUser::Linear(LinearCombination::init(shape.users, device))
+                }
+            })
+            .collect()
+    });
     Stage2Trainer::new_batch(
         flux.clone(),
         model.adapter.clone(),
         model.users.clone(),
         users,
-        stage2,
+        cold_start_config(config, shots, direct).stage2,
     )
 }

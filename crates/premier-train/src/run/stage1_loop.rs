@@ -16,12 +16,14 @@ use super::resume::{
     refuse_results, remove_earlier_run, resume_point, Start, FINISHED_RESULTS,
 };
 use super::{io, write_text, RunError};
-use crate::batches::{CachedUsers, SampleDims};
+use crate::batches::SampleDims;
 use crate::checkpoint::{
     drop_checkpoints_after, load_stage1, read_stage1_state, save_stage1, RunSettings,
 };
 use crate::metrics::{read_metrics, write_loss_curve, MetricRecord};
 use crate::sampler::UserBatchSampler;
+use crate::samples::UserSamples;
+use crate::seeded::seeded;
 use crate::stage1::{Stage1Batch, Stage1Model, Stage1Trainer};
 
 /// What a run reports as it goes (progress bars, validation images).
@@ -75,11 +77,12 @@ pub(crate) fn posterior_seed(seed: u64, index: u64) -> u64 {
     seed ^ (index + 1).wrapping_mul(0xA076_1D64_78BD_642F)
 }
 
-/// Trains stage 1 on `data` into `out`: fresh or resumed (`start`), `config.steps` steps in all.
-/// Returns the trainer at the last step and the summary.
-pub fn train_stage1<B: FluxAutodiffBackend>(
+/// Trains stage 1 on `data` (an encoder cache, or samples in memory) into `out`: fresh or resumed
+/// (`start`), `config.steps` steps in all. Returns the trainer at the last step and the summary.
+/// Runs started on several threads at once initialise as they would alone.
+pub fn train_stage1<B: FluxAutodiffBackend, D: UserSamples>(
     flux: Flux<B>,
-    data: &mut CachedUsers,
+    data: &mut D,
     config: &TrainConfig,
     out: &Path,
     start: Start,
@@ -107,13 +110,13 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     if let Some(u) = data.counts().iter().position(|&c| c == 0) {
         return Err(RunError::Config(format!(
             "user {:?} has no images",
-            data.ids[u]
+            data.ids()[u]
         )));
     }
     let Some(dims) = data.sample_dims()? else {
         return Err(RunError::Config("the dataset has no images".into()));
     };
-    if let Some(warning) = config.batch_warning(data.ids.len()) {
+    if let Some(warning) = config.batch_warning(data.ids().len()) {
         observer.warn(&warning);
     }
     let settings = RunSettings {
@@ -121,12 +124,12 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
         grad_accum: config.grad_accum,
         data: data.fingerprint(),
     };
-    check_cache_fits_backbone(&flux, data.cache_dir(), &dims)?;
+    check_cache_fits_backbone(&flux, data.origin(), &dims)?;
     let text_dim = dims.text_dim;
     let (mut trainer, adapter_config) = match &resume_from {
         Some(path) => {
             let meta = read_stage1_state(path)?;
-            check_resume(path, &meta, config, &settings, data.ids.len())?;
+            check_resume(path, &meta, config, &settings, data.ids().len())?;
             let expected = config.adapter(text_dim, flux.hidden_size(), flux.depth());
             check_resumed_sizes(path, &meta, config, &expected)?;
             check_run_config(out, config)?;
@@ -137,19 +140,18 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
         }
         None => {
             // A fresh run's initialisation depends on its seed alone.
-            B::seed(device, config.stage1.seed);
             let adapter_config = config.adapter(text_dim, flux.hidden_size(), flux.depth());
-            let adapter =
-                PreferenceAdapter::<B>::init_with(&adapter_config, config.adapter_init, device)
-                    .map_err(|e| RunError::Config(e.to_string()))?;
-            let users = UserTable::<B>::init(
-                UserShape {
-                    users: data.ids.len(),
-                    tokens: config.user_tokens,
-                    dim: config.user_dim,
-                },
-                device,
-            );
+            let shape = UserShape {
+                users: data.ids().len(),
+                tokens: config.user_tokens,
+                dim: config.user_dim,
+            };
+            let (adapter, users) = seeded::<B, _>(device, config.stage1.seed, || {
+                let adapter =
+                    PreferenceAdapter::<B>::init_with(&adapter_config, config.adapter_init, device);
+                (adapter, UserTable::<B>::init(shape, device))
+            });
+            let adapter = adapter.map_err(|e| RunError::Config(e.to_string()))?;
             let model = Stage1Model { adapter, users };
             let trainer = Stage1Trainer::new(flux, model, config.stage1.clone());
             (trainer, adapter_config)
@@ -234,7 +236,7 @@ pub fn train_stage1<B: FluxAutodiffBackend>(
     TrainedModel {
         adapter: adapter_config,
         users: trainer.model.users.shape(),
-        ids: data.ids.clone(),
+        ids: data.ids().to_vec(),
     }
     .write(out)?;
     let records = read_metrics(&metrics_path)?;
