@@ -37,7 +37,7 @@ pub use config::ExperimentConfig;
 use results::{decide_claims, grid_tiles, upscale, write_atomic};
 use train::{
     cold_start_config, cold_start_trainer, encode_world, fit_cold_start, select_rows, stage1_dir,
-    train_stage1, users_of,
+    train_variant, users_of,
 };
 
 /// Errors of the experiment.
@@ -164,7 +164,7 @@ where
         let data = users_of(&encoded, 0..first_new, usize::MAX);
         let (flux, tick) = (&base.flux, &tick);
         jobs.push(Box::new(move || {
-            Done::Trained(train_stage1(
+            Done::Trained(train_variant(
                 config, flux, data, *variant, &dir, tick, device,
             ))
         }));

@@ -16,7 +16,7 @@ use premier_train::metrics::{write_loss_curve, MetricRecord, MetricsLog};
 use premier_train::new_user::fit_new_users;
 use premier_train::prodigy::ProdigyConfig;
 use premier_train::run::{
-    train_stage1 as run_stage1, ColdStartConfig, ColdStartKind, RunObserver, Start, TrainConfig,
+    train_stage1, ColdStartConfig, ColdStartKind, RunObserver, Start, TrainConfig,
 };
 use premier_train::samples::{EncodedSample, EncodedUsers};
 use premier_train::seeded::seeded;
@@ -165,7 +165,7 @@ impl<B: AutodiffBackend> RunObserver<B> for Records<'_> {
 
 /// Stage 1 of `variant` on the trained users' samples `data`, a run in `dir` (an earlier run
 /// there is replaced): the trained model and the means of its last 20 steps.
-pub(super) fn train_stage1<B: FluxAutodiffBackend>(
+pub(super) fn train_variant<B: FluxAutodiffBackend>(
     config: &ExperimentConfig,
     flux: &Flux<B>,
     mut data: EncodedUsers,
@@ -179,7 +179,7 @@ pub(super) fn train_stage1<B: FluxAutodiffBackend>(
         records: Vec::new(),
         tick,
     };
-    let (trainer, _) = run_stage1(
+    let (trainer, _) = train_stage1(
         flux.clone(),
         &mut data,
         &stage1_config(config, &variant),
