@@ -122,7 +122,7 @@ fn run<B: FluxAutodiffBackend>(args: &Args, device: B::Device) {
             .expect("a fresh trainer")
             .run(
                 args.steps as u64 + 1,
-                |_, _| batch.clone(),
+                |_, _| Ok(batch.clone()),
                 |report| {
                     let label = if step == 0 { "warm-up" } else { "step" };
                     println!(

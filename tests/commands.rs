@@ -78,6 +78,17 @@ fn the_synthetic_world_runs_through_every_command() {
     );
     assert!(straight.join("validation/step-00000004.png").is_file());
     assert!(straight.join("loss.png").is_file());
+    // Three CPU peers split each batch of 3 and step as the one device did, in stretches
+    // between validations and checkpoints.
+    let peers = dir.path().join("peers");
+    train_run(&peers, "4", &["--devices", "cpu:3"]).unwrap();
+    assert!(peers.join("validation/step-00000002.png").is_file());
+    for file in ["mod_adapter.safetensors", "user_embedding.safetensors"] {
+        let gap = largest_relative_gap(&straight.join(file), &peers.join(file));
+        assert!(gap <= 1e-6, "{file}: {gap:e}");
+    }
+    let bad = train_run(&dir.path().join("bad"), "2", &["--devices", "cuda:0"]).unwrap_err();
+    assert!(format!("{bad:#}").contains("--backend cuda"), "{bad:#}");
     let metrics = premier::train::metrics::read_metrics(&resumed.join("metrics.jsonl")).unwrap();
     assert_eq!(
         metrics.iter().map(|m| m.report.step).collect::<Vec<_>>(),
@@ -444,4 +455,25 @@ fn flux_files_encode_train_and_cold_start() {
         image::open(staged.join("grid.png")).unwrap(),
     );
     assert_eq!((a.width(), a.height()), (b.width(), b.height()));
+}
+
+/// max |a − b| / max |a| over all the values of two safetensors files with the same keys (the
+/// measure of the data-parallel tests: relative to the parameters' scale, so a tensor still near
+/// zero does not divide by its own tiny size).
+fn largest_relative_gap(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (
+        premier::io::SafetensorsFile::open(a).unwrap(),
+        premier::io::SafetensorsFile::open(b).unwrap(),
+    );
+    let keys: Vec<String> = a.keys().map(String::from).collect();
+    let (mut gap, mut scale) = (0.0f32, 0.0f32);
+    for key in &keys {
+        let (x, y) = (a.read(key).unwrap().data, b.read(key).unwrap().data);
+        assert_eq!(x.len(), y.len(), "{key}");
+        for (p, q) in x.iter().zip(&y) {
+            gap = gap.max((p - q).abs());
+            scale = scale.max(p.abs());
+        }
+    }
+    gap / scale
 }

@@ -4,6 +4,7 @@
 
 mod cold_start;
 mod dataset;
+mod devices;
 mod encode;
 mod generate;
 mod models;

@@ -18,9 +18,10 @@ use premier::pipeline::image_io::{grid, save_png};
 use premier::text::TextConditioning;
 use premier::train::batches::CachedUsers;
 use premier::train::cache::EncodedCache;
+use premier::train::data_parallel::DispersionScope;
 use premier::train::memory::TrainingMemory;
 use premier::train::metrics::MetricRecord;
-use premier::train::run::{train_stage1, RunObserver, Start, TrainConfig};
+use premier::train::run::{train_stage1_on, RunObserver, Start, Stepping, TrainConfig};
 use premier::train::stage1::Stage1Model;
 use premier::users::UserShape;
 
@@ -109,6 +110,25 @@ pub struct TrainArgs {
     /// exceeds this many GiB.
     #[arg(long, value_parser = crate::parse_gib)]
     pub max_memory: Option<f64>,
+    /// Train on several devices at once, one data-parallel peer each: `cpu:N` (N peers on the
+    /// CPU, `--backend flex`) or `cuda:0,cuda:1,…` (`--backend cuda`). The global batch
+    /// (`--batch-size`, at least one row per device) is split over them; every step equals one
+    /// device's step on the same batch, so checkpoints resume on any number of devices.
+    #[arg(long, value_parser = crate::devices::parse_devices)]
+    pub devices: Option<crate::devices::DeviceList>,
+    /// With `--devices`: which rows each device's dispersion loss contrasts: `global` (the whole
+    /// batch, what one device does) or `local` (its own rows, what the released 8-GPU run did).
+    #[arg(long, value_enum, default_value = "global", requires = "devices")]
+    pub dispersion_scope: ScopeArg,
+}
+
+/// `--dispersion-scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeArg {
+    /// Every device's dispersion sees the whole global batch.
+    Global,
+    /// Each device's dispersion sees its own rows.
+    Local,
 }
 
 impl TrainArgs {
@@ -258,6 +278,19 @@ impl<B: FluxAutodiffBackend> RunObserver<B> for CliObserver<B> {
 
 fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::Result<()> {
     let config = args.resolve_config()?;
+    // The peers' devices (the first holds the run between stretches of steps).
+    let (stepping, device) = match &args.devices {
+        None => (Stepping::OneDevice, device),
+        Some(list) => {
+            let devices = list.devices::<B>(args.backend, &device)?;
+            let first = devices[0].clone();
+            let scope = match args.dispersion_scope {
+                ScopeArg::Global => DispersionScope::Global,
+                ScopeArg::Local => DispersionScope::Local,
+            };
+            (Stepping::Peers { devices, scope }, first)
+        }
+    };
     // Before the dataset is hashed and the backbone loaded: a bad number fails at once.
     config
         .validate()
@@ -357,7 +390,8 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
     if config.stage1.dispersion == Some(DispersionVariant::Released) {
         eprintln!("note: the released squared-L2 dispersion saturates (SPEC §4.3)");
     }
-    let (_, summary) = train_stage1(
+    let (_, summary) = train_stage1_on(
+        stepping,
         flux,
         &mut data,
         &config,

@@ -145,13 +145,13 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
     }
 
     /// Takes `steps` steps. `batch(device, step)` makes step `step`'s global batch on `device`:
-    /// every peer must get the same values (the rows are split among peers here). `report` sees
-    /// peer 0's report of each step. Returns peer 0's trainer (every replica holds the same
-    /// parameters).
+    /// every peer must get the same values (the rows are split among peers here); an error
+    /// stops every peer at that step. `report` sees peer 0's report of each step. Returns peer
+    /// 0's trainer (every replica holds the same parameters).
     pub fn run(
         self,
         steps: u64,
-        batch: impl Fn(&B::Device, u64) -> Stage1Batch<B> + Sync,
+        batch: impl Fn(&B::Device, u64) -> Result<Stage1Batch<B>, TrainError> + Sync,
         mut report: impl FnMut(&StepReport) + Send,
     ) -> Result<Stage1Trainer<B>, DataParallelError> {
         let peers = self.trainers.len();
@@ -228,6 +228,50 @@ impl<B: FluxAutodiffBackend> DataParallel<B> {
     }
 }
 
+/// Steps `trainer` on `devices` (one peer each) until its step is `until`, as
+/// [`DataParallel::run`] does, and hands peer 0's report of every step to `each` on the calling
+/// thread as the step is taken (to log it and show progress). An error of `each` cannot stop the
+/// peers mid-stretch: the stretch finishes and the first such error is returned.
+pub fn advance<B: FluxAutodiffBackend, E: From<DataParallelError>>(
+    trainer: Stage1Trainer<B>,
+    devices: Vec<B::Device>,
+    scope: DispersionScope,
+    until: u64,
+    batch: impl Fn(&B::Device, u64) -> Result<Stage1Batch<B>, TrainError> + Sync,
+    mut each: impl FnMut(StepReport) -> Result<(), E>,
+) -> Result<Stage1Trainer<B>, E> {
+    let steps = until.saturating_sub(trainer.step);
+    let parallel = DataParallel::new(trainer, devices, scope)?;
+    let (sender, reports) = std::sync::mpsc::channel::<StepReport>();
+    let (ran, first_error) = std::thread::scope(|s| {
+        let batch = &batch;
+        let running = s.spawn(move || {
+            parallel.run(steps, batch, move |report| {
+                // The receiver lives until every report is read.
+                let _ = sender.send(report.clone());
+            })
+        });
+        let mut first_error = None;
+        for report in reports {
+            if let Err(e) = each(report) {
+                first_error.get_or_insert(e);
+            }
+        }
+        let ran = running.join().unwrap_or_else(|panic| {
+            Err(DataParallelError::Panicked {
+                peer: 0,
+                message: panic_message(panic.as_ref()),
+            })
+        });
+        (ran, first_error)
+    });
+    let trainer = ran?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(trainer),
+    }
+}
+
 /// Held by [`DataParallel::run`]: one run at a time per process.
 static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -274,7 +318,7 @@ fn peer_loop<B: FluxAutodiffBackend>(
     peer: Peer<B::Device>,
     scope: DispersionScope,
     steps: u64,
-    batch: &(impl Fn(&B::Device, u64) -> Stage1Batch<B> + Sync),
+    batch: &(impl Fn(&B::Device, u64) -> Result<Stage1Batch<B>, TrainError> + Sync),
     mut report: impl FnMut(&StepReport),
 ) -> Result<Stage1Trainer<B>, DataParallelError> {
     // Flat parameter lengths, for splitting the reduced gradient back.
@@ -286,7 +330,7 @@ fn peer_loop<B: FluxAutodiffBackend>(
         let step = trainer.step;
         // A panic here becomes this peer's failure, which the others learn at the all-reduce.
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let batch = batch(&peer.device, step);
+            let batch = batch(&peer.device, step)?;
             let rows = batch.users.len();
             shard(&trainer, &batch, &peer, scope).map(|shard| (shard, rows))
         }))

@@ -12,7 +12,9 @@ use premier_mmdit::{Flux, FluxConfig};
 use premier_train::data_parallel::{DataParallel, DataParallelError, DispersionScope};
 use premier_train::params::flat_values;
 use premier_train::prodigy::ProdigyConfig;
-use premier_train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, StepReport};
+use premier_train::stage1::{
+    Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer, StepReport, TrainError,
+};
 use premier_users::{UserShape, UserTable};
 
 type AB = Autodiff<Flex>;
@@ -78,7 +80,7 @@ fn on_peers(
     let mut reports = Vec::new();
     let trainer = DataParallel::new(trainer, vec![Default::default(); peers], scope)
         .unwrap()
-        .run(steps, |_, _| batch.clone(), |r| reports.push(r.clone()))
+        .run(steps, |_, _| Ok(batch.clone()), |r| reports.push(r.clone()))
         .unwrap();
     (trainer, reports)
 }
@@ -264,9 +266,9 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
                 3,
                 |_, step| {
                     if step == 1 {
-                        bad.clone()
+                        Ok(bad.clone())
                     } else {
-                        batch.clone()
+                        Ok(batch.clone())
                     }
                 },
                 |_| steps += 1,
@@ -297,7 +299,7 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
                     {
                         panic!("no batch for this peer");
                     }
-                    batch.clone()
+                    Ok(batch.clone())
                 },
                 |_| {},
             )
@@ -305,4 +307,185 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
             .expect("the run stops")
     });
     assert!(err.to_string().contains("no batch for this peer"), "{err}");
+
+    // A batch that cannot be made (a cache read failing, say) stops both peers with its reason.
+    let (fresh, batch) = trainer(None);
+    let err = within_a_minute(move || {
+        DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
+            .unwrap()
+            .run(
+                3,
+                move |_, step| {
+                    if step == 2 {
+                        return Err(TrainError::Batch("shard-0003 cannot be read".into()));
+                    }
+                    Ok(batch.clone())
+                },
+                |_| {},
+            )
+            .err()
+            .expect("the run stops")
+    });
+    assert!(
+        err.to_string().contains("shard-0003 cannot be read"),
+        "{err}"
+    );
+}
+
+/// Four users with two samples each, encoded in memory for `FluxConfig::tiny` (latents
+/// `[2, 4, 4]`, 5 text tokens of 16, pooled 12), and the empty prompt.
+fn samples_in_memory() -> premier_train::samples::EncodedUsers {
+    use premier_io::HostTensor;
+    use premier_train::cache::{CachedLatent, CachedText};
+    use premier_train::samples::{EncodedSample, EncodedUsers};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut host = |shape: Vec<usize>, scale: f32| HostTensor {
+        data: (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-1.0..1.0) * scale)
+            .collect(),
+        shape,
+    };
+    let text = |host: &mut dyn FnMut(Vec<usize>, f32) -> HostTensor| CachedText {
+        tokens: host(vec![5, 16], 1.0),
+        pooled: host(vec![12], 1.0),
+    };
+    let null = text(&mut host);
+    let samples = (0..4)
+        .map(|_| {
+            (0..2)
+                .map(|_| EncodedSample {
+                    latent: CachedLatent {
+                        mean: host(vec![2, 4, 4], 1.0),
+                        logvar: host(vec![2, 4, 4], 0.5),
+                    },
+                    text: text(&mut host),
+                })
+                .collect()
+        })
+        .collect();
+    EncodedUsers {
+        ids: ["ann", "ben", "cy", "dee"].map(String::from).to_vec(),
+        samples,
+        captions: [(String::new(), null)].into(),
+        origin: "random samples".into(),
+    }
+}
+
+fn run_config(steps: u64) -> premier_train::run::TrainConfig {
+    premier_train::run::TrainConfig {
+        steps,
+        batch_size: 4,
+        checkpoint_every: 2,
+        keep_checkpoints: 3,
+        validate_every: 0,
+        user_tokens: 3,
+        user_dim: 6,
+        adapter_width: 0,
+        adapter_heads: 2,
+        adapter_layers: 2,
+        stage1: Stage1Config {
+            optimizer: ProdigyConfig {
+                d0: 1e-3,
+                ..ProdigyConfig::premier()
+            },
+            ..Stage1Config::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A whole run (`run::train_stage1_on`) on `stepping` into `out`: its trainer.
+fn whole_run(
+    stepping: premier_train::run::Stepping<AB>,
+    config: &premier_train::run::TrainConfig,
+    out: &std::path::Path,
+    start: premier_train::run::Start,
+) -> Result<Stage1Trainer<AB>, premier_train::run::RunError> {
+    let device = Default::default();
+    <AB as Backend>::seed(&device, 23);
+    let flux = Flux::<AB>::init(&FluxConfig::tiny(), &device).unwrap();
+    let mut data = samples_in_memory();
+    premier_train::run::train_stage1_on(
+        stepping,
+        flux,
+        &mut data,
+        config,
+        out,
+        start,
+        &mut (),
+        &device,
+    )
+    .map(|(trainer, _)| trainer)
+}
+
+fn losses(out: &std::path::Path) -> Vec<f64> {
+    premier_train::metrics::read_metrics(&out.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| r.report.loss)
+        .collect()
+}
+
+#[test]
+fn a_whole_run_on_peers_equals_the_run_on_one_device_and_resumes_on_either() {
+    use premier_train::run::{RunError, Start, Stepping};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let peers = || Stepping::Peers {
+        devices: vec![Default::default(); 2],
+        scope: DispersionScope::Global,
+    };
+    let config = run_config(4);
+    let one = whole_run(
+        Stepping::OneDevice,
+        &config,
+        &dir.path().join("one"),
+        Start::Fresh,
+    )
+    .unwrap();
+    let two = whole_run(peers(), &config, &dir.path().join("two"), Start::Fresh).unwrap();
+    assert_eq!(two.step, 4);
+    let gap = relative_gap(&values(&one), &values(&two));
+    assert!(gap <= 1e-6, "parameters differ by {gap:e} (relative)");
+    let (a, b) = (
+        losses(&dir.path().join("one")),
+        losses(&dir.path().join("two")),
+    );
+    assert_eq!(a.len(), 4, "a metrics line per step");
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| close(*x, *y)),
+        "{a:?} vs {b:?}"
+    );
+    assert!(dir.path().join("two/mod_adapter.safetensors").is_file());
+
+    // Two steps on two peers, then the rest on one device from their checkpoint: the straight
+    // one-device run.
+    let split = dir.path().join("split");
+    whole_run(peers(), &run_config(2), &split, Start::Fresh).unwrap();
+    let resumed = whole_run(Stepping::OneDevice, &config, &split, Start::Latest).unwrap();
+    assert_eq!(resumed.step, 4);
+    let gap = relative_gap(&values(&one), &values(&resumed));
+    assert!(
+        gap <= 1e-6,
+        "resumed parameters differ by {gap:e} (relative)"
+    );
+
+    // Accumulation is the one device's way to a large batch; peers split the batch instead.
+    let accumulating = premier_train::run::TrainConfig {
+        grad_accum: 2,
+        ..run_config(2)
+    };
+    let err = whole_run(
+        peers(),
+        &accumulating,
+        &dir.path().join("accum"),
+        Start::Fresh,
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        matches!(&err, RunError::Config(m) if m.contains("grad_accum")),
+        "{err}"
+    );
 }

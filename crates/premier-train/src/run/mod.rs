@@ -34,7 +34,7 @@ pub use config::{
 };
 pub use resume::Start;
 pub(crate) use stage1_loop::posterior_seed;
-pub use stage1_loop::{train_stage1, RunObserver, RunSummary};
+pub use stage1_loop::{train_stage1, train_stage1_on, RunObserver, RunSummary, Stepping};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,10 @@ pub enum RunError {
     /// A config value is out of range.
     #[error("config: {0}")]
     Invalid(#[from] crate::validate::InvalidValue),
+    /// Data-parallel peers failed (feature `collective`).
+    #[cfg(feature = "collective")]
+    #[error(transparent)]
+    Peers(#[from] crate::data_parallel::DataParallelError),
     /// The observer's validation failed; the message says why.
     #[error("validation: {0}")]
     Validation(String),

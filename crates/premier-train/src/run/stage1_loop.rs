@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use premier_adapter::PreferenceAdapter;
 use premier_io::SaveDtype;
@@ -24,7 +25,9 @@ use crate::metrics::{read_metrics, write_loss_curve, MetricRecord};
 use crate::sampler::UserBatchSampler;
 use crate::samples::UserSamples;
 use crate::seeded::seeded;
-use crate::stage1::{Stage1Batch, Stage1Model, Stage1Trainer};
+#[cfg(feature = "collective")]
+use crate::stage1::TrainError;
+use crate::stage1::{Stage1Batch, Stage1Model, Stage1Trainer, StepReport};
 
 /// What a run reports as it goes (progress bars, validation images).
 pub trait RunObserver<B: AutodiffBackend> {
@@ -72,15 +75,74 @@ pub(super) fn batch_index(step: u64, micro: usize, accum: usize) -> u64 {
     step * accum as u64 + micro as u64
 }
 
+/// The step a stretch of steps from `step` runs to: the next validation, checkpoint or the end.
+fn next_stop(step: u64, config: &TrainConfig) -> u64 {
+    let next = |every: u64| {
+        if every > 0 {
+            (step / every + 1) * every
+        } else {
+            u64::MAX
+        }
+    };
+    next(config.validate_every)
+        .min(next(config.checkpoint_every))
+        .min(config.steps)
+}
+
 /// Seed of the posterior noise of one micro-batch.
 pub(crate) fn posterior_seed(seed: u64, index: u64) -> u64 {
     seed ^ (index + 1).wrapping_mul(0xA076_1D64_78BD_642F)
 }
 
+/// Where a run's steps are taken.
+pub enum Stepping<B: FluxAutodiffBackend> {
+    /// On the run's device (each micro-batch's rows split over `TrainConfig::workers` threads).
+    OneDevice,
+    /// On several devices, one data-parallel peer each (feature `collective`; see
+    /// [`crate::data_parallel`]): every step is the one device's step on the same global batch,
+    /// so checkpoints resume on any number of devices. Needs `grad_accum = 1`.
+    #[cfg(feature = "collective")]
+    Peers {
+        /// One peer per entry (the same device may appear more than once).
+        devices: Vec<B::Device>,
+        /// Which rows each peer's dispersion contrasts.
+        scope: crate::data_parallel::DispersionScope,
+    },
+    /// Never made: names the backend when `Peers` is not built.
+    #[cfg(not(feature = "collective"))]
+    #[doc(hidden)]
+    _Backend(std::marker::PhantomData<B>, std::convert::Infallible),
+}
+
 /// Trains stage 1 on `data` (an encoder cache, or samples in memory) into `out`: fresh or resumed
 /// (`start`), `config.steps` steps in all. Returns the trainer at the last step and the summary.
 /// Runs started on several threads at once initialise as they would alone.
-pub fn train_stage1<B: FluxAutodiffBackend, D: UserSamples>(
+pub fn train_stage1<B: FluxAutodiffBackend, D: UserSamples + Send>(
+    flux: Flux<B>,
+    data: &mut D,
+    config: &TrainConfig,
+    out: &Path,
+    start: Start,
+    observer: &mut dyn RunObserver<B>,
+    device: &B::Device,
+) -> Result<(Stage1Trainer<B>, RunSummary), RunError> {
+    train_stage1_on(
+        Stepping::OneDevice,
+        flux,
+        data,
+        config,
+        out,
+        start,
+        observer,
+        device,
+    )
+}
+
+/// [`train_stage1`] with its steps taken as `stepping` says; `device` holds the trainer between
+/// stretches of steps (checkpoints, validation) and is where a fresh model is drawn.
+#[allow(clippy::too_many_arguments)]
+pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
+    stepping: Stepping<B>,
     flux: Flux<B>,
     data: &mut D,
     config: &TrainConfig,
@@ -91,6 +153,17 @@ pub fn train_stage1<B: FluxAutodiffBackend, D: UserSamples>(
 ) -> Result<(Stage1Trainer<B>, RunSummary), RunError> {
     let started = Instant::now();
     config.validate()?;
+    #[cfg(feature = "collective")]
+    if let Stepping::Peers { devices, .. } = &stepping {
+        if devices.is_empty() || config.grad_accum != 1 {
+            return Err(RunError::Config(format!(
+                "data-parallel training on {} devices takes grad_accum = 1 (given {}): the \
+                 global batch is split over the devices instead",
+                devices.len(),
+                config.grad_accum
+            )));
+        }
+    }
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let checkpoints = out.join("checkpoints");
     let or_fresh = matches!(start, Start::LatestOrFresh);
@@ -169,39 +242,87 @@ pub fn train_stage1<B: FluxAutodiffBackend, D: UserSamples>(
     let seed = trainer.config.seed;
     let sampler =
         UserBatchSampler::new(data.counts(), config.batch_size, seed).map_err(RunError::Config)?;
-    let null_text = trainer
-        .config
-        .dispersion
-        .map(|_| data.text::<B>("", device).map(|t| t.0))
+    let dispersion = trainer.config.dispersion.is_some();
+    // Micro-batch `index` of the run on `device`; `null_text`: the empty prompt's tokens there.
+    let make_batch = |data: &mut D,
+                      index: u64,
+                      null_text: Option<Tensor<B, 3>>,
+                      device: &B::Device|
+     -> Result<Stage1Batch<B>, RunError> {
+        let picks = sampler.batch(index);
+        let encoded = data.batch::<B>(&picks, posterior_seed(seed, index), device)?;
+        Ok(Stage1Batch {
+            x0: encoded.x0,
+            latent_hw: encoded.latent_hw,
+            text: encoded.text,
+            pooled: encoded.pooled,
+            users: picks.iter().map(|p| p.0).collect(),
+            null_text,
+        })
+    };
+    let null_text = dispersion
+        .then(|| data.text::<B>("", device).map(|t| t.0))
         .transpose()?;
     let resumed_from = trainer.step;
     observer.started(resumed_from, config.steps);
     let mut last = None;
-    while trainer.step < config.steps {
-        let tick = Instant::now();
-        // One micro-batch at a time: memory does not grow with `grad_accum`.
-        let step = trainer.step;
-        let report = trainer.step_streamed(config.grad_accum, |i| {
-            let index = batch_index(step, i, config.grad_accum);
-            let picks = sampler.batch(index);
-            let encoded = data.batch::<B>(&picks, posterior_seed(seed, index), device)?;
-            Ok::<_, RunError>(Stage1Batch {
-                x0: encoded.x0,
-                latent_hw: encoded.latent_hw,
-                text: encoded.text,
-                pooled: encoded.pooled,
-                users: picks.iter().map(|p| p.0).collect(),
-                null_text: null_text.clone(),
-            })
-        })?;
-        let record = MetricRecord {
-            report,
-            it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),
-            elapsed_s: started.elapsed().as_secs_f64(),
+    let mut tick = Instant::now();
+    // Each step's record, logged and shown as the step is taken.
+    let mut record_step =
+        |report: StepReport, observer: &mut dyn RunObserver<B>| -> Result<MetricRecord, RunError> {
+            let record = MetricRecord {
+                report,
+                it_per_s: 1.0 / tick.elapsed().as_secs_f64().max(1e-9),
+                elapsed_s: started.elapsed().as_secs_f64(),
+            };
+            tick = Instant::now();
+            log.write(&record)?;
+            observer.step(&record);
+            Ok(record)
         };
-        log.write(&record)?;
-        observer.step(&record);
-        last = Some(record);
+    while trainer.step < config.steps {
+        // Steps run in stretches up to the next validation, checkpoint or the end.
+        let until = next_stop(trainer.step, config);
+        match &stepping {
+            Stepping::OneDevice => {
+                while trainer.step < until {
+                    // One micro-batch at a time: memory does not grow with `grad_accum`.
+                    let step = trainer.step;
+                    let report = trainer.step_streamed(config.grad_accum, |i| {
+                        let index = batch_index(step, i, config.grad_accum);
+                        make_batch(data, index, null_text.clone(), device)
+                    })?;
+                    last = Some(record_step(report, observer)?);
+                }
+            }
+            #[cfg(feature = "collective")]
+            Stepping::Peers { devices, scope } => {
+                let data = std::sync::Mutex::new(&mut *data);
+                let batch = |device: &B::Device, step: u64| {
+                    let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+                    let null_text = dispersion
+                        .then(|| data.text::<B>("", device).map(|t| t.0))
+                        .transpose()?;
+                    make_batch(&mut data, batch_index(step, 0, 1), null_text, device)
+                };
+                let stepped = crate::data_parallel::advance(
+                    trainer,
+                    devices.clone(),
+                    *scope,
+                    until,
+                    |device, step| {
+                        batch(device, step).map_err(|e| TrainError::Batch(e.to_string()))
+                    },
+                    |report| {
+                        last = Some(record_step(report, observer)?);
+                        Ok::<_, RunError>(())
+                    },
+                );
+                trainer = stepped?;
+            }
+            #[cfg(not(feature = "collective"))]
+            Stepping::_Backend(_, never) => match *never {},
+        }
         let step = trainer.step;
         if config.validate_every > 0 && step % config.validate_every == 0 {
             observer
