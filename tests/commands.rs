@@ -146,6 +146,45 @@ fn the_synthetic_world_runs_through_every_command() {
         sha(&straight.join("user_embedding.safetensors")),
         table_before
     );
+    // Three users fitted one after another, and two at a time on two CPU peers: the same files.
+    let several = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "cold-start",
+            "--synth-base",
+            s(&base),
+            "--data",
+            s(&train),
+            "--cache",
+            s(&cache),
+            "--run",
+            s(&straight),
+            "--images",
+            "2",
+            "--steps",
+            "2",
+            "--user",
+            "user000",
+            "--user",
+            "user001",
+            "--user",
+            "user002",
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        premier(&args).unwrap();
+    };
+    let (in_turn, at_once) = (dir.path().join("in-turn"), dir.path().join("at-once"));
+    several(&in_turn, &[]);
+    several(&at_once, &["--devices", "cpu:2"]);
+    for user in ["user000", "user001", "user002"] {
+        let file = format!("user_combination_{user}.safetensors");
+        assert_eq!(
+            sha(&in_turn.join(&file)),
+            sha(&at_once.join(&file)),
+            "{user}"
+        );
+    }
 
     // Generate: base, a trained user, the new user.
     let gen = dir.path().join("gen");

@@ -101,6 +101,11 @@ pub struct ColdStartArgs {
     /// many GiB (on the CPU, by default, the memory the host has available).
     #[arg(long, value_parser = crate::parse_gib)]
     pub max_memory: Option<f64>,
+    /// Fit several users at once, one device each: `cpu:N` (N at a time on the CPU, `--backend
+    /// flex`) or `cuda:0,cuda:1,…` (`--backend cuda`). Users go to devices in turn; each user's
+    /// result is the one it gets alone.
+    #[arg(long, value_parser = crate::devices::parse_devices)]
+    pub devices: Option<crate::devices::DeviceList>,
 }
 
 impl ColdStartArgs {
@@ -236,40 +241,122 @@ fn cold<B: FluxAutodiffBackend>(args: ColdStartArgs, device: B::Device) -> anyho
         &device,
     )?;
     let out = args.out.clone().unwrap_or_else(|| args.run.join("users"));
-    for user in 0..data.ids.len() {
-        let images = data.samples[user].len();
-        if let Some(warning) = config.batch_warning(&data.ids[user], images) {
-            eprintln!("warning: {warning}");
+    let models = Models {
+        flux,
+        adapter,
+        table,
+    };
+    match &args.devices {
+        None => {
+            for user in 0..data.ids.len() {
+                fit_user(
+                    &models, &mut data, user, &config, &out, &start, true, &device,
+                )?;
+            }
         }
-        let bar = Progress::new(config.steps, "steps");
-        bar.set_message(data.ids[user].clone());
-        let mut last = None;
-        let (_, path) = cold_start(
-            flux.clone(),
-            adapter.clone(),
-            table.clone(),
-            &mut data,
-            user,
-            &config,
-            &out,
-            start.clone(),
-            &mut |r| {
-                bar.set_position(r.report.step);
-                last = Some(r.report);
-            },
-            &device,
-        )?;
-        bar.finish_and_clear();
-        println!(
-            "{}: {} images, final loss {:.4} → {}",
-            data.ids[user],
-            data.samples[user].len(),
-            last.map_or(f64::NAN, |r| r.loss),
-            path.display()
-        );
+        Some(list) => {
+            let devices = list.devices::<B>(args.backend, &device)?;
+            let (users, count, cache_dir) = (data.ids.len(), devices.len(), &args.data.cache);
+            std::thread::scope(|s| -> anyhow::Result<()> {
+                let runs: Vec<_> = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(k, device)| {
+                        let (dataset, config, out, start) = (&dataset, &config, &out, &start);
+                        let models = models.fork(device);
+                        s.spawn(move || -> anyhow::Result<()> {
+                            // Each device reads the cache through its own handle.
+                            let cache = EncodedCache::open(cache_dir, false)?;
+                            let mut data = CachedUsers::new(dataset, cache)?;
+                            for user in (k..users).step_by(count) {
+                                fit_user(
+                                    &models, &mut data, user, config, out, start, false, device,
+                                )?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for run in runs {
+                    run.join()
+                        .map_err(|_| anyhow::anyhow!("a device's cold starts panicked"))??;
+                }
+                Ok(())
+            })?;
+        }
     }
     if skipped > 0 {
         println!("skipped {skipped} bad dataset entries (--skip-bad; listed at the start)");
     }
+    Ok(())
+}
+
+/// The frozen models every new user is fitted against.
+struct Models<B: FluxAutodiffBackend> {
+    flux: premier::mmdit::Flux<B>,
+    adapter: PreferenceAdapter<B>,
+    table: UserTable<B>,
+}
+
+impl<B: FluxAutodiffBackend> Models<B> {
+    /// The same models on `device`.
+    fn fork(&self, device: &B::Device) -> Self {
+        use burn::module::Module;
+        Self {
+            flux: self.flux.clone().fork(device),
+            adapter: self.adapter.clone().fork(device),
+            table: self.table.clone().fork(device),
+        }
+    }
+}
+
+/// Fits `data`'s user `user` and prints its result (with a progress bar when `bar`).
+#[allow(clippy::too_many_arguments)]
+fn fit_user<B: FluxAutodiffBackend>(
+    models: &Models<B>,
+    data: &mut CachedUsers,
+    user: usize,
+    config: &ColdStartConfig,
+    out: &std::path::Path,
+    start: &Start,
+    bar: bool,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let images = data.samples[user].len();
+    if let Some(warning) = config.batch_warning(&data.ids[user], images) {
+        eprintln!("warning: {warning}");
+    }
+    let progress = bar.then(|| {
+        let progress = Progress::new(config.steps, "steps");
+        progress.set_message(data.ids[user].clone());
+        progress
+    });
+    let mut last = None;
+    let (_, path) = cold_start(
+        models.flux.clone(),
+        models.adapter.clone(),
+        models.table.clone(),
+        data,
+        user,
+        config,
+        out,
+        start.clone(),
+        &mut |r| {
+            if let Some(progress) = &progress {
+                progress.set_position(r.report.step);
+            }
+            last = Some(r.report);
+        },
+        device,
+    )?;
+    if let Some(progress) = progress {
+        progress.finish_and_clear();
+    }
+    println!(
+        "{}: {images} images, final loss {:.4} → {}",
+        data.ids[user],
+        last.map_or(f64::NAN, |r| r.loss),
+        path.display()
+    );
     Ok(())
 }
