@@ -280,3 +280,65 @@ CLIP_TEXT2 = {
         "hidden_states = stack of output_hidden_states (embeddings, after each layer; BEFORE final_layer_norm); "
         "eos_position = argmax(input_ids, -1) (int64)"),
 }
+
+
+CLIP_VISION_CONFIG = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_channels=3,
+    image_size=32, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-05, attention_dropout=0.0,
+)
+CLIP_MODEL_PROJECTION_DIM = 24
+
+
+@torch.no_grad()
+def make_clip_model_tiny(w) -> dict:
+    """A whole CLIPModel (both towers, projections, logit scale) in the Hugging Face layout."""
+    from transformers import CLIPConfig, CLIPModel
+
+    g = torch.Generator().manual_seed(18000)
+    input_ids = torch.full((2, 77), 127, dtype=torch.int64)  # pad = eos = 127
+    for row, n in enumerate((7, 12)):
+        input_ids[row, 0] = 126  # bos
+        input_ids[row, 1:1 + n] = torch.randint(0, 126, (n,), generator=g)
+    # Already normalized pixels (CLIP's preprocessing is checked on its own).
+    pixel_values = torch.randn((3, 3, 32, 32), generator=g)
+
+    config = CLIPConfig(text_config=CLIP_CONFIG, vision_config=CLIP_VISION_CONFIG,
+                        projection_dim=CLIP_MODEL_PROJECTION_DIM)
+    torch.manual_seed(18001)
+    model = CLIPModel(config).eval()
+    perturb_(model, torch.Generator().manual_seed(18002), named=True)
+    vision = model.vision_model(pixel_values=pixel_values)
+    text = model.text_model(input_ids=input_ids)
+    image_embeds = model.visual_projection(vision.pooler_output)
+    text_embeds = model.text_projection(text.pooler_output)
+    out = model(input_ids=input_ids, pixel_values=pixel_values)
+
+    weights = dict(model.state_dict())
+    reloaded, problems = _from_pretrained(CLIPModel, config, weights)
+    again = reloaded(input_ids=input_ids, pixel_values=pixel_values)
+    verification = {
+        "from_pretrained(our keys) max diff (logits_per_image)": maxdiff(again.logits_per_image,
+                                                                        out.logits_per_image),
+        "loading problems": problems,
+        "max|image_embeds - visual_projection(pooler_output)|": maxdiff(out.image_embeds,
+                                                                       torch.nn.functional.normalize(image_embeds, dim=-1)),
+        "max|text_embeds - text_projection(pooler_output)|": maxdiff(out.text_embeds,
+                                                                    torch.nn.functional.normalize(text_embeds, dim=-1)),
+    }
+    tensors = dict(input_ids=input_ids, pixel_values=pixel_values,
+                   vision_last_hidden_state=vision.last_hidden_state, vision_pooler_output=vision.pooler_output,
+                   image_features=image_embeds, text_features=text_embeds,
+                   logits_per_image=out.logits_per_image)
+    w.safetensors("clip_model_tiny_weights.safetensors", weights)
+    w.safetensors("clip_model_tiny.safetensors", tensors)
+    w.json("clip_model_tiny.json", dict(
+        description="transformers CLIPModel with tiny random weights (init convention: p += 0.05 N(0,1)); "
+                    "image_features = visual_projection(vision_model(pixel_values).pooler_output), "
+                    "text_features = text_projection(text_model(input_ids).pooler_output), as "
+                    "CLIPModel.get_image_features / get_text_features; logits_per_image = "
+                    "exp(logit_scale) * cos(image, text)",
+        config=dict(text_config=CLIP_CONFIG, vision_config=CLIP_VISION_CONFIG,
+                    projection_dim=CLIP_MODEL_PROJECTION_DIM),
+        seeds=dict(inputs=18000, init=18001, perturb=18002),
+        verification=verification, tensors=tensor_table(tensors)))
+    return verification

@@ -94,14 +94,15 @@ impl ClipTextConfig {
     }
 }
 
+/// LayerNorm with weight and bias (transformers `nn.LayerNorm`), shared by CLIP's two towers.
 #[derive(Module, Debug)]
-struct LayerNorm<B: Backend> {
+pub(crate) struct LayerNorm<B: Backend> {
     weight: Param<Tensor<B, 1>>,
     bias: Param<Tensor<B, 1>>,
 }
 
 impl<B: Backend> LayerNorm<B> {
-    fn load(
+    pub(crate) fn load(
         src: &mut impl ParamSource<B>,
         key: &str,
         width: usize,
@@ -112,15 +113,17 @@ impl<B: Backend> LayerNorm<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
         let width = x.dims()[2];
         premier_mmdit::norm::layer_norm_no_affine(x, eps) * self.weight.val().reshape([1, 1, width])
             + self.bias.val().reshape([1, 1, width])
     }
 }
 
+/// One pre-LN layer of either CLIP tower: `x += out_proj(attn(LN1(x)))`, then
+/// `x += fc2(act(fc1(LN2(x))))`.
 #[derive(Module, Debug)]
-struct ClipLayer<B: Backend> {
+pub(crate) struct ClipLayer<B: Backend> {
     layer_norm1: LayerNorm<B>,
     q_proj: Linear<B>,
     k_proj: Linear<B>,
@@ -129,6 +132,68 @@ struct ClipLayer<B: Backend> {
     layer_norm2: LayerNorm<B>,
     fc1: Linear<B>,
     fc2: Linear<B>,
+}
+
+/// What a CLIP layer's forward needs besides its weights.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerOptions {
+    pub(crate) heads: usize,
+    pub(crate) eps: f64,
+    pub(crate) quick_gelu: bool,
+    /// The text tower's causal mask; the vision tower attends everywhere.
+    pub(crate) causal: bool,
+}
+
+impl<B: Backend> ClipLayer<B> {
+    /// Layer `{prefix}` (`encoder.layers.N`) of width `h` and MLP width `inner`.
+    pub(crate) fn load(
+        src: &mut impl ParamSource<B>,
+        p: &str,
+        h: usize,
+        inner: usize,
+    ) -> Result<Self, premier_io::LoadError> {
+        Ok(Self {
+            layer_norm1: LayerNorm::load(src, &format!("{p}.layer_norm1"), h)?,
+            q_proj: src.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
+            k_proj: src.linear(&format!("{p}.self_attn.k_proj"), h, h, true)?,
+            v_proj: src.linear(&format!("{p}.self_attn.v_proj"), h, h, true)?,
+            out_proj: src.linear(&format!("{p}.self_attn.out_proj"), h, h, true)?,
+            layer_norm2: LayerNorm::load(src, &format!("{p}.layer_norm2"), h)?,
+            fc1: src.linear(&format!("{p}.mlp.fc1"), h, inner, true)?,
+            fc2: src.linear(&format!("{p}.mlp.fc2"), inner, h, true)?,
+        })
+    }
+
+    /// x: `[batch, tokens, width]` → the same shape.
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, o: LayerOptions) -> Tensor<B, 3> {
+        let [batch, tokens, width] = x.dims();
+        let head_dim = width / o.heads;
+        let heads = |t: Tensor<B, 3>| {
+            t.reshape([batch, tokens, o.heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let options = AttentionModuleOptions {
+            is_causal: o.causal,
+            ..Default::default()
+        };
+        let h = self.layer_norm1.forward(x.clone(), o.eps);
+        let (q, k, v) = (
+            heads(self.q_proj.forward(h.clone())),
+            heads(self.k_proj.forward(h.clone())),
+            heads(self.v_proj.forward(h)),
+        );
+        let attn = attention(q, k, v, None, None, options)
+            .swap_dims(1, 2)
+            .reshape([batch, tokens, width]);
+        let x = x + self.out_proj.forward(attn);
+        let h = self.fc1.forward(self.layer_norm2.forward(x.clone(), o.eps));
+        let h = if o.quick_gelu {
+            h.clone() * sigmoid(h * 1.702)
+        } else {
+            burn::tensor::activation::gelu(h)
+        };
+        x + self.fc2.forward(h)
+    }
 }
 
 /// CLIP text tower.
@@ -177,17 +242,12 @@ impl<B: Backend> ClipTextEncoder<B> {
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for n in 0..c.num_hidden_layers {
-            let p = format!("encoder.layers.{n}");
-            layers.push(ClipLayer {
-                layer_norm1: LayerNorm::load(&mut src, &format!("{p}.layer_norm1"), h)?,
-                q_proj: src.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
-                k_proj: src.linear(&format!("{p}.self_attn.k_proj"), h, h, true)?,
-                v_proj: src.linear(&format!("{p}.self_attn.v_proj"), h, h, true)?,
-                out_proj: src.linear(&format!("{p}.self_attn.out_proj"), h, h, true)?,
-                layer_norm2: LayerNorm::load(&mut src, &format!("{p}.layer_norm2"), h)?,
-                fc1: src.linear(&format!("{p}.mlp.fc1"), h, c.intermediate_size, true)?,
-                fc2: src.linear(&format!("{p}.mlp.fc2"), c.intermediate_size, h, true)?,
-            });
+            layers.push(ClipLayer::load(
+                &mut src,
+                &format!("encoder.layers.{n}"),
+                h,
+                c.intermediate_size,
+            )?);
         }
         let final_layer_norm = LayerNorm::load(&mut src, "final_layer_norm", h)?;
         // Position ids are a buffer in some exports; other towers of a full CLIP file are not ours.
@@ -216,43 +276,21 @@ impl<B: Backend> ClipTextEncoder<B> {
         })
     }
 
-    /// Hidden states before the final LayerNorm, per layer (embeddings first): for inspection.
+    /// The last layer's hidden states, before the final LayerNorm.
     fn run(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [batch, tokens] = ids.dims();
+        let [_, tokens] = ids.dims();
         let device = ids.device();
         let positions =
             Tensor::<B, 1, Int>::arange(0..tokens as i64, &device).unsqueeze_dim::<2>(0);
         let mut x = self.token_embedding.forward(ids) + self.position_embedding.forward(positions);
-        let width = x.dims()[2];
-        let head_dim = width / self.heads;
-        let heads = |t: Tensor<B, 3>| {
-            t.reshape([batch, tokens, self.heads, head_dim])
-                .swap_dims(1, 2)
-        };
-        let causal = AttentionModuleOptions {
-            is_causal: true,
-            ..Default::default()
+        let options = LayerOptions {
+            heads: self.heads,
+            eps: self.eps,
+            quick_gelu: self.quick_gelu,
+            causal: true,
         };
         for layer in &self.layers {
-            let h = layer.layer_norm1.forward(x.clone(), self.eps);
-            let (q, k, v) = (
-                heads(layer.q_proj.forward(h.clone())),
-                heads(layer.k_proj.forward(h.clone())),
-                heads(layer.v_proj.forward(h)),
-            );
-            let attn = attention(q, k, v, None, None, causal)
-                .swap_dims(1, 2)
-                .reshape([batch, tokens, width]);
-            x = x + layer.out_proj.forward(attn);
-            let h = layer
-                .fc1
-                .forward(layer.layer_norm2.forward(x.clone(), self.eps));
-            let h = if self.quick_gelu {
-                h.clone() * sigmoid(h * 1.702)
-            } else {
-                burn::tensor::activation::gelu(h)
-            };
-            x = x + layer.fc2.forward(h);
+            x = layer.forward(x, options);
         }
         x
     }

@@ -39,6 +39,12 @@ pub enum TextError {
         /// The vocabulary's size.
         vocab: usize,
     },
+    /// Pixels the vision tower cannot take (what is wrong with them is said).
+    #[error("image: {reason}")]
+    Image {
+        /// What is wrong.
+        reason: String,
+    },
     /// Reading the weights (names the file and key).
     #[error(transparent)]
     File(#[from] LoadError),
