@@ -168,7 +168,8 @@ def asset_path(kind: str, name: str) -> Path:
     """Prefer a copy inside the repository, fall back to shared/assets."""
     candidates = {
         "tokenizers": [REPO_ROOT / "assets/tokenizers" / name, REPO_ROOT / "crates/premier-text/tokenizers" / name],
-        "images": [REPO_ROOT / "assets/images" / name, REPO_ROOT / "tools/reference/assets" / name],
+        "images": [REPO_ROOT / "assets/images" / name, REPO_ROOT / "tools/reference/assets" / name,
+                   REPO_ROOT / "tests/fixtures/images" / name],
     }[kind]
     shared = Path(os.environ.get("PREMIER_SHARED_ASSETS", REPO_ROOT.parent / "shared/assets"))
     candidates.append(shared / kind / name)

@@ -342,3 +342,40 @@ def make_clip_model_tiny(w) -> dict:
         seeds=dict(inputs=18000, init=18001, perturb=18002),
         verification=verification, tensors=tensor_table(tensors)))
     return verification
+
+
+@torch.no_grad()
+def make_clip_preprocess(w) -> dict:
+    """transformers' CLIP image preprocessing (the PIL backend, `CLIPImageProcessorPil`: what
+    `CLIPImageProcessor` runs without torchvision) on a real non-square photo, landscape and
+    rotated to portrait."""
+    import numpy as np
+    from PIL import Image
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    photo = Image.open(asset_path("images", "chelsea.png")).convert("RGB")  # 451 x 300
+    photos = {"landscape": photo, "portrait": photo.transpose(Image.Transpose.ROTATE_270)}
+    default = CLIPImageProcessorPil()
+    small = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56})
+    mean = np.array(default.image_mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.array(default.image_std, dtype=np.float32).reshape(3, 1, 1)
+    tensors, verification = {}, {}
+    for name, image in photos.items():
+        pixels = default(images=image, return_tensors="pt").pixel_values[0]
+        # The 224 x 224 output as the bytes it was normalized from (lossless: checked below).
+        u8 = torch.from_numpy(np.rint((pixels.numpy() * std + mean) * 255.0)).clamp(0, 255).to(torch.uint8)
+        again = (u8.numpy().astype(np.float32) / 255.0 - mean) / std
+        verification[f"{name}: max|pixel_values - normalize(bytes)|"] = float(np.abs(again - pixels.numpy()).max())
+        tensors[f"{name}_224_bytes"] = u8
+        tensors[f"{name}_64_56_pixel_values"] = small(images=image, return_tensors="pt").pixel_values[0]
+    w.safetensors("clip_preprocess.safetensors", tensors)
+    w.json("clip_preprocess.json", dict(
+        description="CLIPImageProcessorPil (transformers' CLIP preprocessing, PIL backend): convert to RGB, "
+                    "resize the shorter side (bicubic, PIL's resampling of 8-bit images), centre crop, "
+                    "x / 255, (x - mean) / std; on images/chelsea.png (451 x 300) and the same photo "
+                    "rotated 90 degrees clockwise (PIL ROTATE_270)",
+        default=dict(shortest_edge=224, crop=224, mean=list(default.image_mean), std=list(default.image_std),
+                     resample=int(default.resample)),
+        small=dict(shortest_edge=64, crop=56),
+        verification=verification, tensors=tensor_table(tensors)))
+    return verification

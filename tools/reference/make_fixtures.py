@@ -4,7 +4,7 @@
 Fixtures (see tests/fixtures/README.md for what each holds):
   tiny_flux, tiny_flux_mod, sampling        (fx_flux.py)
   adapter_small, losses, prodigy            (fx_train.py)
-  t5_tiny, clip_text_tiny, clip_model_tiny, tokenizers, tiny_tokenizers   (fx_text.py)
+  t5_tiny, clip_text_tiny, clip_model_tiny, clip_preprocess, tokenizers, tiny_tokenizers   (fx_text.py)
   vae_tiny                                  (fx_vae.py)
   summary.json                              (this file: every fixture's verification numbers)
 
@@ -44,6 +44,7 @@ MAKERS = {
     "t5_tiny": ("fx_text", "make_t5_tiny"),
     "clip_text_tiny": ("fx_text", "make_clip_text_tiny"),
     "clip_model_tiny": ("fx_text", "make_clip_model_tiny"),
+    "clip_preprocess": ("fx_text", "make_clip_preprocess"),
     "vae_tiny": ("fx_vae", "make_vae_tiny"),
     "sampling": ("fx_flux", "make_sampling"),
     "tokenizers": ("fx_text", "make_tokenizers_golden_ids"),

@@ -5,7 +5,8 @@
 //!   an attention mask, padding included, as FLUX does;
 //! - [`ClipTextEncoder`] (CLIP ViT-L/14 text tower): the pooled vector `[batch, 768]` at the EOS token;
 //! - [`ClipVisionEncoder`] and [`ClipModel`] (both CLIP towers and their projections): image and
-//!   text features in CLIP's shared space, for the evaluation metrics;
+//!   text features in CLIP's shared space, for the evaluation metrics, with CLIP's image
+//!   preprocessing ([`ClipImageProcessor`], transformers' PIL backend);
 //! - [`PromptTokenizer`]: the real tokenizers (shipped in this crate, see `tokenizers/`), padded and
 //!   truncated as FLUX's pipeline does;
 //! - [`TextEncoder`]: both, with a cache keyed by prompt (bounded in bytes, least recently
@@ -14,6 +15,7 @@
 
 pub mod bounded_cache;
 mod clip;
+mod clip_image;
 mod clip_vision;
 mod encoder;
 mod error;
@@ -21,6 +23,7 @@ mod t5;
 mod tokenizer;
 
 pub use clip::{ClipTextConfig, ClipTextEncoder};
+pub use clip_image::{ClipImageProcessor, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use clip_vision::{ClipConfig, ClipModel, ClipVisionConfig, ClipVisionEncoder};
 pub use encoder::{ids_tensor, TextConditioning, TextEncoder, DEFAULT_TEXT_CACHE_BYTES};
 pub use error::TextError;
