@@ -99,13 +99,14 @@ fn the_synthetic_world_runs_through_every_command() {
     // table is untouched.
     let table_before = sha(&straight.join("user_embedding.safetensors"));
     let new_users = world.join("new_users.jsonl");
-    let cold = |out: &Path, steps: &str, extra: &[&str]| {
+    // A cold start of `data`'s users from 2 images each, `steps` steps, into `out`.
+    let cold_start = |data: &Path, out: &Path, steps: &str, extra: &[&str]| {
         let mut args = vec![
             "cold-start",
             "--synth-base",
             s(&base),
             "--data",
-            s(&new_users),
+            s(data),
             "--cache",
             s(&cache),
             "--run",
@@ -114,13 +115,16 @@ fn the_synthetic_world_runs_through_every_command() {
             "2",
             "--steps",
             steps,
-            "--checkpoint-every",
-            "1",
             "--out",
             s(out),
         ];
         args.extend_from_slice(extra);
         premier(&args).unwrap();
+    };
+    let cold = |out: &Path, steps: &str, extra: &[&str]| {
+        let mut args = vec!["--checkpoint-every", "1"];
+        args.extend_from_slice(extra);
+        cold_start(&new_users, out, steps, &args);
         out.join("user_combination_new004.safetensors")
     };
     let user_file = cold(&straight.join("users"), "3", &[]);
@@ -149,30 +153,10 @@ fn the_synthetic_world_runs_through_every_command() {
     // Three users fitted one after another, and two at a time on two CPU peers: the same files.
     let several = |out: &Path, extra: &[&str]| {
         let mut args = vec![
-            "cold-start",
-            "--synth-base",
-            s(&base),
-            "--data",
-            s(&train),
-            "--cache",
-            s(&cache),
-            "--run",
-            s(&straight),
-            "--images",
-            "2",
-            "--steps",
-            "2",
-            "--user",
-            "user000",
-            "--user",
-            "user001",
-            "--user",
-            "user002",
-            "--out",
-            s(out),
+            "--user", "user000", "--user", "user001", "--user", "user002",
         ];
         args.extend_from_slice(extra);
-        premier(&args).unwrap();
+        cold_start(&train, out, "2", &args);
     };
     let (in_turn, at_once) = (dir.path().join("in-turn"), dir.path().join("at-once"));
     several(&in_turn, &[]);
