@@ -35,6 +35,7 @@
 //! - [`pipeline`]: schedule, sampler and personalized generation;
 //! - [`train`]: Prodigy, datasets, stage-1 and cold-start trainers, checkpoints;
 //! - [`synth`]: the synthetic preference world, its scorers and base model (the quickstart);
+//! - [`eval`]: metrics on real images: CLIP-T2I, a CLIP preference proxy, win rates;
 //! - [`model_files`]: the files of a FLUX.1 model, their configs, size checks and loaders;
 //! - [`encoders`]: FLUX.1's VAE, T5 and CLIP as `premier encode`'s [`train::encode::Encoders`];
 //! - [`gpu_check`]: the prepared GPU check (parity on the device, timed FLUX.1-dev-size work);
@@ -60,6 +61,7 @@ pub use personalized::{
 };
 
 pub use premier_adapter as adapter;
+pub use premier_eval as eval;
 pub use premier_io as io;
 pub use premier_losses as losses;
 pub use premier_mmdit as mmdit;

@@ -1,0 +1,24 @@
+//! # premier-eval
+//!
+//! The metrics Premier's table reports, on real images, for apps that train or cold-start their
+//! own users:
+//! - [`ClipScorer`]: CLIP image and prompt embeddings (any Hugging Face `CLIPModel`, CLIP's own
+//!   preprocessing) and CLIP-T2I: the cosine of image and prompt, and torchmetrics' `CLIPScore`
+//!   (`100 · max(cos, 0)`);
+//! - [`PreferenceScorer`]: how well an image fits a user's taste. [`ClipPreference`] is a proxy
+//!   without an 8B judge: the mean CLIP cosine of the image to the user's held-out liked images.
+//!   **It is not the paper's ViPer score**; a ViPer-style scorer plugs in through the trait;
+//! - [`win_rate`]: how often the personalized image beats the base image of the same prompt and
+//!   seed under a scorer (the ViPer-rate analog), ties counting a half;
+//! - [`MeanSe`]: means with standard errors.
+#![warn(missing_docs)]
+
+mod clip_scorer;
+mod error;
+mod preference;
+mod stats;
+
+pub use clip_scorer::{clip_score, ClipScorer};
+pub use error::EvalError;
+pub use preference::{win_rate, ClipPreference, PreferenceScorer};
+pub use stats::MeanSe;
