@@ -6,6 +6,7 @@ Fixtures (see tests/fixtures/README.md for what each holds):
   adapter_small, losses, prodigy            (fx_train.py)
   t5_tiny, clip_text_tiny, clip_model_tiny, clip_preprocess, tokenizers, tiny_tokenizers   (fx_text.py)
   vae_tiny                                  (fx_vae.py)
+  lpips_tiny                                (fx_lpips.py)
   summary.json                              (this file: every fixture's verification numbers)
 
 Usage:
@@ -45,6 +46,7 @@ MAKERS = {
     "clip_text_tiny": ("fx_text", "make_clip_text_tiny"),
     "clip_model_tiny": ("fx_text", "make_clip_model_tiny"),
     "clip_preprocess": ("fx_text", "make_clip_preprocess"),
+    "lpips_tiny": ("fx_lpips", "make_lpips_tiny"),
     "vae_tiny": ("fx_vae", "make_vae_tiny"),
     "sampling": ("fx_flux", "make_sampling"),
     "tokenizers": ("fx_text", "make_tokenizers_golden_ids"),

@@ -6,6 +6,9 @@ pub enum EvalError {
     /// Loading or running CLIP (names the file, key or what is wrong with an image).
     #[error(transparent)]
     Clip(#[from] TextError),
+    /// Reading a weights file (names the file and key).
+    #[error(transparent)]
+    Weights(#[from] premier_io::LoadError),
     /// A user the scorer has no liked images of.
     #[error("no liked images of user {0:?} to score against")]
     UnknownUser(String),

@@ -10,15 +10,19 @@
 //!   **It is not the paper's ViPer score**; a ViPer-style scorer plugs in through the trait;
 //! - [`win_rate`]: how often the personalized image beats the base image of the same prompt and
 //!   seed under a scorer (the ViPer-rate analog), ties counting a half;
+//! - [`Lpips`]: LPIPS (AlexNet or VGG16, the `lpips` package's version 0.1) to the user's
+//!   held-out image of the same prompt;
 //! - [`MeanSe`]: means with standard errors.
 #![warn(missing_docs)]
 
 mod clip_scorer;
 mod error;
+mod lpips;
 mod preference;
 mod stats;
 
 pub use clip_scorer::{clip_score, ClipScorer};
 pub use error::EvalError;
+pub use lpips::{Lpips, LpipsNet};
 pub use preference::{win_rate, ClipPreference, PreferenceScorer};
 pub use stats::MeanSe;
