@@ -6,6 +6,7 @@ mod cold_start;
 mod dataset;
 mod devices;
 mod encode;
+mod eval;
 mod generate;
 mod models;
 /// Progress on a terminal (bars) or off one (a line per phase and every few seconds).
@@ -95,6 +96,9 @@ pub enum Command {
     ColdStart(ColdStartArgs),
     /// The synthetic preference world (`premier synth export`).
     Synth(synth::SynthArgs),
+    /// The paper's metrics on images on disk: CLIP-T2I, a CLIP preference proxy, the win rate
+    /// over the base, LPIPS → report.md and report.json.
+    Eval(eval::EvalArgs),
 }
 
 /// Which burn backend runs the models.
@@ -138,5 +142,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::ColdStart(args) => cold_start::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

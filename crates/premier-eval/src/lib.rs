@@ -12,6 +12,7 @@
 //!   seed under a scorer (the ViPer-rate analog), ties counting a half;
 //! - [`Lpips`]: LPIPS (AlexNet or VGG16, the `lpips` package's version 0.1) to the user's
 //!   held-out image of the same prompt;
+//! - [`evaluate`]: all of them over users' images, as an [`EvalReport`] (markdown, JSON);
 //! - [`MeanSe`]: means with standard errors.
 #![warn(missing_docs)]
 
@@ -19,10 +20,12 @@ mod clip_scorer;
 mod error;
 mod lpips;
 mod preference;
+mod report;
 mod stats;
 
 pub use clip_scorer::{clip_score, ClipScorer};
 pub use error::EvalError;
 pub use lpips::{Lpips, LpipsNet};
 pub use preference::{win_rate, ClipPreference, PreferenceScorer};
+pub use report::{evaluate, EvalReport, Row, Scores, Stat, UserImages};
 pub use stats::MeanSe;

@@ -32,6 +32,11 @@ impl<B: Backend> ClipPreference<B> {
         }
     }
 
+    /// The CLIP scorer inside.
+    pub fn clip(&self) -> &ClipScorer<B> {
+        &self.scorer
+    }
+
     /// Adds (or replaces) `user`'s held-out liked images.
     pub fn add_user(&mut self, user: &str, liked: &[RgbImage]) -> Result<(), EvalError> {
         if liked.is_empty() {
