@@ -5,7 +5,7 @@
 use std::path::Path;
 
 mod common;
-use common::{encoded_synth_world, premier, s, sha, synth_base, tiny_model_dir};
+use common::{clip_folder, encoded_synth_world, premier, s, sha, synth_base, tiny_model_dir};
 
 /// Both tests train in this process, and a fresh run seeds and draws from Flex's global
 /// generator: run at once, one test's draws would land inside the other's seeded init.
@@ -170,8 +170,10 @@ fn the_synthetic_world_runs_through_every_command() {
         );
     }
 
-    // Generate: base, a trained user, the new user.
+    // Generate: base, a trained user, the new user; scored with the tiny CLIP.
     let gen = dir.path().join("gen");
+    let clip = dir.path().join("clip");
+    clip_folder(&clip);
     premier(&[
         "generate",
         "--synth-base",
@@ -188,12 +190,32 @@ fn the_synthetic_world_runs_through_every_command() {
         s(&user_file),
         "--prompt",
         "a small circle on the left",
+        "--prompt",
+        "a large square",
         "--out",
         s(&gen),
+        "--eval",
+        s(&clip),
     ])
     .unwrap();
     let grid = image::open(gen.join("grid.png")).unwrap();
     assert!(grid.height() > 3 * 32, "three rows");
+    // `--eval` scored every image with its prompt (the tiny CLIP: the numbers mean nothing).
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gen.join("eval.json")).unwrap()).unwrap();
+    let rows = eval["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let cos = row["clip_t2i"].as_array().unwrap();
+        assert_eq!(cos.len(), 2, "{row}");
+        assert!(
+            cos.iter().all(|c| c.as_f64().unwrap().abs() <= 1.0),
+            "{row}"
+        );
+    }
+    assert!(std::fs::read_to_string(gen.join("eval.md"))
+        .unwrap()
+        .contains("| user2 |"));
 }
 
 #[test]

@@ -4,33 +4,7 @@
 use std::path::Path;
 
 mod common;
-use common::{fixture, premier, s};
-
-/// A CLIP folder as Hugging Face lays it out, from the tiny fixture.
-fn clip_folder(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("clip_model_tiny.json")).unwrap())
-            .unwrap();
-    std::fs::write(dir.join("config.json"), json["config"].to_string()).unwrap();
-    std::fs::copy(
-        fixture("clip_model_tiny_weights.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
-    std::fs::copy(
-        fixture("tiny_tokenizers/clip.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("preprocessor_config.json"),
-        r#"{"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32},
-            "image_mean": [0.48145466, 0.4578275, 0.40821073],
-            "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3}"#,
-    )
-    .unwrap();
-}
+use common::{clip_folder, fixture, premier, s};
 
 /// `<root>/<user>/<k>.png` for two users and two prompts, each a transform of the photo.
 fn images(root: &Path, transform: impl Fn(&image::RgbImage, usize) -> image::RgbImage) {

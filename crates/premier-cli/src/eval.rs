@@ -79,6 +79,33 @@ fn user_images(dir: &Path, user: &str, prompts: usize) -> anyhow::Result<Vec<Rgb
         .collect()
 }
 
+/// The CLIP of a Hugging Face folder: `config.json`, `model.safetensors`, `tokenizer.json` and
+/// (optional) `preprocessor_config.json`, on the CPU.
+pub(crate) fn clip_scorer(dir: &Path) -> anyhow::Result<ClipScorer<Flex>> {
+    let device = Default::default();
+    let config = ClipConfig::from_json_file(dir.join("config.json"))?;
+    let processor_file = dir.join("preprocessor_config.json");
+    let processor = if processor_file.is_file() {
+        ClipImageProcessor::from_json_file(&processor_file)?
+    } else {
+        ClipImageProcessor::default()
+    };
+    Ok(ClipScorer {
+        model: ClipModel::load(dir.join("model.safetensors"), &config, &device)?,
+        processor,
+        tokenizer: PromptTokenizer::clip(dir.join("tokenizer.json"))?,
+        device,
+    })
+}
+
+/// Writes `text` to `path` through a temporary file.
+pub(crate) fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_via_temp(path, |tmp| {
+        std::fs::write(tmp, text).map_err(|e| e.to_string())
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
 /// Runs `premier eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (md_path, json_path) = (args.out.join("report.md"), args.out.join("report.json"));
@@ -129,20 +156,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let device = Default::default();
-    let config = ClipConfig::from_json_file(args.clip.join("config.json"))?;
-    let processor_file = args.clip.join("preprocessor_config.json");
-    let processor = if processor_file.is_file() {
-        ClipImageProcessor::from_json_file(&processor_file)?
-    } else {
-        ClipImageProcessor::default()
-    };
-    let clip = ClipScorer::<Flex> {
-        model: ClipModel::load(args.clip.join("model.safetensors"), &config, &device)?,
-        processor,
-        tokenizer: PromptTokenizer::clip(args.clip.join("tokenizer.json"))?,
-        device,
-    };
+    let clip = clip_scorer(&args.clip)?;
     let lpips = match (args.lpips, &args.lpips_weights, &args.lpips_lin) {
         (Some(net), Some(weights), Some(lin)) => {
             let net = match net {
@@ -156,14 +170,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let report = evaluate(clip, lpips.as_ref(), &prompts, &users)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let write = |path: &Path, text: String| {
-        write_via_temp(path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|e| e.to_string())
-        })
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-    };
-    write(&md_path, report.markdown())?;
-    write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    write_atomic(&md_path, &report.markdown())?;
+    write_atomic(&json_path, &serde_json::to_string_pretty(&report)?)?;
     print!("{}", report.markdown());
     println!("wrote {} and {}", md_path.display(), json_path.display());
     Ok(())

@@ -72,6 +72,11 @@ pub struct GenerateArgs {
     /// Folder for the PNGs and `grid.png` (existing files are kept unless overwritten by name).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    /// Score what was just made with CLIP-T2I (a Hugging Face CLIP folder, as `premier eval
+    /// --clip`): `eval.md` and `eval.json` beside the images, a row per user. The preference
+    /// proxy, win rate and LPIPS need the users' held-out images: run `premier eval`.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
     /// Which backend runs the models.
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
@@ -238,6 +243,47 @@ fn write_rows(
         grid_path.display(),
         started.elapsed()
     );
+    if let Some(clip) = &args.eval {
+        score_rows(clip, args, rows)?;
+    }
+    Ok(())
+}
+
+/// CLIP-T2I of every image with its prompt, a row per user (`--eval`).
+fn score_rows(
+    clip: &Path,
+    args: &GenerateArgs,
+    rows: &[Vec<image::RgbImage>],
+) -> anyhow::Result<()> {
+    use premier::eval::{clip_score, MeanSe};
+    let scorer = crate::eval::clip_scorer(clip)?;
+    let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
+    let mut md = String::from(
+        "# CLIP-T2I of the generated images\n\nMeans ± standard errors over the prompts.\n\n\
+         | Row | CLIP-T2I (cos) ↑ | CLIPScore ↑ |\n|---|---|---|\n",
+    );
+    let mut json = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        let cos = scorer.t2i(row, &prompts)?;
+        let scores: Vec<f64> = cos.iter().map(|&c| clip_score(c)).collect();
+        let (c, s) = (MeanSe::of(&cos), MeanSe::of(&scores));
+        md.push_str(&format!(
+            "| user{r} | {c} | {:.2} ± {:.2} |\n",
+            s.mean, s.se
+        ));
+        json.push(serde_json::json!({
+            "row": format!("user{r}"),
+            "clip_t2i": cos,
+            "clip_score": scores,
+        }));
+    }
+    crate::eval::write_atomic(&args.out.join("eval.md"), &md)?;
+    let all = serde_json::json!({ "prompts": prompts, "rows": json });
+    crate::eval::write_atomic(
+        &args.out.join("eval.json"),
+        &serde_json::to_string_pretty(&all)?,
+    )?;
+    print!("{md}");
     Ok(())
 }
 
