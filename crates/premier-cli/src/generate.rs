@@ -255,16 +255,18 @@ fn score_rows(
     args: &GenerateArgs,
     rows: &[Vec<image::RgbImage>],
 ) -> anyhow::Result<()> {
-    use premier::eval::{clip_score, MeanSe};
+    use premier::eval::{clip_score, cosines, MeanSe};
     let scorer = crate::eval::clip_scorer(clip)?;
     let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
+    // The prompts go through CLIP once, not once per row.
+    let texts = scorer.text_embeddings(&prompts)?;
     let mut md = String::from(
         "# CLIP-T2I of the generated images\n\nMeans ± standard errors over the prompts.\n\n\
          | Row | CLIP-T2I (cos) ↑ | CLIPScore ↑ |\n|---|---|---|\n",
     );
     let mut json = Vec::new();
     for (r, row) in rows.iter().enumerate() {
-        let cos = scorer.t2i(row, &prompts)?;
+        let cos = cosines(&scorer.image_embeddings(row)?, &texts);
         let scores: Vec<f64> = cos.iter().map(|&c| clip_score(c)).collect();
         let (c, s) = (MeanSe::of(&cos), MeanSe::of(&scores));
         md.push_str(&format!(

@@ -77,10 +77,15 @@ impl<B: Backend> ClipScorer<B> {
                 prompts.len()
             )));
         }
-        let (i, t) = (
-            self.image_embeddings(images)?,
-            self.text_embeddings(prompts)?,
-        );
-        Ok(i.iter().zip(&t).map(|(a, b)| dot(a, b)).collect())
+        Ok(cosines(
+            &self.image_embeddings(images)?,
+            &self.text_embeddings(prompts)?,
+        ))
     }
+}
+
+/// The cosine of each pair of unit embeddings (`a[i]` with `b[i]`): CLIP-T2I from image and
+/// prompt embeddings computed once.
+pub fn cosines(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| dot(x, y)).collect()
 }

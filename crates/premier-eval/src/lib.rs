@@ -23,7 +23,7 @@ mod preference;
 mod report;
 mod stats;
 
-pub use clip_scorer::{clip_score, ClipScorer};
+pub use clip_scorer::{clip_score, cosines, ClipScorer};
 pub use error::EvalError;
 pub use lpips::{Lpips, LpipsNet};
 pub use preference::{win_rate, ClipPreference, PreferenceScorer};

@@ -32,11 +32,6 @@ impl<B: Backend> ClipPreference<B> {
         }
     }
 
-    /// The CLIP scorer inside.
-    pub fn clip(&self) -> &ClipScorer<B> {
-        &self.scorer
-    }
-
     /// Adds (or replaces) `user`'s held-out liked images.
     pub fn add_user(&mut self, user: &str, liked: &[RgbImage]) -> Result<(), EvalError> {
         if liked.is_empty() {
@@ -57,11 +52,27 @@ impl<B: Backend> PreferenceScorer for ClipPreference<B> {
             .get(user)
             .ok_or_else(|| EvalError::UnknownUser(user.to_string()))?;
         let embeddings = self.scorer.image_embeddings(images)?;
-        Ok(embeddings
-            .iter()
-            .map(|e| liked.iter().map(|l| dot(e, l)).sum::<f64>() / liked.len() as f64)
-            .collect())
+        Ok(embeddings.iter().map(|e| mean_cosine(e, liked)).collect())
     }
+}
+
+/// The preference proxy of one unit image embedding: its mean cosine to the unit embeddings of
+/// the user's liked images.
+pub(crate) fn mean_cosine(embedding: &[f32], liked: &[Vec<f32>]) -> f64 {
+    liked.iter().map(|l| dot(embedding, l)).sum::<f64>() / liked.len() as f64
+}
+
+/// Per pair: 1 when `personalized` scores above `base`, ½ on a tie, 0 below.
+pub(crate) fn wins(personalized: &[f64], base: &[f64]) -> Vec<f64> {
+    personalized
+        .iter()
+        .zip(base)
+        .map(|(p, b)| match p.partial_cmp(b) {
+            Some(std::cmp::Ordering::Greater) => 1.0,
+            Some(std::cmp::Ordering::Equal) => 0.5,
+            _ => 0.0,
+        })
+        .collect()
 }
 
 /// Per pair, 1 when the personalized image scores above the base image (same prompt and seed),
@@ -80,12 +91,5 @@ pub fn win_rate(
         )));
     }
     let (p, b) = (scorer.score(user, personalized)?, scorer.score(user, base)?);
-    Ok(p.iter()
-        .zip(&b)
-        .map(|(p, b)| match p.partial_cmp(b) {
-            Some(std::cmp::Ordering::Greater) => 1.0,
-            Some(std::cmp::Ordering::Equal) => 0.5,
-            _ => 0.0,
-        })
-        .collect())
+    Ok(wins(&p, &b))
 }

@@ -6,10 +6,10 @@ use burn::prelude::*;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::clip_scorer::{clip_score, ClipScorer};
+use crate::clip_scorer::{clip_score, cosines, ClipScorer};
 use crate::error::EvalError;
 use crate::lpips::Lpips;
-use crate::preference::{win_rate, ClipPreference, PreferenceScorer};
+use crate::preference::{mean_cosine, wins};
 use crate::stats::MeanSe;
 
 /// One user's images: entry `k` of each list is for prompt `k`.
@@ -134,7 +134,8 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalReport, EvalError> {
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let device = clip.device.clone();
-    let mut preference = ClipPreference::new(clip);
+    // Every image and prompt goes through CLIP once; the metrics are products of embeddings.
+    let texts = clip.text_embeddings(&refs)?;
     let mut premier = Values::default();
     let mut base_all = Values::default();
     let mut per_user = Vec::new();
@@ -152,22 +153,24 @@ pub fn evaluate<B: Backend>(
         if user.reference.len() != k {
             return Err(bad("held-out", user.reference.len()));
         }
-        preference.add_user(&user.id, &user.reference)?;
-        let mut mine = Values {
-            cos: preference.clip().t2i(&user.generated, &refs)?,
-            preference: preference.score(&user.id, &user.generated)?,
-            ..Values::default()
+        let liked = clip.image_embeddings(&user.reference)?;
+        // CLIP-T2I with each image's prompt and the preference proxy of each image.
+        let scored = |images: &[RgbImage]| -> Result<Values, EvalError> {
+            let embeddings = clip.image_embeddings(images)?;
+            Ok(Values {
+                cos: cosines(&embeddings, &texts),
+                preference: embeddings.iter().map(|e| mean_cosine(e, &liked)).collect(),
+                ..Values::default()
+            })
         };
+        let mut mine = scored(&user.generated)?;
         if let Some(base) = &user.base {
             if base.len() != k {
                 return Err(bad("base", base.len()));
             }
-            mine.wins = win_rate(&mut preference, &user.id, &user.generated, base)?;
-            base_all.extend(&Values {
-                cos: preference.clip().t2i(base, &refs)?,
-                preference: preference.score(&user.id, base)?,
-                ..Values::default()
-            });
+            let theirs = scored(base)?;
+            mine.wins = wins(&mine.preference, &theirs.preference);
+            base_all.extend(&theirs);
         }
         if let Some(lpips) = lpips {
             for (generated, reference) in user.generated.iter().zip(&user.reference) {
