@@ -89,20 +89,17 @@ fn bad_settings_and_images_are_errors() {
     assert!(err.to_string().contains("empty"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("preprocessor_config.json");
-    std::fs::write(
-        &path,
-        r#"{"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
-            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2}"#,
-    )
-    .unwrap();
+    let config = |resample: u32| {
+        let text = format!(
+            r#"{{"size": {{"shortest_edge": 224}}, "crop_size": {{"height": 224, "width": 224}},
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": {resample}}}"#
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    config(2);
     let err = ClipImageProcessor::from_json_file(&path).unwrap_err();
     assert!(err.to_string().contains("resample 2"), "{err}");
-    std::fs::write(
-        &path,
-        r#"{"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
-            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3}"#,
-    )
-    .unwrap();
+    config(3);
     let read = ClipImageProcessor::from_json_file(&path).unwrap();
     assert_eq!(
         (read.shortest_edge, read.crop, read.mean),

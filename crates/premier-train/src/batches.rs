@@ -219,14 +219,23 @@ impl CachedUsers {
             },
             other => other,
         })?;
-        let dir = self.cache.dir().to_path_buf();
-        let (tokens_dims, tokens) = stack(&[&text.tokens], "text tokens", &dir)?;
-        let (pooled_dims, pooled) = stack(&[&text.pooled], "pooled text", &dir)?;
-        Ok((
-            Tensor::from_data(TensorData::new(tokens, tokens_dims), device),
-            Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
-        ))
+        text_tensors(&text, self.cache.dir(), device)
     }
+}
+
+/// One caption's features as tensors: tokens `[1, txt_tokens, text_dim]` and pooled
+/// `[1, vec_dim]`. `origin` names where they came from in errors.
+pub(crate) fn text_tensors<B: Backend>(
+    text: &CachedText,
+    origin: &Path,
+    device: &B::Device,
+) -> Result<(Tensor<B, 3>, Tensor<B, 2>), CacheError> {
+    let (tokens_dims, tokens) = stack(&[&text.tokens], "text tokens", origin)?;
+    let (pooled_dims, pooled) = stack(&[&text.pooled], "pooled text", origin)?;
+    Ok((
+        Tensor::from_data(TensorData::new(tokens, tokens_dims), device),
+        Tensor::from_data(TensorData::new(pooled, pooled_dims), device),
+    ))
 }
 
 /// A batch of encoded samples: each latent drawn from its posterior with the noise of `seed`,

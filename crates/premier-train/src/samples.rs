@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use crate::batches::{posterior_batch, CachedUsers, EncodedBatch, SampleDims};
+use crate::batches::{posterior_batch, text_tensors, CachedUsers, EncodedBatch, SampleDims};
 use crate::cache::{content_hash, CacheError, CachedLatent, CachedText};
 
 /// Encoded training samples grouped by user, in table-row order.
@@ -230,14 +230,6 @@ impl UserSamples for EncodedUsers {
                 what: "caption",
                 hash: format!("{caption:?}"),
             })?;
-        let tensor = |t: &premier_io::HostTensor| {
-            let mut shape = vec![1];
-            shape.extend(&t.shape);
-            TensorData::new(t.data.clone(), shape)
-        };
-        Ok((
-            Tensor::from_data(tensor(&text.tokens), device),
-            Tensor::from_data(tensor(&text.pooled), device),
-        ))
+        text_tensors(text, &self.origin, device)
     }
 }

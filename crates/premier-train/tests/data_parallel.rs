@@ -97,6 +97,19 @@ fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
     gap / scale
 }
 
+/// A step's reported numbers, by name: losses and gradient norm first, then d and Δ/y.
+fn parts(r: &StepReport) -> [(&'static str, f64); 7] {
+    [
+        ("loss", r.loss),
+        ("flow", r.flow),
+        ("dispersion shared", r.dispersion_shared),
+        ("dispersion distinct", r.dispersion_distinct),
+        ("grad_norm", r.grad_norm),
+        ("d", r.d),
+        ("delta_to_y", r.delta_to_y),
+    ]
+}
+
 fn close(x: f64, y: f64) -> bool {
     (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-12)
 }
@@ -132,23 +145,7 @@ fn peers_step_as_one_device_on_the_same_global_batch() {
             assert_ne!(values(&parallel), start, "{case}: the parameters moved");
             assert_eq!(reports.len(), one.len(), "{case}");
             for (a, b) in one.iter().zip(&reports) {
-                for (name, x, y) in [
-                    ("loss", a.loss, b.loss),
-                    ("flow", a.flow, b.flow),
-                    (
-                        "dispersion shared",
-                        a.dispersion_shared,
-                        b.dispersion_shared,
-                    ),
-                    (
-                        "dispersion distinct",
-                        a.dispersion_distinct,
-                        b.dispersion_distinct,
-                    ),
-                    ("grad_norm", a.grad_norm, b.grad_norm),
-                    ("d", a.d, b.d),
-                    ("delta_to_y", a.delta_to_y, b.delta_to_y),
-                ] {
+                for ((name, x), (_, y)) in parts(a).into_iter().zip(parts(b)) {
                     assert!(close(x, y), "{case}, step {}: {name} {x} vs {y}", a.step);
                 }
             }
@@ -211,22 +208,8 @@ fn local_dispersion_contrasts_each_peers_own_users() {
                 .collect(),
         )
         .unwrap();
-    let r = &reports[0];
-    for (name, x, y) in [
-        ("loss", r.loss, expected.loss),
-        ("flow", r.flow, expected.flow),
-        (
-            "dispersion shared",
-            r.dispersion_shared,
-            expected.dispersion_shared,
-        ),
-        (
-            "dispersion distinct",
-            r.dispersion_distinct,
-            expected.dispersion_distinct,
-        ),
-        ("grad_norm", r.grad_norm, expected.grad_norm),
-    ] {
+    // The step's losses and gradient norm (the first five parts).
+    for ((name, x), (_, y)) in parts(&reports[0]).into_iter().zip(parts(&expected)).take(5) {
         assert!(close(x, y), "{name} {x} vs {y}");
     }
     let gap = relative_gap(&values(&reference), &values(&local));
@@ -234,7 +217,10 @@ fn local_dispersion_contrasts_each_peers_own_users() {
     // And it is not the global scope's step.
     let (fresh, batch) = trainer(Some(DispersionVariant::Stable));
     let (_, global) = on_peers(fresh, 2, DispersionScope::Global, 1, &batch);
-    assert!(!close(r.dispersion_shared, global[0].dispersion_shared));
+    assert!(!close(
+        reports[0].dispersion_shared,
+        global[0].dispersion_shared
+    ));
 }
 
 /// Runs `f` on its own thread and fails, instead of hanging, when it takes over a minute (a

@@ -300,9 +300,8 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
                 let data = std::sync::Mutex::new(&mut *data);
                 let batch = |device: &B::Device, step: u64| {
                     let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-                    let null_text = dispersion
-                        .then(|| data.text::<B>("", device).map(|t| t.0))
-                        .transpose()?;
+                    // The empty prompt read once for the run, moved to the peer's device.
+                    let null_text = null_text.clone().map(|t| t.to_device(device));
                     make_batch(&mut data, batch_index(step, 0, 1), null_text, device)
                 };
                 let stepped = crate::data_parallel::advance(
