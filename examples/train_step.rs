@@ -19,7 +19,7 @@ use burn::tensor::{Distribution, FloatDType};
 use clap::{Parser, ValueEnum};
 use premier::adapter::{AdapterConfig, PreferenceAdapter};
 use premier::mmdit::{Flux, FluxAutodiffBackend, FluxConfig};
-use premier::train::data_parallel::{DataParallel, DispersionScope};
+use premier::train::data_parallel::{DispersionScope, PeerGroup};
 use premier::train::stage1::{Stage1Batch, Stage1Config, Stage1Model, Stage1Trainer};
 use premier::users::{UserShape, UserTable};
 
@@ -118,9 +118,10 @@ fn run<B: FluxAutodiffBackend>(args: &Args, device: B::Device) {
         let peers = vec![device.clone(); args.peers];
         let mut tick = Instant::now();
         let mut step = 0;
-        DataParallel::new(trainer, peers, DispersionScope::Global)
-            .expect("a fresh trainer")
+        PeerGroup::new(peers, DispersionScope::Global)
+            .expect("peers on the CPU")
             .run(
+                trainer,
                 args.steps as u64 + 1,
                 |_, _| Ok(batch.clone()),
                 |report| {

@@ -5,7 +5,10 @@
 use std::path::Path;
 
 mod common;
-use common::{clip_folder, encoded_synth_world, premier, s, sha, synth_base, tiny_model_dir};
+use common::{
+    clip_folder, encoded_synth_world, largest_relative_gap, premier, s, sha, synth_base,
+    tiny_model_dir,
+};
 
 /// Both tests train in this process, and a fresh run seeds and draws from Flex's global
 /// generator: run at once, one test's draws would land inside the other's seeded init.
@@ -500,25 +503,4 @@ fn flux_files_encode_train_and_cold_start() {
         image::open(staged.join("grid.png")).unwrap(),
     );
     assert_eq!((a.width(), a.height()), (b.width(), b.height()));
-}
-
-/// max |a − b| / max |a| over all the values of two safetensors files with the same keys (the
-/// measure of the data-parallel tests: relative to the parameters' scale, so a tensor still near
-/// zero does not divide by its own tiny size).
-fn largest_relative_gap(a: &Path, b: &Path) -> f32 {
-    let (a, b) = (
-        premier::io::SafetensorsFile::open(a).unwrap(),
-        premier::io::SafetensorsFile::open(b).unwrap(),
-    );
-    let keys: Vec<String> = a.keys().map(String::from).collect();
-    let (mut gap, mut scale) = (0.0f32, 0.0f32);
-    for key in &keys {
-        let (x, y) = (a.read(key).unwrap().data, b.read(key).unwrap().data);
-        assert_eq!(x.len(), y.len(), "{key}");
-        for (p, q) in x.iter().zip(&y) {
-            gap = gap.max((p - q).abs());
-            scale = scale.max(p.abs());
-        }
-    }
-    gap / scale
 }

@@ -161,3 +161,24 @@ pub fn clip_folder(dir: &Path) {
     )
     .unwrap();
 }
+
+/// max |a − b| / max |a| over all the values of two safetensors files with the same keys (the
+/// measure of the data-parallel tests: relative to the parameters' scale, so a tensor still near
+/// zero does not divide by its own tiny size).
+pub fn largest_relative_gap(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (
+        premier::io::SafetensorsFile::open(a).unwrap(),
+        premier::io::SafetensorsFile::open(b).unwrap(),
+    );
+    let keys: Vec<String> = a.keys().map(String::from).collect();
+    let (mut gap, mut scale) = (0.0f32, 0.0f32);
+    for key in &keys {
+        let (x, y) = (a.read(key).unwrap().data, b.read(key).unwrap().data);
+        assert_eq!(x.len(), y.len(), "{key}");
+        for (p, q) in x.iter().zip(&y) {
+            gap = gap.max((p - q).abs());
+            scale = scale.max(p.abs());
+        }
+    }
+    gap / scale
+}

@@ -18,7 +18,7 @@ use premier::pipeline::image_io::{grid, save_png};
 use premier::text::TextConditioning;
 use premier::train::batches::CachedUsers;
 use premier::train::cache::EncodedCache;
-use premier::train::data_parallel::DispersionScope;
+use premier::train::data_parallel::{DispersionScope, NodeGroup};
 use premier::train::memory::TrainingMemory;
 use premier::train::metrics::MetricRecord;
 use premier::train::run::{train_stage1_on, RunObserver, Start, Stepping, TrainConfig};
@@ -120,6 +120,19 @@ pub struct TrainArgs {
     /// batch, what one device does) or `local` (its own rows, what the released 8-GPU run did).
     #[arg(long, value_enum, default_value = "global", requires = "devices")]
     pub dispersion_scope: ScopeArg,
+    /// Train over several nodes (machines): how many. Every node runs this command with the same
+    /// data, cache, configuration and number of `--devices`, its own `--node-rank`, and the same
+    /// `--coordinator`. Node 0 writes the run's files; the others write nothing (to resume, they
+    /// read node 0's checkpoints from their `--out`: a shared file system, or a copy).
+    #[arg(long, requires_all = ["devices", "node_rank", "coordinator"])]
+    pub nodes: Option<u32>,
+    /// With `--nodes`: this node's rank, 0 to nodes − 1.
+    #[arg(long, requires = "nodes")]
+    pub node_rank: Option<u32>,
+    /// With `--nodes`: HOST:PORT of node 0, which listens on PORT (every interface) for the
+    /// others to connect.
+    #[arg(long, requires = "nodes")]
+    pub coordinator: Option<String>,
 }
 
 /// `--dispersion-scope`.
@@ -288,9 +301,26 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
                 ScopeArg::Global => DispersionScope::Global,
                 ScopeArg::Local => DispersionScope::Local,
             };
-            (Stepping::Peers { devices, scope }, first)
+            let nodes = match (args.nodes, args.node_rank, &args.coordinator) {
+                (Some(nodes), Some(rank), Some(coordinator)) => Some(NodeGroup {
+                    nodes,
+                    rank,
+                    coordinator: coordinator.clone(),
+                }),
+                _ => None,
+            };
+            (
+                Stepping::Peers {
+                    devices,
+                    scope,
+                    nodes,
+                },
+                first,
+            )
         }
     };
+    // Only node 0 of several writes the run's files.
+    let leads = args.node_rank.unwrap_or(0) == 0;
     // Before the dataset is hashed and the backbone loaded: a bad number fails at once.
     config
         .validate()
@@ -349,7 +379,8 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
     let flux = args.model.load_flux::<B>(&device, dtype)?;
 
     let observer_dir = args.out.join("validation");
-    let (sampler, prompts, users) = if config.validate_every > 0 {
+    // Only the node that writes the run's files validates.
+    let (sampler, prompts, users) = if config.validate_every > 0 && leads {
         let prompts: Vec<String> = if config.validation_prompts.is_empty() {
             let mut seen = Vec::new();
             for c in data.captions.iter().flatten() {
@@ -401,6 +432,14 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
         &device,
     )?;
     observer.bar.finish_and_clear();
+    if !leads {
+        println!(
+            "node {}: {} steps taken; node 0 writes the run's files",
+            args.node_rank.unwrap_or(0),
+            summary.steps - summary.resumed_from
+        );
+        return Ok(());
+    }
     if summary.resumed_from > 0 {
         println!("resumed from step {}", summary.resumed_from);
     }

@@ -9,7 +9,7 @@ use burn::tensor::Distribution;
 use premier_adapter::{AdapterConfig, PreferenceAdapter};
 use premier_losses::DispersionVariant;
 use premier_mmdit::{Flux, FluxConfig};
-use premier_train::data_parallel::{DataParallel, DataParallelError, DispersionScope};
+use premier_train::data_parallel::{DataParallelError, DispersionScope, PeerGroup};
 use premier_train::params::flat_values;
 use premier_train::prodigy::ProdigyConfig;
 use premier_train::stage1::{
@@ -78,9 +78,14 @@ fn on_peers(
     batch: &Stage1Batch<AB>,
 ) -> (Stage1Trainer<AB>, Vec<StepReport>) {
     let mut reports = Vec::new();
-    let trainer = DataParallel::new(trainer, vec![Default::default(); peers], scope)
+    let trainer = PeerGroup::new(vec![Default::default(); peers], scope)
         .unwrap()
-        .run(steps, |_, _| Ok(batch.clone()), |r| reports.push(r.clone()))
+        .run(
+            trainer,
+            steps,
+            |_, _| Ok(batch.clone()),
+            |r| reports.push(r.clone()),
+        )
         .unwrap();
     (trainer, reports)
 }
@@ -246,9 +251,10 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
     };
     let (err, steps) = within_a_minute(move || {
         let mut steps = 0;
-        let err = DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
+        let err = PeerGroup::new(vec![Default::default(); 2], DispersionScope::Global)
             .unwrap()
             .run(
+                fresh,
                 3,
                 |_, step| {
                     if step == 1 {
@@ -274,9 +280,10 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
     let (fresh, batch) = trainer(None);
     let err = within_a_minute(move || {
         let peer_device = std::sync::atomic::AtomicUsize::new(0);
-        DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
+        PeerGroup::new(vec![Default::default(); 2], DispersionScope::Global)
             .unwrap()
             .run(
+                fresh,
                 3,
                 move |_, step| {
                     // The second call at step 1 (whichever peer makes it) panics.
@@ -297,9 +304,10 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
     // A batch that cannot be made (a cache read failing, say) stops both peers with its reason.
     let (fresh, batch) = trainer(None);
     let err = within_a_minute(move || {
-        DataParallel::new(fresh, vec![Default::default(); 2], DispersionScope::Global)
+        PeerGroup::new(vec![Default::default(); 2], DispersionScope::Global)
             .unwrap()
             .run(
+                fresh,
                 3,
                 move |_, step| {
                     if step == 2 {
@@ -421,6 +429,7 @@ fn a_whole_run_on_peers_equals_the_run_on_one_device_and_resumes_on_either() {
     let peers = || Stepping::Peers {
         devices: vec![Default::default(); 2],
         scope: DispersionScope::Global,
+        nodes: None,
     };
     let config = run_config(4);
     let one = whole_run(

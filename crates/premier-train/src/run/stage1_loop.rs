@@ -107,6 +107,10 @@ pub enum Stepping<B: FluxAutodiffBackend> {
         devices: Vec<B::Device>,
         /// Which rows each peer's dispersion contrasts.
         scope: crate::data_parallel::DispersionScope,
+        /// With several nodes, this one's place: node 0 writes the run's files (metrics,
+        /// validation, checkpoints, the final weights); the others write nothing and, to resume,
+        /// read node 0's checkpoints from `out` (a shared file system or a copy).
+        nodes: Option<crate::data_parallel::NodeGroup>,
     },
     /// Never made: names the backend when `Peers` is not built.
     #[cfg(not(feature = "collective"))]
@@ -153,33 +157,48 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
 ) -> Result<(Stage1Trainer<B>, RunSummary), RunError> {
     let started = Instant::now();
     config.validate()?;
+    // Whether this process writes the run's files (every process but nodes 1, 2, … of a run
+    // over several nodes).
     #[cfg(feature = "collective")]
-    if let Stepping::Peers { devices, .. } = &stepping {
-        if devices.is_empty() || config.grad_accum != 1 {
-            return Err(RunError::Config(format!(
-                "data-parallel training on {} devices takes grad_accum = 1 (given {}): the \
-                 global batch is split over the devices instead",
-                devices.len(),
-                config.grad_accum
-            )));
+    let leads = match &stepping {
+        Stepping::OneDevice => true,
+        Stepping::Peers { devices, nodes, .. } => {
+            if config.grad_accum != 1 {
+                return Err(RunError::Config(format!(
+                    "data-parallel training on {} devices takes grad_accum = 1 (given {}): the \
+                     global batch is split over the devices instead",
+                    devices.len(),
+                    config.grad_accum
+                )));
+            }
+            nodes.as_ref().is_none_or(|n| n.rank == 0)
         }
-    }
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    };
+    #[cfg(not(feature = "collective"))]
+    let leads = match &stepping {
+        Stepping::OneDevice => true,
+        Stepping::_Backend(_, never) => match *never {},
+    };
     let checkpoints = out.join("checkpoints");
     let or_fresh = matches!(start, Start::LatestOrFresh);
-    match start {
-        Start::Fresh => refuse_earlier_results(out)?,
-        Start::Replace => remove_earlier_run(out)?,
-        _ => {}
+    if leads {
+        std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+        match start {
+            Start::Fresh => refuse_earlier_results(out)?,
+            Start::Replace => remove_earlier_run(out)?,
+            _ => {}
+        }
     }
     let resume_from = resume_point(&checkpoints, start)?;
-    if or_fresh && resume_from.is_none() {
-        // Nothing to resume: a run killed before its first checkpoint starts again, but the
-        // weights of a finished run (whose checkpoints are gone) are never written over.
-        refuse_results(out, &FINISHED_RESULTS)?;
+    if leads {
+        if or_fresh && resume_from.is_none() {
+            // Nothing to resume: a run killed before its first checkpoint starts again, but the
+            // weights of a finished run (whose checkpoints are gone) are never written over.
+            refuse_results(out, &FINISHED_RESULTS)?;
+        }
+        // Writes that died before a checkpoint was committed are never resumed.
+        crate::checkpoint::remove_abandoned_writes(&checkpoints)?;
     }
-    // Writes that died before a checkpoint was committed are never resumed.
-    crate::checkpoint::remove_abandoned_writes(&checkpoints)?;
     if let Some(u) = data.counts().iter().position(|&c| c == 0) {
         return Err(RunError::Config(format!(
             "user {:?} has no images",
@@ -208,7 +227,9 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
             check_run_config(out, config)?;
             // Load before deleting anything: a checkpoint that fails to load keeps the newer ones.
             let trainer = load_stage1(path, flux, device)?;
-            drop_checkpoints_after(&checkpoints, meta.step)?;
+            if leads {
+                drop_checkpoints_after(&checkpoints, meta.step)?;
+            }
             (trainer, meta.adapter)
         }
         None => {
@@ -231,13 +252,44 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
         }
     };
     trainer.workers = config.workers.max(1);
-    write_text(
-        &out.join("config.toml"),
-        &config.to_toml().map_err(RunError::Config)?,
-    )?;
-
     let metrics_path = out.join("metrics.jsonl");
-    let mut log = metrics_from(&metrics_path, trainer.step)?;
+    let mut log = if leads {
+        write_text(
+            &out.join("config.toml"),
+            &config.to_toml().map_err(RunError::Config)?,
+        )?;
+        Some(metrics_from(&metrics_path, trainer.step)?)
+    } else {
+        None
+    };
+
+    // The peers; over several nodes every node must bring the same data and training settings.
+    #[cfg(feature = "collective")]
+    let mut group = match stepping {
+        Stepping::OneDevice => None,
+        Stepping::Peers {
+            devices,
+            scope,
+            nodes,
+        } => {
+            let group = match nodes {
+                None => crate::data_parallel::PeerGroup::new(devices, scope),
+                Some(nodes) => {
+                    let run = format!(
+                        "{} {:?} {:?} batch {} steps {}",
+                        settings.data,
+                        trainer.config,
+                        adapter_config,
+                        config.batch_size,
+                        config.steps
+                    );
+                    let run = crate::cache::content_hash(run.as_bytes());
+                    crate::data_parallel::PeerGroup::across_nodes(devices, scope, nodes, run)
+                }
+            };
+            Some(group.map_err(|e| RunError::Config(e.to_string()))?)
+        }
+    };
 
     let seed = trainer.config.seed;
     let sampler =
@@ -276,15 +328,21 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
                 elapsed_s: started.elapsed().as_secs_f64(),
             };
             tick = Instant::now();
-            log.write(&record)?;
+            if let Some(log) = &mut log {
+                log.write(&record)?;
+            }
             observer.step(&record);
             Ok(record)
         };
     while trainer.step < config.steps {
         // Steps run in stretches up to the next validation, checkpoint or the end.
         let until = next_stop(trainer.step, config);
-        match &stepping {
-            Stepping::OneDevice => {
+        #[cfg(feature = "collective")]
+        let on_peers = group.as_mut();
+        #[cfg(not(feature = "collective"))]
+        let on_peers: Option<std::convert::Infallible> = None;
+        match on_peers {
+            None => {
                 while trainer.step < until {
                     // One micro-batch at a time: memory does not grow with `grad_accum`.
                     let step = trainer.step;
@@ -296,7 +354,7 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
                 }
             }
             #[cfg(feature = "collective")]
-            Stepping::Peers { devices, scope } => {
+            Some(group) => {
                 let data = std::sync::Mutex::new(&mut *data);
                 let batch = |device: &B::Device, step: u64| {
                     let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
@@ -306,8 +364,7 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
                 };
                 let stepped = crate::data_parallel::advance(
                     trainer,
-                    devices.clone(),
-                    *scope,
+                    group,
                     until,
                     |device, step| {
                         batch(device, step).map_err(|e| TrainError::Batch(e.to_string()))
@@ -320,7 +377,12 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
                 trainer = stepped?;
             }
             #[cfg(not(feature = "collective"))]
-            Stepping::_Backend(_, never) => match *never {},
+            Some(never) => match never {},
+        }
+        if !leads {
+            // Node 0 validates and writes the checkpoints; this node waits for it at the next
+            // step's all-reduce.
+            continue;
         }
         let step = trainer.step;
         if config.validate_every > 0 && step % config.validate_every == 0 {
@@ -343,25 +405,27 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
 
     let adapter = out.join("mod_adapter.safetensors");
     let table = out.join("user_embedding.safetensors");
-    trainer
-        .model
-        .adapter
-        .save(&adapter, SaveDtype::F32)
-        .map_err(|e| io(&adapter, e))?;
-    trainer
-        .model
-        .users
-        .save(&table, SaveDtype::F32)
-        .map_err(|e| io(&table, e))?;
-    TrainedModel {
-        adapter: adapter_config,
-        users: trainer.model.users.shape(),
-        ids: data.ids().to_vec(),
-    }
-    .write(out)?;
-    let records = read_metrics(&metrics_path)?;
-    if !records.is_empty() {
-        write_loss_curve(&records, &out.join("loss.png"))?;
+    if leads {
+        trainer
+            .model
+            .adapter
+            .save(&adapter, SaveDtype::F32)
+            .map_err(|e| io(&adapter, e))?;
+        trainer
+            .model
+            .users
+            .save(&table, SaveDtype::F32)
+            .map_err(|e| io(&table, e))?;
+        TrainedModel {
+            adapter: adapter_config,
+            users: trainer.model.users.shape(),
+            ids: data.ids().to_vec(),
+        }
+        .write(out)?;
+        let records = read_metrics(&metrics_path)?;
+        if !records.is_empty() {
+            write_loss_curve(&records, &out.join("loss.png"))?;
+        }
     }
     let summary = RunSummary {
         resumed_from,

@@ -1,0 +1,333 @@
+//! The link between the nodes of a data-parallel run over several machines, on
+//! burn-communication's WebSocket transport. Node 0 listens on the coordinator's port and every
+//! other node connects to it; each step, every node sends node 0 the sum of its own peers' values,
+//! node 0 adds them in rank order and sends the total back, so every node gets the same bits.
+//!
+//! Why not burn-collective's own global layer: in burn-collective 0.21 the nodes meet after every
+//! global operation in `SyncService::sync`, which clears a copy of its list of the nodes seen, not
+//! the list, so the second global operation of a registration never returns (a two-node run hung
+//! at its second step, every strategy calls it); registering again before every step races in
+//! its orchestrator, which numbers nodes by how many are registered. The peers of one node still
+//! meet through burn-collective.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use burn::prelude::*;
+use burn_communication::websocket::{WsClient, WsClientChannel, WsServer, WsServerChannel};
+use burn_communication::{Address, CommunicationChannel, Message, ProtocolClient, ProtocolServer};
+
+use super::{host_port, DataParallelError, NodeGroup};
+
+/// How long node 0 waits for the others to join, and they for node 0 (nodes load their models at
+/// different speeds).
+const JOIN_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// Values per message: 4 MiB, under the WebSocket server's frame limit.
+const CHUNK: usize = 1 << 20;
+
+/// The first words of a joining node's greeting.
+const HELLO: &str = "premier-node/1";
+
+/// This node's connection to the others.
+struct NodeLink {
+    runtime: tokio::runtime::Runtime,
+    role: Role,
+}
+
+enum Role {
+    /// Node 0: its channels to nodes 1, 2, … in rank order, and what stops its server.
+    Hub {
+        spokes: Vec<WsServerChannel>,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Another node: its channel to node 0.
+    Spoke { hub: Box<WsClientChannel> },
+}
+
+impl NodeLink {
+    /// Joins the group: node 0 waits for every other node to greet it with the same group size,
+    /// peers per node and `run` (what every node must agree on), then welcomes them all.
+    fn join(group: &NodeGroup, peers: usize, run: &str) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the network runtime: {e}"))?;
+        let port = host_port(&group.coordinator, "coordinator").map_err(|e| e.to_string())?;
+        let hello = format!("{HELLO} nodes {} peers {peers} run {run}", group.nodes);
+        let role = if group.rank == 0 {
+            let (joined, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = WsServer::new(port).route("join", move |channel: WsServerChannel| {
+                let joined = joined.clone();
+                async move {
+                    let _ = joined.send(channel);
+                }
+            });
+            runtime.spawn(server.serve(async move {
+                let _ = stopped.await;
+            }));
+            let others = group.nodes as usize - 1;
+            let spokes = runtime.block_on(async {
+                let mut by_rank: Vec<Option<WsServerChannel>> = (0..others).map(|_| None).collect();
+                let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+                while by_rank.iter().any(Option::is_none) {
+                    let arrived = tokio::time::timeout_at(deadline, arrivals.recv()).await;
+                    let Ok(Some(mut channel)) = arrived else {
+                        let count = by_rank.iter().flatten().count();
+                        return Err(format!(
+                            "{count} of the {others} other nodes joined within {} s",
+                            JOIN_WAIT.as_secs()
+                        ));
+                    };
+                    let greeting = recv_text(&mut channel).await?;
+                    let rank = greeting
+                        .strip_suffix(&hello)
+                        .and_then(|r| r.strip_prefix("rank "))
+                        .and_then(|r| r.trim().parse::<usize>().ok());
+                    let refusal = match rank {
+                        Some(r) if (1..=others).contains(&r) && by_rank[r - 1].is_none() => {
+                            by_rank[r - 1] = Some(channel);
+                            continue;
+                        }
+                        Some(r) if (1..=others).contains(&r) => {
+                            format!("two nodes gave --node-rank {r}")
+                        }
+                        _ => format!(
+                            "a node greeted with {greeting:?} where node 0 expects \"rank R \
+                             {hello}\": give every node the same --nodes, number of devices, \
+                             data and configuration, and a rank of its own"
+                        ),
+                    };
+                    send_text(&mut channel, &format!("refused: {refusal}")).await?;
+                    return Err(refusal);
+                }
+                let mut spokes: Vec<WsServerChannel> = by_rank.into_iter().flatten().collect();
+                for spoke in &mut spokes {
+                    send_text(spoke, "welcome").await?;
+                }
+                Ok(spokes)
+            })?;
+            Role::Hub {
+                spokes,
+                _stop: stop,
+            }
+        } else {
+            let address: Address = format!("ws://{}", group.coordinator)
+                .parse()
+                .map_err(|e: String| format!("coordinator {:?}: {e}", group.coordinator))?;
+            let hub = runtime.block_on(async {
+                let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+                let mut hub = loop {
+                    if let Some(channel) = WsClient::connect(address.clone(), "join").await {
+                        break channel;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "node 0 did not answer at {} within {} s",
+                            group.coordinator,
+                            JOIN_WAIT.as_secs()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                };
+                send_text(&mut hub, &format!("rank {} {hello}", group.rank)).await?;
+                match recv_text(&mut hub).await?.as_str() {
+                    "welcome" => Ok(hub),
+                    other => Err(format!("node 0 {other}")),
+                }
+            })?;
+            Role::Spoke { hub: Box::new(hub) }
+        };
+        Ok(Self { runtime, role })
+    }
+
+    /// The sum of `values` over the nodes, at step `step` (which every node must be at).
+    fn sum(&mut self, step: u64, values: Vec<f32>) -> Result<Vec<f32>, String> {
+        let Self { runtime, role } = self;
+        // burn-communication panics on a connection that ends without a goodbye (a node killed).
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match role {
+            Role::Hub { spokes, .. } => runtime.block_on(async {
+                let mut total = values;
+                for (i, spoke) in spokes.iter_mut().enumerate() {
+                    let theirs = recv_values(spoke, step, total.len())
+                        .await
+                        .map_err(|e| format!("node {}: {e}", i + 1))?;
+                    for (t, v) in total.iter_mut().zip(&theirs) {
+                        *t += v;
+                    }
+                }
+                for (i, spoke) in spokes.iter_mut().enumerate() {
+                    send_values(spoke, step, &total)
+                        .await
+                        .map_err(|e| format!("node {}: {e}", i + 1))?;
+                }
+                Ok(total)
+            }),
+            Role::Spoke { hub } => runtime.block_on(async {
+                send_values(hub.as_mut(), step, &values)
+                    .await
+                    .map_err(|e| format!("node 0: {e}"))?;
+                recv_values(hub.as_mut(), step, values.len())
+                    .await
+                    .map_err(|e| format!("node 0: {e}"))
+            }),
+        }))
+        .unwrap_or_else(|_| Err("a node's connection ended without a goodbye".into()))
+    }
+}
+
+/// Sends a short text message.
+async fn send_text<C: CommunicationChannel>(channel: &mut C, text: &str) -> Result<(), String> {
+    let data = bytes::Bytes::copy_from_slice(text.as_bytes());
+    channel
+        .send(Message::new(data))
+        .await
+        .map_err(|e| format!("sending: {e:?}"))
+}
+
+/// Receives a short text message.
+async fn recv_text<C: CommunicationChannel>(channel: &mut C) -> Result<String, String> {
+    let message = recv(channel).await?;
+    String::from_utf8(message.to_vec()).map_err(|_| "a message that is not text".into())
+}
+
+/// The next message's bytes.
+async fn recv<C: CommunicationChannel>(channel: &mut C) -> Result<bytes::Bytes, String> {
+    match channel.recv().await {
+        Ok(Some(message)) => Ok(message.data),
+        Ok(None) => Err("the connection was closed".into()),
+        Err(e) => Err(format!("receiving: {e:?}")),
+    }
+}
+
+/// Sends step `step`'s values: a header (the step and the count), then chunks of little-endian
+/// floats.
+async fn send_values<C: CommunicationChannel>(
+    channel: &mut C,
+    step: u64,
+    values: &[f32],
+) -> Result<(), String> {
+    let mut header = step.to_le_bytes().to_vec();
+    header.extend((values.len() as u64).to_le_bytes());
+    channel
+        .send(Message::new(header.into()))
+        .await
+        .map_err(|e| format!("sending: {e:?}"))?;
+    for chunk in values.chunks(CHUNK) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        channel
+            .send(Message::new(bytes.into()))
+            .await
+            .map_err(|e| format!("sending: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// Receives what [`send_values`] sent, checking the step and the count.
+async fn recv_values<C: CommunicationChannel>(
+    channel: &mut C,
+    step: u64,
+    count: usize,
+) -> Result<Vec<f32>, String> {
+    let header = recv(channel).await?;
+    let word = |i: usize| {
+        header
+            .get(8 * i..8 * i + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    match (word(0), word(1)) {
+        (Some(s), Some(n)) if s == step && n == count as u64 => {}
+        (Some(s), Some(n)) => {
+            return Err(format!(
+                "sent {n} values for step {} where this node has {count} for step {} (are \
+                 the nodes running the same configuration from the same checkpoint?)",
+                s + 1,
+                step + 1
+            ))
+        }
+        _ => return Err("sent a malformed header".into()),
+    }
+    let mut values = Vec::with_capacity(count);
+    while values.len() < count {
+        let bytes = recv(channel).await?;
+        if bytes.len() % 4 != 0 || values.len() + bytes.len() / 4 > count {
+            return Err("sent a malformed chunk".into());
+        }
+        values.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+    }
+    Ok(values)
+}
+
+/// A step and the nodes' total at it, or why there is none.
+type Total = (u64, Result<Arc<Vec<f32>>, String>);
+
+/// The node link shared by this node's peers: the first peer sends and receives, the others wait
+/// for its result.
+pub(super) struct NodeExchange {
+    link: Mutex<NodeLink>,
+    /// The last step's total (or why there is none).
+    latest: Mutex<Option<Total>>,
+    ready: Condvar,
+}
+
+impl NodeExchange {
+    /// Joins `group` (see [`NodeLink::join`]).
+    pub(super) fn join(
+        group: &NodeGroup,
+        peers: usize,
+        run: &str,
+    ) -> Result<Self, DataParallelError> {
+        let link = NodeLink::join(group, peers, run).map_err(|reason| {
+            DataParallelError::Setup(format!("node {} joining the run: {reason}", group.rank))
+        })?;
+        Ok(Self {
+            link: Mutex::new(link),
+            latest: Mutex::new(None),
+            ready: Condvar::new(),
+        })
+    }
+
+    /// The sum over nodes of `summed` (the sum over this node's peers), as peer `local` of this
+    /// node at step `step`.
+    pub(super) fn sum<B: Backend>(
+        &self,
+        local: usize,
+        step: u64,
+        summed: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>, String> {
+        let device = summed.device();
+        let total = if local == 0 {
+            let values = summed
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| format!("{e:?}"))?;
+            let total = self
+                .link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sum(step, values)
+                .map(Arc::new);
+            *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((step, total.clone()));
+            self.ready.notify_all();
+            total?
+        } else {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some((at, total)) = &*latest {
+                    if *at == step {
+                        break total.clone()?;
+                    }
+                }
+                latest = self.ready.wait(latest).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        Ok(Tensor::from_floats(total.as_slice(), &device))
+    }
+}
