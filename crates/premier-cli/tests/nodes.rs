@@ -52,6 +52,22 @@ fn one_node(dir: &Path, out: &Path, steps: u64) {
     premier(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
 }
 
+/// The flags that make a run node `rank` of two, one CPU peer each, node 0 on `coordinator`.
+fn node_flags(rank: u32, coordinator: u16) -> Vec<String> {
+    [
+        "--devices",
+        "cpu:1",
+        "--nodes",
+        "2",
+        "--node-rank",
+        &rank.to_string(),
+        "--coordinator",
+        &format!("127.0.0.1:{coordinator}"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A node of a two-node run (one CPU peer each) as a child process, logging into `dir`.
 struct Node {
     child: Child,
@@ -63,19 +79,7 @@ impl Node {
         let log = dir.join(format!("node{rank}-{}.log", free_port()));
         let file = std::fs::File::create(&log).unwrap();
         let mut args = train.to_vec();
-        args.extend(
-            [
-                "--devices",
-                "cpu:1",
-                "--nodes",
-                "2",
-                "--node-rank",
-                &rank.to_string(),
-                "--coordinator",
-                &format!("127.0.0.1:{coordinator}"),
-            ]
-            .map(String::from),
-        );
+        args.extend(node_flags(rank, coordinator));
         let child = Command::new(env!("CARGO_BIN_EXE_premier"))
             .args(args)
             .stdout(Stdio::from(file.try_clone().unwrap()))
@@ -114,24 +118,40 @@ fn two_nodes(dir: &Path, train: [Vec<String>; 2]) -> [(bool, String); 2] {
 
 const WEIGHTS: [&str; 2] = ["mod_adapter.safetensors", "user_embedding.safetensors"];
 
-#[test]
-fn two_nodes_on_loopback_train_as_one_node_with_as_many_peers() {
+/// A synthetic world encoded in a fresh folder, and the one-process run of `steps` steps in it
+/// (`one-node`): the folder and the run.
+fn world_and_reference(steps: u64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    encoded_synth_world(root, 4, 3);
-    let one = root.join("one-node");
-    one_node(root, &one, 4);
+    encoded_synth_world(dir.path(), 4, 3);
+    let one = dir.path().join("one-node");
+    one_node(dir.path(), &one, steps);
+    (dir, one)
+}
 
-    let shared = root.join("two-nodes");
-    let args = train_args(root, &shared, 4, &[]);
-    let [(ok0, log0), (ok1, log1)] = two_nodes(root, [args.clone(), args]);
-    assert!(ok0, "node 0 failed:\n{log0}");
-    assert!(ok1, "node 1 failed:\n{log1}");
-    assert!(log1.contains("node 1: 4 steps taken"), "{log1}");
-    // Two peers' sums are a + b either way: the same bits as one node.
+/// Both nodes succeeded, and their weights equal the one-process run's byte for byte (two peers'
+/// sums are a + b either way).
+fn assert_same_as_one_node(nodes: &[(bool, String); 2], shared: &Path, one: &Path) {
+    for (rank, (ok, log)) in nodes.iter().enumerate() {
+        assert!(ok, "node {rank} failed:\n{log}");
+    }
     for file in WEIGHTS {
         assert_eq!(sha(&one.join(file)), sha(&shared.join(file)), "{file}");
     }
+}
+
+#[test]
+fn two_nodes_on_loopback_train_as_one_node_with_as_many_peers() {
+    let (dir, one) = world_and_reference(4);
+    let root = dir.path();
+    let shared = root.join("two-nodes");
+    let args = train_args(root, &shared, 4, &[]);
+    let nodes = two_nodes(root, [args.clone(), args]);
+    assert_same_as_one_node(&nodes, &shared, &one);
+    assert!(
+        nodes[1].1.contains("node 1: 4 steps taken"),
+        "{}",
+        nodes[1].1
+    );
     let losses = |run: &Path| -> Vec<(u64, f64)> {
         premier::train::metrics::read_metrics(&run.join("metrics.jsonl"))
             .unwrap()
@@ -147,11 +167,8 @@ fn two_nodes_on_loopback_train_as_one_node_with_as_many_peers() {
 
 #[test]
 fn a_killed_node_stops_the_other_and_both_resume_from_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, one) = world_and_reference(10);
     let root = dir.path();
-    encoded_synth_world(root, 4, 3);
-    let one = root.join("one-node");
-    one_node(root, &one, 10);
 
     // Node 1 is killed once node 0 has logged 3 steps: node 0 stops with node 1's name.
     let shared = root.join("two-nodes");
@@ -177,12 +194,8 @@ fn a_killed_node_stops_the_other_and_both_resume_from_the_checkpoint() {
 
     // Both resume from node 0's last checkpoint and end where one node does.
     let args = train_args(root, &shared, 10, &["--resume", "latest"]);
-    let [(ok0, log0), (ok1, log1)] = two_nodes(root, [args.clone(), args]);
-    assert!(ok0, "node 0 failed:\n{log0}");
-    assert!(ok1, "node 1 failed:\n{log1}");
-    for file in WEIGHTS {
-        assert_eq!(sha(&one.join(file)), sha(&shared.join(file)), "{file}");
-    }
+    let nodes = two_nodes(root, [args.clone(), args]);
+    assert_same_as_one_node(&nodes, &shared, &one);
 }
 
 #[test]
@@ -205,19 +218,7 @@ fn a_node_with_other_settings_or_rank_is_refused() {
 
     // A rank outside the group is refused before anything runs.
     let mut args = train_args(root, &root.join("bad-rank"), 4, &[]);
-    args.extend(
-        [
-            "--devices",
-            "cpu:1",
-            "--nodes",
-            "2",
-            "--node-rank",
-            "2",
-            "--coordinator",
-            "127.0.0.1:1",
-        ]
-        .map(String::from),
-    );
+    args.extend(node_flags(2, 1));
     let err = premier(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err();
     assert!(
         format!("{err:#}").contains("node rank 2 is not one of 0..2"),
