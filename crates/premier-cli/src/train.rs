@@ -302,11 +302,16 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
                 ScopeArg::Local => DispersionScope::Local,
             };
             let nodes = match (args.nodes, args.node_rank, &args.coordinator) {
-                (Some(nodes), Some(rank), Some(coordinator)) => Some(NodeGroup {
-                    nodes,
-                    rank,
-                    coordinator: coordinator.clone(),
-                }),
+                (Some(nodes), Some(rank), Some(coordinator)) => {
+                    let group = NodeGroup {
+                        nodes,
+                        rank,
+                        coordinator: coordinator.clone(),
+                    };
+                    // Before the data is read and the backbone loaded.
+                    group.check()?;
+                    Some(group)
+                }
                 _ => None,
             };
             (
@@ -434,7 +439,8 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
     observer.bar.finish_and_clear();
     if !leads {
         println!(
-            "node {}: {} steps taken; node 0 writes the run's files",
+            "node {}: {} steps taken; node 0 writes the run's files (its exit status says \
+             whether it did)",
             args.node_rank.unwrap_or(0),
             summary.steps - summary.resumed_from
         );

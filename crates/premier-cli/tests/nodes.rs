@@ -185,6 +185,11 @@ fn a_killed_node_stops_the_other_and_both_resume_from_the_checkpoint() {
     while logged() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    assert!(
+        logged() >= 3,
+        "node 0 logged {} steps in 2 minutes",
+        logged()
+    );
     node1.child.kill().unwrap();
     node1.child.wait().unwrap();
     let (ok0, log0) = node0.finish();

@@ -326,6 +326,64 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
     );
 }
 
+/// A group of one node (its own coordinator on a loopback port, no other node to wait for) runs
+/// every step's sum through the node exchange: with 2 peers it steps as the group without it, bit
+/// for bit, and a failing peer still stops both at its step (the second, waiting on the first
+/// peer's total, is not left waiting). Two peers, because burn-collective's tree adds three or more
+/// in the order they arrive: two runs of the same 3-peer group differ by up to 1e-7 (measured).
+#[test]
+fn the_node_exchange_adds_nothing_on_one_node_and_passes_failures_on() {
+    use premier_train::data_parallel::NodeGroup;
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let one_node = move || {
+        let nodes = NodeGroup {
+            nodes: 1,
+            rank: 0,
+            coordinator: format!("127.0.0.1:{port}"),
+        };
+        PeerGroup::<AB>::across_nodes(
+            vec![Default::default(); 2],
+            DispersionScope::Global,
+            nodes,
+            "test".into(),
+        )
+        .unwrap()
+    };
+    let (fresh, batch) = trainer(None);
+    let (plain, _) = on_peers(fresh, 2, DispersionScope::Global, 2, &batch);
+    let (fresh, batch) = trainer(None);
+    let through_nodes = within_a_minute(move || {
+        one_node()
+            .run(fresh, 2, |_, _| Ok(batch.clone()), |_| {})
+            .unwrap()
+    });
+    assert_eq!(values(&plain), values(&through_nodes));
+
+    let (fresh, batch) = trainer(None);
+    let err = within_a_minute(move || {
+        one_node()
+            .run(
+                fresh,
+                3,
+                move |_, step| {
+                    if step == 1 {
+                        return Err(TrainError::Batch("shard-0007 cannot be read".into()));
+                    }
+                    Ok(batch.clone())
+                },
+                |_| {},
+            )
+            .err()
+            .expect("the run stops")
+    });
+    assert!(err.to_string().contains("shard-0007"), "{err}");
+}
+
 /// Four users with two samples each, encoded in memory for `FluxConfig::tiny` (latents
 /// `[2, 4, 4]`, 5 text tokens of 16, pooled 12), and the empty prompt.
 fn samples_in_memory() -> premier_train::samples::EncodedUsers {

@@ -67,13 +67,15 @@ pub enum DataParallelError {
         #[source]
         source: TrainError,
     },
-    /// Another peer failed at this step; this peer stopped with it.
-    #[error("peer {peer}: stopped at step {step} because peer(s) failed there")]
+    /// Other peers failed at this step; this peer stopped with them.
+    #[error("peer {peer}: stopped at step {step} because {failed} failed there")]
     PeerFailed {
         /// The peer that stopped.
         peer: usize,
         /// The step.
         step: u64,
+        /// Which peers failed (and on which nodes), in words.
+        failed: String,
     },
     /// The collective engine refused an operation.
     #[error("peer {peer}: collective {operation} failed: {reason}")]
@@ -135,8 +137,8 @@ pub struct NodeGroup {
 
 impl NodeGroup {
     /// Checks the group makes sense: a rank in range, a coordinator address with a port, and
-    /// (on node 0) that port free.
-    fn check(&self) -> Result<(), DataParallelError> {
+    /// (on node 0) that port free now. [`PeerGroup::across_nodes`] checks it again.
+    pub fn check(&self) -> Result<(), DataParallelError> {
         if self.nodes == 0 || self.rank >= self.nodes {
             return Err(DataParallelError::Setup(format!(
                 "node rank {} is not one of 0..{} (the ranks of {} nodes)",
@@ -292,6 +294,10 @@ impl<B: FluxAutodiffBackend> PeerGroup<B> {
             None => (0, self.devices.len()),
         };
         let exchange = self.exchange.as_deref();
+        if let Some(exchange) = exchange {
+            exchange.reopen();
+        }
+        let per_node = self.nodes.as_ref().map(|_| self.devices.len());
         let report = std::sync::Mutex::new(&mut report);
         let scope = self.scope;
         let results: Vec<Result<Stage1Trainer<B>, DataParallelError>> = std::thread::scope(|s| {
@@ -305,9 +311,12 @@ impl<B: FluxAutodiffBackend> PeerGroup<B> {
                         index: first + local,
                         local,
                         count,
+                        per_node,
                         device,
                     };
                     s.spawn(move || {
+                        // However the first peer stops, the others do not wait for its totals.
+                        let _closes = (local == 0).then_some(exchange).flatten().map(ClosesOnDrop);
                         if join {
                             register::<B::InnerBackend>(
                                 PeerId::from(local),
@@ -411,6 +420,16 @@ pub fn advance<B: FluxAutodiffBackend, E: From<DataParallelError>>(
     }
 }
 
+/// Closes a [`NodeExchange`] when dropped (the thread of a node's first peer ends).
+struct ClosesOnDrop<'a>(&'a NodeExchange);
+
+impl Drop for ClosesOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0
+            .close("the first peer of this node stopped before the nodes' sum of this step");
+    }
+}
+
 /// Held by a [`PeerGroup`]: one group at a time per process (`Send`, unlike a mutex guard, so a
 /// group can be moved to the thread that runs it).
 struct OneGroup;
@@ -456,6 +475,8 @@ struct Peer<D> {
     local: usize,
     /// Peers over all nodes.
     count: usize,
+    /// Over several nodes, the peers of each.
+    per_node: Option<usize>,
     device: D,
 }
 
@@ -474,10 +495,11 @@ fn collective_error(
 /// Reported parts a peer adds to the all-reduce after its gradients: flow, delta_ms, y_ms,
 /// dispersion shared, dispersion distinct.
 const PARTS: usize = 5;
-/// Then its checks: failed (0 or 1), the global batch's rows and its step, which the sum must
-/// show as no failure, `peers × rows` and `peers × step`; then one slot per peer, 1 in its own,
-/// which the sum must show as 1 in every slot (every peer there once: no rank given twice).
-const CHECKS: usize = 3;
+/// Then its checks: the global batch's rows and its step, which the sum must show as
+/// `peers × rows` and `peers × step`; then two slots per peer, 1 in its own: present, which the
+/// sum must show as 1 in every slot (every peer there once: no rank given twice), and failed,
+/// which must be 0 in every slot (and otherwise names the failing peers).
+const CHECKS: usize = 2;
 
 /// One peer's steps.
 fn peer_loop<B: FluxAutodiffBackend>(
@@ -514,12 +536,11 @@ fn peer_loop<B: FluxAutodiffBackend>(
             // Zeros in place of this peer's share, so the others can finish the all-reduce.
             Err(_) => (Tensor::zeros([total], &peer.device), vec![0.0; PARTS], 0),
         };
-        tail.extend([
-            if mine.is_err() { 1.0 } else { 0.0 },
-            rows as f64,
-            step as f64,
-        ]);
-        tail.extend((0..peer.count).map(|p| if p == peer.index { 1.0 } else { 0.0 }));
+        tail.extend([rows as f64, step as f64]);
+        let me =
+            |yes: bool| (0..peer.count).map(move |p| f64::from(u8::from(yes && p == peer.index)));
+        tail.extend(me(true));
+        tail.extend(me(mine.is_err()));
         let tail = Tensor::<B::InnerBackend, 1>::from_floats(tail.as_slice(), &peer.device);
         let summed = all_reduce::<B::InnerBackend>(
             PeerId::from(peer.local),
@@ -547,16 +568,28 @@ fn peer_loop<B: FluxAutodiffBackend>(
         }
         let values: Vec<f64> = summed
             .clone()
-            .slice(total..total + PARTS + CHECKS + peer.count)
+            .slice(total..total + PARTS + CHECKS + 2 * peer.count)
             .into_data()
             .convert::<f64>()
             .into_vec::<f64>()
             .unwrap_or_default();
         let value = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
-        if value(PARTS) != 0.0 {
+        let failed: Vec<usize> = (0..peer.count)
+            .filter(|p| value(PARTS + CHECKS + peer.count + p) != 0.0)
+            .collect();
+        if !failed.is_empty() {
+            let failed = failed
+                .iter()
+                .map(|&p| match peer.per_node {
+                    Some(devices) => format!("peer {p} (node {})", p / devices),
+                    None => format!("peer {p}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(DataParallelError::PeerFailed {
                 peer: peer.index,
                 step: step + 1,
+                failed,
             });
         }
         let mismatch = |reason: String| DataParallelError::Mismatch {
@@ -580,7 +613,7 @@ fn peer_loop<B: FluxAutodiffBackend>(
                 odd.join(", ")
             )));
         }
-        let (all_rows, steps) = (value(PARTS + 1), value(PARTS + 2));
+        let (all_rows, steps) = (value(PARTS), value(PARTS + 1));
         let expected = (peer.count * rows) as f64;
         if all_rows != expected {
             return Err(mismatch(format!(

@@ -65,23 +65,40 @@ impl NodeLink {
                     let _ = joined.send(channel);
                 }
             });
-            runtime.spawn(server.serve(async move {
+            let mut serving = runtime.spawn(server.serve(async move {
                 let _ = stopped.await;
             }));
             let others = group.nodes as usize - 1;
             let spokes = runtime.block_on(async {
                 let mut by_rank: Vec<Option<WsServerChannel>> = (0..others).map(|_| None).collect();
                 let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+                let late = |by_rank: &[Option<WsServerChannel>]| {
+                    format!(
+                        "{} of the {others} other nodes joined within {} s",
+                        by_rank.iter().flatten().count(),
+                        JOIN_WAIT.as_secs()
+                    )
+                };
                 while by_rank.iter().any(Option::is_none) {
-                    let arrived = tokio::time::timeout_at(deadline, arrivals.recv()).await;
-                    let Ok(Some(mut channel)) = arrived else {
-                        let count = by_rank.iter().flatten().count();
-                        return Err(format!(
-                            "{count} of the {others} other nodes joined within {} s",
-                            JOIN_WAIT.as_secs()
-                        ));
+                    let arrived = tokio::time::timeout_at(deadline, async {
+                        tokio::select! {
+                            channel = arrivals.recv() => Ok(channel),
+                            served = &mut serving => Err(served),
+                        }
+                    })
+                    .await;
+                    let mut channel = match arrived {
+                        Ok(Ok(Some(channel))) => channel,
+                        Ok(Err(served)) => {
+                            return Err(format!(
+                                "node 0 stopped listening on port {port}: {served:?}"
+                            ))
+                        }
+                        Ok(Ok(None)) | Err(_) => return Err(late(&by_rank)),
                     };
-                    let greeting = recv_text(&mut channel).await?;
+                    let greeting = tokio::time::timeout_at(deadline, recv_text(&mut channel))
+                        .await
+                        .map_err(|_| late(&by_rank))??;
                     let rank = greeting
                         .strip_suffix(&hello)
                         .and_then(|r| r.strip_prefix("rank "))
@@ -100,7 +117,12 @@ impl NodeLink {
                              data and configuration, and a rank of its own"
                         ),
                     };
-                    send_text(&mut channel, &format!("refused: {refusal}")).await?;
+                    // Every node that joined so far stops too, with the reason.
+                    let refused = format!("refused: {refusal}");
+                    for accepted in by_rank.iter_mut().flatten() {
+                        let _ = send_text(accepted, &refused).await;
+                    }
+                    send_text(&mut channel, &refused).await?;
                     return Err(refusal);
                 }
                 let mut spokes: Vec<WsServerChannel> = by_rank.into_iter().flatten().collect();
@@ -146,36 +168,38 @@ impl NodeLink {
     /// The sum of `values` over the nodes, at step `step` (which every node must be at).
     fn sum(&mut self, step: u64, values: Vec<f32>) -> Result<Vec<f32>, String> {
         let Self { runtime, role } = self;
-        // burn-communication panics on a connection that ends without a goodbye (a node killed).
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match role {
-            Role::Hub { spokes, .. } => runtime.block_on(async {
+        match role {
+            Role::Hub { spokes, .. } => {
                 let mut total = values;
                 for (i, spoke) in spokes.iter_mut().enumerate() {
-                    let theirs = recv_values(spoke, step, total.len())
-                        .await
-                        .map_err(|e| format!("node {}: {e}", i + 1))?;
+                    let theirs = on(runtime, i + 1, recv_values(spoke, step, total.len()))?;
                     for (t, v) in total.iter_mut().zip(&theirs) {
                         *t += v;
                     }
                 }
                 for (i, spoke) in spokes.iter_mut().enumerate() {
-                    send_values(spoke, step, &total)
-                        .await
-                        .map_err(|e| format!("node {}: {e}", i + 1))?;
+                    on(runtime, i + 1, send_values(spoke, step, &total))?;
                 }
                 Ok(total)
-            }),
-            Role::Spoke { hub } => runtime.block_on(async {
-                send_values(hub.as_mut(), step, &values)
-                    .await
-                    .map_err(|e| format!("node 0: {e}"))?;
-                recv_values(hub.as_mut(), step, values.len())
-                    .await
-                    .map_err(|e| format!("node 0: {e}"))
-            }),
-        }))
-        .unwrap_or_else(|_| Err("a node's connection ended without a goodbye".into()))
+            }
+            Role::Spoke { hub } => {
+                on(runtime, 0, send_values(hub.as_mut(), step, &values))?;
+                on(runtime, 0, recv_values(hub.as_mut(), step, values.len()))
+            }
+        }
     }
+}
+
+/// Runs one exchange with node `node` to its end; its failure names the node.
+fn on<T>(
+    runtime: &tokio::runtime::Runtime,
+    node: usize,
+    exchange: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    // burn-communication panics on a connection that ends without a goodbye (a node killed).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(exchange)))
+        .unwrap_or_else(|_| Err("its connection ended without a goodbye".into()))
+        .map_err(|e| format!("node {node}: {e}"))
 }
 
 /// Sends a short text message.
@@ -267,12 +291,20 @@ async fn recv_values<C: CommunicationChannel>(
 /// A step and the nodes' total at it, or why there is none.
 type Total = (u64, Result<Arc<Vec<f32>>, String>);
 
+/// What this node's other peers wait on.
+#[derive(Default)]
+struct Posted {
+    /// The last step's total.
+    latest: Option<Total>,
+    /// Why no further total will come in this run (this node's first peer stopped).
+    closed: Option<String>,
+}
+
 /// The node link shared by this node's peers: the first peer sends and receives, the others wait
 /// for its result.
 pub(super) struct NodeExchange {
     link: Mutex<NodeLink>,
-    /// The last step's total (or why there is none).
-    latest: Mutex<Option<Total>>,
+    posted: Mutex<Posted>,
     ready: Condvar,
 }
 
@@ -283,14 +315,32 @@ impl NodeExchange {
         peers: usize,
         run: &str,
     ) -> Result<Self, DataParallelError> {
-        let link = NodeLink::join(group, peers, run).map_err(|reason| {
+        let joined = std::panic::catch_unwind(|| NodeLink::join(group, peers, run))
+            .unwrap_or_else(|_| Err("a connection ended without a goodbye".into()));
+        let link = joined.map_err(|reason| {
             DataParallelError::Setup(format!("node {} joining the run: {reason}", group.rank))
         })?;
         Ok(Self {
             link: Mutex::new(link),
-            latest: Mutex::new(None),
+            posted: Mutex::new(Posted::default()),
             ready: Condvar::new(),
         })
+    }
+
+    /// A new run of the group's peers: totals may come again.
+    pub(super) fn reopen(&self) {
+        self.lock().closed = None;
+    }
+
+    /// No more totals in this run (this node's first peer stopped, for `reason`): the peers
+    /// still waiting stop with it.
+    pub(super) fn close(&self, reason: &str) {
+        self.lock().closed.get_or_insert_with(|| reason.to_string());
+        self.ready.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Posted> {
+        self.posted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The sum over nodes of `summed` (the sum over this node's peers), as peer `local` of this
@@ -303,29 +353,40 @@ impl NodeExchange {
     ) -> Result<Tensor<B, 1>, String> {
         let device = summed.device();
         let total = if local == 0 {
-            let values = summed
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|e| format!("{e:?}"))?;
-            let total = self
-                .link
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sum(step, values)
-                .map(Arc::new);
-            *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((step, total.clone()));
+            // Whatever happens, the node's other peers get this step's outcome.
+            let total = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let values = summed
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| format!("{e:?}"))?;
+                self.link
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sum(step, values)
+                    .map(Arc::new)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "panicked: {}",
+                    super::panic_message(panic.as_ref())
+                ))
+            });
+            self.lock().latest = Some((step, total.clone()));
             self.ready.notify_all();
             total?
         } else {
-            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            let mut posted = self.lock();
             loop {
-                if let Some((at, total)) = &*latest {
+                if let Some((at, total)) = &posted.latest {
                     if *at == step {
                         break total.clone()?;
                     }
                 }
-                latest = self.ready.wait(latest).unwrap_or_else(|e| e.into_inner());
+                if let Some(reason) = &posted.closed {
+                    return Err(reason.clone());
+                }
+                posted = self.ready.wait(posted).unwrap_or_else(|e| e.into_inner());
             }
         };
         Ok(Tensor::from_floats(total.as_slice(), &device))
