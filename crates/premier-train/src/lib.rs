@@ -25,7 +25,8 @@
 //!   checkpoints every N steps, resume, metrics, validation hook, final files);
 //! - [`validate`]: every number of a run's config checked (finite, in range) before it starts;
 //! - `data_parallel` (feature `collective`): stage 1 on several devices, one peer per device,
-//!   stepping as one device would on the same global batch (burn-collective all-reduce);
+//!   stepping as one device would on the same global batch (burn-collective all-reduce), on one
+//!   node or several (their sums through node 0 over burn-communication's WebSocket transport);
 //! - [`samples`]: what the loops read, encoded samples grouped by user, from a cache or memory;
 //! - [`seeded`]: fresh parameters drawn from a seed, whichever threads draw at the same time;
 //! - [`new_user`]: the cold-start loop of new users (one, or several at once) on any samples;
