@@ -240,7 +240,11 @@ async fn send_values<C: CommunicationChannel>(
         .await
         .map_err(|e| format!("sending: {e:?}"))?;
     for chunk in values.chunks(CHUNK) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Filled in place: a copy, where collecting a flat map of arrays pushes byte by byte.
+        let mut bytes = vec![0u8; 4 * chunk.len()];
+        for (b, v) in bytes.chunks_exact_mut(4).zip(chunk) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
         channel
             .send(Message::new(bytes.into()))
             .await
