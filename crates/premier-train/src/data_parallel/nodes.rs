@@ -57,109 +57,13 @@ impl NodeLink {
         let port = host_port(&group.coordinator, "coordinator").map_err(|e| e.to_string())?;
         let hello = format!("{HELLO} nodes {} peers {peers} run {run}", group.nodes);
         let role = if group.rank == 0 {
-            let (joined, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = WsServer::new(port).route("join", move |channel: WsServerChannel| {
-                let joined = joined.clone();
-                async move {
-                    let _ = joined.send(channel);
-                }
-            });
-            let mut serving = runtime.spawn(server.serve(async move {
-                let _ = stopped.await;
-            }));
-            let others = group.nodes as usize - 1;
-            let spokes = runtime.block_on(async {
-                let mut by_rank: Vec<Option<WsServerChannel>> = (0..others).map(|_| None).collect();
-                let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-                let late = |by_rank: &[Option<WsServerChannel>]| {
-                    format!(
-                        "{} of the {others} other nodes joined within {} s",
-                        by_rank.iter().flatten().count(),
-                        JOIN_WAIT.as_secs()
-                    )
-                };
-                while by_rank.iter().any(Option::is_none) {
-                    let arrived = tokio::time::timeout_at(deadline, async {
-                        tokio::select! {
-                            channel = arrivals.recv() => Ok(channel),
-                            served = &mut serving => Err(served),
-                        }
-                    })
-                    .await;
-                    let mut channel = match arrived {
-                        Ok(Ok(Some(channel))) => channel,
-                        Ok(Err(served)) => {
-                            return Err(format!(
-                                "node 0 stopped listening on port {port}: {served:?}"
-                            ))
-                        }
-                        Ok(Ok(None)) | Err(_) => return Err(late(&by_rank)),
-                    };
-                    let greeting = tokio::time::timeout_at(deadline, recv_text(&mut channel))
-                        .await
-                        .map_err(|_| late(&by_rank))??;
-                    let rank = greeting
-                        .strip_suffix(&hello)
-                        .and_then(|r| r.strip_prefix("rank "))
-                        .and_then(|r| r.trim().parse::<usize>().ok());
-                    let refusal = match rank {
-                        Some(r) if (1..=others).contains(&r) && by_rank[r - 1].is_none() => {
-                            by_rank[r - 1] = Some(channel);
-                            continue;
-                        }
-                        Some(r) if (1..=others).contains(&r) => {
-                            format!("two nodes gave --node-rank {r}")
-                        }
-                        _ => format!(
-                            "a node greeted with {greeting:?} where node 0 expects \"rank R \
-                             {hello}\": give every node the same --nodes, number of devices, \
-                             data and configuration, and a rank of its own"
-                        ),
-                    };
-                    // Every node that joined so far stops too, with the reason.
-                    let refused = format!("refused: {refusal}");
-                    for accepted in by_rank.iter_mut().flatten() {
-                        let _ = send_text(accepted, &refused).await;
-                    }
-                    send_text(&mut channel, &refused).await?;
-                    return Err(refusal);
-                }
-                let mut spokes: Vec<WsServerChannel> = by_rank.into_iter().flatten().collect();
-                for spoke in &mut spokes {
-                    send_text(spoke, "welcome").await?;
-                }
-                Ok(spokes)
-            })?;
+            let (spokes, stop) = welcome_nodes(&runtime, port, group.nodes as usize - 1, &hello)?;
             Role::Hub {
                 spokes,
                 _stop: stop,
             }
         } else {
-            let address: Address = format!("ws://{}", group.coordinator)
-                .parse()
-                .map_err(|e: String| format!("coordinator {:?}: {e}", group.coordinator))?;
-            let hub = runtime.block_on(async {
-                let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-                let mut hub = loop {
-                    if let Some(channel) = WsClient::connect(address.clone(), "join").await {
-                        break channel;
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(format!(
-                            "node 0 did not answer at {} within {} s",
-                            group.coordinator,
-                            JOIN_WAIT.as_secs()
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                };
-                send_text(&mut hub, &format!("rank {} {hello}", group.rank)).await?;
-                match recv_text(&mut hub).await?.as_str() {
-                    "welcome" => Ok(hub),
-                    other => Err(format!("node 0 {other}")),
-                }
-            })?;
+            let hub = greet_node_0(&runtime, &group.coordinator, group.rank, &hello)?;
             Role::Spoke { hub: Box::new(hub) }
         };
         Ok(Self { runtime, role })
@@ -188,6 +92,124 @@ impl NodeLink {
             }
         }
     }
+}
+
+/// Node 0's side of the join: listens on `port` until the `others` nodes have greeted it with
+/// `hello` (their ranks told apart), welcomes them, and returns their channels in rank order and
+/// what stops the server.
+fn welcome_nodes(
+    runtime: &tokio::runtime::Runtime,
+    port: u16,
+    others: usize,
+    hello: &str,
+) -> Result<(Vec<WsServerChannel>, tokio::sync::oneshot::Sender<()>), String> {
+    let (joined, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = WsServer::new(port).route("join", move |channel: WsServerChannel| {
+        let joined = joined.clone();
+        async move {
+            let _ = joined.send(channel);
+        }
+    });
+    let mut serving = runtime.spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let spokes = runtime.block_on(async {
+        let mut by_rank: Vec<Option<WsServerChannel>> = (0..others).map(|_| None).collect();
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        let late = |by_rank: &[Option<WsServerChannel>]| {
+            format!(
+                "{} of the {others} other nodes joined within {} s",
+                by_rank.iter().flatten().count(),
+                JOIN_WAIT.as_secs()
+            )
+        };
+        while by_rank.iter().any(Option::is_none) {
+            let arrived = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    channel = arrivals.recv() => Ok(channel),
+                    served = &mut serving => Err(served),
+                }
+            })
+            .await;
+            let mut channel = match arrived {
+                Ok(Ok(Some(channel))) => channel,
+                Ok(Err(served)) => {
+                    return Err(format!(
+                        "node 0 stopped listening on port {port}: {served:?}"
+                    ))
+                }
+                Ok(Ok(None)) | Err(_) => return Err(late(&by_rank)),
+            };
+            let greeting = tokio::time::timeout_at(deadline, recv_text(&mut channel))
+                .await
+                .map_err(|_| late(&by_rank))??;
+            let rank = greeting
+                .strip_suffix(hello)
+                .and_then(|r| r.strip_prefix("rank "))
+                .and_then(|r| r.trim().parse::<usize>().ok());
+            let refusal = match rank {
+                Some(r) if (1..=others).contains(&r) && by_rank[r - 1].is_none() => {
+                    by_rank[r - 1] = Some(channel);
+                    continue;
+                }
+                Some(r) if (1..=others).contains(&r) => {
+                    format!("two nodes gave --node-rank {r}")
+                }
+                _ => format!(
+                    "a node greeted with {greeting:?} where node 0 expects \"rank R \
+                         {hello}\": give every node the same --nodes, number of devices, \
+                         data and configuration, and a rank of its own"
+                ),
+            };
+            // Every node that joined so far stops too, with the reason.
+            let refused = format!("refused: {refusal}");
+            for accepted in by_rank.iter_mut().flatten() {
+                let _ = send_text(accepted, &refused).await;
+            }
+            send_text(&mut channel, &refused).await?;
+            return Err(refusal);
+        }
+        let mut spokes: Vec<WsServerChannel> = by_rank.into_iter().flatten().collect();
+        for spoke in &mut spokes {
+            send_text(spoke, "welcome").await?;
+        }
+        Ok(spokes)
+    })?;
+    Ok((spokes, stop))
+}
+
+/// Another node's side of the join: connects to node 0 at `coordinator` (retrying until the join
+/// wait runs out), greets it as `rank` with `hello`, and returns the channel once welcomed.
+fn greet_node_0(
+    runtime: &tokio::runtime::Runtime,
+    coordinator: &str,
+    rank: u32,
+    hello: &str,
+) -> Result<WsClientChannel, String> {
+    let address: Address = format!("ws://{coordinator}")
+        .parse()
+        .map_err(|e: String| format!("coordinator {coordinator:?}: {e}"))?;
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        let mut hub = loop {
+            if let Some(channel) = WsClient::connect(address.clone(), "join").await {
+                break channel;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "node 0 did not answer at {coordinator} within {} s",
+                    JOIN_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        send_text(&mut hub, &format!("rank {rank} {hello}")).await?;
+        match recv_text(&mut hub).await?.as_str() {
+            "welcome" => Ok(hub),
+            other => Err(format!("node 0 {other}")),
+        }
+    })
 }
 
 /// Runs one exchange with node `node` to its end; its failure names the node.
