@@ -302,15 +302,21 @@ fn a_failing_or_panicking_peer_stops_every_peer_at_that_step() {
     assert!(err.to_string().contains("no batch for this peer"), "{err}");
 
     // A batch that cannot be made (a cache read failing, say) stops both peers with its reason.
+    let group = || PeerGroup::new(vec![Default::default(); 2], DispersionScope::Global).unwrap();
+    stops_at_an_unreadable_batch(group, 2);
+}
+
+/// A fresh trainer run for 3 steps on `group()`, where step `at`'s batch cannot be read, stops
+/// (within a minute) with the batch's reason.
+fn stops_at_an_unreadable_batch(group: impl FnOnce() -> PeerGroup<AB> + Send + 'static, at: u64) {
     let (fresh, batch) = trainer(None);
     let err = within_a_minute(move || {
-        PeerGroup::new(vec![Default::default(); 2], DispersionScope::Global)
-            .unwrap()
+        group()
             .run(
                 fresh,
                 3,
                 move |_, step| {
-                    if step == 2 {
+                    if step == at {
                         return Err(TrainError::Batch("shard-0003 cannot be read".into()));
                     }
                     Ok(batch.clone())
@@ -363,25 +369,7 @@ fn the_node_exchange_adds_nothing_on_one_node_and_passes_failures_on() {
             .unwrap()
     });
     assert_eq!(values(&plain), values(&through_nodes));
-
-    let (fresh, batch) = trainer(None);
-    let err = within_a_minute(move || {
-        one_node()
-            .run(
-                fresh,
-                3,
-                move |_, step| {
-                    if step == 1 {
-                        return Err(TrainError::Batch("shard-0007 cannot be read".into()));
-                    }
-                    Ok(batch.clone())
-                },
-                |_| {},
-            )
-            .err()
-            .expect("the run stops")
-    });
-    assert!(err.to_string().contains("shard-0007"), "{err}");
+    stops_at_an_unreadable_batch(one_node, 1);
 }
 
 /// Four users with two samples each, encoded in memory for `FluxConfig::tiny` (latents
