@@ -13,7 +13,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use premier_io::{Checkpoint, DeviceSource, ParamSource, TensorReader};
 use serde::Deserialize;
 
-use crate::error::TextError;
+use crate::error::{config_error, read_json_config, TextError};
 use crate::t5::check_ids;
 
 /// CLIP text hyper-parameters, read from the checkpoint's config.json (`text_config` of a full
@@ -72,14 +72,8 @@ impl ClipTextConfig {
     /// Reads a Hugging Face `config.json` (a text config, or a full CLIP config's `text_config`).
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, TextError> {
         let path = path.as_ref();
-        let fail = |reason: String| TextError::Config {
-            path: path.to_path_buf(),
-            model: "CLIP text",
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let mut json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let fail = config_error(path, "CLIP text");
+        let mut json: serde_json::Value = read_json_config(path, "CLIP text")?;
         if let Some(inner) = json.get("text_config").cloned() {
             json = inner;
         }

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use image::RgbImage;
 use serde::Deserialize;
 
-use crate::error::TextError;
+use crate::error::{config_error, read_json_config, TextError};
 
 /// OpenAI CLIP's normalization (`image_mean`, `image_std` of every OpenAI CLIP).
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -68,13 +68,8 @@ impl ClipImageProcessor {
     /// Reads a Hugging Face `preprocessor_config.json` (bicubic resampling only).
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, TextError> {
         let path = path.as_ref();
-        let fail = |reason: String| TextError::Config {
-            path: path.to_path_buf(),
-            model: "CLIP image processor",
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let fail = config_error(path, "CLIP image processor");
+        let file: ConfigFile = read_json_config(path, "CLIP image processor")?;
         if file.resample != 3 {
             return Err(fail(format!(
                 "resample {} (only bicubic, 3, is supported)",

@@ -10,7 +10,7 @@ use premier_io::{Checkpoint, DeviceSource, TensorReader};
 use serde::Deserialize;
 
 use crate::clip::{ClipLayer, LayerNorm, LayerOptions};
-use crate::error::TextError;
+use crate::error::{config_error, read_json_config, TextError};
 use crate::{ClipTextConfig, ClipTextEncoder};
 
 /// CLIP vision hyper-parameters: a `config.json`'s `vision_config` (unknown fields ignored).
@@ -64,13 +64,8 @@ impl ClipConfig {
     /// Reads a Hugging Face `CLIPModel` `config.json`.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, TextError> {
         let path = path.as_ref();
-        let fail = |reason: String| TextError::Config {
-            path: path.to_path_buf(),
-            model: "CLIP",
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let fail = config_error(path, "CLIP");
+        let config: Self = read_json_config(path, "CLIP")?;
         config.check().map_err(fail)?;
         Ok(config)
     }

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use premier_io::LoadError;
 
@@ -48,4 +48,27 @@ pub enum TextError {
     /// Reading the weights (names the file and key).
     #[error(transparent)]
     File(#[from] LoadError),
+}
+
+/// What makes a [`TextError::Config`] for the config file `path` read as `model`'s.
+pub(crate) fn config_error<'a>(
+    path: &'a Path,
+    model: &'static str,
+) -> impl Fn(String) -> TextError + 'a {
+    move |reason| TextError::Config {
+        path: path.to_path_buf(),
+        model,
+        reason,
+    }
+}
+
+/// The JSON file `path` as a `T`; a file that cannot be read or parsed is a
+/// [`TextError::Config`] naming it and `model`.
+pub(crate) fn read_json_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    model: &'static str,
+) -> Result<T, TextError> {
+    let fail = config_error(path, model);
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| fail(e.to_string()))
 }

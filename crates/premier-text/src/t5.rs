@@ -12,7 +12,7 @@ use premier_io::{Checkpoint, DeviceSource, ParamSource, TensorReader};
 use premier_mmdit::fused::composite::gelu_tanh;
 use serde::Deserialize;
 
-use crate::error::TextError;
+use crate::error::{config_error, read_json_config, TextError};
 
 /// T5 hyper-parameters, read from the checkpoint's config.json (unknown fields ignored).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -76,13 +76,8 @@ impl T5Config {
     /// Reads a Hugging Face `config.json`.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, TextError> {
         let path = path.as_ref();
-        let fail = |reason: String| TextError::Config {
-            path: path.to_path_buf(),
-            model: "T5",
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let fail = config_error(path, "T5");
+        let config: Self = read_json_config(path, "T5")?;
         if config.feed_forward_proj != "gated-gelu" {
             return Err(fail(format!(
                 "feed_forward_proj {:?}: only T5 v1.1's gated-gelu is supported",
