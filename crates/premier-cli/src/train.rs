@@ -324,8 +324,8 @@ fn train<B: FluxAutodiffBackend>(args: TrainArgs, device: B::Device) -> anyhow::
             )
         }
     };
-    // Only node 0 of several writes the run's files.
-    let leads = args.node_rank.unwrap_or(0) == 0;
+    // Only node 0 of several writes the run's files (and validates).
+    let leads = stepping.leads();
     // Before the dataset is hashed and the backbone loaded: a bad number fails at once.
     config
         .validate()

@@ -136,6 +136,11 @@ pub struct NodeGroup {
 }
 
 impl NodeGroup {
+    /// Whether this node writes the run's files (node 0).
+    pub fn leads(&self) -> bool {
+        self.rank == 0
+    }
+
     /// Checks the group makes sense: a rank in range, a coordinator address with a port, and
     /// (on node 0) that port free now. [`PeerGroup::across_nodes`] checks it again.
     pub fn check(&self) -> Result<(), DataParallelError> {
@@ -225,7 +230,7 @@ impl<B: FluxAutodiffBackend> PeerGroup<B> {
 
     /// Whether this process writes the run's files (it is node 0, or the only node).
     pub fn leads(&self) -> bool {
-        self.nodes.as_ref().is_none_or(|(n, _)| n.rank == 0)
+        self.nodes.as_ref().is_none_or(|(n, _)| n.leads())
     }
 
     /// Peers over all nodes.

@@ -118,6 +118,20 @@ pub enum Stepping<B: FluxAutodiffBackend> {
     _Backend(std::marker::PhantomData<B>, std::convert::Infallible),
 }
 
+impl<B: FluxAutodiffBackend> Stepping<B> {
+    /// Whether this process writes the run's files: every one but nodes 1, 2, … of a run over
+    /// several nodes.
+    pub fn leads(&self) -> bool {
+        match self {
+            Stepping::OneDevice => true,
+            #[cfg(feature = "collective")]
+            Stepping::Peers { nodes, .. } => nodes.as_ref().is_none_or(|n| n.leads()),
+            #[cfg(not(feature = "collective"))]
+            Stepping::_Backend(_, never) => match *never {},
+        }
+    }
+}
+
 /// Trains stage 1 on `data` (an encoder cache, or samples in memory) into `out`: fresh or resumed
 /// (`start`), `config.steps` steps in all. Returns the trainer at the last step and the summary.
 /// Runs started on several threads at once initialise as they would alone.
@@ -157,28 +171,18 @@ pub fn train_stage1_on<B: FluxAutodiffBackend, D: UserSamples + Send>(
 ) -> Result<(Stage1Trainer<B>, RunSummary), RunError> {
     let started = Instant::now();
     config.validate()?;
-    // Whether this process writes the run's files (every process but nodes 1, 2, … of a run
-    // over several nodes).
     #[cfg(feature = "collective")]
-    let leads = match &stepping {
-        Stepping::OneDevice => true,
-        Stepping::Peers { devices, nodes, .. } => {
-            if config.grad_accum != 1 {
-                return Err(RunError::Config(format!(
-                    "data-parallel training on {} devices takes grad_accum = 1 (given {}): the \
-                     global batch is split over the devices instead",
-                    devices.len(),
-                    config.grad_accum
-                )));
-            }
-            nodes.as_ref().is_none_or(|n| n.rank == 0)
+    if let Stepping::Peers { devices, .. } = &stepping {
+        if config.grad_accum != 1 {
+            return Err(RunError::Config(format!(
+                "data-parallel training on {} devices takes grad_accum = 1 (given {}): the \
+                 global batch is split over the devices instead",
+                devices.len(),
+                config.grad_accum
+            )));
         }
-    };
-    #[cfg(not(feature = "collective"))]
-    let leads = match &stepping {
-        Stepping::OneDevice => true,
-        Stepping::_Backend(_, never) => match *never {},
-    };
+    }
+    let leads = stepping.leads();
     let checkpoints = out.join("checkpoints");
     let or_fresh = matches!(start, Start::LatestOrFresh);
     if leads {
