@@ -20,20 +20,25 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The tiny CLIP (32-pixel images), its word-level tokenizer and a 32-pixel preprocessing.
-fn scorer() -> ClipScorer<B> {
+/// The tiny CLIP fixture (random weights, 32-pixel images) on `device`.
+fn tiny_clip<Bk: burn::tensor::backend::Backend>(device: &Bk::Device) -> ClipModel<Bk> {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("clip_model_tiny.json")).unwrap())
             .unwrap();
     let config: ClipConfig = serde_json::from_value(json["config"].clone()).unwrap();
+    ClipModel::load(
+        fixture("clip_model_tiny_weights.safetensors"),
+        &config,
+        device,
+    )
+    .unwrap()
+}
+
+/// The tiny CLIP (32-pixel images), its word-level tokenizer and a 32-pixel preprocessing.
+fn scorer() -> ClipScorer<B> {
     let device = Default::default();
     ClipScorer {
-        model: ClipModel::load(
-            fixture("clip_model_tiny_weights.safetensors"),
-            &config,
-            &device,
-        )
-        .unwrap(),
+        model: tiny_clip(&device),
         processor: ClipImageProcessor {
             shortest_edge: 32,
             crop: 32,
@@ -190,16 +195,7 @@ fn a_photo_scores_higher_with_its_own_caption_once_clip_has_learned_the_pairs() 
     assert!(before < photos.len(), "the random CLIP pairs them already");
 
     let device = Default::default();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("clip_model_tiny.json")).unwrap())
-            .unwrap();
-    let config: ClipConfig = serde_json::from_value(json["config"].clone()).unwrap();
-    let mut model = ClipModel::<AB>::load(
-        fixture("clip_model_tiny_weights.safetensors"),
-        &config,
-        &device,
-    )
-    .unwrap();
+    let mut model = tiny_clip::<AB>(&device);
     let ids = untrained.tokenizer.encode(&captions).unwrap();
     let ids = premier_text::ids_tensor::<AB>(&ids.ids, &device);
     let n = photos.len();
