@@ -88,15 +88,22 @@ def make_t5_tiny(w) -> dict:
     return verification
 
 
+def clip_tiny_ids(g, lengths) -> torch.Tensor:
+    """Rows of 77 ids for the tiny CLIP vocabulary: bos (126), `n` random tokens, then
+    pad = eos (127)."""
+    input_ids = torch.full((len(lengths), 77), 127, dtype=torch.int64)
+    for row, n in enumerate(lengths):
+        input_ids[row, 0] = 126  # bos
+        input_ids[row, 1:1 + n] = torch.randint(0, 126, (n,), generator=g)
+    return input_ids
+
+
 @torch.no_grad()
 def make_clip_text_tiny(w) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     g = torch.Generator().manual_seed(17000)
-    input_ids = torch.full((2, 77), 127, dtype=torch.int64)  # pad = eos = 127
-    for row, n in enumerate((5, 20)):
-        input_ids[row, 0] = 126  # bos
-        input_ids[row, 1:1 + n] = torch.randint(0, 126, (n,), generator=g)
+    input_ids = clip_tiny_ids(g, (5, 20))
 
     config = CLIPTextConfig(**CLIP_CONFIG)
     torch.manual_seed(17001)
@@ -295,10 +302,7 @@ def make_clip_model_tiny(w) -> dict:
     from transformers import CLIPConfig, CLIPModel
 
     g = torch.Generator().manual_seed(18000)
-    input_ids = torch.full((2, 77), 127, dtype=torch.int64)  # pad = eos = 127
-    for row, n in enumerate((7, 12)):
-        input_ids[row, 0] = 126  # bos
-        input_ids[row, 1:1 + n] = torch.randint(0, 126, (n,), generator=g)
+    input_ids = clip_tiny_ids(g, (7, 12))
     # Already normalized pixels (CLIP's preprocessing is checked on its own).
     pixel_values = torch.randn((3, 3, 32, 32), generator=g)
 
