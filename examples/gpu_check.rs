@@ -6,6 +6,7 @@
 //! cargo build --release --features cuda --example gpu_check   # here, then carried to the GPU
 //! target/release/examples/gpu_check --backend cuda --time-limit 420 --report gpu-check.md
 //! cargo run --release --example gpu_check -- --dry-run --backend flex --report /tmp/dry.md
+//! cargo run --release --example gpu_check -- --dry-run --backend ndarray --report /tmp/dry.md
 //! ```
 //!
 //! Exit status: 0 when every phase ran, 1 on an error, 3 when the time limit stopped it.
@@ -20,6 +21,8 @@ use premier::gpu_check::{run_check, CheckOptions, EXIT_TIME_LIMIT};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
     Flex,
+    /// burn's NdArray on the CPU: the composite ops CUDA runs, without a GPU.
+    Ndarray,
     Cuda,
 }
 
@@ -84,6 +87,7 @@ fn main() {
     };
     let result = match args.backend {
         Backend::Flex => run_check::<burn::backend::Flex>(&options, &Default::default()),
+        Backend::Ndarray => run_check::<burn::backend::NdArray<f32>>(&options, &Default::default()),
         #[cfg(feature = "cuda")]
         Backend::Cuda => run_check::<burn::backend::Cuda<f32>>(&options, &Default::default()),
         #[cfg(not(feature = "cuda"))]

@@ -1,6 +1,7 @@
-//! The GPU check's dry run (tools/gpu-check): the same code as on the GPU, at toy sizes on Flex.
-//! Every fixture comparison must be within its tolerance on the CPU, every timed phase must run,
-//! and a time limit must stop the check cleanly with the phases it did not reach listed.
+//! The GPU check's dry run (tools/gpu-check): the same code as on the GPU, at toy sizes on the
+//! CPU: on Flex (the fused kernels) and on NdArray, which runs the composite ops CUDA and wgpu run
+//! (`FluxOps`' defaults). Every fixture comparison must be within its tolerance, every timed phase
+//! must run, and a time limit must stop the check cleanly with the phases it did not reach listed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,9 +28,22 @@ fn options(report: PathBuf, time_limit: Duration) -> CheckOptions {
 
 #[test]
 fn dry_run_passes_every_fixture_and_runs_every_phase() {
+    dry_run::<B>();
+}
+
+/// The GPU backends' code path: no fused kernel anywhere.
+#[test]
+fn dry_run_on_the_composite_ops_passes_every_fixture_and_runs_every_phase() {
+    type Composite = burn::backend::NdArray<f32>;
+    assert!(!<Composite as premier_mmdit::FluxOps>::FUSED_ATTENTION);
+    assert!(!<Composite as premier_mmdit::FluxOps>::FUSED_NORMS);
+    dry_run::<Composite>();
+}
+
+fn dry_run<Bk: premier_mmdit::FluxOps>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("report.md");
-    let report = run_check::<B>(
+    let report = run_check::<Bk>(
         &options(path.clone(), Duration::from_secs(600)),
         &Default::default(),
     )
@@ -68,7 +82,7 @@ fn dry_run_passes_every_fixture_and_runs_every_phase() {
     );
 
     // A second run refuses to replace the report.
-    let again = run_check::<B>(
+    let again = run_check::<Bk>(
         &options(path.clone(), Duration::from_secs(600)),
         &Default::default(),
     );

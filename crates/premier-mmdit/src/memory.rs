@@ -14,10 +14,12 @@
 //!   attention output and the GELU output (1H + rH), the block input (1H).
 //!
 //! Backends without a fused attention kernel ([`crate::FluxOps::FUSED_ATTENTION`] false: CUDA,
-//! wgpu) also materialise the score matrix: 2 × heads × T² per sample (scores and probabilities;
-//! under autodiff every block keeps them). On the CPU, where the fused kernels run, the model is
-//! checked against measured peaks (tests/memory.rs); on a GPU the check in tools/gpu-check
-//! reports both.
+//! wgpu, NdArray) also materialise the score matrix of the attention that runs: 2 × heads × T²
+//! per sample in a forward (scores and probabilities), 3 × heads × T² in a backward (the
+//! probabilities recomputed, their gradient and the score gradient). Under autodiff no block keeps
+//! them: attention is one node that saves its output and the row log-sum-exp. On the CPU, where
+//! the fused kernels run, the model is checked against measured peaks (tests/memory.rs); on a GPU
+//! the check in tools/gpu-check reports both.
 
 use crate::FluxConfig;
 
@@ -96,37 +98,41 @@ impl FluxConfig {
         (self.depth + self.depth_single_blocks) as u64
     }
 
-    /// Elements of the T × T scores one block materialises (0 with fused attention).
-    fn score_elements(&self, shape: &PassShape) -> u64 {
+    /// Elements of `tensors` T × T score-sized tensors of one attention call (0 with fused
+    /// attention).
+    fn score_elements(&self, shape: &PassShape, tensors: f64) -> u64 {
         if shape.fused_attention {
             0
         } else {
             // In f64, whose cast back saturates: sizes from user input may be absurd.
-            (2.0 * shape.batch as f64 * self.num_heads as f64 * (shape.tokens() as f64).powi(2))
+            (tensors * shape.batch as f64 * self.num_heads as f64 * (shape.tokens() as f64).powi(2))
                 as u64
         }
     }
 
-    /// Activation bytes alive at the widest point of an inference forward (see the module docs).
-    pub fn inference_activation_bytes(&self, shape: &PassShape) -> u64 {
+    /// One block's working set with `score_tensors` T × T tensors alive, bytes.
+    fn working_set_bytes(&self, shape: &PassShape, score_tensors: f64) -> u64 {
         let h = self.hidden_size as f64;
         let per_token = (8.0 + 2.0 * self.mlp_ratio) * h;
         let token_elements = shape.batch as f64 * shape.tokens() as f64 * per_token;
         (token_elements as u64)
-            .saturating_add(self.score_elements(shape))
+            .saturating_add(self.score_elements(shape, score_tensors))
             .saturating_mul(shape.element_bytes as u64)
     }
 
+    /// Activation bytes alive at the widest point of an inference forward (see the module docs).
+    pub fn inference_activation_bytes(&self, shape: &PassShape) -> u64 {
+        self.working_set_bytes(shape, 2.0)
+    }
+
     /// Activation bytes a training step keeps for the backward pass (every block's saved
-    /// tensors) plus one block's working set while it runs.
+    /// tensors) plus one block's working set while its backward runs.
     pub fn training_activation_bytes(&self, shape: &PassShape) -> u64 {
         let h = self.hidden_size as f64;
         let per_token_block = (13.0 + 2.0 * self.mlp_ratio) * h;
         let kept =
             shape.batch as f64 * shape.tokens() as f64 * per_token_block * self.blocks() as f64;
-        let kept = (kept as u64)
-            .saturating_add(self.blocks().saturating_mul(self.score_elements(shape)))
-            .saturating_mul(shape.element_bytes as u64);
-        kept.saturating_add(self.inference_activation_bytes(shape))
+        let kept = (kept as u64).saturating_mul(shape.element_bytes as u64);
+        kept.saturating_add(self.working_set_bytes(shape, 3.0))
     }
 }

@@ -11,6 +11,13 @@ use premier_io::ParamSource;
 /// FLUX's RMSNorm eps.
 const RMS_EPS: f64 = 1e-6;
 
+/// `1 / √(x + eps)` elementwise, by a division: NdArray's f32 `recip` is an approximate
+/// reciprocal (relative error ≈ 3e-4), far outside the norms' parity tolerances.
+pub fn inverse_sqrt<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let root = (x + eps).sqrt();
+    root.ones_like() / root
+}
+
 /// LayerNorm over the last dim without affine parameters, eps 1e-6 (FLUX `norm1`, `norm2`, `pre_norm`).
 ///
 /// x: `[batch, tokens, hidden]` → same shape.
@@ -23,7 +30,7 @@ pub fn layer_norm_with_rstd<B: Backend>(x: Tensor<B, 3>, eps: f64) -> (Tensor<B,
     let mean = x.clone().mean_dim(2);
     let centered = x - mean;
     let var = centered.clone().powi_scalar(2).mean_dim(2);
-    let rstd = (var + eps).sqrt().recip();
+    let rstd = inverse_sqrt(var, eps);
     (centered * rstd.clone(), rstd)
 }
 

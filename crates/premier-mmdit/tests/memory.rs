@@ -57,15 +57,16 @@ fn activations_grow_with_tokens_and_batch_and_scores_only_without_fused_attentio
         fused_attention: false,
         ..shape
     };
-    // 57 blocks × 2 × 24 heads × 1536² scores × 2 bytes, plus one block's own.
-    let scores = 2 * 24 * 1536u64 * 1536 * 2;
+    // One T × T tensor: 24 heads × 1536² scores × 2 bytes. No block keeps one for the backward;
+    // the backward that runs holds three, a forward two.
+    let scores = 24 * 1536u64 * 1536 * 2;
     assert_eq!(
         config.training_activation_bytes(&unfused) - fused,
-        58 * scores
+        3 * scores
     );
     assert_eq!(
         config.inference_activation_bytes(&unfused) - config.inference_activation_bytes(&shape),
-        scores
+        2 * scores
     );
     assert!(config.inference_activation_bytes(&shape) < fused / 10);
 }

@@ -109,7 +109,7 @@ pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance:
 /// T5's RMS LayerNorm: `x · rsqrt(mean(x²) + eps) · weight`, no mean, no bias.
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let width = weight.dims()[0];
-    let rrms = (x.clone().powi_scalar(2).mean_dim(2) + eps).sqrt().recip();
+    let rrms = premier_mmdit::norm::inverse_sqrt(x.clone().powi_scalar(2).mean_dim(2), eps);
     x * rrms * weight.clone().reshape([1, 1, width])
 }
 

@@ -268,10 +268,10 @@ mod tests {
             .check(limit(m.total()), &[("--batch-size 1".into(), m)])
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("exceeds 74.0 GiB (--max-memory)"), "{text}");
+        assert!(text.contains("exceeds 62.1 GiB (--max-memory)"), "{text}");
         assert!(text.contains("backbone weights 22.2 GiB"), "{text}");
         assert!(
-            text.contains("these would fit: --batch-size 1 (74.0 GiB)"),
+            text.contains("these would fit: --batch-size 1 (62.1 GiB)"),
             "{text}"
         );
         let err = two

@@ -1,6 +1,8 @@
-//! `FluxOps` under `Autodiff`: a fused attention is one graph node whose backward calls the inner
-//! backend's `flux_attention_bwd`; it stores the output and the row log-sum-exp, O(T) per row,
-//! where differentiating the composite keeps the `[B, H, T, T]` softmax. The fused modulation,
+//! `FluxOps` under `Autodiff`: attention is one graph node on every backend, whose backward calls
+//! the inner backend's `flux_attention_bwd` (a kernel, or the composite that recomputes the
+//! probabilities); it stores the output and the row log-sum-exp, O(T) per row, where
+//! differentiating the composite would keep the `[B, H, T, T]` softmax of every block until the
+//! backward. The fused modulation,
 //! gated residual and QK-norm with RoPE are one node each too, whose backward recomputes the row statistics from the
 //! input: one pass, instead of the composite's chain of broadcasting nodes.
 
@@ -408,10 +410,6 @@ impl<B: FluxOps, C: CheckpointStrategy> FluxOps for Autodiff<B, C> {
         v: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self> {
-        if !B::FUSED_ATTENTION {
-            // No native kernel: differentiate the composite, as before FluxOps.
-            return composite::attention::<Self>(q, k, v, scale);
-        }
         match FusedAttentionBackward
             .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
             // Keep (out, lse): recomputing the O(T²) forward in the backward is not cheaper.

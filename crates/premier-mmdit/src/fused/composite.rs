@@ -7,7 +7,7 @@ use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use burn::tensor::{DType, TensorMetadata, TensorPrimitive};
 
-use crate::norm::{layer_norm_no_affine, layer_norm_with_rstd};
+use crate::norm::{inverse_sqrt, layer_norm_no_affine, layer_norm_with_rstd};
 
 fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
@@ -136,7 +136,7 @@ pub fn rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64)
     let x = tensor::<B, 4>(x);
     let dtype = x.dtype();
     let x = x.cast(compute_dtype(dtype));
-    let rrms = (x.clone().powi_scalar(2).mean_dim(3) + eps).sqrt().recip();
+    let rrms = inverse_sqrt(x.clone().powi_scalar(2).mean_dim(3), eps);
     let normed = (x * rrms).cast(dtype);
     primitive(normed * tensor::<B, 1>(weight).cast(dtype).reshape([1, 1, 1, -1]))
 }
@@ -166,7 +166,7 @@ pub fn rms_norm_backward<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let (x, grad_out) = (tensor::<B, 4>(x), tensor::<B, 4>(grad_out));
     let width = x.dims()[3];
-    let rrms = (x.clone().powi_scalar(2).mean_dim(3) + eps).sqrt().recip();
+    let rrms = inverse_sqrt(x.clone().powi_scalar(2).mean_dim(3), eps);
     let gw = grad_out.clone() * tensor::<B, 1>(weight).reshape([1, 1, 1, -1]);
     let inner = (gw.clone() * x.clone()).mean_dim(3);
     let dx = rrms.clone() * (gw - x.clone() * rrms.clone().powi_scalar(2) * inner);

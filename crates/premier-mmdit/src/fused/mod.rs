@@ -22,8 +22,8 @@ mod flex;
 /// ops; the defaults are composites.
 pub trait FluxOps: Backend {
     /// True when [`FluxOps::flux_attention_fwd`] and [`FluxOps::flux_attention_bwd`] are native
-    /// kernels: the autodiff decorator then records one fused node instead of differentiating
-    /// the composite.
+    /// kernels that never hold the T × T scores. The composites hold them for one call at a time;
+    /// under autodiff neither keeps them (one node saves the output and the row log-sum-exp).
     const FUSED_ATTENTION: bool = false;
 
     /// softmax(q·kᵀ·scale)·v with the heads merged. q, k, v: `[B, H, T, D]` → `[B, T, H·D]`.
@@ -385,3 +385,7 @@ impl FluxOps for burn::backend::Cuda<half::f16> {}
 
 #[cfg(feature = "wgpu")]
 impl FluxOps for burn::backend::Wgpu<f32> {}
+
+// A CPU backend on the same composites: the test suite runs the GPU backends' code path on it.
+#[cfg(feature = "ndarray")]
+impl FluxOps for burn::backend::NdArray<f32> {}

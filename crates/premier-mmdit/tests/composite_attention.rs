@@ -1,0 +1,233 @@
+//! Attention on a backend without a kernel of its own: the code path of CUDA and wgpu, run here
+//! on burn's NdArray CPU backend. Under Autodiff it is one node that saves the output and the
+//! row log-sum-exp and whose backward (the composite) recomputes the probabilities. Checked
+//! against burn's differentiated attention, against finite differences in f64, and for what it
+//! keeps, against the peak memory of the differentiated composite.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::prelude::*;
+use burn::tensor::DType;
+use premier_mmdit::fused::{composite, flux_attention};
+use premier_mmdit::FluxOps;
+
+mod common;
+use common::{prim, random, rel, tensor, values};
+
+type Cpu = NdArray<f32>;
+type AB = Autodiff<Cpu>;
+
+fn qkv(shape: [usize; 4], dtype: DType, seed: u64) -> [Tensor<Cpu, 4>; 3] {
+    [0, 1, 2].map(|i| random::<Cpu, 4>(shape, dtype, seed * 3 + i))
+}
+
+fn weights(shape: [usize; 4], dtype: DType) -> Tensor<Cpu, 3> {
+    let [b, h, n, d] = shape;
+    random::<Cpu, 4>([b, n, h, d], dtype, 7).reshape([b, n, h * d])
+}
+
+/// attention(q, k, v) on `AB`, through the node (`node`) or burn's differentiated attention.
+fn attention(q: Tensor<AB, 4>, k: Tensor<AB, 4>, v: Tensor<AB, 4>, node: bool) -> Tensor<AB, 3> {
+    if node {
+        flux_attention(q, k, v)
+    } else {
+        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        tensor::<AB, 3>(composite::attention::<AB>(prim(q), prim(k), prim(v), scale))
+    }
+}
+
+/// L = Σ attention(q, k, v) ∘ w, and the gradients of the tracked inputs.
+fn loss_and_grads(
+    [q, k, v]: [Tensor<Cpu, 4>; 3],
+    w: Tensor<Cpu, 3>,
+    tracked: [bool; 3],
+    node: bool,
+) -> [Option<Vec<f64>>; 3] {
+    let track = |x: Tensor<Cpu, 4>, t: bool| {
+        let x = Tensor::<AB, 4>::from_inner(x);
+        if t {
+            x.require_grad()
+        } else {
+            x
+        }
+    };
+    let (q, k, v) = (
+        track(q, tracked[0]),
+        track(k, tracked[1]),
+        track(v, tracked[2]),
+    );
+    let out = attention(q.clone(), k.clone(), v.clone(), node);
+    let grads = (out * Tensor::from_inner(w)).sum().backward();
+    let grad = |x: &Tensor<AB, 4>| x.grad(&grads).map(values);
+    [grad(&q), grad(&k), grad(&v)]
+}
+
+#[test]
+fn the_node_is_the_path_without_a_kernel() {
+    assert!(!<Cpu as FluxOps>::FUSED_ATTENTION);
+    assert!(!<AB as FluxOps>::FUSED_ATTENTION);
+}
+
+/// In f64 the node and burn's differentiated attention agree to rounding. In f32 each is
+/// compared with the f64 gradients of the same inputs: the node must be within 1e-5. (burn's own
+/// f32 gradients of q and k are off by up to 2e-4 on these shapes: its softmax backward
+/// subtracts nearly equal sums; the node's P ∘ (dP − rowsum(dO ∘ O)) does not.)
+#[test]
+fn gradients_match_burns_differentiated_attention() {
+    for shape in [[1, 1, 1, 1], [3, 2, 7, 5], [1, 3, 65, 16], [2, 1, 130, 3]] {
+        let exact_inputs = qkv(shape, DType::F64, 4);
+        let exact_w = weights(shape, DType::F64);
+        let f32_inputs = exact_inputs.clone().map(|x| x.cast(DType::F32));
+        let f32_w = exact_w.clone().cast(DType::F32);
+        for tracked in [
+            [true; 3],
+            [false, false, true],
+            [true, false, false],
+            [false, true, false],
+        ] {
+            let exact = loss_and_grads(exact_inputs.clone(), exact_w.clone(), tracked, false);
+            let exact_node = loss_and_grads(exact_inputs.clone(), exact_w.clone(), tracked, true);
+            let node = loss_and_grads(f32_inputs.clone(), f32_w.clone(), tracked, true);
+            let burn = loss_and_grads(f32_inputs.clone(), f32_w.clone(), tracked, false);
+            for i in 0..3 {
+                assert_eq!(node[i].is_some(), tracked[i], "{shape:?} input {i}");
+                assert_eq!(exact_node[i].is_some(), tracked[i], "{shape:?} input {i}");
+                let (Some(e), Some(en), Some(n), Some(b)) =
+                    (&exact[i], &exact_node[i], &node[i], &burn[i])
+                else {
+                    continue;
+                };
+                let r64 = rel(en, e);
+                assert!(
+                    r64 <= 1e-12,
+                    "{shape:?} {tracked:?} input {i}: f64 rel {r64:e}"
+                );
+                let (rn, rb) = (rel(n, e), rel(b, e));
+                eprintln!("{shape:?} {tracked:?} input {i}: f32 node {rn:.2e}, burn {rb:.2e}");
+                assert!(
+                    rn <= 1e-5,
+                    "{shape:?} {tracked:?} input {i}: f32 node {rn:e}, burn's {rb:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() {
+    let h = 1e-5;
+    for shape in [[2, 3, 7, 5], [1, 2, 65, 8]] {
+        let inputs = qkv(shape, DType::F64, 5);
+        let w = weights(shape, DType::F64);
+        let grads = loss_and_grads(inputs.clone(), w.clone(), [true; 3], true);
+        let loss_at = |x: [Tensor<Cpu, 4>; 3]| {
+            let out = flux_attention(x[0].clone(), x[1].clone(), x[2].clone());
+            values((out * w.clone()).sum())[0]
+        };
+        for moved in [
+            [true, false, false],
+            [false, true, false],
+            [false, false, true],
+            [true; 3],
+        ] {
+            let directions: Vec<Tensor<Cpu, 4>> = (0..3)
+                .map(|i| random::<Cpu, 4>(shape, DType::F64, 50 + i as u64))
+                .collect();
+            let step = |sign: f64| -> [Tensor<Cpu, 4>; 3] {
+                [0, 1, 2].map(|i| {
+                    if moved[i] {
+                        inputs[i].clone() + directions[i].clone() * (sign * h)
+                    } else {
+                        inputs[i].clone()
+                    }
+                })
+            };
+            let numeric = (loss_at(step(1.0)) - loss_at(step(-1.0))) / (2.0 * h);
+            let analytic: f64 = (0..3)
+                .filter(|&i| moved[i])
+                .map(|i| {
+                    let g = grads[i].as_ref().unwrap();
+                    g.iter()
+                        .zip(values(directions[i].clone()))
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+                })
+                .sum();
+            let r = (numeric - analytic).abs() / analytic.abs().max(1e-12);
+            assert!(
+                r <= 1e-6,
+                "{shape:?} {moved:?}: numeric {numeric} analytic {analytic} rel {r:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn untracked_inputs_run_the_plain_attention_bit_for_bit() {
+    let [q, k, v] = qkv([2, 2, 65, 8], DType::F32, 6);
+    let plain = values(flux_attention(q.clone(), k.clone(), v.clone()));
+    let lifted = flux_attention::<AB>(
+        Tensor::from_inner(q),
+        Tensor::from_inner(k),
+        Tensor::from_inner(v),
+    );
+    assert_eq!(values(lifted.inner()), plain);
+}
+
+/// Peak resident memory (`VmHWM`) and its reset, where /proc allows them.
+fn peak_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Rise of the peak resident memory over a forward and backward through `calls` attentions in a
+/// chain, each on `[1, 4, 1024, 16]` (one T × T score tensor: 16 MiB in f32).
+fn peak_rise_of_a_chain(calls: usize, node: bool) -> Option<u64> {
+    let shape = [1, 4, 1024, 16];
+    let [q, k, v] = qkv(shape, DType::F32, 11).map(|x| Tensor::<AB, 4>::from_inner(x));
+    let q = q.require_grad();
+    let (k, v) = (k.require_grad(), v.require_grad());
+    if !reset_peak() {
+        return None;
+    }
+    let start = peak_bytes()?;
+    let mut x = q.clone();
+    for _ in 0..calls {
+        let out = attention(x, k.clone(), v.clone(), node);
+        x = out.reshape(shape) * 0.5;
+    }
+    let grads = x.sum().backward();
+    let _ = q.grad(&grads)?;
+    Some(peak_bytes()? - start)
+}
+
+/// Kept memory does not grow with the number of attentions: the differentiated composite keeps
+/// two score tensors per call until the backward (8 × 32 MiB here), the node none.
+#[test]
+fn the_node_keeps_no_scores_for_the_backward() {
+    let calls = 8;
+    let (Some(node), Some(composite)) = (
+        peak_rise_of_a_chain(calls, true),
+        peak_rise_of_a_chain(calls, false),
+    ) else {
+        eprintln!("/proc/self/clear_refs not writable here: memory not checked");
+        return;
+    };
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "peak rise over {calls} attentions: node {:.0} MiB, differentiated composite {:.0} MiB",
+        mib(node),
+        mib(composite)
+    );
+    // Scores kept for every call by the composite: 2 × 16 MiB each.
+    let kept = (calls as u64) * 2 * (16 << 20);
+    assert!(
+        composite >= node + kept / 2,
+        "node {node}, composite {composite}"
+    );
+    assert!(node < kept / 2, "node {node}");
+}
