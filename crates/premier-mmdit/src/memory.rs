@@ -15,12 +15,15 @@
 //!
 //! Backends without a fused attention kernel ([`crate::FluxOps::FUSED_ATTENTION`] false: CUDA,
 //! wgpu, NdArray) also materialise the score matrix of the attention that runs: 2 × heads × T²
-//! per sample in a forward (scores and probabilities), 3 × heads × T² in a backward (the
-//! probabilities recomputed, their gradient and the score gradient). Under autodiff no block keeps
-//! them: attention is one node that saves its output and the row log-sum-exp. On the CPU, where
+//! per sample in an inference forward (scores and probabilities, burn's attention), and in
+//! training 3 score-sized tensors of one chunk of query rows (the probabilities recomputed, their
+//! gradient and the score gradient; a chunk holds at most
+//! [`crate::fused::composite::ATTENTION_CHUNK_SCORES`] elements per tensor). Under autodiff no
+//! block keeps them: attention is one node that saves its output and the row log-sum-exp. On the CPU, where
 //! the fused kernels run, the model is checked against measured peaks (tests/memory.rs); on a GPU
 //! the check in tools/gpu-check reports both.
 
+use crate::fused::composite::ATTENTION_CHUNK_SCORES;
 use crate::FluxConfig;
 
 /// Bytes as GiB with one decimal, or MiB below 1 GiB (for the printed estimates).
@@ -98,31 +101,38 @@ impl FluxConfig {
         (self.depth + self.depth_single_blocks) as u64
     }
 
-    /// Elements of `tensors` T × T score-sized tensors of one attention call (0 with fused
-    /// attention).
-    fn score_elements(&self, shape: &PassShape, tensors: f64) -> u64 {
+    /// Elements of `tensors` score-sized tensors of one attention call (0 with fused attention):
+    /// B · H · T² each, or at most one chunk's where the composite runs in chunks of query rows.
+    fn score_elements(&self, shape: &PassShape, tensors: f64, chunked: bool) -> u64 {
         if shape.fused_attention {
-            0
-        } else {
-            // In f64, whose cast back saturates: sizes from user input may be absurd.
-            (tensors * shape.batch as f64 * self.num_heads as f64 * (shape.tokens() as f64).powi(2))
-                as u64
+            return 0;
         }
+        // In f64, whose cast back saturates: sizes from user input may be absurd.
+        let whole = shape.batch as f64 * self.num_heads as f64 * (shape.tokens() as f64).powi(2);
+        let per_tensor = if chunked {
+            let tokens = shape.tokens() as f64;
+            // A chunk has whole query rows: at least one row of every sample and head.
+            let row = shape.batch as f64 * self.num_heads as f64 * tokens;
+            whole.min((ATTENTION_CHUNK_SCORES as f64 / row).floor().max(1.0) * row)
+        } else {
+            whole
+        };
+        (tensors * per_tensor) as u64
     }
 
-    /// One block's working set with `score_tensors` T × T tensors alive, bytes.
-    fn working_set_bytes(&self, shape: &PassShape, score_tensors: f64) -> u64 {
+    /// One block's working set with `score_tensors` score-sized tensors alive, bytes.
+    fn working_set_bytes(&self, shape: &PassShape, score_tensors: f64, chunked: bool) -> u64 {
         let h = self.hidden_size as f64;
         let per_token = (8.0 + 2.0 * self.mlp_ratio) * h;
         let token_elements = shape.batch as f64 * shape.tokens() as f64 * per_token;
         (token_elements as u64)
-            .saturating_add(self.score_elements(shape, score_tensors))
+            .saturating_add(self.score_elements(shape, score_tensors, chunked))
             .saturating_mul(shape.element_bytes as u64)
     }
 
     /// Activation bytes alive at the widest point of an inference forward (see the module docs).
     pub fn inference_activation_bytes(&self, shape: &PassShape) -> u64 {
-        self.working_set_bytes(shape, 2.0)
+        self.working_set_bytes(shape, 2.0, false)
     }
 
     /// Activation bytes a training step keeps for the backward pass (every block's saved
@@ -133,6 +143,6 @@ impl FluxConfig {
         let kept =
             shape.batch as f64 * shape.tokens() as f64 * per_token_block * self.blocks() as f64;
         let kept = (kept as u64).saturating_mul(shape.element_bytes as u64);
-        kept.saturating_add(self.working_set_bytes(shape, 3.0))
+        kept.saturating_add(self.working_set_bytes(shape, 3.0, true))
     }
 }

@@ -184,6 +184,9 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// One memory measurement at a time: each resets the process-wide peak.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Rise of the peak resident memory over a forward and backward through `calls` attentions in a
 /// chain, each on `[1, 4, 1024, 16]` (one T × T score tensor: 16 MiB in f32).
 fn peak_rise_of_a_chain(calls: usize, node: bool) -> Option<u64> {
@@ -209,6 +212,7 @@ fn peak_rise_of_a_chain(calls: usize, node: bool) -> Option<u64> {
 /// two score tensors per call until the backward (8 × 32 MiB here), the node none.
 #[test]
 fn the_node_keeps_no_scores_for_the_backward() {
+    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let calls = 8;
     let (Some(node), Some(composite)) = (
         peak_rise_of_a_chain(calls, true),
@@ -230,4 +234,105 @@ fn the_node_keeps_no_scores_for_the_backward() {
         "node {node}, composite {composite}"
     );
     assert!(node < kept / 2, "node {node}");
+}
+
+/// The composite in chunks of query rows (as the defaults run it past
+/// `ATTENTION_CHUNK_SCORES` per tensor) gives the results of one chunk: out, lse and
+/// (dq, dk, dv), for chunks of 1, 7, 64 and 129 of 130 rows.
+#[test]
+fn chunks_of_query_rows_give_the_results_of_one_chunk() {
+    let shape = [2, 3, 130, 8];
+    let scale = 0.3;
+    for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
+        let [q, k, v] = qkv(shape, dtype, 12);
+        let g = weights(shape, dtype);
+        let run = |rows: usize| {
+            let (out, lse) = composite::attention_with_lse_in_chunks::<Cpu>(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                scale,
+                rows,
+            );
+            let (dq, dk, dv) = composite::attention_backward_in_chunks::<Cpu>(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                out.clone(),
+                lse.clone(),
+                prim(g.clone()),
+                scale,
+                rows,
+            );
+            [
+                values(tensor::<Cpu, 3>(out)),
+                values(tensor::<Cpu, 3>(lse)),
+                values(tensor::<Cpu, 4>(dq)),
+                values(tensor::<Cpu, 4>(dk)),
+                values(tensor::<Cpu, 4>(dv)),
+            ]
+        };
+        let whole = run(130);
+        for rows in [1, 7, 64, 129] {
+            for (i, (a, b)) in run(rows).iter().zip(&whole).enumerate() {
+                let r = rel(a, b);
+                assert!(r <= tol, "{dtype:?} rows {rows}, output {i}: rel {r:e}");
+            }
+        }
+    }
+    // FLUX.1-dev: one chunk per sample at 512² (1536 tokens), eight at 1024² (4608).
+    assert_eq!(composite::attention_chunk_rows(1, 24, 1536), 1536);
+    assert_eq!(composite::attention_chunk_rows(1, 24, 4608), 606);
+    assert_eq!(4608usize.div_ceil(606), 8);
+    assert_eq!(composite::attention_chunk_rows(4, 24, 1 << 20), 1);
+}
+
+/// Rise of the peak resident memory over the composite forward and backward of one attention on
+/// `[1, 4, 2048, 16]` (a whole T × T tensor: 64 MiB in f32) in chunks of `rows` query rows.
+fn peak_rise_in_chunks(rows: usize) -> Option<u64> {
+    let shape = [1, 4, 2048, 16];
+    let [q, k, v] = qkv(shape, DType::F32, 13);
+    let g = weights(shape, DType::F32);
+    if !reset_peak() {
+        return None;
+    }
+    let start = peak_bytes()?;
+    let (out, lse) = composite::attention_with_lse_in_chunks::<Cpu>(
+        prim(q.clone()),
+        prim(k.clone()),
+        prim(v.clone()),
+        0.25,
+        rows,
+    );
+    let grads = composite::attention_backward_in_chunks::<Cpu>(
+        prim(q),
+        prim(k),
+        prim(v),
+        out,
+        lse,
+        prim(g),
+        0.25,
+        rows,
+    );
+    drop(grads);
+    Some(peak_bytes()? - start)
+}
+
+/// A chunk holds its rows' scores only: 64 rows of 2048 hold 2 MiB per score tensor where the
+/// whole attention holds 64 MiB (and its backward three such tensors).
+#[test]
+fn chunks_bound_the_scores_held_at_once() {
+    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
+    let (Some(chunked), Some(whole)) = (peak_rise_in_chunks(64), peak_rise_in_chunks(2048)) else {
+        eprintln!("/proc/self/clear_refs not writable here: memory not checked");
+        return;
+    };
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "peak rise of one attention: chunks of 64 rows {:.0} MiB, one chunk {:.0} MiB",
+        mib(chunked),
+        mib(whole)
+    );
+    assert!(whole >= 2 * (64 << 20), "whole {whole}");
+    assert!(chunked < whole / 4, "chunked {chunked}, whole {whole}");
 }

@@ -69,4 +69,18 @@ fn activations_grow_with_tokens_and_batch_and_scores_only_without_fused_attentio
         2 * scores
     );
     assert!(config.inference_activation_bytes(&shape) < fused / 10);
+    // At 1024² (4096 + 512 tokens) training holds one chunk of query rows per score tensor:
+    // ⌊2²⁶ / (24 · 4608)⌋ = 606 rows.
+    let large = PassShape {
+        img_tokens: 4096,
+        ..unfused
+    };
+    let large_fused = PassShape {
+        fused_attention: true,
+        ..large
+    };
+    assert_eq!(
+        config.training_activation_bytes(&large) - config.training_activation_bytes(&large_fused),
+        3 * 606 * 24 * 4608 * 2
+    );
 }

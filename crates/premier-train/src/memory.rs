@@ -258,7 +258,23 @@ mod tests {
             UserShape::released(),
             dev_shape(2, false),
         );
-        assert_eq!(two.backbone_activations, 2 * m.backbone_activations);
+        // Linear in the batch but for the score tensors, which a chunk of query rows caps at
+        // 2²⁶ elements: batch 1 at 512² (24 · 1536² each) is under the cap, batch 2 over it.
+        assert!(two.backbone_activations < 2 * m.backbone_activations);
+        let fused = |batch| {
+            TrainingMemory::estimate(
+                &FluxConfig::dev(),
+                2,
+                &AdapterConfig::released(),
+                UserShape::released(),
+                dev_shape(batch, true),
+            )
+            .backbone_activations
+        };
+        assert_eq!(fused(2), 2 * fused(1));
+        let scores = |e: &TrainingMemory, batch| e.backbone_activations - fused(batch);
+        assert_eq!(scores(&m, 1), 3 * 24 * 1536 * 1536 * 2);
+        assert_eq!(scores(&two, 2), 3 * (2 * 24 * 1536) * 910 * 2);
         let limit = |bytes| MemoryLimit {
             bytes,
             source: "--max-memory",

@@ -38,21 +38,76 @@ pub fn attention<B: Backend>(
     )
 }
 
-/// The attention `[B, T, H·D]` and the row log-sum-exp of the scaled scores `[B, T, H]`.
+/// Elements of one T × T-shaped tensor that a chunk of [`attention_with_lse`] or
+/// [`attention_backward`] holds at most (B · H · query rows · T): 2²⁶, 256 MiB in f32. FLUX.1-dev
+/// at 512² (24 heads, 1536 tokens) is one chunk per sample; at 1024² (4608 tokens), eight.
+pub const ATTENTION_CHUNK_SCORES: usize = 1 << 26;
+
+/// Query rows per chunk for `[B, H, T, ·]` inputs within [`ATTENTION_CHUNK_SCORES`] (at least 1).
+pub fn attention_chunk_rows(batch: usize, heads: usize, tokens: usize) -> usize {
+    let per_row = (batch * heads * tokens).max(1);
+    (ATTENTION_CHUNK_SCORES / per_row).clamp(1, tokens.max(1))
+}
+
+/// Query rows `start..start + rows` of `[B, H, T, D]`, or the whole tensor when that is all of it.
+fn query_rows<B: Backend>(x: &Tensor<B, 4>, start: usize, rows: usize) -> Tensor<B, 4> {
+    if start == 0 && rows == x.dims()[2] {
+        x.clone()
+    } else {
+        x.clone().narrow(2, start, rows)
+    }
+}
+
+/// Joins chunks along the query rows (dim 2).
+fn join_rows<B: Backend>(mut chunks: Vec<Tensor<B, 4>>) -> Tensor<B, 4> {
+    if chunks.len() == 1 {
+        chunks.remove(0)
+    } else {
+        Tensor::cat(chunks, 2)
+    }
+}
+
+/// The attention `[B, T, H·D]` and the row log-sum-exp of the scaled scores `[B, T, H]`, in
+/// chunks of query rows ([`attention_chunk_rows`]), so that no more than one chunk's scores exist
+/// at a time.
 pub fn attention_with_lse<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = q.shape();
+    let rows = attention_chunk_rows(shape[0], shape[1], shape[2]);
+    attention_with_lse_in_chunks::<B>(q, k, v, scale, rows)
+}
+
+/// [`attention_with_lse`] with `rows` query rows per chunk (at least 1).
+pub fn attention_with_lse_in_chunks<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    scale: f64,
+    rows: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
     let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor::<B, 4>(v));
     let [b, h, n, d] = q.dims();
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale; // [B, H, T, T]
-    let max = scores.clone().max_dim(3); // [B, H, T, 1]
-    let exp = (scores - max.clone()).exp();
-    let sum = exp.clone().sum_dim(3);
-    let out = (exp / sum.clone()).matmul(v); // [B, H, T, D]
-    let lse = (max + sum.log()).reshape([b, h, n]).swap_dims(1, 2);
+    if n == 0 {
+        let empty = |cols| Tensor::<B, 3>::zeros([b, 0, cols], &q.device()).cast(q.dtype());
+        return (primitive(empty(h * d)), primitive(empty(h)));
+    }
+    let kt = k.swap_dims(2, 3);
+    let (mut outs, mut lses) = (Vec::new(), Vec::new());
+    for start in (0..n).step_by(rows.max(1)) {
+        let q = query_rows(&q, start, rows.min(n - start));
+        let scores = q.matmul(kt.clone()) * scale; // [B, H, rows, T]
+        let max = scores.clone().max_dim(3); // [B, H, rows, 1]
+        let exp = (scores - max.clone()).exp();
+        let sum = exp.clone().sum_dim(3);
+        outs.push((exp / sum.clone()).matmul(v.clone())); // [B, H, rows, D]
+        lses.push(max + sum.log());
+    }
+    let out = join_rows(outs);
+    let lse = join_rows(lses).reshape([b, h, n]).swap_dims(1, 2);
     (
         primitive(out.swap_dims(1, 2).reshape([b, n, h * d])),
         primitive(lse),
@@ -61,7 +116,7 @@ pub fn attention_with_lse<B: Backend>(
 
 /// (dq, dk, dv) `[B, H, T, D]` from the forward's out `[B, T, H·D]`, lse `[B, T, H]` and the
 /// output gradient `[B, T, H·D]`: P = exp(S − lse), dV = Pᵀ dO, dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O)),
-/// dQ = scale · dS K, dK = scale · dSᵀ Q.
+/// dQ = scale · dS K, dK = scale · dSᵀ Q; in chunks of query rows like [`attention_with_lse`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<B: Backend>(
     q: FloatTensor<B>,
@@ -72,18 +127,57 @@ pub fn attention_backward<B: Backend>(
     grad_out: FloatTensor<B>,
     scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let shape = q.shape();
+    let rows = attention_chunk_rows(shape[0], shape[1], shape[2]);
+    attention_backward_in_chunks::<B>(q, k, v, out, lse, grad_out, scale, rows)
+}
+
+/// [`attention_backward`] with `rows` query rows per chunk (at least 1). dK and dV add the
+/// chunks' parts in order.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_in_chunks<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    grad_out: FloatTensor<B>,
+    scale: f64,
+    rows: usize,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor::<B, 4>(v));
     let [b, h, n, d] = q.dims();
     let heads = |x| tensor::<B, 3>(x).reshape([b, n, h, d]).swap_dims(1, 2);
     let (out, grad_out) = (heads(out), heads(grad_out));
     let lse = tensor::<B, 3>(lse).swap_dims(1, 2).reshape([b, h, n, 1]);
-    let prob = (q.clone().matmul(k.clone().swap_dims(2, 3)) * scale - lse).exp();
-    let dv = prob.clone().swap_dims(2, 3).matmul(grad_out.clone());
-    let dp = grad_out.clone().matmul(v.swap_dims(2, 3));
-    let delta = (grad_out * out).sum_dim(3);
-    let ds = prob * (dp - delta);
-    let dq = ds.clone().matmul(k) * scale;
-    let dk = ds.swap_dims(2, 3).matmul(q) * scale;
+    let (kt, vt) = (k.clone().swap_dims(2, 3), v.swap_dims(2, 3));
+    let mut dqs = Vec::new();
+    let (mut dk, mut dv): (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>) = (None, None);
+    let add = |sum: Option<Tensor<B, 4>>, part: Tensor<B, 4>| {
+        Some(match sum {
+            Some(sum) => sum + part,
+            None => part,
+        })
+    };
+    for start in (0..n).step_by(rows.max(1)) {
+        let rows = rows.min(n - start);
+        let [q, out, grad_out, lse] =
+            [&q, &out, &grad_out, &lse].map(|x| query_rows(x, start, rows));
+        let prob = (q.clone().matmul(kt.clone()) * scale - lse).exp(); // [B, H, rows, T]
+        dv = add(dv, prob.clone().swap_dims(2, 3).matmul(grad_out.clone()));
+        let dp = grad_out.clone().matmul(vt.clone());
+        let delta = (grad_out * out).sum_dim(3);
+        let ds = prob * (dp - delta);
+        dqs.push(ds.clone().matmul(k.clone()) * scale);
+        dk = add(dk, ds.swap_dims(2, 3).matmul(q) * scale);
+    }
+    let zeros = || Tensor::<B, 4>::zeros([b, h, n, d], &q.device()).cast(q.dtype());
+    let dq = if dqs.is_empty() {
+        zeros()
+    } else {
+        join_rows(dqs)
+    };
+    let (dk, dv) = (dk.unwrap_or_else(zeros), dv.unwrap_or_else(zeros));
     (primitive(dq), primitive(dk), primitive(dv))
 }
 
