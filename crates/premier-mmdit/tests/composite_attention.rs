@@ -11,7 +11,9 @@ use premier_mmdit::fused::{composite, flux_attention};
 use premier_mmdit::FluxOps;
 
 mod common;
-use common::{prim, random, rel, tensor, values};
+use common::{
+    assert_attention_gradients_match_finite_differences, prim, random, rel, tensor, values,
+};
 
 type Cpu = NdArray<f32>;
 type AB = Autodiff<Cpu>;
@@ -114,50 +116,14 @@ fn gradients_match_burns_differentiated_attention() {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    let h = 1e-5;
     for shape in [[2, 3, 7, 5], [1, 2, 65, 8]] {
         let inputs = qkv(shape, DType::F64, 5);
         let w = weights(shape, DType::F64);
         let grads = loss_and_grads(inputs.clone(), w.clone(), [true; 3], true);
-        let loss_at = |x: [Tensor<Cpu, 4>; 3]| {
+        assert_attention_gradients_match_finite_differences(&inputs, &grads, |x| {
             let out = flux_attention(x[0].clone(), x[1].clone(), x[2].clone());
             values((out * w.clone()).sum())[0]
-        };
-        for moved in [
-            [true, false, false],
-            [false, true, false],
-            [false, false, true],
-            [true; 3],
-        ] {
-            let directions: Vec<Tensor<Cpu, 4>> = (0..3)
-                .map(|i| random::<Cpu, 4>(shape, DType::F64, 50 + i as u64))
-                .collect();
-            let step = |sign: f64| -> [Tensor<Cpu, 4>; 3] {
-                [0, 1, 2].map(|i| {
-                    if moved[i] {
-                        inputs[i].clone() + directions[i].clone() * (sign * h)
-                    } else {
-                        inputs[i].clone()
-                    }
-                })
-            };
-            let numeric = (loss_at(step(1.0)) - loss_at(step(-1.0))) / (2.0 * h);
-            let analytic: f64 = (0..3)
-                .filter(|&i| moved[i])
-                .map(|i| {
-                    let g = grads[i].as_ref().unwrap();
-                    g.iter()
-                        .zip(values(directions[i].clone()))
-                        .map(|(a, b)| a * b)
-                        .sum::<f64>()
-                })
-                .sum();
-            let r = (numeric - analytic).abs() / analytic.abs().max(1e-12);
-            assert!(
-                r <= 1e-6,
-                "{shape:?} {moved:?}: numeric {numeric} analytic {analytic} rel {r:e}"
-            );
-        }
+        });
     }
 }
 
@@ -173,19 +139,27 @@ fn untracked_inputs_run_the_plain_attention_bit_for_bit() {
     assert_eq!(values(lifted.inner()), plain);
 }
 
-/// Peak resident memory (`VmHWM`) and its reset, where /proc allows them.
-fn peak_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 /// One memory measurement at a time: each resets the process-wide peak.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Rise of the peak resident memory (`VmHWM`, reset through /proc/self/clear_refs) while `f`
+/// runs; `None` where /proc does not allow it.
+fn peak_rise(f: impl FnOnce()) -> Option<u64> {
+    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
+    let peak = || -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    };
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    let start = peak()?;
+    f();
+    Some(peak()? - start)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
 
 /// Rise of the peak resident memory over a forward and backward through `calls` attentions in a
 /// chain, each on `[1, 4, 1024, 16]` (one T × T score tensor: 16 MiB in f32).
@@ -194,25 +168,21 @@ fn peak_rise_of_a_chain(calls: usize, node: bool) -> Option<u64> {
     let [q, k, v] = qkv(shape, DType::F32, 11).map(|x| Tensor::<AB, 4>::from_inner(x));
     let q = q.require_grad();
     let (k, v) = (k.require_grad(), v.require_grad());
-    if !reset_peak() {
-        return None;
-    }
-    let start = peak_bytes()?;
-    let mut x = q.clone();
-    for _ in 0..calls {
-        let out = attention(x, k.clone(), v.clone(), node);
-        x = out.reshape(shape) * 0.5;
-    }
-    let grads = x.sum().backward();
-    let _ = q.grad(&grads)?;
-    Some(peak_bytes()? - start)
+    peak_rise(|| {
+        let mut x = q.clone();
+        for _ in 0..calls {
+            let out = attention(x, k.clone(), v.clone(), node);
+            x = out.reshape(shape) * 0.5;
+        }
+        let grads = x.sum().backward();
+        assert!(q.grad(&grads).is_some());
+    })
 }
 
 /// Kept memory does not grow with the number of attentions: the differentiated composite keeps
 /// two score tensors per call until the backward (8 × 32 MiB here), the node none.
 #[test]
 fn the_node_keeps_no_scores_for_the_backward() {
-    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let calls = 8;
     let (Some(node), Some(composite)) = (
         peak_rise_of_a_chain(calls, true),
@@ -221,7 +191,6 @@ fn the_node_keeps_no_scores_for_the_backward() {
         eprintln!("/proc/self/clear_refs not writable here: memory not checked");
         return;
     };
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     eprintln!(
         "peak rise over {calls} attentions: node {:.0} MiB, differentiated composite {:.0} MiB",
         mib(node),
@@ -293,41 +262,35 @@ fn peak_rise_in_chunks(rows: usize) -> Option<u64> {
     let shape = [1, 4, 2048, 16];
     let [q, k, v] = qkv(shape, DType::F32, 13);
     let g = weights(shape, DType::F32);
-    if !reset_peak() {
-        return None;
-    }
-    let start = peak_bytes()?;
-    let (out, lse) = composite::attention_with_lse_in_chunks::<Cpu>(
-        prim(q.clone()),
-        prim(k.clone()),
-        prim(v.clone()),
-        0.25,
-        rows,
-    );
-    let grads = composite::attention_backward_in_chunks::<Cpu>(
-        prim(q),
-        prim(k),
-        prim(v),
-        out,
-        lse,
-        prim(g),
-        0.25,
-        rows,
-    );
-    drop(grads);
-    Some(peak_bytes()? - start)
+    peak_rise(|| {
+        let (out, lse) = composite::attention_with_lse_in_chunks::<Cpu>(
+            prim(q.clone()),
+            prim(k.clone()),
+            prim(v.clone()),
+            0.25,
+            rows,
+        );
+        let _ = composite::attention_backward_in_chunks::<Cpu>(
+            prim(q),
+            prim(k),
+            prim(v),
+            out,
+            lse,
+            prim(g),
+            0.25,
+            rows,
+        );
+    })
 }
 
 /// A chunk holds its rows' scores only: 64 rows of 2048 hold 2 MiB per score tensor where the
 /// whole attention holds 64 MiB (and its backward three such tensors).
 #[test]
 fn chunks_bound_the_scores_held_at_once() {
-    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let (Some(chunked), Some(whole)) = (peak_rise_in_chunks(64), peak_rise_in_chunks(2048)) else {
         eprintln!("/proc/self/clear_refs not writable here: memory not checked");
         return;
     };
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     eprintln!(
         "peak rise of one attention: chunks of 64 rows {:.0} MiB, one chunk {:.0} MiB",
         mib(chunked),

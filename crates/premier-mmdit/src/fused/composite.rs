@@ -49,6 +49,12 @@ pub fn attention_chunk_rows(batch: usize, heads: usize, tokens: usize) -> usize 
     (ATTENTION_CHUNK_SCORES / per_row).clamp(1, tokens.max(1))
 }
 
+/// [`attention_chunk_rows`] of q `[B, H, T, D]`.
+fn chunk_rows_of<B: Backend>(q: &FloatTensor<B>) -> usize {
+    let shape = q.shape();
+    attention_chunk_rows(shape[0], shape[1], shape[2])
+}
+
 /// Query rows `start..start + rows` of `[B, H, T, D]`, or the whole tensor when that is all of it.
 fn query_rows<B: Backend>(x: &Tensor<B, 4>, start: usize, rows: usize) -> Tensor<B, 4> {
     if start == 0 && rows == x.dims()[2] {
@@ -76,8 +82,7 @@ pub fn attention_with_lse<B: Backend>(
     v: FloatTensor<B>,
     scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let shape = q.shape();
-    let rows = attention_chunk_rows(shape[0], shape[1], shape[2]);
+    let rows = chunk_rows_of::<B>(&q);
     attention_with_lse_in_chunks::<B>(q, k, v, scale, rows)
 }
 
@@ -127,8 +132,7 @@ pub fn attention_backward<B: Backend>(
     grad_out: FloatTensor<B>,
     scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let shape = q.shape();
-    let rows = attention_chunk_rows(shape[0], shape[1], shape[2]);
+    let rows = chunk_rows_of::<B>(&q);
     attention_backward_in_chunks::<B>(q, k, v, out, lse, grad_out, scale, rows)
 }
 
