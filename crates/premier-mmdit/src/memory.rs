@@ -16,8 +16,8 @@
 //! Backends without a fused attention kernel ([`crate::FluxOps::FUSED_ATTENTION`] false: CUDA,
 //! wgpu, NdArray) also materialise the score matrix of the attention that runs: 2 × heads × T²
 //! per sample in an inference forward (scores and probabilities, burn's attention), and in
-//! training 3 score-sized tensors of one chunk of query rows (the probabilities recomputed, their
-//! gradient and the score gradient; a chunk holds at most
+//! training 3 score-sized tensors of one chunk of query rows, in f32 for half-precision
+//! activations (the probabilities recomputed, their gradient and the score gradient; a chunk holds at most
 //! [`crate::fused::composite::ATTENTION_CHUNK_SCORES`] elements per tensor). Under autodiff no
 //! block keeps them: attention is one node that saves its output and the row log-sum-exp. On the CPU, where
 //! the fused kernels run, the model is checked against measured peaks (tests/memory.rs); on a GPU
@@ -125,9 +125,18 @@ impl FluxConfig {
         let h = self.hidden_size as f64;
         let per_token = (8.0 + 2.0 * self.mlp_ratio) * h;
         let token_elements = shape.batch as f64 * shape.tokens() as f64 * per_token;
+        // The chunked composite computes half-precision scores in f32.
+        let score_bytes = if chunked {
+            shape.element_bytes.max(4)
+        } else {
+            shape.element_bytes
+        };
         (token_elements as u64)
-            .saturating_add(self.score_elements(shape, score_tensors, chunked))
             .saturating_mul(shape.element_bytes as u64)
+            .saturating_add(
+                self.score_elements(shape, score_tensors, chunked)
+                    .saturating_mul(score_bytes as u64),
+            )
     }
 
     /// Activation bytes alive at the widest point of an inference forward (see the module docs).

@@ -281,3 +281,60 @@ fn half_precision_is_computed_in_f32() {
     let r = rel(&values(half), &full);
     assert!(r <= 2e-2, "rel {r:e}");
 }
+
+/// The composite (the GPU backends' attention) computes bf16 inputs in f32 like the kernel:
+/// the same bits as the f32 composite on the widened inputs, the output and gradients rounded
+/// to bf16, the log-sum-exp kept in f32 (rounded, it would scale every recomputed probability
+/// row by up to e^±0.06 in the backward).
+#[test]
+fn the_composite_computes_half_precision_in_f32() {
+    let shape = [1, 2, 65, 16];
+    let scale = scale_of(shape);
+    let half = qkv::<Flex>(shape, DType::F32, 14).map(|x| x.cast(DType::BF16));
+    let wide = half.clone().map(|x| x.cast(DType::F32));
+    let g = weights(shape, DType::BF16);
+    let run = |[q, k, v]: [Tensor<Flex, 4>; 3], g: Tensor<Flex, 3>| {
+        let (out, lse) = composite::attention_with_lse::<Flex>(
+            prim(q.clone()),
+            prim(k.clone()),
+            prim(v.clone()),
+            scale,
+        );
+        let grads = composite::attention_backward::<Flex>(
+            prim(q),
+            prim(k),
+            prim(v),
+            out.clone(),
+            lse.clone(),
+            prim(g),
+            scale,
+        );
+        (
+            tensor::<Flex, 3>(out),
+            tensor::<Flex, 3>(lse),
+            [grads.0, grads.1, grads.2].map(tensor::<Flex, 4>),
+        )
+    };
+    let (out_h, lse_h, grads_h) = run(half, g.clone());
+    // The reference backward takes the rounded output, as the node saves it.
+    let (out_w, lse_w, _) = run(wide.clone(), g.clone().cast(DType::F32));
+    assert_eq!(out_h.dtype(), DType::BF16);
+    assert_eq!(lse_h.dtype(), DType::F32);
+    assert_eq!(values(out_h.clone()), values(out_w.cast(DType::BF16)));
+    assert_eq!(values(lse_h.clone()), values(lse_w));
+    let [q, k, v] = wide;
+    let reference = composite::attention_backward::<Flex>(
+        prim(q),
+        prim(k),
+        prim(v),
+        prim(out_h.cast(DType::F32)),
+        prim(lse_h),
+        prim(g.cast(DType::F32)),
+        scale,
+    );
+    let reference = [reference.0, reference.1, reference.2].map(tensor::<Flex, 4>);
+    for (h, w) in grads_h.into_iter().zip(reference) {
+        assert_eq!(h.dtype(), DType::BF16);
+        assert_eq!(values(h), values(w.cast(DType::BF16)));
+    }
+}

@@ -57,16 +57,16 @@ fn activations_grow_with_tokens_and_batch_and_scores_only_without_fused_attentio
         fused_attention: false,
         ..shape
     };
-    // One T × T tensor: 24 heads × 1536² scores × 2 bytes. No block keeps one for the backward;
-    // the backward that runs holds three, a forward two.
-    let scores = 24 * 1536u64 * 1536 * 2;
+    // One T × T tensor: 24 heads × 1536² scores. No block keeps one for the backward; the
+    // backward that runs holds three in f32, an inference forward two in bf16.
+    let scores = 24 * 1536u64 * 1536;
     assert_eq!(
         config.training_activation_bytes(&unfused) - fused,
-        3 * scores
+        3 * scores * 4
     );
     assert_eq!(
         config.inference_activation_bytes(&unfused) - config.inference_activation_bytes(&shape),
-        2 * scores
+        2 * scores * 2
     );
     assert!(config.inference_activation_bytes(&shape) < fused / 10);
     // At 1024² (4096 + 512 tokens) training holds one chunk of query rows per score tensor:
@@ -81,6 +81,6 @@ fn activations_grow_with_tokens_and_batch_and_scores_only_without_fused_attentio
     };
     assert_eq!(
         config.training_activation_bytes(&large) - config.training_activation_bytes(&large_fused),
-        3 * 606 * 24 * 4608 * 2
+        3 * 606 * 24 * 4608 * 4
     );
 }

@@ -273,8 +273,9 @@ mod tests {
         };
         assert_eq!(fused(2), 2 * fused(1));
         let scores = |e: &TrainingMemory, batch| e.backbone_activations - fused(batch);
-        assert_eq!(scores(&m, 1), 3 * 24 * 1536 * 1536 * 2);
-        assert_eq!(scores(&two, 2), 3 * (2 * 24 * 1536) * 910 * 2);
+        // In f32: the composite computes bf16 scores in f32.
+        assert_eq!(scores(&m, 1), 3 * 24 * 1536 * 1536 * 4);
+        assert_eq!(scores(&two, 2), 3 * (2 * 24 * 1536) * 910 * 4);
         let limit = |bytes| MemoryLimit {
             bytes,
             source: "--max-memory",
@@ -284,10 +285,10 @@ mod tests {
             .check(limit(m.total()), &[("--batch-size 1".into(), m)])
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("exceeds 62.1 GiB (--max-memory)"), "{text}");
+        assert!(text.contains("exceeds 62.4 GiB (--max-memory)"), "{text}");
         assert!(text.contains("backbone weights 22.2 GiB"), "{text}");
         assert!(
-            text.contains("these would fit: --batch-size 1 (62.1 GiB)"),
+            text.contains("these would fit: --batch-size 1 (62.4 GiB)"),
             "{text}"
         );
         let err = two

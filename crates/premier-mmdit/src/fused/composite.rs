@@ -39,8 +39,9 @@ pub fn attention<B: Backend>(
 }
 
 /// Elements of one T × T-shaped tensor that a chunk of [`attention_with_lse`] or
-/// [`attention_backward`] holds at most (B · H · query rows · T): 2²⁶, 256 MiB in f32. FLUX.1-dev
-/// at 512² (24 heads, 1536 tokens) is one chunk per sample; at 1024² (4608 tokens), eight.
+/// [`attention_backward`] holds at most (B · H · query rows · T, the whole batch's rows in each
+/// chunk): 2²⁶, 256 MiB in f32. FLUX.1-dev at 512² (24 heads, 1536 tokens) is one chunk at batch
+/// 1 and two at batch 2; at 1024² (4608 tokens) eight at batch 1.
 pub const ATTENTION_CHUNK_SCORES: usize = 1 << 26;
 
 /// Query rows per chunk for `[B, H, T, ·]` inputs within [`ATTENTION_CHUNK_SCORES`] (at least 1).
@@ -49,7 +50,8 @@ pub fn attention_chunk_rows(batch: usize, heads: usize, tokens: usize) -> usize 
     (ATTENTION_CHUNK_SCORES / per_row).clamp(1, tokens.max(1))
 }
 
-/// [`attention_chunk_rows`] of q `[B, H, T, D]`.
+/// [`attention_chunk_rows`] of q `[B, H, T, D]` (self-attention: the keys are as many as the
+/// queries).
 fn chunk_rows_of<B: Backend>(q: &FloatTensor<B>) -> usize {
     let shape = q.shape();
     attention_chunk_rows(shape[0], shape[1], shape[2])
@@ -86,7 +88,10 @@ pub fn attention_with_lse<B: Backend>(
     attention_with_lse_in_chunks::<B>(q, k, v, scale, rows)
 }
 
-/// [`attention_with_lse`] with `rows` query rows per chunk (at least 1).
+/// [`attention_with_lse`] with `rows` query rows per chunk (0 counts as 1). Half-precision
+/// inputs are computed in f32 (as Flex's kernel does): the output is rounded back, the
+/// log-sum-exp stays in f32, since the backward's exp(S − lse) would carry its rounding into
+/// every probability.
 pub fn attention_with_lse_in_chunks<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
@@ -94,15 +99,18 @@ pub fn attention_with_lse_in_chunks<B: Backend>(
     scale: f64,
     rows: usize,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor::<B, 4>(v));
+    let rows = rows.max(1);
+    let dtype = q.dtype();
+    let compute = compute_dtype(dtype);
+    let [q, k, v] = [q, k, v].map(|x| tensor::<B, 4>(x).cast(compute));
     let [b, h, n, d] = q.dims();
     if n == 0 {
-        let empty = |cols| Tensor::<B, 3>::zeros([b, 0, cols], &q.device()).cast(q.dtype());
-        return (primitive(empty(h * d)), primitive(empty(h)));
+        let empty = |cols, dtype| Tensor::<B, 3>::zeros([b, 0, cols], &q.device()).cast(dtype);
+        return (primitive(empty(h * d, dtype)), primitive(empty(h, compute)));
     }
     let kt = k.swap_dims(2, 3);
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
-    for start in (0..n).step_by(rows.max(1)) {
+    for start in (0..n).step_by(rows) {
         let q = query_rows(&q, start, rows.min(n - start));
         let scores = q.matmul(kt.clone()) * scale; // [B, H, rows, T]
         let max = scores.clone().max_dim(3); // [B, H, rows, 1]
@@ -111,7 +119,7 @@ pub fn attention_with_lse_in_chunks<B: Backend>(
         outs.push((exp / sum.clone()).matmul(v.clone())); // [B, H, rows, D]
         lses.push(max + sum.log());
     }
-    let out = join_rows(outs);
+    let out = join_rows(outs).cast(dtype);
     let lse = join_rows(lses).reshape([b, h, n]).swap_dims(1, 2);
     (
         primitive(out.swap_dims(1, 2).reshape([b, n, h * d])),
@@ -136,8 +144,9 @@ pub fn attention_backward<B: Backend>(
     attention_backward_in_chunks::<B>(q, k, v, out, lse, grad_out, scale, rows)
 }
 
-/// [`attention_backward`] with `rows` query rows per chunk (at least 1). dK and dV add the
-/// chunks' parts in order.
+/// [`attention_backward`] with `rows` query rows per chunk (0 counts as 1). dK and dV add the
+/// chunks' parts in order. Half-precision inputs are computed in f32 and the gradients rounded
+/// back, as in [`attention_with_lse_in_chunks`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_in_chunks<B: Backend>(
     q: FloatTensor<B>,
@@ -149,11 +158,22 @@ pub fn attention_backward_in_chunks<B: Backend>(
     scale: f64,
     rows: usize,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor::<B, 4>(v));
+    let rows = rows.max(1);
+    let dtype = q.dtype();
+    let compute = compute_dtype(dtype);
+    let [q, k, v] = [q, k, v].map(|x| tensor::<B, 4>(x).cast(compute));
     let [b, h, n, d] = q.dims();
-    let heads = |x| tensor::<B, 3>(x).reshape([b, n, h, d]).swap_dims(1, 2);
+    let heads = |x| {
+        tensor::<B, 3>(x)
+            .cast(compute)
+            .reshape([b, n, h, d])
+            .swap_dims(1, 2)
+    };
     let (out, grad_out) = (heads(out), heads(grad_out));
-    let lse = tensor::<B, 3>(lse).swap_dims(1, 2).reshape([b, h, n, 1]);
+    let lse = tensor::<B, 3>(lse)
+        .cast(compute)
+        .swap_dims(1, 2)
+        .reshape([b, h, n, 1]);
     let (kt, vt) = (k.clone().swap_dims(2, 3), v.swap_dims(2, 3));
     let mut dqs = Vec::new();
     let (mut dk, mut dv): (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>) = (None, None);
@@ -163,7 +183,7 @@ pub fn attention_backward_in_chunks<B: Backend>(
             None => part,
         })
     };
-    for start in (0..n).step_by(rows.max(1)) {
+    for start in (0..n).step_by(rows) {
         let rows = rows.min(n - start);
         let [q, out, grad_out, lse] =
             [&q, &out, &grad_out, &lse].map(|x| query_rows(x, start, rows));
@@ -182,7 +202,8 @@ pub fn attention_backward_in_chunks<B: Backend>(
         join_rows(dqs)
     };
     let (dk, dv) = (dk.unwrap_or_else(zeros), dv.unwrap_or_else(zeros));
-    (primitive(dq), primitive(dk), primitive(dv))
+    let [dq, dk, dv] = [dq, dk, dv].map(|g| primitive(g.cast(dtype)));
+    (dq, dk, dv)
 }
 
 /// `(1 + scale) · LN(x) + shift`. x: `[B, T, D]`; shift, scale: `[B, 1 or T, D]` → `[B, T, D]`.

@@ -1,9 +1,10 @@
 //! `FluxOps`: a backend extension for FLUX's hot ops (issue 12; design in docs/design-fluxops.md).
 //!
-//! The default methods are the composite tensor ops the model has always run, so CUDA and wgpu
-//! keep their behaviour; `Flex` overrides them with fused CPU kernels (`flex.rs`), and
-//! `Autodiff<B>` records a fused op as one node with its own backward (`autodiff.rs`), keeping
-//! O(T) memory per attention call instead of the `[B, H, T, T]` softmax.
+//! The default methods are composite tensor ops (`composite.rs`), which CUDA, wgpu and NdArray
+//! run; `Flex` overrides them with fused CPU kernels (`flex.rs`). `Autodiff<B>` records attention
+//! on every backend, and the other ops where the inner backend fuses them, as one node with its
+//! own backward (`autodiff.rs`), keeping O(T) memory per attention call instead of the
+//! `[B, H, T, T]` softmax.
 
 use burn::nn::Linear;
 use burn::prelude::*;
