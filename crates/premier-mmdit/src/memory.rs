@@ -16,14 +16,14 @@
 //! Backends without a fused attention kernel ([`crate::FluxOps::FUSED_ATTENTION`] false: CUDA,
 //! wgpu, NdArray) also materialise the score matrix of the attention that runs: 2 × heads × T²
 //! per sample in an inference forward (scores and probabilities, burn's attention), and in
-//! training 3 score-sized tensors of one chunk of query rows, in f32 for half-precision
-//! activations (the probabilities recomputed, their gradient and the score gradient; a chunk holds at most
-//! [`crate::fused::composite::ATTENTION_CHUNK_SCORES`] elements per tensor). Under autodiff no
-//! block keeps them: attention is one node that saves its output and the row log-sum-exp. On the CPU, where
-//! the fused kernels run, the model is checked against measured peaks (tests/memory.rs); on a GPU
-//! the check in tools/gpu-check reports both.
+//! training 3 score-sized tensors of one chunk of query rows (the probabilities recomputed, their
+//! gradient and the score gradient), in f32 for half-precision activations; a chunk holds at
+//! most [`crate::fused::composite::ATTENTION_CHUNK_SCORES`] elements per tensor. Under autodiff
+//! no block keeps them: attention is one node that saves its output and the row log-sum-exp. On
+//! the CPU, where the fused kernels run, the model is checked against measured peaks
+//! (tests/memory.rs); on a GPU the check in tools/gpu-check reports both.
 
-use crate::fused::composite::ATTENTION_CHUNK_SCORES;
+use crate::fused::composite::attention_chunk_rows;
 use crate::FluxConfig;
 
 /// Bytes as GiB with one decimal, or MiB below 1 GiB (for the printed estimates).
@@ -107,17 +107,14 @@ impl FluxConfig {
         if shape.fused_attention {
             return 0;
         }
-        // In f64, whose cast back saturates: sizes from user input may be absurd.
-        let whole = shape.batch as f64 * self.num_heads as f64 * (shape.tokens() as f64).powi(2);
-        let per_tensor = if chunked {
-            let tokens = shape.tokens() as f64;
-            // A chunk has whole query rows: at least one row of every sample and head.
-            let row = shape.batch as f64 * self.num_heads as f64 * tokens;
-            whole.min((ATTENTION_CHUNK_SCORES as f64 / row).floor().max(1.0) * row)
+        let tokens = shape.tokens();
+        let rows = if chunked {
+            attention_chunk_rows(shape.batch, self.num_heads, tokens)
         } else {
-            whole
+            tokens
         };
-        (tensors * per_tensor) as u64
+        // In f64, whose cast back saturates: sizes from user input may be absurd.
+        (tensors * shape.batch as f64 * self.num_heads as f64 * rows as f64 * tokens as f64) as u64
     }
 
     /// One block's working set with `score_tensors` score-sized tensors alive, bytes.

@@ -12,55 +12,29 @@ use premier_mmdit::FluxOps;
 
 mod common;
 use common::{
-    assert_attention_gradients_match_finite_differences, prim, random, rel, tensor, values,
+    assert_attention_gradients_match_finite_differences, attention_loss_and_grads, attention_qkv,
+    attention_through, attention_weights, prim, rel, tensor, values,
 };
 
 type Cpu = NdArray<f32>;
 type AB = Autodiff<Cpu>;
 
 fn qkv(shape: [usize; 4], dtype: DType, seed: u64) -> [Tensor<Cpu, 4>; 3] {
-    [0, 1, 2].map(|i| random::<Cpu, 4>(shape, dtype, seed * 3 + i))
+    attention_qkv(shape, dtype, seed)
 }
 
 fn weights(shape: [usize; 4], dtype: DType) -> Tensor<Cpu, 3> {
-    let [b, h, n, d] = shape;
-    random::<Cpu, 4>([b, n, h, d], dtype, 7).reshape([b, n, h * d])
+    attention_weights(shape, dtype)
 }
 
-/// attention(q, k, v) on `AB`, through the node (`node`) or burn's differentiated attention.
-fn attention(q: Tensor<AB, 4>, k: Tensor<AB, 4>, v: Tensor<AB, 4>, node: bool) -> Tensor<AB, 3> {
-    if node {
-        flux_attention(q, k, v)
-    } else {
-        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
-        tensor::<AB, 3>(composite::attention::<AB>(prim(q), prim(k), prim(v), scale))
-    }
-}
-
-/// L = Σ attention(q, k, v) ∘ w, and the gradients of the tracked inputs.
+/// The gradients of Σ attention(q, k, v) ∘ w on `AB` ([`attention_loss_and_grads`]).
 fn loss_and_grads(
-    [q, k, v]: [Tensor<Cpu, 4>; 3],
+    inputs: [Tensor<Cpu, 4>; 3],
     w: Tensor<Cpu, 3>,
     tracked: [bool; 3],
     node: bool,
 ) -> [Option<Vec<f64>>; 3] {
-    let track = |x: Tensor<Cpu, 4>, t: bool| {
-        let x = Tensor::<AB, 4>::from_inner(x);
-        if t {
-            x.require_grad()
-        } else {
-            x
-        }
-    };
-    let (q, k, v) = (
-        track(q, tracked[0]),
-        track(k, tracked[1]),
-        track(v, tracked[2]),
-    );
-    let out = attention(q.clone(), k.clone(), v.clone(), node);
-    let grads = (out * Tensor::from_inner(w)).sum().backward();
-    let grad = |x: &Tensor<AB, 4>| x.grad(&grads).map(values);
-    [grad(&q), grad(&k), grad(&v)]
+    attention_loss_and_grads::<AB>(inputs, w, tracked, node).1
 }
 
 #[test]
@@ -171,7 +145,7 @@ fn peak_rise_of_a_chain(calls: usize, node: bool) -> Option<u64> {
     peak_rise(|| {
         let mut x = q.clone();
         for _ in 0..calls {
-            let out = attention(x, k.clone(), v.clone(), node);
+            let out = attention_through(x, k.clone(), v.clone(), node);
             x = out.reshape(shape) * 0.5;
         }
         let grads = x.sum().backward();

@@ -12,7 +12,9 @@ use premier_mmdit::FluxOps;
 
 mod common;
 use common::{
-    assert_attention_gradients_match_finite_differences, prim, random, rel, tensor, values,
+    assert_attention_gradients_match_finite_differences,
+    attention_loss_and_grads as loss_and_grads, attention_qkv as qkv, attention_weights as weights,
+    prim, random, rel, tensor, values,
 };
 
 type AB = Autodiff<Flex>;
@@ -29,10 +31,6 @@ const SHAPES: [[usize; 4]; 10] = [
     [1, 2, 300, 16],
     [1, 1, 520, 5],
 ];
-
-fn qkv<B: Backend>(shape: [usize; 4], dtype: DType, seed: u64) -> [Tensor<B, 4>; 3] {
-    [0, 1, 2].map(|i| random::<B, 4>(shape, dtype, seed * 3 + i))
-}
 
 fn scale_of(shape: [usize; 4]) -> f64 {
     1.0 / (shape[3] as f64).sqrt()
@@ -137,49 +135,6 @@ fn backward_kernel_matches_the_composite_backward() {
             }
         }
     }
-}
-
-/// L = Σ attention(q, k, v) ∘ w, and the gradients of the tracked inputs.
-fn loss_and_grads<B: burn::tensor::backend::AutodiffBackend + FluxOps>(
-    [q, k, v]: [Tensor<B::InnerBackend, 4>; 3],
-    w: Tensor<B::InnerBackend, 3>,
-    tracked: [bool; 3],
-    fused: bool,
-) -> (f64, [Option<Vec<f64>>; 3]) {
-    let track = |x: Tensor<B::InnerBackend, 4>, t: bool| {
-        let x = Tensor::<B, 4>::from_inner(x);
-        if t {
-            x.require_grad()
-        } else {
-            x
-        }
-    };
-    let (q, k, v) = (
-        track(q, tracked[0]),
-        track(k, tracked[1]),
-        track(v, tracked[2]),
-    );
-    let out = if fused {
-        flux_attention(q.clone(), k.clone(), v.clone())
-    } else {
-        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
-        tensor::<B, 3>(composite::attention::<B>(
-            prim(q.clone()),
-            prim(k.clone()),
-            prim(v.clone()),
-            scale,
-        ))
-    };
-    let loss = (out * Tensor::from_inner(w)).sum();
-    let value = values(loss.clone().inner())[0];
-    let grads = loss.backward();
-    let grad = |x: &Tensor<B, 4>| x.grad(&grads).map(values);
-    (value, [grad(&q), grad(&k), grad(&v)])
-}
-
-fn weights(shape: [usize; 4], dtype: DType) -> Tensor<Flex, 3> {
-    let [b, h, n, d] = shape;
-    random::<Flex, 4>([b, n, h, d], dtype, 7).reshape([b, n, h * d])
 }
 
 #[test]

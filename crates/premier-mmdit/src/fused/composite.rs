@@ -46,7 +46,8 @@ pub const ATTENTION_CHUNK_SCORES: usize = 1 << 26;
 
 /// Query rows per chunk for `[B, H, T, ·]` inputs within [`ATTENTION_CHUNK_SCORES`] (at least 1).
 pub fn attention_chunk_rows(batch: usize, heads: usize, tokens: usize) -> usize {
-    let per_row = (batch * heads * tokens).max(1);
+    // Saturating: the memory estimates call this with sizes from user input.
+    let per_row = batch.saturating_mul(heads).saturating_mul(tokens).max(1);
     (ATTENTION_CHUNK_SCORES / per_row).clamp(1, tokens.max(1))
 }
 

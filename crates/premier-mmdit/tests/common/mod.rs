@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Distribution, TensorPrimitive};
 use premier_io::SafetensorsFile;
-use premier_mmdit::{img_ids, txt_ids, FluxConfig, FluxInput};
+use premier_mmdit::fused::{composite, flux_attention};
+use premier_mmdit::{img_ids, txt_ids, FluxConfig, FluxInput, FluxOps};
 
 pub type B = burn::backend::Flex;
 
@@ -186,4 +188,63 @@ pub fn assert_attention_gradients_match_finite_differences<Bk: Backend>(
             "{shape:?} {moved:?}: numeric {numeric} analytic {analytic} rel {r:e}"
         );
     }
+}
+
+/// Attention inputs q, k, v of `shape` `[B, H, T, D]`, drawn from `seed`.
+pub fn attention_qkv<Bk: Backend>(
+    shape: [usize; 4],
+    dtype: DType,
+    seed: u64,
+) -> [Tensor<Bk, 4>; 3] {
+    [0, 1, 2].map(|i| random::<Bk, 4>(shape, dtype, seed * 3 + i))
+}
+
+/// Loss weights `[B, T, H·D]` for attention inputs of `shape`.
+pub fn attention_weights<Bk: Backend>(shape: [usize; 4], dtype: DType) -> Tensor<Bk, 3> {
+    let [b, h, n, d] = shape;
+    random::<Bk, 4>([b, n, h, d], dtype, 7).reshape([b, n, h * d])
+}
+
+/// attention(q, k, v) with scale 1/√D, through `FluxOps` (`node`: the kernel or the one-node
+/// composite) or burn's differentiated attention.
+pub fn attention_through<Bk: FluxOps>(
+    q: Tensor<Bk, 4>,
+    k: Tensor<Bk, 4>,
+    v: Tensor<Bk, 4>,
+    node: bool,
+) -> Tensor<Bk, 3> {
+    if node {
+        flux_attention(q, k, v)
+    } else {
+        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        tensor::<Bk, 3>(composite::attention::<Bk>(prim(q), prim(k), prim(v), scale))
+    }
+}
+
+/// L = Σ attention(q, k, v) ∘ w ([`attention_through`]), and the gradients of the tracked inputs.
+pub fn attention_loss_and_grads<A: AutodiffBackend + FluxOps>(
+    [q, k, v]: [Tensor<A::InnerBackend, 4>; 3],
+    w: Tensor<A::InnerBackend, 3>,
+    tracked: [bool; 3],
+    node: bool,
+) -> (f64, [Option<Vec<f64>>; 3]) {
+    let track = |x: Tensor<A::InnerBackend, 4>, t: bool| {
+        let x = Tensor::<A, 4>::from_inner(x);
+        if t {
+            x.require_grad()
+        } else {
+            x
+        }
+    };
+    let (q, k, v) = (
+        track(q, tracked[0]),
+        track(k, tracked[1]),
+        track(v, tracked[2]),
+    );
+    let out = attention_through(q.clone(), k.clone(), v.clone(), node);
+    let loss = (out * Tensor::from_inner(w)).sum();
+    let value = values(loss.clone().inner())[0];
+    let grads = loss.backward();
+    let grad = |x: &Tensor<A, 4>| x.grad(&grads).map(values);
+    (value, [grad(&q), grad(&k), grad(&v)])
 }
