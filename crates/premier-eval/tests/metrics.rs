@@ -199,15 +199,7 @@ fn a_photo_scores_higher_with_its_own_caption_once_clip_has_learned_the_pairs() 
     let ids = untrained.tokenizer.encode(&captions).unwrap();
     let ids = premier_text::ids_tensor::<AB>(&ids.ids, &device);
     let n = photos.len();
-    let eye = Tensor::<AB, 2>::from_data(
-        TensorData::new(
-            (0..n * n)
-                .map(|k| if k / n == k % n { 1.0f32 } else { 0.0 })
-                .collect::<Vec<_>>(),
-            [n, n],
-        ),
-        &device,
-    );
+    let eye = Tensor::<AB, 2, Int>::eye(n, &device).float();
     let mut optimizer = AdamConfig::new().init();
     // A random view of a photo: a crop of 60–100 % of each side, mirrored half the time.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
